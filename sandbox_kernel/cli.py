@@ -1,0 +1,198 @@
+"""``sandbox-kernel``: docker's habits for images and containers.
+
+Every error is one line on stderr, ``sandbox-kernel: error: ...``; exit 1,
+usage errors exit 2. No traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from . import format as fmt
+from .runtime import RECIPES, SandboxError, Store, UsageError, build, load, save
+
+PROG = "sandbox-kernel"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _store(args: argparse.Namespace) -> Store:
+    return Store(args.root)
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    for loaded in load(_store(args), args.input, tag=args.tag):
+        for tag in loaded.tags:
+            print(f"Loaded image: {tag}")
+    return 0
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    save(_store(args), args.images, args.output)
+    return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.json:
+        print(json.dumps(fmt.image_rows(store), indent=2))
+    elif args.quiet:
+        seen = []
+        for row in fmt.image_rows(store):
+            short = row["Id"].split(":", 1)[1][:12]
+            if short not in seen:
+                seen.append(short)
+        print("\n".join(seen))
+    else:
+        print(fmt.images_table(store))
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from .runtime import Descriptor, parse_reference
+    from .runtime.image import media
+
+    store = _store(args)
+    image = store.resolve(args.source)
+    target = parse_reference(args.target)
+    if target.digest is not None:
+        raise UsageError(f"cannot tag with a digest: {args.target}")
+    size = store.blob_path(image.manifest_digest).stat().st_size
+    store.set_tag(target, Descriptor(image.manifest.get("mediaType", media.OCI_MANIFEST), image.manifest_digest, size))
+    return 0
+
+
+def cmd_rmi(args: argparse.Namespace) -> int:
+    from .runtime import parse_reference
+
+    store = _store(args)
+    status = 0
+    for name in args.images:
+        try:
+            tags, image = store.remove_image(name, force=args.force)
+        except SandboxError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        for tag in tags:
+            print(f"Untagged: {parse_reference(tag).familiar()}")
+        if image.manifest_digest not in store.tags().values():
+            store.prune()
+            print(f"Deleted: {image.id}")
+    return status
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    store = _store(args)
+    out = []
+    for name in args.names:
+        out.append(fmt.inspect_image(store.resolve(name)))
+    print(json.dumps(out, indent=4))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    image = _store(args).resolve(args.image)
+    if args.json:
+        print(json.dumps(fmt.history_rows(image), indent=2))
+    else:
+        print(fmt.history_table(image))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    removed = _store(args).prune()
+    print(f"Deleted {removed['blobs']} blobs and {removed['layers']} unpacked layers")
+    print(f"Total reclaimed space: {fmt.human_size(removed['bytes'])}")
+    return 0
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    store = _store(args)
+    names = sorted(RECIPES) if args.name == "all" else [args.name]
+    for name in names:
+        image = build(store, name, rebuild=args.rebuild, tag=args.tag if len(names) == 1 else None)
+        print(f"Built {image.tags[0] if image.tags else image.id}: {image.short_id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Containers for notebooks, with docker's habits.")
+    parser.add_argument("--root", help="the store directory (default $SANDBOX_KERNEL_ROOT or /var/lib/sandbox-kernel)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("load", cmd_load, "load images from an OCI layout dir, an oci-archive or a docker-archive")
+    p.add_argument("input", metavar="PATH")
+    p.add_argument("-t", "--tag", help="name the loaded image REF")
+    p = add("save", cmd_save, "save images to an OCI archive")
+    p.add_argument("images", nargs="+", metavar="REF")
+    p.add_argument("-o", "--output", required=True, metavar="FILE")
+    p = add("images", cmd_images, "list images")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
+    p = add("tag", cmd_tag, "give an image another name")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("target", metavar="TARGET")
+    p = add("rmi", cmd_rmi, "remove images")
+    p.add_argument("images", nargs="+", metavar="REF")
+    p.add_argument("-f", "--force", action="store_true", help="remove an image tagged in several repositories")
+    p = add("inspect", cmd_inspect, "show images as JSON")
+    p.add_argument("names", nargs="+", metavar="REF")
+    p = add("history", cmd_history, "show an image's history")
+    p.add_argument("image", metavar="REF")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add("prune", cmd_prune, "remove unused blobs and unpacked layers")
+
+    image = sub.add_parser("image", help="image management (build base images)")
+    image_sub = image.add_subparsers(dest="image_command", metavar="COMMAND", parser_class=_Parser)
+    image_sub.required = True
+    p = image_sub.add_parser("build", help="build a base image here, without a registry")
+    p.add_argument("name", choices=[*sorted(RECIPES), "all"])
+    p.add_argument("-t", "--tag", help="name for the image (default localhost/NAME:latest)")
+    p.add_argument("--rebuild", action="store_true", help="ignore the cache")
+    p.set_defaults(func=cmd_image_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except SandboxError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"{PROG}: error: no space left on device ({exc.filename or ''})", file=sys.stderr)
+        else:
+            where = f" ({exc.filename})" if exc.filename else ""
+            print(f"{PROG}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""One exception tree for the whole runtime.
+
+Frontends (CLI, magics, server) catch :class:`SandboxError` and show its
+message as one line; anything else is a bug and may show a traceback.
+
+    SandboxError                     every error the runtime raises on purpose
+    ├── UsageError                   bad arguments from a caller (CLI exit 2)
+    ├── ReferenceFormatError         an image reference or digest that does not parse
+    ├── ImageError                   image content and metadata
+    │   ├── ImageNotFound            no such image or tag in the store
+    │   ├── ImageInUse               removing an image that something still needs
+    │   ├── BlobError                missing blob, digest or size mismatch, bad JSON
+    │   ├── ArchiveError             an OCI layout / oci-archive / docker-archive is unusable
+    │   └── LayerError               a layer that is unsafe or corrupt (names entry and rule)
+    ├── StoreError                   the on-disk store: locks, full disk, permissions
+    ├── BuildError                   building a base image (missing tool, failed recipe)
+    └── ContainerError               container lifecycle (engine issue)
+
+Every message is meant to be read by a person in one line: it says what was
+being done, with which object, and what went wrong.
+"""
+
+from __future__ import annotations
+
+
+class SandboxError(Exception):
+    """Base of every error the runtime raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(SandboxError):
+    """The caller asked for something that does not make sense."""
+
+    exit_code = 2
+
+
+class ReferenceFormatError(SandboxError, ValueError):
+    """An image reference or digest is malformed."""
+
+
+class ImageError(SandboxError):
+    """Something is wrong with an image's content or metadata."""
+
+
+class ImageNotFound(ImageError, LookupError):
+    """No image with that reference or id in the store."""
+
+
+class ImageInUse(ImageError):
+    """The image is still needed (by a tag or a container)."""
+
+
+class BlobError(ImageError):
+    """A blob is missing, has the wrong digest or size, or does not parse."""
+
+
+class ArchiveError(ImageError):
+    """An image archive or layout directory cannot be read."""
+
+
+class LayerError(ImageError):
+    """A layer tar is unsafe or corrupt.
+
+    ``entry`` names the tar entry and ``rule`` the check that refused it, so
+    that the one-line message says both.
+    """
+
+    def __init__(self, message: str, *, entry: str | None = None, rule: str | None = None):
+        self.entry = entry
+        self.rule = rule
+        if entry is not None:
+            message = f"layer entry {entry!r}: {message}"
+        if rule is not None:
+            message = f"{message} [{rule}]"
+        super().__init__(message)
+
+
+class StoreError(SandboxError):
+    """The store on disk cannot be used (permissions, full disk, locks)."""
+
+
+class BuildError(SandboxError):
+    """A base image recipe could not be built."""
+
+
+class ContainerError(SandboxError):
+    """A container operation failed."""

@@ -1,0 +1,1 @@
+"""Images: references, the store, layers, archives and base-image recipes."""

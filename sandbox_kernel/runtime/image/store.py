@@ -1,0 +1,523 @@
+"""The image store: an OCI image layout on disk, plus unpacked layers.
+
+    ROOT/
+      oci-layout, index.json      an OCI image layout; index.json holds the tags
+                                  (annotation org.opencontainers.image.ref.name
+                                  = the full reference, docker.io/library/x:y)
+      blobs/sha256/HEX            content-addressed blobs
+      layers/HEX[-trusted]/       each layer unpacked once, an overlay lowerdir
+      tmp/                        writes in flight
+      locks/                      flock files
+
+Crash safety comes from ordering: a blob appears under its digest only by
+``rename`` after it was fsynced and its digest checked; an unpacked layer only
+by ``rename`` of a fully extracted directory; ``index.json`` is replaced by
+``rename`` and names only manifests whose blobs are all present. A process
+killed at any point leaves at most files in ``tmp/``, which ``prune`` removes.
+
+Concurrency: writers (import, unpack) hold ``locks/gc`` shared, ``prune``
+holds it exclusive; read-modify-write of ``index.json`` holds ``locks/index``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from ..errors import BlobError, ImageNotFound, ReferenceFormatError, StoreError
+from . import media
+from .layers import ExtractLimits, ExtractResult, extract_layer
+from .ref import Reference, digest_hex, looks_like_id, parse_reference, validate_digest
+
+CHUNK = 1 << 20
+
+
+def default_root() -> Path:
+    """``$SANDBOX_KERNEL_ROOT``, else the system or per-user default of DESIGN.md."""
+    env = os.environ.get("SANDBOX_KERNEL_ROOT")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/sandbox-kernel")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data) / "sandbox-kernel"
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] | None = None
+    platform: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.platform:
+            out["platform"] = self.platform
+        if self.annotations:
+            out["annotations"] = self.annotations
+        return out
+
+
+@dataclass
+class Image:
+    """One image in the store, as the frontends see it."""
+
+    manifest_digest: str
+    manifest: dict[str, Any]
+    config_digest: str
+    config: dict[str, Any]
+    tags: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        """Docker's image id: the config digest."""
+        return self.config_digest
+
+    @property
+    def short_id(self) -> str:
+        return digest_hex(self.config_digest)[:12]
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        return self.manifest["layers"]
+
+    @property
+    def diff_ids(self) -> list[str]:
+        return self.config["rootfs"]["diff_ids"]
+
+    @property
+    def size(self) -> int:
+        """Bytes of the blobs (compressed layers + config), as registries count."""
+        return sum(layer["size"] for layer in self.layers) + self.manifest["config"]["size"]
+
+    @property
+    def created(self) -> str | None:
+        return self.config.get("created")
+
+    @property
+    def repo_digests(self) -> list[str]:
+        names = {parse_reference(t).name for t in self.tags}
+        return sorted(f"{n}@{self.manifest_digest}" for n in names)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _store_error(exc: OSError, doing: str) -> StoreError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(f"{doing}: no space left on the device holding the store")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"{doing}: permission denied ({exc.filename or ''})")
+    return StoreError(f"{doing}: {exc.strerror or exc}")
+
+
+class Store:
+    """Content-addressed images on disk; safe for concurrent processes."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None):
+        self.root = Path(root) if root is not None else default_root()
+        try:
+            for sub in ("blobs/sha256", "layers", "tmp", "locks"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            layout = self.root / "oci-layout"
+            if not layout.exists():
+                self._atomic_write(layout, b'{"imageLayoutVersion":"1.0.0"}')
+            if not (self.root / "index.json").exists():
+                with self._lock("index"):
+                    if not (self.root / "index.json").exists():
+                        self._write_index([])
+        except OSError as exc:
+            raise _store_error(exc, f"cannot open the store at {self.root}") from None
+
+    # -- locks and atomic files ---------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self, name: str, shared: bool = False) -> Iterator[None]:
+        fd = os.open(self.root / "locks" / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """Hold while adding blobs that are not yet tagged: keeps ``prune`` away."""
+        return self._lock("gc", shared=True)
+
+    def _tmp_path(self, hint: str = "") -> Path:
+        return self.root / "tmp" / f"{os.getpid()}-{secrets.token_hex(6)}{hint}"
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        tmp = self._tmp_path(".w")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        _fsync_dir(path.parent)
+
+    # -- blobs --------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / digest_hex(digest)
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).exists()
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        try:
+            return open(self.blob_path(digest), "rb")
+        except FileNotFoundError:
+            raise BlobError(f"blob {digest} is missing from the store") from None
+
+    def read_blob(self, digest: str, max_size: int = media.MAX_JSON_BYTES) -> bytes:
+        with self.open_blob(digest) as fh:
+            data = fh.read(max_size + 1)
+        if len(data) > max_size:
+            raise BlobError(f"blob {digest} is larger than {max_size} bytes")
+        return data
+
+    def read_json(self, digest: str, what: str) -> dict[str, Any]:
+        return media.parse_json(self.read_blob(digest), f"{what} {digest[:19]}")
+
+    def ingest(
+        self,
+        src: IO[bytes],
+        expected_digest: str | None = None,
+        expected_size: int | None = None,
+        max_size: int | None = None,
+    ) -> tuple[str, int]:
+        """Copy a stream into the store as a blob; return ``(digest, size)``.
+
+        The digest is checked before the blob becomes visible; a mismatch or a
+        short stream raises :class:`BlobError` and leaves nothing behind.
+        """
+        if expected_digest is not None:
+            validate_digest(expected_digest)
+            if self.has_blob(expected_digest):
+                # Drain so that callers reading a tar stream stay in step.
+                while src.read(CHUNK):
+                    pass
+                return expected_digest, self.blob_path(expected_digest).stat().st_size
+        tmp = self._tmp_path(".blob")
+        sha = hashlib.sha256()
+        size = 0
+        try:
+            with open(tmp, "wb") as fh:
+                while True:
+                    chunk = src.read(CHUNK)
+                    if not chunk:
+                        break
+                    sha.update(chunk)
+                    size += len(chunk)
+                    if max_size is not None and size > max_size:
+                        raise BlobError(f"blob is larger than {max_size} bytes")
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            digest = f"sha256:{sha.hexdigest()}"
+            if expected_digest is not None and digest != expected_digest:
+                raise BlobError(f"blob content has digest {digest}, expected {expected_digest}")
+            if expected_size is not None and size != expected_size:
+                raise BlobError(f"blob {digest} has {size} bytes, expected {expected_size}")
+            os.rename(tmp, self.blob_path(digest))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise _store_error(exc, "cannot write a blob") from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return digest, size
+
+    def put_bytes(self, data: bytes) -> str:
+        import io
+
+        digest, _ = self.ingest(io.BytesIO(data))
+        return digest
+
+    def put_json(self, doc: Any) -> tuple[str, int]:
+        data = media.canonical_json(doc)
+        return self.put_bytes(data), len(data)
+
+    # -- index (tags) -------------------------------------------------------------
+
+    def _read_index(self) -> list[dict[str, Any]]:
+        try:
+            data = (self.root / "index.json").read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise _store_error(exc, "cannot read the store index") from None
+        doc = media.parse_json(data, f"store index {self.root / 'index.json'}")
+        entries = doc.get("manifests", [])
+        if not isinstance(entries, list):
+            raise StoreError(f"store index {self.root / 'index.json'} is damaged: 'manifests' is not a list")
+        return entries
+
+    def _write_index(self, entries: list[dict[str, Any]]) -> None:
+        doc = {"schemaVersion": 2, "mediaType": media.OCI_INDEX, "manifests": entries}
+        self._atomic_write(self.root / "index.json", json.dumps(doc, indent=2, sort_keys=True).encode())
+
+    def tags(self) -> dict[str, str]:
+        """``{full reference: manifest digest}`` for every tag in the store."""
+        out = {}
+        for entry in self._read_index():
+            name = (entry.get("annotations") or {}).get(media.ANNOTATION_REF_NAME)
+            digest = entry.get("digest")
+            if isinstance(name, str) and isinstance(digest, str):
+                out[name] = digest
+        return out
+
+    def set_tag(self, ref: Reference | str, manifest: Descriptor) -> None:
+        """Point ``ref`` at a stored manifest (whose blobs must all be present)."""
+        ref = parse_reference(str(ref)) if isinstance(ref, str) else ref
+        if ref.tag is None:
+            raise ReferenceFormatError(f"cannot tag with a digest reference {ref}")
+        self._check_complete(manifest.digest)
+        name = str(ref)
+        try:
+            with self._lock("index"):
+                entries = [
+                    e for e in self._read_index() if (e.get("annotations") or {}).get(media.ANNOTATION_REF_NAME) != name
+                ]
+                entries.append(
+                    Descriptor(
+                        manifest.media_type, manifest.digest, manifest.size, {media.ANNOTATION_REF_NAME: name}
+                    ).to_json()
+                )
+                entries.sort(key=lambda e: e["annotations"][media.ANNOTATION_REF_NAME])
+                self._write_index(entries)
+        except OSError as exc:
+            raise _store_error(exc, f"cannot tag {ref.familiar()}") from None
+
+    def remove_tags(self, names: Iterable[str]) -> None:
+        drop = set(names)
+        try:
+            with self._lock("index"):
+                entries = [
+                    e
+                    for e in self._read_index()
+                    if (e.get("annotations") or {}).get(media.ANNOTATION_REF_NAME) not in drop
+                ]
+                self._write_index(entries)
+        except OSError as exc:
+            raise _store_error(exc, "cannot remove tags") from None
+
+    def _check_complete(self, manifest_digest: str) -> None:
+        manifest = media.check_manifest(self.read_json(manifest_digest, "manifest"))
+        for desc in [manifest["config"], *manifest["layers"]]:
+            if not self.has_blob(desc["digest"]):
+                raise BlobError(f"image {manifest_digest[:19]} is incomplete: blob {desc['digest']} is missing")
+
+    # -- images -------------------------------------------------------------------
+
+    def load_image(self, manifest_digest: str, tags: list[str] | None = None) -> Image:
+        manifest = media.check_manifest(self.read_json(manifest_digest, "manifest"))
+        config_digest = manifest["config"]["digest"]
+        config = media.check_config(self.read_json(config_digest, "image config"), len(manifest["layers"]))
+        return Image(manifest_digest, manifest, config_digest, config, sorted(tags or []))
+
+    def images(self) -> list[Image]:
+        """Every tagged image, one entry per manifest, newest first."""
+        by_digest: dict[str, list[str]] = {}
+        for name, digest in self.tags().items():
+            by_digest.setdefault(digest, []).append(name)
+        out = []
+        for digest, names in by_digest.items():
+            try:
+                out.append(self.load_image(digest, names))
+            except BlobError:
+                continue  # damaged: `images` still lists the rest; `inspect` says why
+        out.sort(key=lambda im: (im.created or "", im.manifest_digest), reverse=True)
+        return out
+
+    def resolve(self, text: str) -> Image:
+        """Find an image by reference (``busybox``, ``x:tag``, ``x@sha256:…``) or id prefix."""
+        tags = self.tags()
+        ref: Reference | None
+        try:
+            ref = parse_reference(text)
+        except ReferenceFormatError:
+            ref = None
+        if ref is not None:
+            if ref.digest is not None:
+                names = [n for n, d in tags.items() if d == ref.digest and parse_reference(n).name == ref.name]
+                if names or (ref.tag is None and self.has_blob(ref.digest)):
+                    try:
+                        return self.load_image(ref.digest, names or [n for n, d in tags.items() if d == ref.digest])
+                    except BlobError:
+                        pass
+            elif str(ref) in tags:
+                digest = tags[str(ref)]
+                return self.load_image(digest, [n for n, d in tags.items() if d == digest])
+        if looks_like_id(text):
+            hexpart = text.split(":", 1)[-1]
+            matches = {
+                im.manifest_digest: im
+                for im in self.images()
+                if digest_hex(im.config_digest).startswith(hexpart)
+                or digest_hex(im.manifest_digest).startswith(hexpart)
+            }
+            if len(matches) == 1:
+                return next(iter(matches.values()))
+            if len(matches) > 1:
+                raise ImageNotFound(f"image id prefix {text!r} is ambiguous: {len(matches)} images match")
+        if ref is None:
+            parse_reference(text)  # re-raise the format error for the user
+        raise ImageNotFound(f"no such image: {text}")
+
+    # -- unpacked layers ----------------------------------------------------------
+
+    def layer_dir(self, diff_id: str, trusted: bool = False) -> Path:
+        return self.root / "layers" / (digest_hex(diff_id) + ("-trusted" if trusted else ""))
+
+    def unpack(self, image: Image, *, trusted: bool = False, limits: ExtractLimits = ExtractLimits()) -> list[Path]:
+        """Unpack every layer of ``image`` that is not unpacked yet.
+
+        Returns the layer directories bottom first (reverse them for overlay's
+        ``lowerdir``). Each is verified against the config's diff id.
+        """
+        dirs = []
+        with self.writing():
+            for desc, diff_id in zip(image.layers, image.diff_ids, strict=True):
+                target = self.layer_dir(diff_id, trusted)
+                if not target.is_dir():
+                    self._unpack_one(desc, diff_id, target, trusted, limits)
+                dirs.append(target)
+        return dirs
+
+    def _unpack_one(
+        self, desc: dict[str, Any], diff_id: str, target: Path, trusted: bool, limits: ExtractLimits
+    ) -> ExtractResult:
+        tmp = self._tmp_path(".layer")
+        try:
+            with self.open_blob(desc["digest"]) as fh:
+                result = extract_layer(fh, tmp, expected_diff_id=diff_id, trusted=trusted, limits=limits)
+            try:
+                os.rename(tmp, target)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _store_error(exc, f"cannot unpack layer {desc['digest'][:19]}") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return result
+
+    # -- removal and garbage collection ---------------------------------------------
+
+    def reachable(self, manifest_digests: Iterable[str]) -> tuple[set[str], set[str]]:
+        """Blobs and diff ids reachable from manifests (skipping damaged ones)."""
+        blobs: set[str] = set()
+        diff_ids: set[str] = set()
+        for digest in manifest_digests:
+            blobs.add(digest)
+            try:
+                image = self.load_image(digest)
+            except (BlobError, ReferenceFormatError):
+                continue
+            blobs.add(image.config_digest)
+            blobs.update(layer["digest"] for layer in image.layers)
+            diff_ids.update(image.diff_ids)
+        return blobs, diff_ids
+
+    def prune(self, keep: Iterable[str] = ()) -> dict[str, int]:
+        """Remove what no tag (nor ``keep``, manifest digests) needs.
+
+        Also removes unfinished writes left in ``tmp/`` by killed processes.
+        Returns counts and freed bytes.
+        """
+        removed = {"blobs": 0, "layers": 0, "tmp": 0, "bytes": 0}
+        with self._lock("gc"):
+            blobs, diff_ids = self.reachable(set(self.tags().values()) | set(keep))
+            keep_hex = {digest_hex(b) for b in blobs}
+            keep_layers = {digest_hex(d) for d in diff_ids}
+            for path in (self.root / "blobs" / "sha256").iterdir():
+                if path.name not in keep_hex:
+                    removed["bytes"] += path.stat().st_size
+                    path.unlink()
+                    removed["blobs"] += 1
+            for path in (self.root / "layers").iterdir():
+                if path.name.removesuffix("-trusted") not in keep_layers:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed["layers"] += 1
+            for path in (self.root / "tmp").iterdir():
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed["tmp"] += 1
+        return removed
+
+    def remove_image(self, text: str, *, force: bool = False) -> tuple[list[str], Image]:
+        """``rmi``: untag; a bare id removes every tag (``force`` needed if several repos).
+
+        Returns the tags removed and the image. Blobs go on the next ``prune``
+        or right away when nothing else uses them.
+        """
+        image = self.resolve(text)
+        tags = self.tags()
+        try:
+            ref = parse_reference(text)
+        except ReferenceFormatError:
+            ref = None
+        if ref is not None and ref.digest is None and str(ref) in tags:
+            names = [str(ref)]
+        else:
+            names = [n for n, d in tags.items() if d == image.manifest_digest]
+            repos = {parse_reference(n).name for n in names}
+            if len(repos) > 1 and not force:
+                raise StoreError(
+                    f"image {image.short_id} is tagged in {len(repos)} repositories; "
+                    "remove the tags one by one or use -f"
+                )
+        self.remove_tags(names)
+        return names, image
+
+    def verify(self) -> list[str]:
+        """Problems with tagged images (missing or corrupt blobs); empty when sound."""
+        problems = []
+        for name, digest in sorted(self.tags().items()):
+            try:
+                image = self.load_image(digest)
+                for layer in image.layers:
+                    path = self.blob_path(layer["digest"])
+                    if not path.exists():
+                        problems.append(f"{name}: layer {layer['digest']} missing")
+                        continue
+                    sha = hashlib.sha256()
+                    with open(path, "rb") as fh:
+                        while chunk := fh.read(CHUNK):
+                            sha.update(chunk)
+                    if f"sha256:{sha.hexdigest()}" != layer["digest"]:
+                        problems.append(f"{name}: layer {layer['digest']} is corrupt")
+            except (BlobError, ReferenceFormatError) as exc:
+                problems.append(f"{name}: {exc}")
+        return problems

@@ -1,0 +1,53 @@
+"""Shared fixtures: throwaway stores, the project's own base images, root checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sandbox_kernel.runtime import Store, build
+
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_root = pytest.mark.skip(reason="needs root (mounts, device nodes, chown)")
+    for item in items:
+        if "root" in item.keywords and not IS_ROOT:
+            item.add_marker(skip_root)
+
+
+def need_tool(name: str) -> str:
+    """The path of a peer tool; as root (CI) a missing tool is a failed set-up, not a skip."""
+    path = shutil.which(name)
+    if path is None:
+        if IS_ROOT:
+            pytest.fail(f"{name} is missing: scripts/setup.sh should have installed it")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def base_store(tmp_path_factory) -> Store:
+    """A store holding localhost/busybox (built once, cached under ~/.cache/sandbox-kernel)."""
+    store = Store(tmp_path_factory.mktemp("base") / "store")
+    build(store, "busybox")
+    return store
+
+
+@pytest.fixture(scope="session")
+def debian_store(tmp_path_factory) -> Store:
+    """A store holding localhost/debian-python (mmdebstrap on first use, then cached)."""
+    if not IS_ROOT and shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed")
+    store = Store(tmp_path_factory.mktemp("debian") / "store")
+    build(store, "debian-python")
+    return store

@@ -1,0 +1,111 @@
+"""The CLI as a user runs it: docker's output shapes, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sandbox_kernel.runtime import save
+
+
+def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "sandbox_kernel", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def loaded(tmp_path, base_store) -> Path:
+    archive = tmp_path / "bb.tar"
+    save(base_store, ["localhost/busybox:latest"], archive)
+    root = tmp_path / "root"
+    out = cli(root, "load", str(archive)).stdout
+    assert out == "Loaded image: localhost/busybox:latest\n"
+    return root
+
+
+def test_images_table_and_json(loaded):
+    lines = cli(loaded, "images").stdout.splitlines()
+    assert lines[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
+    assert lines[1].split()[:2] == ["localhost/busybox", "latest"]
+    rows = json.loads(cli(loaded, "images", "--json").stdout)
+    assert rows[0]["Repository"] == "localhost/busybox" and rows[0]["Id"].startswith("sha256:")
+    assert cli(loaded, "images", "-q").stdout.strip() == rows[0]["Id"][7:19]
+
+
+def test_inspect_is_a_list_of_one_docker_like_object(loaded):
+    [obj] = json.loads(cli(loaded, "inspect", "localhost/busybox").stdout)
+    assert obj["RepoTags"] == ["localhost/busybox:latest"]
+    assert obj["RepoDigests"][0].startswith("localhost/busybox@sha256:")
+    assert obj["Config"]["Cmd"] == ["sh"]
+    assert obj["RootFS"]["Type"] == "layers" and len(obj["RootFS"]["Layers"]) == 1
+    assert obj["Os"] == "linux"
+
+
+def test_tag_rmi_history_save_prune(loaded, tmp_path):
+    cli(loaded, "tag", "localhost/busybox", "teach/busybox:v1")
+    assert "teach/busybox" in cli(loaded, "images").stdout
+    history = cli(loaded, "history", "teach/busybox:v1").stdout.splitlines()
+    assert history[0].split()[:3] == ["IMAGE", "CREATED", "CREATED"]
+    assert "sandbox-kernel image build busybox" in history[1]
+    assert cli(loaded, "rmi", "teach/busybox:v1").stdout == "Untagged: teach/busybox:v1\n"
+    out = tmp_path / "again.tar"
+    cli(loaded, "save", "localhost/busybox", "-o", str(out))
+    assert out.stat().st_size > 500_000
+    removed = cli(loaded, "rmi", "localhost/busybox").stdout.splitlines()
+    assert removed[0] == "Untagged: localhost/busybox:latest" and removed[1].startswith("Deleted: sha256:")
+    assert list((loaded / "blobs/sha256").iterdir()) == []
+    assert "Total reclaimed space" in cli(loaded, "prune").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["inspect", "nothere"], 1, "no such image: nothere"),
+        (["rmi", "nothere"], 1, "no such image: nothere"),
+        (["tag", "localhost/busybox", "Bad:Name"], 1, "invalid reference"),
+        (["inspect", "busybox@sha256:1234"], 1, "invalid digest"),
+        (["load", "/nonexistent/x.tar"], 1, "cannot open /nonexistent/x.tar"),
+        (["save", "localhost/busybox", "-o", "/nonexistent/dir/x.tar"], 1, "cannot write"),
+        (["frobnicate"], 2, "invalid choice"),
+        (["load"], 2, "required"),
+        (["image", "build", "nonsense"], 2, "invalid choice"),
+    ],
+)
+def test_errors_are_one_line(loaded, args, code, message):
+    proc = cli(loaded, *args, check=False)
+    assert proc.returncode == code
+    assert proc.stderr.startswith("sandbox-kernel: error: ")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unwritable_root_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir")
+    proc = cli(blocker / "store", "images", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("sandbox-kernel: error: cannot open the store")
+
+
+def test_root_from_environment(loaded):
+    import os
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "sandbox_kernel", "images", "-q"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SANDBOX_KERNEL_ROOT": str(loaded)},
+    )
+    assert proc.returncode == 0 and len(proc.stdout.strip()) == 12

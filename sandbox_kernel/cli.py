@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("load", cmd_load, "load images from an OCI layout dir, an oci-archive or a docker-archive")
-    p.add_argument("input", metavar="PATH")
+    p.add_argument("input", metavar="PATH", help="a directory, a tar file, or - for standard input")
     p.add_argument("-t", "--tag", help="name the loaded image REF")
     p = add("save", cmd_save, "save images to an OCI archive")
     p.add_argument("images", nargs="+", metavar="REF")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,8 +101,6 @@ def test_unwritable_root_is_a_clear_error(tmp_path):
 
 
 def test_root_from_environment(loaded):
-    import os
-
     proc = subprocess.run(
         [sys.executable, "-m", "sandbox_kernel", "images", "-q"],
         capture_output=True,
@@ -109,3 +108,52 @@ def test_root_from_environment(loaded):
         env={**os.environ, "SANDBOX_KERNEL_ROOT": str(loaded)},
     )
     assert proc.returncode == 0 and len(proc.stdout.strip()) == 12
+
+
+def test_load_from_standard_input(tmp_path, base_store):
+    archive = tmp_path / "bb.tar"
+    save(base_store, ["localhost/busybox:latest"], archive)
+    with open(archive, "rb") as fh:
+        proc = subprocess.run([sys.executable, "-m", "sandbox_kernel", "--root", str(tmp_path / "r"), "load", "-"],
+                              stdin=fh, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "Loaded image: localhost/busybox:latest\n"
+
+
+@pytest.mark.root
+def test_full_disk_is_one_line_and_loses_nothing(tmp_path, base_store):
+    archive = tmp_path / "bb.tar"
+    save(base_store, ["localhost/busybox:latest"], archive)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "sk-test-full", str(small)], check=True)
+    try:
+        root = small / "store"
+        cli(root, "load", str(archive), "-t", "localhost/first:1")
+        tags_before = (root / "index.json").read_bytes()
+        filler = small / "filler"
+        vfs = os.statvfs(small)
+        with open(filler, "wb") as fh:  # leave 400 kB: less than the layer unpacked or the 1 MB blob
+            fh.write(b"\0" * (vfs.f_bavail * vfs.f_frsize - 400 * 1024))
+        code = (
+            "import sys\nfrom sandbox_kernel.runtime import Store\n"
+            "s = Store(sys.argv[1]); s.unpack(s.resolve('localhost/first:1'))"
+        )
+        proc = subprocess.run([sys.executable, "-c", f"from sandbox_kernel.cli import main\n{code}", str(root)],
+                              capture_output=True, text=True)
+        assert proc.returncode != 0 and "no space left" in proc.stderr
+        assert list((root / "tmp").iterdir()) == [] and list((root / "layers").iterdir()) == []
+        other = small / "other"
+        cli(other, "images")  # an empty store fits
+        proc = cli(other, "load", str(archive), check=False)  # a 1 MB blob does not
+        assert proc.returncode == 1, proc.stdout
+        assert proc.stderr.startswith("sandbox-kernel: error:") and proc.stderr.count("\n") == 1
+        assert "no space left" in proc.stderr
+        assert (root / "index.json").read_bytes() == tags_before
+        assert list((other / "tmp").iterdir()) == []
+        assert cli(other, "images", "-q").stdout == "\n"
+        # Blobs that arrived before the disk filled are garbage, not images: prune frees them.
+        cli(other, "prune")
+        assert list((other / "blobs/sha256").iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -323,3 +323,15 @@ def test_write_layer_is_reproducible_and_round_trips(tmp_path, compression):
         names = [m.name for m in members]
         assert names == sorted(names)
         assert all(m.uname == "" and m.mtime == 0 for m in members)
+
+
+def test_modes_do_not_depend_on_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        root = extract(tmp_path, tar_bytes(("f", "pub", b"x", {"mode": 0o644}), ("d", "shared", None, {"mode": 0o775}),
+                                           ("f", "run", b"x", {"mode": 0o1755})))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((root / "pub").stat().st_mode) == 0o644
+    assert stat.S_IMODE((root / "shared").stat().st_mode) == 0o775
+    assert stat.S_IMODE((root / "run").stat().st_mode) == 0o1755

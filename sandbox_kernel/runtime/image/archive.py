@@ -217,10 +217,15 @@ def _parse_json_list(data: bytes, what: str) -> list[Any]:
 
 
 def load(store: Store, path: str | os.PathLike[str], tag: str | None = None) -> list[Loaded]:
-    """Load images from an OCI layout dir, an oci-archive or a docker-archive."""
-    path = Path(path)
+    """Load images from an OCI layout dir, an oci-archive or a docker-archive ("-": stdin)."""
     if tag is not None:
         parse_reference(tag)
+    if str(path) == "-":  # docker load < image.tar
+        import sys
+
+        with store.writing():
+            return _load_tar(store, sys.stdin.buffer, tag)  # type: ignore[arg-type]
+    path = Path(path)
     try:
         st = path.stat()
     except OSError as exc:

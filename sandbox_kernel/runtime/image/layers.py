@@ -69,6 +69,18 @@ class ExtractResult:
     tar_bytes: int
 
 
+def _current_umask() -> int:
+    """The umask, read without changing it (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o777  # unknown: always fchmod
+
+
 def detect_compression(head: bytes) -> Compression:
     """Tell gzip, zstd and plain tar apart by their magic numbers."""
     if head[:2] == b"\x1f\x8b":
@@ -191,6 +203,22 @@ class _ForwardReader:
         self.offset += len(out)
         return out
 
+    def copy_to(self, fd: int, size: int) -> bool:
+        """Write the next ``size`` bytes to ``fd`` straight from the buffer; False at EOF."""
+        while size:
+            if self._bpos >= len(self._buf):
+                self._buf, self._bpos = self._fill(CHUNK), 0
+                if not self._buf:
+                    return False
+            view = memoryview(self._buf)[self._bpos : self._bpos + size]
+            n = len(view)
+            while view:
+                view = view[os.write(fd, view) :]
+            self._bpos += n
+            self.offset += n
+            size -= n
+        return True
+
     def tell(self) -> int:
         return self.offset
 
@@ -298,6 +326,7 @@ class _Extractor:
         self.in_root = syscalls.have_openat2()
         self.dir_fds: dict[tuple[str, ...], int] = {}
         self.retired: list[int] = []
+        self.umask = _current_umask()
         self.seen: set[tuple[str, ...]] = set()  # non-directory entries of this layer
         self.created: set[tuple[str, ...]] = set()  # every path this layer wrote
         self.dirs: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
@@ -399,15 +428,15 @@ class _Extractor:
 
     # -- entries --------------------------------------------------------------
 
-    def apply(self, member: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+    def apply(self, member: tarfile.TarInfo, reader: _ForwardReader) -> None:
         try:
-            self._apply(member, tf)
+            self._apply(member, reader)
         finally:
             for fd in self.retired:  # parents forgotten while applying this entry
                 os.close(fd)
             self.retired.clear()
 
-    def _apply(self, member: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+    def _apply(self, member: tarfile.TarInfo, reader: _ForwardReader) -> None:
         entry = member.name
         self.entries += 1
         if self.entries > self.limits.max_entries:
@@ -427,7 +456,7 @@ class _Extractor:
         if member.isdir():
             self.make_dir(parent, parts, member, entry)
         elif member.isreg():
-            self.make_file(parent, parts, member, tf, entry)
+            self.make_file(parent, parts, member, reader, entry)
         elif member.issym():
             self._create(parent, base, lambda: os.symlink(member.linkname, base, dir_fd=parent))
             self.owner_times(parent, base, member, symlink=True)
@@ -477,7 +506,7 @@ class _Extractor:
         self.dirs.append((parts, member))
 
     def make_file(
-        self, parent: int, parts: tuple[str, ...], member: tarfile.TarInfo, tf: tarfile.TarFile, entry: str
+        self, parent: int, parts: tuple[str, ...], member: tarfile.TarInfo, reader: _ForwardReader, entry: str
     ) -> None:
         if member.sparse is not None:
             raise LayerError("sparse files are not supported", entry=entry, rule="type")
@@ -488,27 +517,25 @@ class _Extractor:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd: int = -1
 
+        mode = self.mode_of(member)
+        # Create with the final mode when the umask leaves it intact (saves a
+        # syscall per file); otherwise owner-only first and fchmod below.
+        direct = (mode & ~self.umask) == mode and not mode & 0o7000
+
         def make() -> None:
             nonlocal fd
-            fd = os.open(name, flags, 0o600, dir_fd=parent)
+            fd = os.open(name, flags, mode if direct else 0o600, dir_fd=parent)
 
         self._create(parent, name, make)
         try:
             if member.size:
-                src = tf.extractfile(member)
-                assert src is not None
-                remaining = member.size
-                while remaining:
-                    chunk = src.read(min(CHUNK, remaining))
-                    if not chunk:
-                        raise LayerError("unexpected end of data", entry=entry, rule="corrupt")
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    remaining -= len(chunk)
+                reader.seek(member.offset_data)
+                if not reader.copy_to(fd, member.size):
+                    raise LayerError("unexpected end of data", entry=entry, rule="corrupt")
             if self.chown:
-                os.fchown(fd, member.uid, member.gid)
-            os.fchmod(fd, self.mode_of(member))
+                os.fchown(fd, member.uid, member.gid)  # (clears setuid bits: chmod comes after)
+            if not direct:
+                os.fchmod(fd, mode)
             self.set_xattrs(fd, member)
             os.utime(fd, ns=_times(member))
         finally:
@@ -637,7 +664,7 @@ def _apply_stream(
         with tf:
             for member in tf:
                 current = member.name
-                extractor.apply(member, tf)
+                extractor.apply(member, reader)
                 tf.members.clear()
             reader.drain()
         extractor.finish()

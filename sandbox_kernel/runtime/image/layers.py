@@ -14,7 +14,9 @@ appears in the error:
     device-node     a character or block device
     hardlink-scope  a hardlink whose target is not an earlier entry of the layer
     whiteout        ``.wh.`` alone, ``.wh..``/``.wh...``, or an opaque marker for ``/``
-    parent          a parent that is not a directory
+    parent          a parent that is not a directory (or a dangling symlink, a loop)
+    owner           a uid or gid outside 0..2^32-2
+    xattr           an allowed xattr the file system refuses (too large)
     type            a tar entry type we do not support (sparse, unknown)
     corrupt         a stream that does not decompress or parse, or the wrong diff id
 
@@ -29,10 +31,10 @@ import gzip
 import hashlib
 import io
 import os
-import shutil
 import stat
 import tarfile
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +42,14 @@ from typing import IO, BinaryIO, Literal
 
 from .. import syscalls
 from ..errors import LayerError
+from ..fsutil import remove_quietly, remove_tree
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
 CHUNK = 1 << 20
 MAX_ID = (1 << 32) - 1
+DIR_CACHE = 64  # directory fds kept open: enough for a tar's locality, far below RLIMIT_NOFILE
 
 Compression = Literal["gzip", "zstd", "none"]
 WhiteoutMode = Literal["overlay", "userxattr", "apply"]
@@ -324,7 +328,7 @@ class _Extractor:
         self.whiteouts = whiteouts
         self.chown = chown
         self.in_root = syscalls.have_openat2()
-        self.dir_fds: dict[tuple[str, ...], int] = {}
+        self.dir_fds: OrderedDict[tuple[str, ...], int] = OrderedDict()
         self.retired: list[int] = []
         self.umask = _current_umask()
         self.seen: set[tuple[str, ...]] = set()  # non-directory entries of this layer
@@ -353,35 +357,74 @@ class _Extractor:
         self.dir_fds.clear()
 
     def dir_fd(self, parts: tuple[str, ...], entry: str, create: bool = True) -> int:
-        """An fd for directory ``parts``, resolved inside the root, created if missing."""
+        """An fd for directory ``parts``, resolved inside the root, created if missing.
+
+        Iterative (names may have 2000 components): find the deepest prefix
+        that exists, then create the rest one level at a time.
+        """
         if not parts:
             return self.root_fd
-        fd = self.dir_fds.get(parts)
+        fd = self._cached(parts)
         if fd is not None:
             return fd
+        where = "/".join(parts)
         try:
-            fd = self._open_dir(parts)
-        except FileNotFoundError:
-            if not create:
-                raise
-            parent = self.dir_fd(parts[:-1], entry)
             try:
-                os.mkdir(parts[-1], 0o755, dir_fd=parent)
-            except FileExistsError:
-                # A dangling symlink (or a race): do not follow it anywhere.
-                raise LayerError(
-                    f"parent {'/'.join(parts)!r} is a dangling symlink", entry=entry, rule="parent"
-                ) from None
-            self.created.add(parts)
-            fd = os.open(parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+                fd = self._open_dir(parts)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                fd = self._make_dirs(parts, entry)
         except NotADirectoryError:
-            raise LayerError(f"parent {'/'.join(parts)!r} is not a directory", entry=entry, rule="parent") from None
+            raise LayerError(f"parent {where!r} is not a directory", entry=entry, rule="parent") from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise LayerError(f"parent {'/'.join(parts)!r} is a symlink loop", entry=entry, rule="parent") from None
+                raise LayerError(f"parent {where!r} is a symlink loop", entry=entry, rule="parent") from None
             raise
-        self.dir_fds[parts] = fd
+        self._remember(parts, fd)
         return fd
+
+    def _make_dirs(self, parts: tuple[str, ...], entry: str) -> int:
+        depth = len(parts) - 1
+        base = self.root_fd
+        while depth > 0:
+            known = self._cached(parts[:depth])
+            if known is not None:
+                base = known
+                break
+            try:
+                base = self._open_dir(parts[:depth])
+            except FileNotFoundError:
+                depth -= 1
+                continue
+            self._remember(parts[:depth], base)
+            break
+        for level in range(depth, len(parts)):
+            name = parts[level]
+            try:
+                os.mkdir(name, 0o755, dir_fd=base)
+            except FileExistsError:
+                # A dangling symlink (or a race): never follow it anywhere.
+                where = "/".join(parts[: level + 1])
+                raise LayerError(f"parent {where!r} is a dangling symlink", entry=entry, rule="parent") from None
+            self.created.add(parts[: level + 1])
+            base = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
+            if level < len(parts) - 1:
+                self._remember(parts[: level + 1], base)
+        return base
+
+    def _cached(self, parts: tuple[str, ...]) -> int | None:
+        fd = self.dir_fds.get(parts)
+        if fd is not None:
+            self.dir_fds.move_to_end(parts)
+        return fd
+
+    def _remember(self, parts: tuple[str, ...], fd: int) -> None:
+        self.dir_fds[parts] = fd
+        if len(self.dir_fds) > DIR_CACHE:
+            # Least recently used out; closed once the current entry is done,
+            # since the caller may still be using it as a parent.
+            self.retired.append(self.dir_fds.popitem(last=False)[1])
 
     def _open_dir(self, parts: tuple[str, ...]) -> int:
         flags = os.O_RDONLY | os.O_DIRECTORY
@@ -418,7 +461,7 @@ class _Extractor:
         except FileNotFoundError:
             return False
         if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(name, dir_fd=parent)
+            remove_tree(name, parent)
         else:
             os.unlink(name, dir_fd=parent)
         # A cached parent may have been resolved through what was just removed
@@ -581,8 +624,11 @@ class _Extractor:
             try:
                 os.setxattr(fd, attr, raw)
             except OSError as exc:
-                if exc.errno not in (errno.ENOTSUP, errno.EPERM):
-                    raise
+                if exc.errno in (errno.ENOTSUP, errno.EPERM):
+                    continue  # the file system does not keep user xattrs: not the layer's fault
+                raise LayerError(
+                    f"cannot set xattr {attr!r}: {exc.strerror}", entry=member.name, rule="xattr"
+                ) from None
 
     def whiteout(self, parts: tuple[str, ...], entry: str) -> None:
         base = parts[-1]
@@ -717,7 +763,7 @@ def extract_layer(
                 rule="corrupt",
             )
     except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
+        remove_quietly(target)
         raise
     return result
 

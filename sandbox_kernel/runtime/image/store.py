@@ -28,13 +28,13 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from ..errors import BlobError, ImageNotFound, ReferenceFormatError, StoreError
+from ..fsutil import remove_quietly
 from . import media
 from .layers import ExtractLimits, ExtractResult, extract_layer
 from .ref import Reference, digest_hex, looks_like_id, parse_reference, validate_digest
@@ -422,12 +422,12 @@ class Store:
             except OSError as exc:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
-                shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+                remove_quietly(tmp)  # another process won the race
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_quietly(tmp)
             raise _store_error(exc, f"cannot unpack layer {desc['digest'][:19]}") from None
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_quietly(tmp)
             raise
         return result
 
@@ -466,11 +466,11 @@ class Store:
                     removed["blobs"] += 1
             for path in (self.root / "layers").iterdir():
                 if path.name.removesuffix("-trusted") not in keep_layers:
-                    shutil.rmtree(path, ignore_errors=True)
+                    remove_quietly(path)
                     removed["layers"] += 1
             for path in (self.root / "tmp").iterdir():
                 if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
+                    remove_quietly(path)
                 else:
                     path.unlink(missing_ok=True)
                 removed["tmp"] += 1

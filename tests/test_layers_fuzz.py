@@ -1,0 +1,771 @@
+"""Property-based fuzzing of the layer extractor (``extract_layer`` / ``apply_layer``).
+
+Two generators feed the same properties:
+
+* structured layers: 1-30 tar entries of every type, with hostile names (``..``,
+  ``.wh.`` forms, 300-byte components, deep nesting, leading ``/``), link targets
+  into an "outside" sibling directory (absolute, relative, ``/proc/self/root``),
+  odd modes, owners, times and pax xattrs, as GNU, PAX or ustar tars, plain,
+  gzip or zstd;
+* raw bytes: small valid layers with bits flipped, bytes inserted or deleted,
+  header fields overwritten (checksums optionally repaired so the parser goes
+  deeper), or the compressed stream mangled or truncated.
+
+Properties, for ``extract_layer`` into a fresh directory and for ``apply_layer``
+onto a pre-seeded tree (which holds symlinks pointing outside):
+
+* the call returns or raises ``LayerError``: any other exception is a bug;
+* nothing outside the target changes: every sibling "outside" directory (three
+  levels of them, seeded with sentinels) and everything else in the per-example
+  sandbox keeps its paths, types, modes, owners, sizes, times, link counts,
+  content hashes, symlink targets and xattrs, and nothing new appears there;
+* no file descriptor leaks;
+* ``extract_layer`` leaves no target behind when it raises;
+* the target never holds setuid/setgid non-directories, ``security.capability``,
+  ``trusted.*`` other than the overlay opaque marker, ``user.overlay.*``, device
+  nodes other than 0:0 whiteouts (none at all for ``apply_layer``), or a
+  hardlink to an inode outside it.
+
+The regression tests at the end pin down the extractor bugs this fuzzing found;
+they fail until the extractor is fixed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gzip
+import hashlib
+import io
+import math
+import os
+import shutil
+import stat
+import sys
+import tarfile
+import tempfile
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import strategies as st
+
+from sandbox_kernel.runtime.errors import LayerError
+from sandbox_kernel.runtime.image.layers import apply_layer, extract_layer
+
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
+
+OPAQUE = ".wh..wh..opq"
+DEEP = {"{deep1100}": "/".join(["a"] * 1100), "{deep2047}": "/".join(["a"] * 2047)}  # 2047 -> 4093 bytes
+
+# -- the per-example sandbox ---------------------------------------------------------------------------------------
+#
+#   top/outside/                 sentinels, reached by "../../../outside" from a root
+#   top/w/outside/               sentinels, reached by "../../outside"
+#   top/w/w/outside/             THE outside sibling: its absolute path is used in link targets
+#   top/w/w/new/                 extract_layer target (absent before)
+#   top/w/w/existing/            apply_layer target, pre-seeded (with symlinks to the outside)
+
+NEW = "w/w/new"
+EXISTING = "w/w/existing"
+ANCESTORS = frozenset({"w", "w/w"})  # their mtime/ctime/nlink change when NEW comes and goes
+
+
+@dataclass(frozen=True)
+class Box:
+    top: str
+    outside: str
+    new: str
+    existing: str
+
+
+def _write(path: str, data: bytes, mode: int = 0o644) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, mode)
+
+
+def _seed_outside(path: str) -> None:
+    os.makedirs(f"{path}/a/b")
+    _write(f"{path}/sentinel", b"sentinel " + path.encode())
+    _write(f"{path}/x", b"x")
+    _write(f"{path}/a/a", b"a/a")
+    _write(f"{path}/suid", b"#!/bin/sh\n", 0o4755)
+    os.symlink("sentinel", f"{path}/b")
+    os.mkfifo(f"{path}/p", 0o600)
+    os.mkdir(f"{path}/ro")
+    _write(f"{path}/ro/f", b"read-only dir")
+    os.chmod(f"{path}/ro", 0o555)
+    with contextlib.suppress(OSError):
+        os.setxattr(f"{path}/sentinel", "user.sentinel", b"1")
+
+
+def _seed_existing(path: str, outside: str) -> None:
+    os.makedirs(f"{path}/a/b")
+    os.mkdir(f"{path}/a/c")
+    os.mkdir(f"{path}/e")
+    _write(f"{path}/a/a", b"lower a/a")
+    _write(f"{path}/a/b/a", b"lower a/b/a")
+    _write(f"{path}/x", b"lower x")
+    os.symlink(outside, f"{path}/b")  # absolute, straight at the outside dir
+    os.symlink("../outside", f"{path}/c")  # relative escape
+    os.symlink(f"/proc/self/root{outside}", f"{path}/d")
+    os.symlink(f"{outside}/a", f"{path}/e/l")
+
+
+def _onerror(func, path, _exc_info) -> None:
+    """Make ``path`` and its parent writable again, then retry (a layer may leave 0o000 dirs)."""
+    for victim in (os.path.dirname(path), path):
+        with contextlib.suppress(OSError):
+            if not os.path.islink(victim):
+                os.chmod(victim, 0o700)
+    with contextlib.suppress(OSError):
+        func(path)
+
+
+def _rmtree(path: str) -> None:
+    # shutil.rmtree recurses once per level (Python 3.11); layers can nest ~2000 deep.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20_000))
+    try:
+        shutil.rmtree(path, onerror=_onerror)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+@contextlib.contextmanager
+def _sandbox() -> Iterator[Box]:
+    """A fresh sandbox for one example (hypothesis re-runs the test body, so no pytest tmp_path)."""
+    with tempfile.TemporaryDirectory(prefix="layers-fuzz-", ignore_cleanup_errors=True) as top:
+        try:
+            for sub in ("outside", "w/outside", "w/w/outside"):
+                os.makedirs(f"{top}/{sub}")
+                _seed_outside(f"{top}/{sub}")
+            outside = f"{top}/w/w/outside"
+            os.mkdir(f"{top}/{EXISTING}")
+            _seed_existing(f"{top}/{EXISTING}", outside)
+            yield Box(top, outside, f"{top}/{NEW}", f"{top}/{EXISTING}")
+        finally:
+            _rmtree(top)
+
+
+# -- snapshots ------------------------------------------------------------------------------------------------------
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+KINDS = {
+    stat.S_IFDIR: "dir",
+    stat.S_IFREG: "file",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFCHR: "chr",
+    stat.S_IFBLK: "blk",
+    stat.S_IFSOCK: "sock",
+}
+
+
+@dataclass(frozen=True)
+class Node:
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    nlink: int
+    mtime_ns: int
+    ctime_ns: int
+    rdev: int
+    inode: tuple[int, int]
+    digest: str | None
+    link: str | None
+    xattrs: tuple[tuple[str, bytes], ...]
+
+
+def _node(dfd: int, name: str, st: os.stat_result) -> Node:
+    kind = KINDS[stat.S_IFMT(st.st_mode)]
+    digest = link = None
+    if kind == "file":
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        with os.fdopen(fd, "rb") as fh:
+            digest = hashlib.sha256(fh.read()).hexdigest()
+    elif kind == "symlink":
+        link = os.readlink(name, dir_fd=dfd)
+    proc = f"/proc/self/fd/{dfd}/{name}"  # xattr calls take no dir_fd; deep paths exceed PATH_MAX
+    try:
+        xattrs = tuple(
+            sorted((k, os.getxattr(proc, k, follow_symlinks=False)) for k in os.listxattr(proc, follow_symlinks=False))
+        )
+    except OSError:
+        xattrs = ()
+    return Node(
+        kind,
+        stat.S_IMODE(st.st_mode),
+        st.st_uid,
+        st.st_gid,
+        st.st_size,
+        st.st_nlink,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_rdev,
+        (st.st_dev, st.st_ino),
+        digest,
+        link,
+        xattrs,
+    )
+
+
+def _snapshot(top: str, *, skip: frozenset[str] = frozenset(), coarse: frozenset[str] = frozenset()) -> dict[str, Node]:
+    """Everything below ``top`` by relative path, without following symlinks (iterative, fd-relative)."""
+    out: dict[str, Node] = {}
+    top_fd = os.open(top, DIR_FLAGS)
+    try:
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            dfd = os.open(rel, DIR_FLAGS, dir_fd=top_fd) if rel else top_fd
+            try:
+                for name in sorted(os.listdir(dfd)):
+                    path = f"{rel}/{name}" if rel else name
+                    if path in skip:
+                        continue
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    node = _node(dfd, name, st)
+                    if path in coarse:
+                        node = dataclasses.replace(node, nlink=0, mtime_ns=0, ctime_ns=0)
+                    out[path] = node
+                    if node.kind == "dir":
+                        stack.append(path)
+            finally:
+                if dfd != top_fd:
+                    os.close(dfd)
+    finally:
+        os.close(top_fd)
+    return out
+
+
+def _assert_unchanged(before: dict[str, Node], after: dict[str, Node], what: str) -> None:
+    if before == after:
+        return
+    added = sorted(after.keys() - before.keys())
+    removed = sorted(before.keys() - after.keys())
+    changed = [(k, before[k], after[k]) for k in sorted(before.keys() & after.keys()) if before[k] != after[k]]
+    pytest.fail(f"{what} changed: added {added[:10]}, removed {removed[:10]}, changed {changed[:5]}")
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _assert_root_is_safe(root: str, *, whiteout_devices: bool, outside_inodes: set, opaque_markers: bool) -> None:
+    for rel, node in _snapshot(root).items():
+        if node.kind != "dir":
+            assert node.inode not in outside_inodes, f"{rel!r} is a hardlink to an inode outside the root"
+        if node.kind not in ("dir", "symlink"):
+            assert not node.mode & (stat.S_ISUID | stat.S_ISGID), f"{rel!r} kept setuid/setgid: {oct(node.mode)}"
+        if node.kind in ("chr", "blk"):
+            assert whiteout_devices and node.kind == "chr" and node.rdev == 0, f"device node {rel!r} ({node})"
+        assert node.kind != "sock", f"socket {rel!r}"
+        for key, value in node.xattrs:
+            assert key != "security.capability", f"{rel!r} got security.capability although trusted=False"
+            assert not key.startswith("user.overlay."), f"{rel!r} got {key}"
+            if key.startswith("trusted."):
+                assert key == "trusted.overlay.opaque", f"{rel!r} got {key}"
+                assert node.kind == "dir" and value == b"y", f"{rel!r}: opaque {value!r} on a {node.kind}"
+                assert opaque_markers, f"{rel!r} is opaque but the layer had no {OPAQUE} entry"
+
+
+_UNEXPECTED: dict[str, type[AssertionError]] = {}
+
+
+def _call(fn, *args):
+    """``fn(*args)``, or None if it raised LayerError; anything else fails the test.
+
+    The failure is re-raised as a short ``Unexpected<Type>`` (one class per original type, so
+    hypothesis reports distinct bugs separately) with the last frames only: pytest takes minutes
+    to format the ~2000-frame traceback of a RecursionError. It is raised outside the ``except``
+    block so that it has no ``__context__``: the extractor's RecursionError chains ~2000
+    FileNotFoundErrors, and hypothesis itself overflows walking such a chain.
+    """
+    try:
+        return fn(*args)
+    except LayerError:
+        return None
+    except Exception as exc:
+        name = type(exc).__name__
+        kind = _UNEXPECTED.setdefault(name, type(f"Unexpected{name}", (AssertionError,), {}))
+        frames = "".join(traceback.format_tb(exc.__traceback__, limit=-6))
+        failure = kind(f"{fn.__name__} raised {name}, not LayerError: {exc}\n{frames}")
+    raise failure
+
+
+@dataclass
+class Outcome:
+    extracted: object | None  # ExtractResult, or None after LayerError
+    applied: object | None
+
+
+def _exercise(box: Box, stream: bytes, *, opaque_markers: bool = True) -> Outcome:
+    """Run both entry points on ``stream`` and check every containment property."""
+    protected = frozenset({NEW, EXISTING})
+    sandbox_before = _snapshot(box.top, skip=protected, coarse=ANCESTORS)
+    outside_inodes = {n.inode for n in sandbox_before.values() if n.kind != "dir"}
+
+    # extract_layer into a fresh directory
+    existing_before = _snapshot(box.existing)
+    fds = _open_fds()
+    extracted = _call(extract_layer, io.BytesIO(stream), box.new)
+    assert _open_fds() == fds, "extract_layer leaked file descriptors"
+    _assert_unchanged(sandbox_before, _snapshot(box.top, skip=protected, coarse=ANCESTORS), "sandbox outside the root")
+    _assert_unchanged(existing_before, _snapshot(box.existing), "the other root (apply target)")
+    if extracted is None:
+        assert not os.path.lexists(box.new), "extract_layer raised but left its target behind"
+    else:
+        _assert_root_is_safe(
+            box.new, whiteout_devices=True, outside_inodes=outside_inodes, opaque_markers=opaque_markers
+        )
+
+    # apply_layer onto the pre-seeded tree
+    new_before = _snapshot(box.new) if extracted is not None else None
+    fds = _open_fds()
+    applied = _call(apply_layer, io.BytesIO(stream), box.existing)
+    assert _open_fds() == fds, "apply_layer leaked file descriptors"
+    _assert_unchanged(sandbox_before, _snapshot(box.top, skip=protected, coarse=ANCESTORS), "sandbox outside the root")
+    if new_before is not None:
+        _assert_unchanged(new_before, _snapshot(box.new), "the other root (extract target)")
+    else:
+        assert not os.path.lexists(box.new)
+    # apply cannot roll back, so check what it left either way
+    _assert_root_is_safe(box.existing, whiteout_devices=False, outside_inodes=outside_inodes, opaque_markers=False)
+    return Outcome(extracted, applied)
+
+
+# -- building tars ----------------------------------------------------------------------------------------------------
+
+
+def _expand(text: str, outside: str) -> str:
+    for token, value in DEEP.items():
+        text = text.replace(token, value)
+    return text.replace("{out_rel}", outside.lstrip("/")).replace("{out}", outside)
+
+
+def _compress(raw: bytes, compression: str) -> bytes:
+    half = len(raw) // 2
+    if compression == "gzip":
+        return gzip.compress(raw, mtime=0)
+    if compression == "gzip-multi":  # two gzip members back to back
+        return gzip.compress(raw[:half], mtime=0) + gzip.compress(raw[half:], mtime=0)
+    if compression == "zstd":
+        return zstandard.ZstdCompressor().compress(raw)
+    if compression == "zstd-multi":  # two frames
+        cctx = zstandard.ZstdCompressor()
+        return cctx.compress(raw[:half]) + cctx.compress(raw[half:])
+    return raw
+
+
+COMPRESSIONS = ["none", "gzip", "gzip-multi", "zstd", "zstd-multi"]
+FORMATS = [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT]
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str  # dir file symlink hardlink fifo chr blk whiteout opaque
+    name: str  # may hold {out}, {out_rel}, {deepN} placeholders, expanded per example
+    link: str = ""
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    mtime: float = 0
+    data: bytes = b""
+    xattrs: tuple[tuple[str, str], ...] = ()
+    dev: tuple[int, int] = (0, 0)
+    wtype: bytes = tarfile.REGTYPE  # the tar type a whiteout/opaque marker is stored as
+
+
+TYPES = {
+    "dir": tarfile.DIRTYPE,
+    "file": tarfile.REGTYPE,
+    "symlink": tarfile.SYMTYPE,
+    "hardlink": tarfile.LNKTYPE,
+    "fifo": tarfile.FIFOTYPE,
+    "chr": tarfile.CHRTYPE,
+    "blk": tarfile.BLKTYPE,
+}
+
+
+def _tarinfo(entry: Entry, outside: str) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(_expand(entry.name, outside))
+    info.type = TYPES.get(entry.kind, entry.wtype)
+    info.mode, info.uid, info.gid, info.mtime = entry.mode, entry.uid, entry.gid, entry.mtime
+    info.uname = info.gname = ""
+    info.linkname = _expand(entry.link, outside) if info.type in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+    info.devmajor, info.devminor = entry.dev
+    info.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in entry.xattrs}
+    if not math.isfinite(entry.mtime):  # tarfile cannot write these itself; a pax record can carry them
+        info.mtime = 0
+        info.pax_headers["mtime"] = str(entry.mtime)
+    data = None
+    if info.type == tarfile.REGTYPE:
+        data = entry.data if entry.kind == "file" else b""
+        info.size = len(data)
+    return info, data
+
+
+def _build_tar(entries: list[Entry], outside: str, fmt: int) -> bytes | None:
+    """The uncompressed tar, in ``fmt`` or else PAX (GNU/ustar cannot hold every field); None if neither can."""
+    for form in dict.fromkeys((fmt, tarfile.PAX_FORMAT)):
+        buf = io.BytesIO()
+        try:
+            with tarfile.open(fileobj=buf, mode="w", format=form) as tf:
+                for entry in entries:
+                    info, data = _tarinfo(entry, outside)
+                    tf.addfile(info, io.BytesIO(data) if data is not None else None)
+        except (ValueError, TypeError, OverflowError, tarfile.TarError):
+            continue
+        return buf.getvalue()
+    return None
+
+
+# -- the structured strategy ------------------------------------------------------------------------------------------
+
+COMPONENTS = [
+    "..", ".", "", "a", "b", "c", "x", "outside",
+    ".wh.", ".wh..", ".wh...", ".wh.a", ".wh.b", OPAQUE, ".wh..wh.plnk",
+    "L" * 300, "M" * 255, "é", "\udcff",  # undecodable byte 0xff, kept by surrogateescape
+    "{deep1100}", "{deep2047}",
+]  # fmt: skip
+# what a well-behaved layer uses: most entries are drawn from these, so that layers get applied far
+# enough for their entries to interact (a refused entry ends the layer)
+SAFE_COMPONENTS = ["", ".", "a", "b", "c", "x", "e", "outside", ".wh..wh.plnk", "M" * 255, "é", "\udcff"]
+PREFIXES = ["", "", "/", "./", "//", "/./"]
+
+
+@st.composite
+def names(draw, hostile: bool = True) -> str:
+    parts = draw(st.lists(st.sampled_from(COMPONENTS if hostile else SAFE_COMPONENTS), min_size=1, max_size=4))
+    return draw(st.sampled_from(PREFIXES)) + "/".join(parts) + draw(st.sampled_from(["", "", "/"]))
+
+
+def dir_prefixes(hostile: bool) -> st.SearchStrategy[str]:
+    fixed = st.sampled_from(["a/", "b/", "c/", "e/", "a/b/", "/x/", "./a/", "c/x/", "d/", "e/l/"])
+    return st.one_of(st.just(""), fixed, names(hostile).map(lambda name: name.rstrip("/") + "/"))
+
+
+SAFE_VICTIMS = ["a", "b", "c", "x", "e", "d", ".wh.a", "outside", "sentinel", "N" * 251]
+VICTIMS = [*SAFE_VICTIMS, "", ".", "..", "N" * 252]
+
+# link targets besides the layer's own names: the outside dir every way we can think of
+TARGETS = [
+    "{out}", "{out}/", "{out}/x", "{out}/sentinel", "{out}/a", "{out}/a/a", "{out}/ro/f", "{out}/p",
+    "../outside", "../outside/x", "../../outside/x", "../../../outside/sentinel",
+    "../" * 12 + "{out_rel}/x", "/../../..{out}", "/proc/self/root", "/proc/self/root{out}/x",
+    "/proc/self/cwd", "/proc/self/fd/3", "/", ".", "..", "", "a", "a/a", "b/x", "b/../..", "T" * 5000,
+]  # fmt: skip
+
+modes = st.one_of(
+    st.sampled_from([0o755, 0o644, 0o4755, 0o2755, 0o6777, 0o1777, 0o7777, 0o000, 0o555, 0o200, 0o170777]),
+    st.integers(0, 0o177777),
+)
+SAFE_IDS = [0, 1, 1000, 65534, 2**31 - 1, 2**32 - 2]
+BAD_IDS = [2**32 - 1, 2**32, 2**40, -1]  # out of range: refused
+mtimes = st.one_of(
+    st.sampled_from([0, 1, -1, -(2**31), 2**31, 2**33, 2**40, 2**62, 2**80, 1.5, -0.5, 1e12, 1e300]),
+    st.sampled_from([float("inf"), float("-inf"), float("nan")]),
+    st.integers(-(2**34), 2**34),
+)
+contents = st.one_of(st.binary(max_size=64), st.sampled_from([b"", b"z" * 3000]))
+xattr_keys = st.sampled_from(
+    [
+        "user.a", "user.b", "user.overlay.opaque", "trusted.overlay.opaque", "trusted.x",
+        "security.capability", "security.selinux", "system.posix_acl_access", "user.", "", "user." + "k" * 300,
+    ]
+)  # fmt: skip
+xattr_values = st.one_of(
+    st.sampled_from(["", "y", "\x01\x00\x00\x02" + "\x00" * 16, "\udcff\udcfe", "v" * 100, "v" * 5000]),
+    st.text(max_size=20),
+)
+devices = st.tuples(st.sampled_from([0, 1, 8, 255, 4095]), st.sampled_from([0, 1, 3, 255, 2**20 - 1]))
+SAFE_KINDS = [*["dir", "file", "symlink"] * 3, *["hardlink", "whiteout"] * 2, "fifo", "opaque"]
+KIND_NAMES = [*SAFE_KINDS, "chr", "blk"]
+
+
+@st.composite
+def layer_entries(draw) -> list[Entry]:
+    n = draw(st.integers(1, 30))
+    # about one entry in eight is drawn from the full hostile alphabets (the rest only from safe ones)
+    hostile = [draw(st.integers(0, 7)) == 7 for _ in range(n)]
+    kinds = [draw(st.sampled_from(KIND_NAMES if bad else SAFE_KINDS)) for bad in hostile]
+    entry_names = []
+    for kind, bad in zip(kinds, hostile, strict=True):
+        if kind == "whiteout":
+            victim = draw(st.sampled_from(VICTIMS if bad else SAFE_VICTIMS))
+            entry_names.append(draw(dir_prefixes(bad)) + ".wh." + victim)
+        elif kind == "opaque":
+            entry_names.append(draw(dir_prefixes(bad)) + OPAQUE)
+        else:
+            entry_names.append(draw(names(bad)))
+    links = st.one_of(st.sampled_from(entry_names), st.sampled_from(TARGETS), names())
+    entries = []
+    for kind, name, bad in zip(kinds, entry_names, hostile, strict=True):
+        ids = (
+            st.sampled_from(SAFE_IDS + BAD_IDS) if bad else st.one_of(st.sampled_from(SAFE_IDS), st.integers(0, 70_000))
+        )
+        entries.append(
+            Entry(
+                kind=kind,
+                name=name,
+                link=draw(links) if kind in ("symlink", "hardlink") else "",
+                mode=draw(modes),
+                uid=draw(ids),
+                gid=draw(ids),
+                mtime=draw(mtimes),
+                data=draw(contents) if kind == "file" else b"",
+                xattrs=tuple(draw(st.lists(st.tuples(xattr_keys, xattr_values), max_size=3))),
+                dev=draw(devices) if kind in ("chr", "blk") else (0, 0),
+                wtype=draw(st.sampled_from([tarfile.REGTYPE, tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.CHRTYPE]))
+                if kind in ("whiteout", "opaque")
+                else tarfile.REGTYPE,
+            )
+        )
+    return entries
+
+
+def _is_opaque_marker(name: str) -> bool:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    return bool(parts) and parts[-1] == OPAQUE
+
+
+@pytest.mark.root  # chown to any uid, whiteout device nodes, and removing read-only dirs on failure
+@FUZZ
+@given(entries=layer_entries(), fmt=st.sampled_from(FORMATS), compression=st.sampled_from(COMPRESSIONS))
+def test_structured_layers_stay_inside_the_root(entries: list[Entry], fmt: int, compression: str) -> None:
+    with _sandbox() as box:
+        raw = _build_tar(entries, box.outside, fmt)
+        if raw is None:
+            reject()
+        markers = any(_is_opaque_marker(_expand(e.name, box.outside)) for e in entries)
+        outcome = _exercise(box, _compress(raw, compression), opaque_markers=markers)
+        diff_id = "sha256:" + hashlib.sha256(raw).hexdigest()
+        for result in (outcome.extracted, outcome.applied):
+            if result is not None:
+                assert result.diff_id == diff_id
+                assert result.entries == len(entries)
+
+
+# -- the raw-bytes strategy -------------------------------------------------------------------------------------------
+
+
+def _seed(entries: list[Entry], fmt: int) -> bytes:
+    raw = _build_tar(entries, "/nonexistent-outside", fmt)
+    assert raw is not None
+    return raw
+
+
+SEEDS = [
+    _seed(
+        [
+            Entry("dir", "a/", mode=0o755),
+            Entry("file", "a/f", data=b"hello\n" * 20, mode=0o4755, uid=2**32 - 2,
+                  xattrs=(("user.k", "v"), ("security.capability", "\x01\x00\x00\x02"))),
+            Entry("symlink", "a/s", link="../../outside/x"),
+            Entry("hardlink", "a/h", link="a/f"),
+            Entry("fifo", "p", mode=0o600),
+            Entry("opaque", f"a/{OPAQUE}"),
+            Entry("whiteout", "a/.wh.gone"),
+            Entry("file", "a/s2", data=b"x"),
+        ],
+        tarfile.PAX_FORMAT,
+    ),
+    _seed(
+        [
+            Entry("file", "L" * 150, data=b"long name"),
+            Entry("symlink", "s", link="/proc/self/root/../outside"),
+            Entry("dir", "b/"),
+            Entry("file", "b/f", data=bytes(range(256)) * 3),
+            Entry("hardlink", "b/" + "H" * 120, link="L" * 150),
+        ],
+        tarfile.GNU_FORMAT,
+    ),
+    _seed([Entry("file", "./x", data=b"ustar"), Entry("dir", "x/"), Entry("chr", "x/.wh.y")], tarfile.USTAR_FORMAT),
+    _seed([Entry("file", "big", data=b"B" * 700, mtime=1.5)], tarfile.PAX_FORMAT),
+]  # fmt: skip
+
+HEADER_FIELDS = [0, 99, 100, 108, 116, 124, 136, 148, 156, 157, 257, 263, 265, 297, 329, 337, 345]  # ustar offsets
+OPS = ["flip", "set", "truncate", "insert", "delete", "field", "octal"]
+
+
+def _mutate(data: bytes, mutations: list[tuple[str, int, bytes]]) -> bytes:
+    buf = bytearray(data)
+    for op, at, blob in mutations:
+        n = len(buf)
+        if not n:
+            break
+        i = at % n
+        if op == "flip":
+            buf[i] ^= 1 << (blob[0] % 8)
+        elif op == "set":
+            buf[i] = blob[0]
+        elif op == "truncate":
+            del buf[at % (n + 1) :]
+        elif op == "insert":
+            buf[i:i] = blob
+        elif op == "delete":
+            del buf[i : i + len(blob)]
+        else:  # overwrite a header field of some 512-byte block
+            start = (at // len(HEADER_FIELDS)) % max(1, n // 512) * 512 + HEADER_FIELDS[at % len(HEADER_FIELDS)]
+            value = blob if op == "field" else b"%o\0" % int.from_bytes(blob, "big")
+            buf[start : start + len(value)] = value
+    return bytes(buf)
+
+
+def _fix_checksums(data: bytes) -> bytes:
+    """Recompute the checksum of every block that looks like a ustar header, so mutations get past it."""
+    buf = bytearray(data)
+    for start in range(0, len(buf) - 511, 512):
+        block = buf[start : start + 512]
+        if block[257:262] == b"ustar":
+            block[148:156] = b" " * 8
+            buf[start + 148 : start + 156] = b"%06o\0 " % sum(block)
+    return bytes(buf)
+
+
+mutations = st.lists(
+    st.tuples(st.sampled_from(OPS), st.integers(0, 1 << 16), st.binary(min_size=1, max_size=16)),
+    min_size=1,
+    max_size=6,
+)
+
+
+@pytest.mark.root
+@FUZZ
+@given(
+    seed=st.sampled_from(range(len(SEEDS))),
+    compression=st.sampled_from(COMPRESSIONS),
+    where=st.sampled_from(["tar", "tar-fixed", "compressed"]),
+    muts=mutations,
+)
+def test_mutated_layer_bytes_stay_inside_the_root(
+    seed: int, compression: str, where: str, muts: list[tuple[str, int, bytes]]
+) -> None:
+    raw = SEEDS[seed]
+    if where == "compressed":
+        stream = _mutate(_compress(raw, compression), muts)
+    else:
+        tar = _mutate(raw, muts)
+        stream = _compress(_fix_checksums(tar) if where == "tar-fixed" else tar, compression)
+    with _sandbox() as box:
+        _exercise(box, stream)
+
+
+def test_seeds_are_valid_layers() -> None:
+    """The raw-bytes fuzzing starts from layers the extractor accepts (else it only fuzzes the error path)."""
+    with _sandbox() as box:
+        for raw in SEEDS:
+            for compression in COMPRESSIONS:
+                if os.path.lexists(box.new):
+                    _rmtree(box.new)
+                extract_layer(io.BytesIO(_compress(raw, compression)), box.new)
+
+
+# -- regression tests for bugs the fuzzing found (they fail until the extractor is fixed) -----------------------------
+
+
+def _layer(entries: list[Entry], fmt: int = tarfile.PAX_FORMAT) -> io.BytesIO:
+    return io.BytesIO(_seed(entries, fmt))
+
+
+@pytest.mark.parametrize("depth", [1100, 2047])
+@pytest.mark.parametrize("entry_point", ["extract", "apply"])
+def test_deeply_nested_name_is_not_a_recursion_error(tmp_path: Path, entry_point: str, depth: int) -> None:
+    """A 1100- or 2047-component name (within max_path) recursed once per missing parent in
+    ``_Extractor.dir_fd`` and escaped as RecursionError instead of being extracted or refused."""
+    layer = _layer([Entry("file", "/".join(["a"] * depth), data=b"deep")])
+    target = tmp_path / "root"
+    try:
+        if entry_point == "extract":
+            _call(extract_layer, layer, target)
+        else:
+            target.mkdir()
+            _call(apply_layer, layer, target)
+    finally:
+        if target.exists():
+            _rmtree(str(target))
+
+
+def test_whiteout_of_a_deep_existing_tree_is_not_a_recursion_error(tmp_path: Path) -> None:
+    """``_Extractor.remove`` uses shutil.rmtree, which recurses per level on Python 3.11: a whiteout of a
+    1500-deep lower directory raised RecursionError."""
+    root = tmp_path / "root"
+    root.mkdir()
+    fd = os.open(root, DIR_FLAGS)
+    for _ in range(1500):
+        os.mkdir("a", dir_fd=fd)
+        child = os.open("a", DIR_FLAGS, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(fd)
+    try:
+        assert _call(apply_layer, _layer([Entry("whiteout", ".wh.a")]), root) is not None
+        assert not os.path.lexists(root / "a")
+    finally:
+        _rmtree(str(root))
+
+
+@pytest.mark.root
+def test_oversized_user_xattr_is_a_layer_error(tmp_path: Path) -> None:
+    """A 5000-byte user.* pax xattr does not fit an ext4 inode: setxattr fails with ENOSPC, which
+    ``_apply_stream`` re-raises as a bare OSError (it means to pass a full disk through), so a layer
+    can make the extractor fail with something other than LayerError. (Passes on file systems that
+    take the value, e.g. tmpfs.)"""
+    layer = _layer([Entry("file", "f", data=b"x", xattrs=(("user.big", "v" * 5000),))])
+    _call(extract_layer, layer, tmp_path / "root")
+
+
+DIR_REPLACED = [Entry("dir", "a/"), Entry("dir", "a/b/"), Entry("file", "a/b/c", data=b"c")]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("replacement", "kind"),
+    [
+        (Entry("file", "a/b", data=b"now a file"), "file"),
+        (Entry("symlink", "a/b", link="c"), "symlink"),
+        (Entry("fifo", "a/b"), "fifo"),
+        (Entry("whiteout", "a/.wh.b"), "chr"),
+    ],
+    ids=["file", "symlink", "fifo", "whiteout"],
+)
+def test_replacing_a_directory_below_the_root(tmp_path: Path, replacement: Entry, kind: str) -> None:
+    """``_Extractor.remove`` of a directory calls ``_forget_dirs``, which closes every cached dir fd,
+    including the ``parent`` fd its caller (``_create``/``make_dir``) uses next: EBADF, reported as
+    LayerError "cannot apply entry: Bad file descriptor" for a valid layer."""
+    extract_layer(_layer([*DIR_REPLACED, replacement]), tmp_path / "root")
+    node = _snapshot(str(tmp_path / "root"))["a/b"]
+    assert node.kind == kind
+
+
+@pytest.mark.root
+def test_apply_replaces_a_lower_directory_with_a_symlink(tmp_path: Path) -> None:
+    """Flattening an image whose upper layer turns a lower directory into a symlink (usrmerge-style)."""
+    (tmp_path / "usr/lib/x").mkdir(parents=True)
+    (tmp_path / "usr/lib/x/f").write_bytes(b"lower")
+    apply_layer(_layer([Entry("symlink", "usr/lib/x", link="y")]), tmp_path)
+    assert os.readlink(tmp_path / "usr/lib/x") == "y"
+
+
+@pytest.mark.root
+def test_apply_opaque_directory_with_several_lower_subdirectories(tmp_path: Path) -> None:
+    """``opaque`` in apply mode removes children with a cached fd that the first rmtree closed."""
+    for sub in ("d/x", "d/y"):
+        (tmp_path / sub).mkdir(parents=True)
+    apply_layer(_layer([Entry("opaque", f"d/{OPAQUE}"), Entry("file", "d/z", data=b"z")]), tmp_path)
+    assert sorted(os.listdir(tmp_path / "d")) == ["z"]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from . import format as fmt
-from .runtime import RECIPES, SandboxError, Store, UsageError, build, load, save
+from .runtime import RECIPES, SandboxError, Store, UsageError, build, load, parse_reference, save
 
 PROG = "sandbox-kernel"
 
@@ -60,22 +60,11 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from .runtime import Descriptor, parse_reference
-    from .runtime.image import media
-
-    store = _store(args)
-    image = store.resolve(args.source)
-    target = parse_reference(args.target)
-    if target.digest is not None:
-        raise UsageError(f"cannot tag with a digest: {args.target}")
-    size = store.blob_path(image.manifest_digest).stat().st_size
-    store.set_tag(target, Descriptor(image.manifest.get("mediaType", media.OCI_MANIFEST), image.manifest_digest, size))
+    _store(args).tag(args.source, args.target)
     return 0
 
 
 def cmd_rmi(args: argparse.Namespace) -> int:
-    from .runtime import parse_reference
-
     store = _store(args)
     status = 0
     for name in args.images:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_kernel.runtime import save
+from sandbox_kernel.runtime import Store, StoreError, save
 
 
 def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -135,20 +135,16 @@ def test_full_disk_is_one_line_and_loses_nothing(tmp_path, base_store):
         vfs = os.statvfs(small)
         with open(filler, "wb") as fh:  # leave 400 kB: less than the layer unpacked or the 1 MB blob
             fh.write(b"\0" * (vfs.f_bavail * vfs.f_frsize - 400 * 1024))
-        code = (
-            "import sys\nfrom sandbox_kernel.runtime import Store\n"
-            "s = Store(sys.argv[1]); s.unpack(s.resolve('localhost/first:1'))"
-        )
-        proc = subprocess.run([sys.executable, "-c", f"from sandbox_kernel.cli import main\n{code}", str(root)],
-                              capture_output=True, text=True)
-        assert proc.returncode != 0 and "no space left" in proc.stderr
+        store = Store(root)
+        with pytest.raises(StoreError, match=r"^cannot unpack layer sha256:[0-9a-f]{12}: no space left on the device"):
+            store.unpack(store.resolve("localhost/first:1"))
         assert list((root / "tmp").iterdir()) == [] and list((root / "layers").iterdir()) == []
         other = small / "other"
         cli(other, "images")  # an empty store fits
         proc = cli(other, "load", str(archive), check=False)  # a 1 MB blob does not
         assert proc.returncode == 1, proc.stdout
-        assert proc.stderr.startswith("sandbox-kernel: error:") and proc.stderr.count("\n") == 1
-        assert "no space left" in proc.stderr
+        assert proc.stderr.startswith("sandbox-kernel: error: cannot write a blob: no space left on the device")
+        assert proc.stderr.count("\n") == 1
         assert (root / "index.json").read_bytes() == tags_before
         assert list((other / "tmp").iterdir()) == []
         assert cli(other, "images", "-q").stdout == "\n"

@@ -335,3 +335,11 @@ def test_modes_do_not_depend_on_the_umask(tmp_path):
     assert stat.S_IMODE((root / "pub").stat().st_mode) == 0o644
     assert stat.S_IMODE((root / "shared").stat().st_mode) == 0o775
     assert stat.S_IMODE((root / "run").stat().st_mode) == 0o1755
+
+
+def test_huge_pax_header_is_refused_without_reading_it_into_memory(tmp_path):
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = 1 << 32  # claims 4 GiB
+    blob = header.tobuf(format=tarfile.USTAR_FORMAT) + b"0" * 4096
+    rejected(tmp_path, blob, "corrupt")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArchiveError, BlobError, ReferenceFormatError, SandboxError
+from ..errors import ArchiveError, BlobError, ReferenceFormatError
 from . import media
 from .layers import decompressed, detect_compression
 from .ref import Reference, parse_reference
@@ -294,9 +294,7 @@ def _load_tar(store: Store, fh: io.BufferedReader, tag: str | None) -> list[Load
         if isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError) and exc.errno is not None:
             raise
         raise ArchiveError(f"not a readable tar archive: {exc}") from None
-    except SandboxError as exc:
-        if isinstance(exc, ArchiveError):
-            raise
+    except BlobError as exc:
         raise ArchiveError(f"archive is corrupt: {exc}") from None
     for name, target in links.items():
         if target in files:

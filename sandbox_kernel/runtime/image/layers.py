@@ -49,6 +49,7 @@ WHITEOUT_META_PREFIX = ".wh..wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
 CHUNK = 1 << 20
 MAX_ID = (1 << 32) - 1
+MAX_HEADER_READ = 16 << 20
 DIR_CACHE = 64  # directory fds kept open: enough for a tar's locality, far below RLIMIT_NOFILE
 
 Compression = Literal["gzip", "zstd", "none"]
@@ -183,6 +184,10 @@ class _ForwardReader:
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             size = CHUNK
+        if size > MAX_HEADER_READ:
+            # Only headers come through here (file data goes through copy_to): a
+            # pax or GNU long-name header claiming gigabytes is an attack on memory.
+            raise LayerError(f"a tar header block of {size} bytes is too large", rule="corrupt")
         avail = len(self._buf) - self._bpos
         if size <= avail:
             out = self._buf[self._bpos : self._bpos + size]

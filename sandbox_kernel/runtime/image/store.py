@@ -314,6 +314,16 @@ class Store:
         except OSError as exc:
             raise _store_error(exc, f"cannot tag {ref.familiar()}") from None
 
+    def tag(self, source: str, target: str) -> Reference:
+        """``docker tag SOURCE TARGET``: give the image ``source`` resolves to another name."""
+        image = self.resolve(source)
+        ref = parse_reference(target)
+        if ref.digest is not None:
+            raise ReferenceFormatError(f"cannot tag with a digest reference: {target}")
+        size = self.blob_path(image.manifest_digest).stat().st_size
+        self.set_tag(ref, Descriptor(image.manifest.get("mediaType", media.OCI_MANIFEST), image.manifest_digest, size))
+        return ref
+
     def remove_tags(self, names: Iterable[str]) -> None:
         drop = set(names)
         try:

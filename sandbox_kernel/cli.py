@@ -46,16 +46,16 @@ def cmd_save(args: argparse.Namespace) -> int:
 def cmd_images(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.json:
-        print(json.dumps(fmt.image_rows(store), indent=2))
+        print(json.dumps(fmt.image_rows(store, args.reference), indent=2))
     elif args.quiet:
         seen = []
-        for row in fmt.image_rows(store):
+        for row in fmt.image_rows(store, args.reference):
             short = row["Id"].split(":", 1)[1][:12]
             if short not in seen:
                 seen.append(short)
         print("\n".join(seen))
     else:
-        print(fmt.images_table(store))
+        print(fmt.images_table(store, args.reference))
     return 0
 
 
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="REF")
     p.add_argument("-o", "--output", required=True, metavar="FILE")
     p = add("images", cmd_images, "list images")
+    p.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]", help="only images of this repository")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
     p = add("tag", cmd_tag, "give an image another name")

@@ -54,12 +54,15 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def image_rows(store: Store) -> list[dict[str, Any]]:
-    """One row per tag (docker's ``images``), newest image first."""
+def image_rows(store: Store, match: str | None = None) -> list[dict[str, Any]]:
+    """One row per tag (docker's ``images [REPOSITORY[:TAG]]``), newest image first."""
+    wanted = parse_reference(match, default_tag=False) if match else None
     rows = []
     for image in store.images():
         for tag in image.tags:
             ref = parse_reference(tag)
+            if wanted is not None and (ref.name != wanted.name or wanted.tag not in (None, ref.tag)):
+                continue
             rows.append(
                 {
                     "Repository": ref.familiar_name,
@@ -73,10 +76,10 @@ def image_rows(store: Store) -> list[dict[str, Any]]:
     return rows
 
 
-def images_table(store: Store) -> str:
+def images_table(store: Store, match: str | None = None) -> str:
     rows = [
         [r["Repository"], r["Tag"], r["Id"].split(":", 1)[1][:12], time_ago(r["Created"]), human_size(r["Size"])]
-        for r in image_rows(store)
+        for r in image_rows(store, match)
     ]
     return table(rows, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"])
 

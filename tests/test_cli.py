@@ -43,6 +43,10 @@ def test_images_table_and_json(loaded):
     rows = json.loads(cli(loaded, "images", "--json").stdout)
     assert rows[0]["Repository"] == "localhost/busybox" and rows[0]["Id"].startswith("sha256:")
     assert cli(loaded, "images", "-q").stdout.strip() == rows[0]["Id"][7:19]
+    cli(loaded, "tag", "localhost/busybox", "teach/tool:v2")
+    assert [r["Tag"] for r in json.loads(cli(loaded, "images", "--json", "teach/tool").stdout)] == ["v2"]
+    assert json.loads(cli(loaded, "images", "--json", "teach/tool:v9").stdout) == []
+    assert len(cli(loaded, "images", "localhost/busybox:latest").stdout.splitlines()) == 2
 
 
 def test_inspect_is_a_list_of_one_docker_like_object(loaded):

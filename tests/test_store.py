@@ -41,16 +41,7 @@ def make_image(store: Store, ref: str, files: dict[str, bytes], created: str = "
             "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
             "history": [{"created": created, "created_by": f"test {ref}"}],
         }
-        config_digest, config_size = store.put_json(config)
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": media.OCI_MANIFEST,
-            "config": {"mediaType": media.OCI_CONFIG, "digest": config_digest, "size": config_size},
-            "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}],
-        }
-        digest, size = store.put_json(manifest)
-        desc = Descriptor(media.OCI_MANIFEST, digest, size)
-        store.set_tag(ref, desc)
+        desc = store.put_image(config, [layer.descriptor()], ref)
     return desc
 
 

@@ -159,7 +159,7 @@ def _finish(
 def _assemble_docker(
     store: Store, manifest_json: bytes, files: dict[str, tuple[str, int]], small: dict[str, bytes], tag: str | None
 ) -> list[Loaded]:
-    entries = _parse_json_list(manifest_json, "manifest.json")
+    entries = media.parse_json(manifest_json, "manifest.json", expect=list)
     found: list[tuple[Descriptor, Reference | str | None]] = []
     for i, entry in enumerate(entries):
         if (
@@ -202,18 +202,6 @@ def _assemble_docker(
     if not found:
         raise ArchiveError("manifest.json lists no images")
     return _finish(store, _Source(store), found, tag)
-
-
-def _parse_json_list(data: bytes, what: str) -> list[Any]:
-    import json
-
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ArchiveError(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(doc, list):
-        raise ArchiveError(f"{what} is not a JSON list")
-    return doc
 
 
 def load(store: Store, path: str | os.PathLike[str], tag: str | None = None) -> list[Loaded]:

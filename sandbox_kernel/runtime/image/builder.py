@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import BuildError
 from . import archive, media
 from .layers import write_layer
-from .store import Descriptor, Image, Store
+from .store import Image, Store
 
 EPOCH = 0
 CREATED = "1970-01-01T00:00:00Z"
@@ -229,13 +229,5 @@ def _build_into(store: Store, recipe: Recipe, ref: str) -> Image:
             }
             if "variant" in plat:
                 config["variant"] = plat["variant"]
-            config_digest, config_size = store.put_json(config)
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": media.OCI_MANIFEST,
-                "config": {"mediaType": media.OCI_CONFIG, "digest": config_digest, "size": config_size},
-                "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}],
-            }
-            digest, size = store.put_json(manifest)
-            store.set_tag(ref, Descriptor(media.OCI_MANIFEST, digest, size))
+            store.put_image(config, [layer.descriptor()], ref)
     return store.resolve(ref)

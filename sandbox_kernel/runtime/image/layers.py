@@ -810,6 +810,10 @@ class WrittenLayer:
     size: int  # compressed size
     media_type: str
 
+    def descriptor(self) -> dict[str, object]:
+        """The manifest's entry for this layer."""
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+
 
 class _HashingWriter(io.RawIOBase):
     def __init__(self, out: IO[bytes]):

@@ -78,16 +78,16 @@ def platform_matches(candidate: dict[str, Any] | None, wanted: dict[str, str]) -
     return True
 
 
-def parse_json(data: bytes, what: str) -> dict[str, Any]:
-    """Parse an image JSON document; one-line error on anything odd."""
+def parse_json(data: bytes, what: str, expect: type = dict) -> Any:
+    """Parse an image JSON document (an object, or ``expect=list``); one-line error on anything odd."""
     if len(data) > MAX_JSON_BYTES:
         raise BlobError(f"{what} is larger than {MAX_JSON_BYTES} bytes")
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BlobError(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise BlobError(f"{what} is not a JSON object")
+    if not isinstance(doc, expect):
+        raise BlobError(f"{what} is not a JSON {'object' if expect is dict else 'list'}")
     return doc
 
 

@@ -314,6 +314,25 @@ class Store:
         except OSError as exc:
             raise _store_error(exc, f"cannot tag {ref.familiar()}") from None
 
+    def put_image(self, config: dict[str, Any], layers: list[dict[str, Any]], ref: str | None = None) -> Descriptor:
+        """Write an image's config and manifest over layer blobs already stored; tag it.
+
+        ``layers`` are descriptors (mediaType, digest, size) in bottom-up order.
+        Call inside :meth:`writing` together with the ingest of the layers.
+        """
+        config_digest, config_size = self.put_json(config)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": media.OCI_MANIFEST,
+            "config": {"mediaType": media.OCI_CONFIG, "digest": config_digest, "size": config_size},
+            "layers": layers,
+        }
+        digest, size = self.put_json(manifest)
+        desc = Descriptor(media.OCI_MANIFEST, digest, size)
+        if ref is not None:
+            self.set_tag(ref, desc)
+        return desc
+
     def tag(self, source: str, target: str) -> Reference:
         """``docker tag SOURCE TARGET``: give the image ``source`` resolves to another name."""
         image = self.resolve(source)

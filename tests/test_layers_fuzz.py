@@ -452,6 +452,8 @@ PREFIXES = ["", "", "/", "./", "//", "/./"]
 @st.composite
 def names(draw, hostile: bool = True) -> str:
     parts = draw(st.lists(st.sampled_from(COMPONENTS if hostile else SAFE_COMPONENTS), min_size=1, max_size=4))
+    if not hostile and not any(p.strip(".") for p in parts):
+        parts.append("a")  # not the root itself
     return draw(st.sampled_from(PREFIXES)) + "/".join(parts) + draw(st.sampled_from(["", "", "/"]))
 
 
@@ -468,8 +470,9 @@ TARGETS = [
     "{out}", "{out}/", "{out}/x", "{out}/sentinel", "{out}/a", "{out}/a/a", "{out}/ro/f", "{out}/p",
     "../outside", "../outside/x", "../../outside/x", "../../../outside/sentinel",
     "../" * 12 + "{out_rel}/x", "/../../..{out}", "/proc/self/root", "/proc/self/root{out}/x",
-    "/proc/self/cwd", "/proc/self/fd/3", "/", ".", "..", "", "a", "a/a", "b/x", "b/../..", "T" * 5000,
+    "/proc/self/cwd", "/proc/self/fd/3", "/", ".", "..", "a", "a/a", "b/x", "b/../..",
 ]  # fmt: skip
+BAD_TARGETS = ["", "T" * 5000]  # symlink(2) refuses them
 
 modes = st.one_of(
     st.sampled_from([0o755, 0o644, 0o4755, 0o2755, 0o6777, 0o1777, 0o7777, 0o000, 0o555, 0o200, 0o170777]),
@@ -483,16 +486,19 @@ mtimes = st.one_of(
     st.integers(-(2**34), 2**34),
 )
 contents = st.one_of(st.binary(max_size=64), st.sampled_from([b"", b"z" * 3000]))
-xattr_keys = st.sampled_from(
-    [
-        "user.a", "user.b", "user.overlay.opaque", "trusted.overlay.opaque", "trusted.x",
-        "security.capability", "security.selinux", "system.posix_acl_access", "user.", "", "user." + "k" * 300,
-    ]
-)  # fmt: skip
+SAFE_XATTR_KEYS = [
+    "user.a", "user.b", "user.overlay.opaque", "trusted.overlay.opaque", "trusted.x",
+    "security.capability", "security.selinux", "system.posix_acl_access", "",
+]  # fmt: skip
+XATTR_KEYS = [*SAFE_XATTR_KEYS, "user.", "user." + "k" * 300]
+# values that fit any file system's xattr space; the hostile ones add a value too big for an ext4 inode
 xattr_values = st.one_of(
     st.sampled_from(["", "y", "\x01\x00\x00\x02" + "\x00" * 16, "\udcff\udcfe", "v" * 100, "v" * 5000]),
     st.text(max_size=20),
 )
+safe_values = st.sampled_from(["", "y", "\x01\x00\x00\x02" + "\x00" * 16, "\udcff\udcfe", "v" * 100])
+xattrs = st.tuples(st.sampled_from(XATTR_KEYS), xattr_values)
+safe_xattrs = st.tuples(st.sampled_from(SAFE_XATTR_KEYS), safe_values)
 devices = st.tuples(st.sampled_from([0, 1, 8, 255, 4095]), st.sampled_from([0, 1, 3, 255, 2**20 - 1]))
 SAFE_KINDS = [*["dir", "file", "symlink"] * 3, *["hardlink", "whiteout"] * 2, "fifo", "opaque"]
 KIND_NAMES = [*SAFE_KINDS, "chr", "blk"]
@@ -501,21 +507,26 @@ KIND_NAMES = [*SAFE_KINDS, "chr", "blk"]
 @st.composite
 def layer_entries(draw) -> list[Entry]:
     n = draw(st.integers(1, 30))
-    # about one entry in eight is drawn from the full hostile alphabets (the rest only from safe ones)
-    hostile = [draw(st.integers(0, 7)) == 7 for _ in range(n)]
+    # about one entry in twelve is drawn from the full hostile alphabets (the rest only from safe ones)
+    hostile = [draw(st.integers(0, 11)) == 11 for _ in range(n)]
     kinds = [draw(st.sampled_from(KIND_NAMES if bad else SAFE_KINDS)) for bad in hostile]
     entry_names = []
     for kind, bad in zip(kinds, hostile, strict=True):
         if kind == "whiteout":
             victim = draw(st.sampled_from(VICTIMS if bad else SAFE_VICTIMS))
             entry_names.append(draw(dir_prefixes(bad)) + ".wh." + victim)
-        elif kind == "opaque":
-            entry_names.append(draw(dir_prefixes(bad)) + OPAQUE)
+        elif kind == "opaque":  # of the root itself only when hostile
+            prefixes = dir_prefixes(bad) if bad else dir_prefixes(bad).filter(lambda p: p.strip("./"))
+            entry_names.append(draw(prefixes) + OPAQUE)
         else:
             entry_names.append(draw(names(bad)))
-    links = st.one_of(st.sampled_from(entry_names), st.sampled_from(TARGETS), names())
+    any_link = st.one_of(st.sampled_from(entry_names), st.sampled_from(TARGETS), names())
+    bad_link = st.one_of(any_link, st.sampled_from(BAD_TARGETS))
     entries = []
-    for kind, name, bad in zip(kinds, entry_names, hostile, strict=True):
+    for i, (kind, name, bad) in enumerate(zip(kinds, entry_names, hostile, strict=True)):
+        earlier = [n for k, n in zip(kinds[:i], entry_names[:i], strict=True) if k not in ("dir", "whiteout", "opaque")]
+        # a hardlink must name an earlier file of the layer: well-behaved ones mostly do
+        links = bad_link if bad else st.sampled_from(earlier) if kind == "hardlink" and earlier else any_link
         ids = (
             st.sampled_from(SAFE_IDS + BAD_IDS) if bad else st.one_of(st.sampled_from(SAFE_IDS), st.integers(0, 70_000))
         )
@@ -529,7 +540,7 @@ def layer_entries(draw) -> list[Entry]:
                 gid=draw(ids),
                 mtime=draw(mtimes),
                 data=draw(contents) if kind == "file" else b"",
-                xattrs=tuple(draw(st.lists(st.tuples(xattr_keys, xattr_values), max_size=3))),
+                xattrs=tuple(draw(st.lists(xattrs if bad else safe_xattrs, max_size=3))),
                 dev=draw(devices) if kind in ("chr", "blk") else (0, 0),
                 wtype=draw(st.sampled_from([tarfile.REGTYPE, tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.CHRTYPE]))
                 if kind in ("whiteout", "opaque")

@@ -14,7 +14,8 @@ message as one line; anything else is a bug and may show a traceback.
     │   └── LayerError               a layer that is unsafe or corrupt (names entry and rule)
     ├── StoreError                   the on-disk store: locks, full disk, permissions
     ├── BuildError                   building a base image (missing tool, failed recipe)
-    └── ContainerError               container lifecycle (engine issue)
+    └── ContainerError               container lifecycle
+        └── CgroupError              creating, limiting, killing or removing a cgroup
 
 Every message is meant to be read by a person in one line: it says what was
 being done, with which object, and what went wrong.
@@ -86,3 +87,7 @@ class BuildError(SandboxError):
 
 class ContainerError(SandboxError):
     """A container operation failed."""
+
+
+class CgroupError(ContainerError):
+    """A cgroup could not be created, limited, read, frozen, killed or removed."""

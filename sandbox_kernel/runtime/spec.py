@@ -1,0 +1,127 @@
+"""What a container is asked to be: plain frozen dataclasses, and their parsers.
+
+The parsers take what a docker user types (``256m``, ``0.5``, ``SRC:DST:ro``,
+``K=V``) and raise :class:`UsageError` with a one-line message otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import UsageError
+
+DEFAULT_PIDS_LIMIT = 2048  # podman's default: a fork bomb stops, real work does not
+CPU_PERIOD_US = 100_000
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str | int, what: str = "size") -> int:
+    """``256m`` -> 268435456 (docker's units are binary: k=1024)."""
+    if isinstance(text, int):
+        value = text
+    else:
+        match = _SIZE.match(text.strip())
+        if not match:
+            raise UsageError(f"invalid {what} {text!r}: expected a number with an optional unit b, k, m, g")
+        value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value <= 0:
+        raise UsageError(f"invalid {what} {text!r}: must be positive")
+    return value
+
+
+def parse_cpus(text: str | float) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"invalid --cpus {text!r}: expected a number such as 0.5") from None
+    if not 0.01 <= value <= 1024:
+        raise UsageError(f"invalid --cpus {text!r}: must be between 0.01 and 1024")
+    return value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits; ``None`` means unlimited (pids is limited by default)."""
+
+    memory: int | None = None  # bytes
+    memory_swap: int | None = None  # memory + swap, bytes (docker's --memory-swap); None: same as memory
+    cpus: float | None = None  # cores, as a CFS quota
+    pids: int | None = DEFAULT_PIDS_LIMIT
+
+    def cpu_quota_us(self) -> int | None:
+        return None if self.cpus is None else max(1000, round(self.cpus * CPU_PERIOD_US))
+
+    def __post_init__(self) -> None:
+        if self.memory is not None and self.memory < 4 << 20:
+            raise UsageError("invalid --memory: the minimum is 4m")
+        if self.memory_swap is not None and (self.memory is None or self.memory_swap < self.memory):
+            raise UsageError("invalid --memory-swap: needs --memory and must be at least as large")
+        if self.pids is not None and self.pids < 1:
+            raise UsageError("invalid --pids-limit: must be at least 1")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A bind mount of a host path into the container (``-v SRC:DST[:ro]``)."""
+
+    source: str
+    target: str
+    readonly: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Mount:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise UsageError(f"invalid volume {text!r}: expected SRC:DST[:ro]")
+        if not parts[0].startswith("/"):
+            raise UsageError(f"invalid volume {text!r}: the source must be an absolute host path")
+        if not parts[1].startswith("/"):
+            raise UsageError(f"invalid volume {text!r}: the target must be an absolute path in the container")
+        options = parts[2].split(",") if len(parts) == 3 else []
+        unknown = [o for o in options if o not in ("ro", "rw")]
+        if unknown:
+            raise UsageError(f"invalid volume {text!r}: unknown option {unknown[0]!r} (ro or rw)")
+        return cls(parts[0], parts[1], "ro" in options)
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """``none`` (loopback only, the default), ``bridge`` or ``host``."""
+
+    mode: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("none", "bridge", "host"):
+            raise UsageError(f"invalid --network {self.mode!r}: none, bridge or host")
+
+
+def parse_env(items: list[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not key or "\0" in item:
+            raise UsageError(f"invalid environment variable {item!r}: expected KEY=VALUE")
+        out.append((key, value if sep else ""))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to create a container, after the image is resolved."""
+
+    image: str  # the reference the user gave
+    command: tuple[str, ...] = ()  # overrides the image's Cmd
+    entrypoint: tuple[str, ...] | None = None  # overrides the image's Entrypoint
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    name: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    mounts: tuple[Mount, ...] = ()
+    network: NetSpec = field(default_factory=NetSpec)
+    tty: bool = False
+    remove: bool = False  # --rm

@@ -1,0 +1,408 @@
+"""Cgroups: discovery, v2 against a fake kernel, v1 against a fake and the real one."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox_kernel.runtime.cgroups import (
+    PARENT,
+    CgroupFS,
+    CgroupV1,
+    CgroupV2,
+    Hierarchy,
+    discover,
+    open_cgroup,
+)
+from sandbox_kernel.runtime.errors import CgroupError
+from sandbox_kernel.runtime.spec import Limits, UsageError, parse_size
+
+HYBRID = """\
+24 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+33 30 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+34 30 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 30 0:31 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 30 0:32 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+37 30 0:33 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+"""
+V1_COMBINED = """\
+33 30 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 30 0:31 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+"""
+V2_ONLY = """\
+24 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+30 25 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate
+"""
+
+
+def _mountinfo(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "mountinfo"
+    path.write_text(text)
+    return str(path)
+
+
+def test_discover_hybrid_v1_and_v2(tmp_path):
+    hybrid = discover(_mountinfo(tmp_path, HYBRID))
+    assert hybrid.version == "hybrid" and hybrid.driver == "v1"
+    assert hybrid.v1["memory"] == Path("/sys/fs/cgroup/memory")
+    assert hybrid.v2 == Path("/sys/fs/cgroup/unified")
+    combined = discover(_mountinfo(tmp_path, V1_COMBINED))
+    assert combined.version == "v1" and combined.v1["cpuacct"] == Path("/sys/fs/cgroup/cpu,cpuacct")
+    v2 = discover(_mountinfo(tmp_path, V2_ONLY))
+    assert v2.version == "v2" and v2.driver == "v2" and v2.v2 == Path("/sys/fs/cgroup")
+    with pytest.raises(CgroupError, match="no cgroup file system"):
+        discover(_mountinfo(tmp_path, "24 1 254:0 / / rw - ext4 /dev/vda rw\n"))
+
+
+def test_this_host_is_discovered():
+    hierarchy = discover()
+    assert hierarchy.version in ("v1", "v2", "hybrid")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("256m", 256 << 20), ("1g", 1 << 30), ("512k", 512 << 10), ("1.5g", 3 << 29), ("4096", 4096),
+                        ("64MiB", 64 << 20), ("64mb", 64 << 20)]
+)
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-1m", "12x", "0"])
+def test_parse_size_rejects(text):
+    with pytest.raises(UsageError):
+        parse_size(text)
+
+
+def test_limits_validate():
+    with pytest.raises(UsageError, match="minimum"):
+        Limits(memory=1024)
+    with pytest.raises(UsageError, match="memory-swap"):
+        Limits(memory=64 << 20, memory_swap=32 << 20)
+    assert Limits(cpus=0.5).cpu_quota_us() == 50_000
+    assert Limits().pids == 2048
+
+
+# -- a fake cgroup2 kernel ------------------------------------------------------------------
+
+
+class FakeV2Kernel(CgroupFS):
+    """Enough of cgroup2's behaviour to test CgroupV2 where the host has only v1.
+
+    Directories get their interface files on mkdir, controllers must be enabled
+    in the parent's subtree_control before they show up, rmdir of a populated
+    cgroup is EBUSY, cgroup.kill and cgroup.freeze act on the fake processes.
+    """
+
+    ROOT_CONTROLLERS = "cpuset cpu io memory hugetlb pids rdma misc"
+
+    def __init__(self, root: Path, with_kill: bool = True):
+        self.root = root
+        self.with_kill = with_kill
+        self.files: dict[Path, str] = {}
+        self.dirs: set[Path] = {root}
+        self.writes: list[tuple[str, str]] = []
+        self.files[root / "cgroup.controllers"] = self.ROOT_CONTROLLERS
+        self.files[root / "cgroup.subtree_control"] = ""
+        self.files[root / "cgroup.procs"] = "1\n"
+
+    def mkdir(self, path: Path) -> None:
+        if path in self.dirs:
+            return
+        if path.parent not in self.dirs:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        self.dirs.add(path)
+        enabled = self.files[path.parent / "cgroup.subtree_control"].split()
+        files = {
+            "cgroup.controllers": " ".join(enabled),
+            "cgroup.subtree_control": "",
+            "cgroup.procs": "",
+            "cgroup.events": "populated 0\nfrozen 0\n",
+            "cgroup.freeze": "0",
+        }
+        if self.with_kill:
+            files["cgroup.kill"] = ""
+        if "memory" in enabled:
+            files.update({"memory.max": "max", "memory.swap.max": "max", "memory.current": "0", "memory.peak": "0",
+                          "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n"})
+        if "cpu" in enabled:
+            files.update({"cpu.max": "max 100000", "cpu.stat": "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"})
+        if "pids" in enabled:
+            files.update({"pids.max": "max", "pids.current": "0", "pids.events": "max 0\n"})
+        for name, value in files.items():
+            self.files[path / name] = value
+
+    def rmdir(self, path: Path) -> None:
+        if path not in self.dirs:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        if self.files.get(path / "cgroup.procs", "").split() or any(d.parent == path for d in self.dirs):
+            raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+        self.dirs.remove(path)
+        for name in [f for f in self.files if f.parent == path]:
+            del self.files[name]
+
+    def exists(self, path: Path) -> bool:
+        return path in self.dirs or path in self.files
+
+    def read(self, path: Path) -> str:
+        if path.name == "cgroup.controllers" and path.parent != self.root and path.parent in self.dirs:
+            return self.files[path.parent.parent / "cgroup.subtree_control"]  # what the parent enabled
+        if path not in self.files:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        return self.files[path]
+
+    def write(self, path: Path, value: str) -> None:
+        if path not in self.files:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        self.writes.append((str(path.relative_to(self.root)), value))
+        if path.name == "cgroup.subtree_control":
+            available = self.read(path.parent / "cgroup.controllers").split()
+            current = self.files[path].split()
+            for word in value.split():
+                if word[1:] not in available:
+                    raise OSError(errno.EINVAL, "Invalid argument", str(path))
+                if word[0] == "+" and word[1:] not in current:
+                    current.append(word[1:])
+            self.files[path] = " ".join(current)
+        elif path.name == "cgroup.kill":
+            assert path.parent != self.root
+            self.files[path.parent / "cgroup.procs"] = ""
+        elif path.name == "cgroup.freeze":
+            self.files[path] = value
+            self.files[path.parent / "cgroup.events"] = f"populated 0\nfrozen {value}\n"
+        elif path.name == "cgroup.procs":
+            self.files[path] = self.files[path] + value + "\n"
+        else:
+            self.files[path] = value
+
+
+def _v2(tmp_path: Path, **kw) -> tuple[CgroupV2, FakeV2Kernel]:
+    root = tmp_path / "cgroup"
+    fake = FakeV2Kernel(root, **kw)
+    cg = open_cgroup("c1", Hierarchy("v2", {}, root), fake)
+    assert isinstance(cg, CgroupV2)
+    return cg, fake
+
+
+def test_v2_create_enables_controllers_top_down(tmp_path):
+    cg, fake = _v2(tmp_path)
+    cg.create()
+    assert fake.writes[:2] == [("cgroup.subtree_control", "+memory +cpu +pids"),
+                               (f"{PARENT}/cgroup.subtree_control", "+memory +cpu +pids")]
+    assert fake.exists(cg.path / "memory.max") and fake.exists(cg.path / "pids.max")
+
+
+def test_v2_limits_and_update(tmp_path):
+    cg, fake = _v2(tmp_path)
+    cg.create()
+    cg.apply(Limits(memory=256 << 20, cpus=0.5, pids=64))
+    assert fake.read(cg.path / "memory.max") == str(256 << 20)
+    assert fake.read(cg.path / "memory.swap.max") == "0", "no swap beyond --memory unless --memory-swap says so"
+    assert fake.read(cg.path / "cpu.max") == "50000 100000"
+    assert fake.read(cg.path / "pids.max") == "64"
+    cg.apply(Limits(memory=512 << 20, memory_swap=1 << 30, cpus=None, pids=None))
+    assert fake.read(cg.path / "memory.swap.max") == str((1 << 30) - (512 << 20))
+    assert fake.read(cg.path / "cpu.max") == "max 100000"
+    assert fake.read(cg.path / "pids.max") == "max"
+
+
+def test_v2_stats_and_oom(tmp_path):
+    cg, fake = _v2(tmp_path)
+    cg.create()
+    fake.files[cg.path / "memory.current"] = "1048576\n"
+    fake.files[cg.path / "memory.peak"] = "67108864\n"
+    fake.files[cg.path / "cpu.stat"] = "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n"
+    fake.files[cg.path / "pids.current"] = "3\n"
+    fake.files[cg.path / "pids.events"] = "max 7\n"
+    fake.files[cg.path / "memory.events"] = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n"
+    stats = cg.stats()
+    assert (stats.memory_current, stats.memory_peak, stats.cpu_ns, stats.pids) == (1 << 20, 64 << 20, 1_500_000, 3)
+    assert stats.oom_kills == 1 and stats.pids_limit_hits == 7
+    assert cg.oom_kills() == 1
+
+
+def test_v2_kill_and_remove_with_cgroup_kill(tmp_path):
+    cg, fake = _v2(tmp_path)
+    cg.create()
+    fake.files[cg.path / "cgroup.procs"] = "4242\n"
+    cg.remove()
+    assert ("sandbox-kernel/c1/cgroup.kill", "1") in fake.writes
+    assert not cg.exists()
+
+
+def test_v2_kill_without_cgroup_kill_freezes_then_kills(tmp_path):
+    cg, fake = _v2(tmp_path, with_kill=False)
+    cg.create()
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        fake.files[cg.path / "cgroup.procs"] = f"{victim.pid}\n"
+
+        def reap():
+            victim.wait(timeout=5)
+            fake.files[cg.path / "cgroup.procs"] = ""
+
+        original_read = fake.read
+
+        def read(path):
+            if path.name == "cgroup.procs" and victim.poll() is not None:
+                reap()
+            return original_read(path)
+
+        fake.read = read
+        cg.kill()
+        assert victim.wait(timeout=5) == -9
+        freezes = [v for p, v in fake.writes if p.endswith("cgroup.freeze")]
+        assert freezes == ["1", "0"]
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+
+
+def test_v2_remove_is_idempotent_and_reports_failures(tmp_path):
+    cg, fake = _v2(tmp_path)
+    cg.remove()  # never created: nothing to do
+    cg.create()
+    fake.files[cg.path / "cgroup.procs"] = "99999999\n"
+    fake.files.pop(cg.path / "cgroup.kill")
+    fake.files[cg.path / "cgroup.events"] = "populated 1\nfrozen 0\n"
+    with pytest.raises(CgroupError):
+        cg.remove(timeout=0.05)
+
+
+def test_bad_names_are_refused(tmp_path):
+    with pytest.raises(CgroupError):
+        open_cgroup("../escape", Hierarchy("v2", {}, tmp_path))
+
+
+class FakeV1Memory(CgroupFS):
+    """v1 refuses memory.limit_in_bytes above memory.memsw.limit_in_bytes (EINVAL)."""
+
+    def __init__(self):
+        self.values = {"memory.limit_in_bytes": "-1", "memory.memsw.limit_in_bytes": "-1"}
+        self.order: list[str] = []
+
+    def exists(self, path: Path) -> bool:
+        return path.name in self.values
+
+    def write(self, path: Path, value: str) -> None:
+        new = dict(self.values, **{path.name: value})
+        norm = {k: (1 << 62) if v == "-1" else int(v) for k, v in new.items()}
+        if norm["memory.limit_in_bytes"] > norm["memory.memsw.limit_in_bytes"]:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        self.values = new
+        self.order.append(path.name)
+
+
+def test_v1_memory_and_swap_are_set_in_a_valid_order():
+    fake = FakeV1Memory()
+    cg = CgroupV1("c", Hierarchy("v1", {"memory": Path("/fake")}, None), fake)
+    cg.apply(Limits(memory=32 << 20, pids=None))  # lowering: memory first
+    assert fake.values == {"memory.limit_in_bytes": str(32 << 20), "memory.memsw.limit_in_bytes": str(32 << 20)}
+    cg.apply(Limits(memory=256 << 20, pids=None))  # raising: memory first fails, then memsw first
+    assert fake.values == {"memory.limit_in_bytes": str(256 << 20), "memory.memsw.limit_in_bytes": str(256 << 20)}
+    assert fake.order[-2:] == ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
+    cg.apply(Limits(memory=None, pids=None))  # unlimited again
+    assert fake.values == {"memory.limit_in_bytes": "-1", "memory.memsw.limit_in_bytes": "-1"}
+
+
+# -- the real cgroups of this host (root) -------------------------------------------------------------
+
+
+_HOG = textwrap.dedent("""
+    import sys
+    sys.stdin.readline()                       # wait until we are in the cgroup
+    mode = sys.argv[1]
+    if mode == "memory":
+        chunks = [bytearray(1 << 20) for _ in range(200)]   # 200 MiB, touched
+        print("survived", flush=True)
+    elif mode == "fork":
+        import os, time
+        made = 0
+        for _ in range(40):
+            try:
+                pid = os.fork()
+            except OSError:
+                break
+            if pid == 0:
+                time.sleep(30)
+                os._exit(0)
+            made += 1
+        print(made, flush=True)
+        time.sleep(30)
+""")
+
+
+def _spawn_in(cg, mode: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", _HOG, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    cg.add(proc.pid)
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    return proc
+
+
+@pytest.fixture
+def real_cgroup():
+    cg = open_cgroup(f"test-{os.getpid()}-{time.monotonic_ns()}")
+    cg.create()
+    try:
+        yield cg
+    finally:
+        cg.remove()
+        assert not cg.exists()
+
+
+@pytest.mark.root
+def test_real_memory_limit_oom_kill_is_detected(real_cgroup):
+    real_cgroup.apply(Limits(memory=64 << 20, pids=100))
+    proc = _spawn_in(real_cgroup, "memory")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -9 and "survived" not in out
+    stats = real_cgroup.stats()
+    assert stats.oom_kills >= 1
+    assert stats.memory_peak is not None and stats.memory_peak >= 60 << 20
+
+
+@pytest.mark.root
+def test_real_pids_limit_stops_a_fork_loop(real_cgroup):
+    real_cgroup.apply(Limits(pids=10))
+    proc = _spawn_in(real_cgroup, "fork")
+    made = int(proc.stdout.readline())
+    assert made == 9, "10 tasks: the parent and 9 children"
+    assert real_cgroup.stats().pids == 10
+    assert real_cgroup.stats().pids_limit_hits >= 1
+    real_cgroup.kill()
+    assert proc.wait(timeout=5) == -9
+    assert real_cgroup.procs() == []
+
+
+@pytest.mark.root
+def test_real_stats_and_freeze(real_cgroup):
+    real_cgroup.apply(Limits(cpus=0.5))
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()\nwhile True: pass"],
+                            stdin=subprocess.PIPE, text=True)
+    try:
+        real_cgroup.add(proc.pid)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        time.sleep(1.0)
+        used = real_cgroup.stats().cpu_ns
+        assert used is not None and 0.2e9 < used < 0.8e9, f"--cpus 0.5 over 1 s used {used / 1e9:.2f} s"
+        real_cgroup.freeze()
+        frozen_at = real_cgroup.stats().cpu_ns
+        time.sleep(0.3)
+        assert real_cgroup.stats().cpu_ns == frozen_at
+        real_cgroup.thaw()
+        assert real_cgroup.procs() == [proc.pid]
+    finally:
+        real_cgroup.kill()
+        proc.wait(timeout=5)

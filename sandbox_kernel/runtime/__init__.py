@@ -4,10 +4,12 @@ Frontends (CLI, magics, widgets, server) use the names here and the errors in
 :mod:`sandbox_kernel.runtime.errors`, nothing deeper.
 """
 
+from .container import ContainerResult, Containers
 from .errors import (
     ArchiveError,
     BlobError,
     BuildError,
+    CgroupError,
     ContainerError,
     ImageError,
     ImageInUse,
@@ -23,13 +25,18 @@ from .image.builder import RECIPES, build
 from .image.layers import ExtractLimits, ExtractResult, extract_layer, write_layer
 from .image.ref import Reference, parse_reference
 from .image.store import Descriptor, Image, Store, default_root
+from .spec import ContainerSpec, Limits, Mount, NetSpec, parse_cpus, parse_env, parse_size
 
 __all__ = [
     "RECIPES",
     "ArchiveError",
     "BlobError",
     "BuildError",
+    "CgroupError",
     "ContainerError",
+    "ContainerResult",
+    "ContainerSpec",
+    "Containers",
     "Descriptor",
     "ExtractLimits",
     "ExtractResult",
@@ -38,7 +45,10 @@ __all__ = [
     "ImageInUse",
     "ImageNotFound",
     "LayerError",
+    "Limits",
     "Loaded",
+    "Mount",
+    "NetSpec",
     "Reference",
     "ReferenceFormatError",
     "SandboxError",
@@ -49,7 +59,10 @@ __all__ = [
     "default_root",
     "extract_layer",
     "load",
+    "parse_cpus",
+    "parse_env",
     "parse_reference",
+    "parse_size",
     "save",
     "write_layer",
 ]

@@ -15,6 +15,7 @@ message as one line; anything else is a bug and may show a traceback.
     ├── StoreError                   the on-disk store: locks, full disk, permissions
     ├── BuildError                   building a base image (missing tool, failed recipe)
     └── ContainerError               container lifecycle
+        ├── ExecError                the command could not be executed (CLI exit 126/127, as docker)
         └── CgroupError              creating, limiting, killing or removing a cgroup
 
 Every message is meant to be read by a person in one line: it says what was
@@ -87,6 +88,14 @@ class BuildError(SandboxError):
 
 class ContainerError(SandboxError):
     """A container operation failed."""
+
+
+class ExecError(ContainerError):
+    """The container started but its command could not be executed."""
+
+    def __init__(self, message: str, exit_code: int = 127):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class CgroupError(ContainerError):

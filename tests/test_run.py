@@ -1,0 +1,151 @@
+"""`sandbox-kernel run`: real containers from the project's busybox and debian-python images (root)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+BUSYBOX = "localhost/busybox:latest"
+
+
+def run(store_root: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sandbox_kernel", "--root", str(store_root), "run", "--rm", *args],
+                          capture_output=True, text=True, timeout=120, input=stdin,
+                          stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+def sh(store_root: Path, script: str, *opts: str) -> subprocess.CompletedProcess:
+    return run(store_root, *opts, BUSYBOX, "sh", "-c", script)
+
+
+@pytest.fixture(scope="module")
+def root(base_store) -> Path:
+    return base_store.root
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(root):
+    """Every run leaves no mount, cgroup or container directory on the host."""
+    yield
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(root) not in mounts and " - overlay " not in mounts
+    leftovers = [p for p in Path("/sys/fs/cgroup").glob("*/sandbox-kernel/*") if p.is_dir()]
+    leftovers += [p for p in Path("/sys/fs/cgroup").glob("sandbox-kernel/*") if p.is_dir()]
+    assert leftovers == []
+    containers = root / "containers"
+    assert not containers.exists() or list(containers.iterdir()) == []
+
+
+def test_output_and_exit_status(root):
+    proc = sh(root, "echo out; echo err >&2; exit 7")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (7, "out\n", "err\n")
+
+
+def test_stdin_is_passed(root):
+    proc = run(root, BUSYBOX, "sh", "-c", "tr a-z A-Z", stdin="hello\n")
+    assert proc.stdout == "HELLO\n"
+
+
+def test_isolation_seen_from_inside(root):
+    script = (
+        "echo pid1=$(cat /proc/1/comm); hostname; ls /sys/class/net; cat /proc/mounts | wc -l;"
+        "ps -o pid | wc -l; [ -e /work ] && echo host-visible || echo host-hidden"
+    )
+    proc = sh(root, script, "--hostname", "sandbox")
+    lines = proc.stdout.splitlines()
+    assert lines[1] == "sandbox"
+    assert lines[2] == "lo", "only loopback"
+    assert int(lines[4]) <= 5, "header, PID 1, sh, ps, wc: only the container's processes"
+    assert lines[5] == "host-hidden"
+
+
+def test_security_settings_of_the_process(root):
+    proc = sh(root, "grep -E '^(CapBnd|CapEff|CapAmb|NoNewPrivs)' /proc/self/status; ls /proc/self/fd | wc -l")
+    fields = dict(line.split(":\t") for line in proc.stdout.splitlines()[:4])
+    assert fields["CapBnd"] == fields["CapEff"] == "00000000800405fb", "podman's 11 capabilities"
+    assert fields["CapAmb"] == "0000000000000000"
+    assert fields["NoNewPrivs"] == "1"
+    assert int(proc.stdout.splitlines()[4]) == 4, "stdin, stdout, stderr and ls's own directory fd"
+
+
+def test_proc_and_sys_are_protected(root):
+    script = (
+        "echo 1 > /proc/sysrq-trigger 2>/dev/null && echo sysrq-written;"
+        "echo x > /proc/sys/kernel/hostname 2>/dev/null && echo sysctl-written;"
+        "touch /sys/x 2>/dev/null && echo sys-written;"
+        "cat /proc/timer_list | wc -c; ls /sys/firmware | wc -l; mknod /dev/sda b 8 0 2>/dev/null && echo mknod-ok;"
+        "mount -t tmpfs x /mnt 2>/dev/null && echo mounted; echo done"
+    )
+    proc = sh(root, script)
+    out = proc.stdout.split()
+    assert "done" in out
+    for bad in ("sysrq-written", "sysctl-written", "sys-written", "mounted"):
+        assert bad not in out
+    assert out[0] == "0", "masked /proc files read empty"
+
+
+def test_device_node_limits(root):
+    proc = sh(root, "ls /dev | tr '\\n' ' '; head -c 4 /dev/zero | wc -c")
+    devices = set(proc.stdout.split()[:-1])
+    assert {"null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx"} <= devices
+    assert not {"sda", "vda", "kmsg", "mem", "kvm"} & devices
+
+
+def test_env_workdir_user(root):
+    proc = sh(root, "echo $GREETING $HOME; pwd; id -u; id -g", "-e", "GREETING=hi", "-w", "/tmp", "--user", "1000:1000")
+    assert proc.stdout.splitlines() == ["hi /root", "/tmp", "1000", "1000"]
+
+
+def test_volumes_read_only_and_read_write(root, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from host\n")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = sh(root, "cat /data/in.txt; echo x > /data/new 2>/dev/null || echo ro-refused;"
+                    "mount -o remount,rw /data 2>/dev/null && echo remounted; echo result > /out/file",
+              "-v", f"{data}:/data:ro", "-v", f"{out_dir}:/out")
+    assert proc.stdout.splitlines() == ["from host", "ro-refused"]
+    assert (out_dir / "file").read_text() == "result\n"
+    assert sorted(p.name for p in data.iterdir()) == ["in.txt"]
+
+
+def test_missing_command_is_127(root):
+    proc = run(root, BUSYBOX, "no-such-command")
+    assert proc.returncode == 127
+    assert proc.stderr == "sandbox-kernel: error: exec no-such-command: executable file not found in $PATH\n"
+
+
+def test_oom_kill_is_reported(root, debian_store):
+    proc = run(debian_store.root, "--memory", "64m", "localhost/debian-python",
+               "python3", "-c", "x = bytearray(200 << 20); print('survived')")
+    assert proc.returncode == 137
+    assert "survived" not in proc.stdout
+    assert proc.stderr == "sandbox-kernel: out of memory (limit 64 MiB): the container was killed\n"
+
+
+def test_fork_bomb_stops_at_the_pids_limit(root):
+    proc = sh(root, "while :; do sleep 3 & done", "--pids-limit", "20")
+    assert proc.returncode == 2 and "can't fork" in proc.stderr, "the shell runs out of processes and gives up"
+
+
+def test_pid1_reaps_and_forwards(root):
+    proc = sh(root, "sh -c 'sleep 0 &' ; sleep 0.2; ps -o stat | grep -c Z || true")
+    assert proc.stdout.strip() == "0", "orphans are reaped by our PID 1"
+
+
+def test_image_must_exist(root):
+    proc = run(root, "localhost/none:1", "true")
+    assert proc.returncode == 1 and proc.stderr == "sandbox-kernel: error: no such image: localhost/none:1\n"
+
+
+def test_our_pid1_is_not_dumpable(root):
+    proc = sh(root, "cat /proc/1/environ >/dev/null 2>&1 && echo readable; ls -l /proc/1/exe 2>&1 | grep -c denied")
+    assert "readable" not in proc.stdout
+    assert os.geteuid() == 0

@@ -39,9 +39,9 @@ import hashlib
 import io
 import math
 import os
+import resource
 import shutil
 import stat
-import sys
 import tarfile
 import tempfile
 import traceback
@@ -137,14 +137,58 @@ def _onerror(func, path, _exc_info) -> None:
         func(path)
 
 
-def _rmtree(path: str) -> None:
-    # shutil.rmtree recurses once per level (Python 3.11); layers can nest ~2000 deep.
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 20_000))
+def _remove_deep(path: str) -> None:
+    """``rm -rf`` for trees too deep for shutil.rmtree: iterative, one open fd at a time, back up via "..".
+
+    (shutil.rmtree recurses per level on Python 3.11 and holds an fd per level: a 2000-level tree
+    from a layer hits the recursion limit or RLIMIT_NOFILE.)
+    """
+    fd = os.open(path, DIR_FLAGS)
+    names: list[str] = []  # the directories we are in, below ``path``
+    try:
+        while True:
+            sub = None
+            for name in os.listdir(fd):
+                if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                    sub = name
+                    break
+                os.unlink(name, dir_fd=fd)
+            if sub is not None:
+                os.chmod(sub, 0o700, dir_fd=fd)
+                child = os.open(sub, DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd, _ = child, names.append(sub)
+                continue
+            if not names:
+                break
+            parent = os.open("..", DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            os.rmdir(names.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _rmtree(path: str | os.PathLike[str]) -> None:
     try:
         shutil.rmtree(path, onerror=_onerror)
+    except RecursionError:
+        pass
+    if os.path.lexists(path):
+        _remove_deep(os.fspath(path))
+
+
+@contextlib.contextmanager
+def _fd_limit(soft: int = 1024) -> Iterator[None]:
+    """Run with the usual default soft RLIMIT_NOFILE (1024) even where CI raised it."""
+    old_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new = min(soft, old_soft) if hard == resource.RLIM_INFINITY else min(soft, old_soft, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    try:
+        yield
     finally:
-        sys.setrecursionlimit(limit)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (old_soft, hard))
 
 
 @contextlib.contextmanager
@@ -290,25 +334,32 @@ def _assert_root_is_safe(root: str, *, whiteout_devices: bool, outside_inodes: s
 _UNEXPECTED: dict[str, type[AssertionError]] = {}
 
 
-def _call(fn, *args):
-    """``fn(*args)``, or None if it raised LayerError; anything else fails the test.
+def _call(fn, *args, valid: bool = False):
+    """``fn(*args)``, or None if it raised LayerError (a failure if ``valid``); anything else fails the test.
 
-    The failure is re-raised as a short ``Unexpected<Type>`` (one class per original type, so
+    The failure is raised as a short ``Unexpected<Type>`` (one class per original type, so
     hypothesis reports distinct bugs separately) with the last frames only: pytest takes minutes
     to format the ~2000-frame traceback of a RecursionError. It is raised outside the ``except``
-    block so that it has no ``__context__``: the extractor's RecursionError chains ~2000
-    FileNotFoundErrors, and hypothesis itself overflows walking such a chain.
+    block so that it has no ``__context__``: a RecursionError from recursing in an ``except``
+    block chains ~2000 exceptions, and hypothesis itself overflows walking such a chain.
     """
     try:
         return fn(*args)
-    except LayerError:
-        return None
+    except LayerError as exc:
+        if not valid:
+            return None
+        failure = AssertionError(f"{fn.__name__} refused a valid layer: {_short(exc)}")
     except Exception as exc:
         name = type(exc).__name__
         kind = _UNEXPECTED.setdefault(name, type(f"Unexpected{name}", (AssertionError,), {}))
         frames = "".join(traceback.format_tb(exc.__traceback__, limit=-6))
-        failure = kind(f"{fn.__name__} raised {name}, not LayerError: {exc}\n{frames}")
+        failure = kind(f"{fn.__name__} raised {name}, not LayerError: {_short(exc)}\n{frames}")
     raise failure
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)  # entry names can be 4 KB long
+    return text if len(text) <= 300 else f"{text[:150]}...{text[-120:]}"
 
 
 @dataclass
@@ -339,7 +390,8 @@ def _exercise(box: Box, stream: bytes, *, opaque_markers: bool = True) -> Outcom
     # extract_layer into a fresh directory
     existing_before = _snapshot(box.existing)
     fds = _open_fds()
-    extracted = _call(extract_layer, io.BytesIO(stream), box.new)
+    with _fd_limit():
+        extracted = _call(extract_layer, io.BytesIO(stream), box.new)
     assert _open_fds() == fds, "extract_layer leaked file descriptors"
     _assert_unchanged(sandbox_before, _snapshot(box.top, skip=protected, coarse=ANCESTORS), "sandbox outside the root")
     _assert_unchanged(existing_before, _snapshot(box.existing), "the other root (apply target)")
@@ -353,7 +405,8 @@ def _exercise(box: Box, stream: bytes, *, opaque_markers: bool = True) -> Outcom
     # apply_layer onto the pre-seeded tree
     new_before = _snapshot(box.new) if extracted is not None else None
     fds = _open_fds()
-    applied = _call(apply_layer, io.BytesIO(stream), box.existing)
+    with _fd_limit():
+        applied = _call(apply_layer, io.BytesIO(stream), box.existing)
     assert _open_fds() == fds, "apply_layer leaked file descriptors"
     _assert_unchanged(sandbox_before, _snapshot(box.top, skip=protected, coarse=ANCESTORS), "sandbox outside the root")
     if new_before is not None:
@@ -473,9 +526,11 @@ def names(draw, hostile: bool = True) -> str:
     return draw(st.sampled_from(PREFIXES)) + "/".join(parts) + draw(st.sampled_from(["", "", "/"]))
 
 
-def dir_prefixes(hostile: bool) -> st.SearchStrategy[str]:
+def dir_prefixes(hostile: bool, *, root: bool = True) -> st.SearchStrategy[str]:
+    """Directories for whiteouts and opaque markers; ``root=False`` leaves out the layer root itself."""
     fixed = st.sampled_from(["a/", "b/", "c/", "e/", "a/b/", "/x/", "./a/", "c/x/", "d/", "e/l/"])
-    return st.one_of(st.just(""), fixed, names(hostile).map(lambda name: name.rstrip("/") + "/"))
+    below = names(hostile).map(lambda name: name.rstrip("/") + "/")
+    return st.one_of(st.just(""), fixed, below) if root else st.one_of(fixed, below)
 
 
 SAFE_VICTIMS = ["a", "b", "c", "x", "e", "d", ".wh.a", "outside", "sentinel", "N" * 251]
@@ -535,8 +590,7 @@ def layer_entries(draw) -> list[Entry]:
             victim = draw(st.sampled_from(VICTIMS if bad else SAFE_VICTIMS))
             entry_names.append(draw(dir_prefixes(bad)) + ".wh." + victim)
         elif kind == "opaque":  # of the root itself only when hostile
-            prefixes = dir_prefixes(bad) if bad else dir_prefixes(bad).filter(lambda p: p.strip("./"))
-            entry_names.append(draw(prefixes) + OPAQUE)
+            entry_names.append(draw(dir_prefixes(bad, root=bad)) + OPAQUE)
         else:
             entry_names.append(draw(names(bad)))
     any_link = st.one_of(st.sampled_from(entry_names), st.sampled_from(TARGETS), names())
@@ -642,12 +696,12 @@ SEEDS += [  # refused as they stand; a flipped byte may turn them into something
             Entry("dir", "d/"),
             Entry("symlink", "d/l", link="../../outside"),
             Entry("file", "d/l/pwn", data=b"through a symlink"),
-            Entry("file", "../pwn", data=b"dotdot"),
             Entry("symlink", "r", link="/"),
             Entry("hardlink", "r/h", link="d/l"),
         ],
         tarfile.GNU_FORMAT,
     ),
+    _seed([Entry("file", "../pwn", data=b"dotdot"), Entry("dir", "a/../../p/")], tarfile.PAX_FORMAT),
 ]
 
 HEADER_FIELDS = [0, 99, 100, 108, 116, 124, 136, 148, 156, 157, 257, 263, 265, 297, 329, 337, 345]  # ustar offsets
@@ -728,58 +782,91 @@ def test_seeds_are_valid_layers() -> None:
                 extract_layer(io.BytesIO(_compress(raw, compression)), box.new)
 
 
-# -- regression tests for bugs the fuzzing found (they fail until the extractor is fixed) -----------------------------
+# -- regression tests for the bugs found while writing this (see each docstring for its state) ----------------------
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path``, emptied afterwards with :func:`_rmtree` (pytest's own cleanup overflows on deep trees)."""
+    yield tmp_path
+    for child in list(tmp_path.iterdir()):
+        _rmtree(child)
 
 
 def _layer(entries: list[Entry], fmt: int = tarfile.PAX_FORMAT) -> io.BytesIO:
     return io.BytesIO(_seed(entries, fmt))
 
 
-@pytest.mark.parametrize("depth", [1100, 2047])
-@pytest.mark.parametrize("entry_point", ["extract", "apply"])
-def test_deeply_nested_name_is_not_a_recursion_error(tmp_path: Path, entry_point: str, depth: int) -> None:
-    """A 1100- or 2047-component name (within max_path) recursed once per missing parent in
-    ``_Extractor.dir_fd`` and escaped as RecursionError instead of being extracted or refused."""
-    layer = _layer([Entry("file", "/".join(["a"] * depth), data=b"deep")])
-    target = tmp_path / "root"
-    try:
-        if entry_point == "extract":
-            _call(extract_layer, layer, target)
-        else:
-            target.mkdir()
-            _call(apply_layer, layer, target)
-    finally:
-        if target.exists():
-            _rmtree(str(target))
-
-
-def test_whiteout_of_a_deep_existing_tree_is_not_a_recursion_error(tmp_path: Path) -> None:
-    """``_Extractor.remove`` uses shutil.rmtree, which recurses per level on Python 3.11: a whiteout of a
-    1500-deep lower directory raised RecursionError."""
-    root = tmp_path / "root"
-    root.mkdir()
+def _deep_dirs(root: Path, depth: int) -> None:
     fd = os.open(root, DIR_FLAGS)
-    for _ in range(1500):
+    for _ in range(depth):
         os.mkdir("a", dir_fd=fd)
         child = os.open("a", DIR_FLAGS, dir_fd=fd)
         os.close(fd)
         fd = child
     os.close(fd)
-    try:
-        assert _call(apply_layer, _layer([Entry("whiteout", ".wh.a")]), root) is not None
-        assert not os.path.lexists(root / "a")
-    finally:
-        _rmtree(str(root))
+
+
+@pytest.mark.parametrize("depth", [1100, 2047])
+@pytest.mark.parametrize("entry_point", ["extract", "apply"])
+def test_deeply_nested_name_is_extracted(tmp: Path, entry_point: str, depth: int) -> None:
+    """A name of 1100 or 2047 components (4093 bytes: within max_path) is a valid entry.
+
+    First version: ``_Extractor.dir_fd`` recursed once per missing parent -> RecursionError (fixed:
+    ``_make_dirs`` is iterative). Still failing: ``_make_dirs`` keeps every level's fd open until
+    the entry is done (LRU-evicted fds only move to ``retired``), so under the default soft
+    RLIMIT_NOFILE of 1024 it fails with LayerError "cannot apply entry: Too many open files".
+    """
+    name = "/".join(["a"] * depth)
+    target = tmp / "root"
+    if entry_point == "apply":
+        target.mkdir()
+    with _fd_limit():
+        _call(
+            extract_layer if entry_point == "extract" else apply_layer,
+            _layer([Entry("file", name, data=b"deep")]),
+            target,
+            valid=True,
+        )
+    assert _snapshot(str(target))[name].digest == hashlib.sha256(b"deep").hexdigest()
+
+
+def test_refused_deep_layer_leaves_no_target(tmp: Path) -> None:
+    """extract_layer promises that a rejected layer leaves nothing. With a 1100-level directory
+    extracted before the bad entry, the cleanup (``remove_quietly`` -> ``remove_tree``, one open fd
+    per level) runs out of fds under the default soft RLIMIT_NOFILE of 1024, swallows the error and
+    leaves the partial tree behind. (Also true of a 1100-deep name alone: it is refused with
+    "Too many open files", see above, and its target stays.)"""
+    layer = _layer([Entry("dir", "/".join(["a"] * 1100) + "/"), Entry("chr", "dev", dev=(1, 3))])
+    with _fd_limit():
+        assert _call(extract_layer, layer, tmp / "root") is None
+    assert not os.path.lexists(tmp / "root")
+
+
+def test_whiteout_of_a_deep_lower_directory(tmp: Path) -> None:
+    """A whiteout of a 1500-level lower directory in apply mode.
+
+    First version: ``_Extractor.remove`` used shutil.rmtree, which recurses per level on Python
+    3.11 -> RecursionError (fixed: ``fsutil.remove_tree``). Still failing: ``remove_tree`` holds one
+    fd per level, so under the default soft RLIMIT_NOFILE of 1024 it is LayerError "Too many open
+    files" and the directory stays.
+    """
+    root = tmp / "root"
+    root.mkdir()
+    _deep_dirs(root, 1500)
+    with _fd_limit():
+        _call(apply_layer, _layer([Entry("whiteout", ".wh.a")]), root, valid=True)
+    assert not os.path.lexists(root / "a")
 
 
 @pytest.mark.root
-def test_oversized_user_xattr_is_a_layer_error(tmp_path: Path) -> None:
-    """A 5000-byte user.* pax xattr does not fit an ext4 inode: setxattr fails with ENOSPC, which
-    ``_apply_stream`` re-raises as a bare OSError (it means to pass a full disk through), so a layer
-    can make the extractor fail with something other than LayerError. (Passes on file systems that
-    take the value, e.g. tmpfs.)"""
+def test_oversized_user_xattr_is_a_layer_error(tmp: Path) -> None:
+    """A 5000-byte user.* pax xattr does not fit an ext4 inode, and setxattr fails with ENOSPC.
+    First version: ``set_xattrs`` re-raised it and ``_apply_stream`` passes ENOSPC through as a bare
+    OSError (meant for a full disk), so a layer could make the extractor raise something other than
+    LayerError (fixed: rule "xattr"). On file systems that take the value (tmpfs) it extracts."""
     layer = _layer([Entry("file", "f", data=b"x", xattrs=(("user.big", "v" * 5000),))])
-    _call(extract_layer, layer, tmp_path / "root")
+    _call(extract_layer, layer, tmp / "root")
 
 
 DIR_REPLACED = [Entry("dir", "a/"), Entry("dir", "a/b/"), Entry("file", "a/b/c", data=b"c")]
@@ -796,28 +883,28 @@ DIR_REPLACED = [Entry("dir", "a/"), Entry("dir", "a/b/"), Entry("file", "a/b/c",
     ],
     ids=["file", "symlink", "fifo", "whiteout"],
 )
-def test_replacing_a_directory_below_the_root(tmp_path: Path, replacement: Entry, kind: str) -> None:
-    """``_Extractor.remove`` of a directory calls ``_forget_dirs``, which closes every cached dir fd,
-    including the ``parent`` fd its caller (``_create``/``make_dir``) uses next: EBADF, reported as
-    LayerError "cannot apply entry: Bad file descriptor" for a valid layer."""
-    extract_layer(_layer([*DIR_REPLACED, replacement]), tmp_path / "root")
-    node = _snapshot(str(tmp_path / "root"))["a/b"]
-    assert node.kind == kind
+def test_replacing_a_directory_below_the_root(tmp: Path, replacement: Entry, kind: str) -> None:
+    """First version: ``_Extractor.remove`` of a directory called ``_forget_dirs``, which closed every
+    cached dir fd, including the ``parent`` fd its caller (``_create``/``make_dir``) used next: EBADF,
+    LayerError "cannot apply entry: Bad file descriptor" for a valid layer (fixed: ``retired`` fds)."""
+    extract_layer(_layer([*DIR_REPLACED, replacement]), tmp / "root")
+    assert _snapshot(str(tmp / "root"))["a/b"].kind == kind
 
 
 @pytest.mark.root
-def test_apply_replaces_a_lower_directory_with_a_symlink(tmp_path: Path) -> None:
-    """Flattening an image whose upper layer turns a lower directory into a symlink (usrmerge-style)."""
-    (tmp_path / "usr/lib/x").mkdir(parents=True)
-    (tmp_path / "usr/lib/x/f").write_bytes(b"lower")
-    apply_layer(_layer([Entry("symlink", "usr/lib/x", link="y")]), tmp_path)
-    assert os.readlink(tmp_path / "usr/lib/x") == "y"
+def test_apply_replaces_a_lower_directory_with_a_symlink(tmp: Path) -> None:
+    """The same EBADF when flattening an image whose upper layer turns a lower directory into a symlink."""
+    (tmp / "usr/lib/x").mkdir(parents=True)
+    (tmp / "usr/lib/x/f").write_bytes(b"lower")
+    apply_layer(_layer([Entry("symlink", "usr/lib/x", link="y")]), tmp)
+    assert os.readlink(tmp / "usr/lib/x") == "y"
 
 
 @pytest.mark.root
-def test_apply_opaque_directory_with_several_lower_subdirectories(tmp_path: Path) -> None:
-    """``opaque`` in apply mode removes children with a cached fd that the first rmtree closed."""
+def test_apply_opaque_directory_with_several_lower_subdirectories(tmp: Path) -> None:
+    """The same EBADF: ``opaque`` in apply mode removed the second child through the fd the first
+    removal had closed."""
     for sub in ("d/x", "d/y"):
-        (tmp_path / sub).mkdir(parents=True)
-    apply_layer(_layer([Entry("opaque", f"d/{OPAQUE}"), Entry("file", "d/z", data=b"z")]), tmp_path)
-    assert sorted(os.listdir(tmp_path / "d")) == ["z"]
+        (tmp / sub).mkdir(parents=True)
+    apply_layer(_layer([Entry("opaque", f"d/{OPAQUE}"), Entry("file", "d/z", data=b"z")]), tmp)
+    assert sorted(os.listdir(tmp / "d")) == ["z"]

@@ -149,3 +149,44 @@ def test_our_pid1_is_not_dumpable(root):
     proc = sh(root, "cat /proc/1/environ >/dev/null 2>&1 && echo readable; ls -l /proc/1/exe 2>&1 | grep -c denied")
     assert "readable" not in proc.stdout
     assert os.geteuid() == 0
+
+
+_ESCAPES = r"""
+import ctypes, errno, os, threading, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+def call(name, nr, *args):
+    res = libc.syscall(nr, *args)
+    print(name, 0 if res >= 0 else ctypes.get_errno())
+call("unshare", 272, 0x10000000)                     # CLONE_NEWUSER
+call("setns", 308, 0, 0)
+call("mount", 165, b"none", b"/mnt", b"tmpfs", 0, None)
+call("ptrace", 101, 16, 1, 0, 0)                     # PTRACE_ATTACH to PID 1
+call("bpf", 321, 0, 0, 0)
+call("keyctl", 250, 0, 0, 0, 0, 0)
+call("clone-newns", 56, 0x20000 | 17, 0, 0, 0, 0)   # CLONE_NEWNS|SIGCHLD
+call("clone3", 435, 0, 0)
+call("io_uring_setup", 425, 1, 0)
+call("init_module", 175, 0, 0, 0)
+call("kexec_load", 246, 0, 0, 0, 0)
+call("userfaultfd", 323, 0)
+call("perf_event_open", 298, 0, 0, -1, -1, 0)
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+print("thread ok")
+print(subprocess.run(["true"]).returncode == 0 and "subprocess ok")
+try:
+    print(sorted(os.listdir("/proc/1/root")) == sorted(os.listdir("/")) and "proc1-root is the container")
+except PermissionError:
+    print("proc1-root denied")                          # PID 1 is not dumpable
+"""
+
+
+def test_seccomp_refuses_escape_syscalls_but_not_ordinary_work(debian_store):
+    proc = run(debian_store.root, "localhost/debian-python", "python3", "-c", _ESCAPES)
+    assert proc.returncode == 0, proc.stderr
+    results = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    for name in ("unshare", "setns", "mount", "ptrace", "bpf", "keyctl", "clone-newns", "io_uring_setup",
+                 "init_module", "kexec_load", "userfaultfd", "perf_event_open"):
+        assert results[name] == str(1), f"{name} should fail with EPERM, got {results[name]}"
+    assert results["clone3"] == "38", "clone3 is ENOSYS so libc falls back to clone"
+    assert results["thread"] == "ok" and results["subprocess"] == "ok"
+    assert results["proc1-root"] in ("is the container", "denied")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+
+from . import syscalls
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -11,9 +14,12 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 def remove_tree(name: str | os.PathLike[str], dir_fd: int | None = None, *, missing_ok: bool = True) -> None:
     """``rm -rf name`` (relative to ``dir_fd``) that never follows a symlink.
 
-    Iterative, so a 2000-level tree is no RecursionError: one open directory
-    fd per level on a stack, each entry removed with ``unlinkat`` relative to
-    its own directory's fd. Removes a lone file or symlink too.
+    Iterative, so a 2000-level tree is no RecursionError, and it holds only
+    two directory fds at a time (RLIMIT_NOFILE is often 1024): the directory
+    being emptied is reopened from the top with ``openat2(RESOLVE_BENEATH |
+    RESOLVE_NO_SYMLINKS)``, so no component can be a symlink. Entries are
+    removed with ``*at`` calls relative to their own directory's fd. Removes
+    a lone file or symlink too.
     """
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -25,32 +31,56 @@ def remove_tree(name: str | os.PathLike[str], dir_fd: int | None = None, *, miss
         os.unlink(name, dir_fd=dir_fd)
         return
     top = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    # Each frame: (fd of the directory, its name, fd of its parent, names left to visit)
-    stack: list[tuple[int, str, int | None, list[str]]] = [(top, os.fspath(name), dir_fd, os.listdir(top))]
+    stack: list[str] = []  # path of the directory being emptied, relative to ``top``
     try:
-        while stack:
-            fd, _, _, names = stack[-1]
-            descended = False
-            while names:
-                child = names.pop()
-                try:
-                    child_st = os.stat(child, dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISDIR(child_st.st_mode):
-                    sub = os.open(child, _DIR_FLAGS, dir_fd=fd)
-                    stack.append((sub, child, fd, os.listdir(sub)))
-                    descended = True
-                    break
-                os.unlink(child, dir_fd=fd)
+        while True:
+            fd = _open_beneath(top, stack)
+            try:
+                descended = False
+                for child in os.listdir(fd):
+                    try:
+                        child_st = os.stat(child, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISDIR(child_st.st_mode):
+                        stack.append(child)
+                        descended = True
+                        break
+                    os.unlink(child, dir_fd=fd)
+            finally:
+                os.close(fd)
             if descended:
                 continue
-            fd, dname, parent, _ = stack.pop()
-            os.close(fd)
-            os.rmdir(dname, dir_fd=parent)
+            if not stack:
+                break
+            done = stack.pop()
+            parent = _open_beneath(top, stack)
+            try:
+                os.rmdir(done, dir_fd=parent)
+            finally:
+                os.close(parent)
     finally:
-        for fd, *_ in stack:
+        os.close(top)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def _open_beneath(top: int, parts: list[str]) -> int:
+    if not parts:
+        return os.dup(top)
+    path = "/".join(parts)
+    try:
+        return syscalls.openat2(top, path, _DIR_FLAGS, syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS)
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:
+            raise
+    fd = os.dup(top)  # old kernels: walk down with O_NOFOLLOW, one fd at a time
+    for part in parts:
+        try:
+            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        finally:
             os.close(fd)
+        fd = nxt
+    return fd
 
 
 def remove_quietly(path: str | os.PathLike[str]) -> None:

@@ -29,6 +29,7 @@ import sys
 from dataclasses import dataclass
 
 from . import rootfs as rootfs_mod
+from . import security
 from . import syscalls as sc
 from .cgroups import Cgroup
 from .errors import ContainerError, ExecError
@@ -120,6 +121,7 @@ def _stage3_exec(proc: ProcessPlan, err_w: int) -> None:
         os.setuid(proc.uid)  # a non-root uid loses the capabilities here
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
         executable = _find_executable(proc.argv[0], env)
+        security.install()  # as close to exec as possible: only close_range and execve follow
         # No host file descriptor survives into the container: only stdio and err_w (close-on-exec).
         sc.close_range(3, err_w - 1)
         sc.close_range(err_w + 1)

@@ -392,6 +392,7 @@ class _Extractor:
     def _make_dirs(self, parts: tuple[str, ...], entry: str) -> int:
         depth = len(parts) - 1
         base = self.root_fd
+        owned = False  # whether ``base`` is ours to close (not the root, not cached)
         while depth > 0:
             known = self._cached(parts[:depth])
             if known is not None:
@@ -402,20 +403,26 @@ class _Extractor:
             except FileNotFoundError:
                 depth -= 1
                 continue
-            self._remember(parts[:depth], base)
+            owned = True
             break
-        for level in range(depth, len(parts)):
-            name = parts[level]
-            try:
-                os.mkdir(name, 0o755, dir_fd=base)
-            except FileExistsError:
-                # A dangling symlink (or a race): never follow it anywhere.
-                where = "/".join(parts[: level + 1])
-                raise LayerError(f"parent {where!r} is a dangling symlink", entry=entry, rule="parent") from None
-            self.created.add(parts[: level + 1])
-            base = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
-            if level < len(parts) - 1:
-                self._remember(parts[: level + 1], base)
+        try:
+            for level in range(depth, len(parts)):
+                name = parts[level]
+                try:
+                    os.mkdir(name, 0o755, dir_fd=base)
+                except FileExistsError:
+                    # A dangling symlink (or a race): never follow it anywhere.
+                    where = "/".join(parts[: level + 1])
+                    raise LayerError(f"parent {where!r} is a dangling symlink", entry=entry, rule="parent") from None
+                self.created.add(parts[: level + 1])
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
+                if owned:
+                    os.close(base)  # one fd at a time, however deep: RLIMIT_NOFILE may be 1024
+                base, owned = child, True
+        except BaseException:
+            if owned:
+                os.close(base)
+            raise
         return base
 
     def _cached(self, parts: tuple[str, ...]) -> int | None:

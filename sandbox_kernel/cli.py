@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from . import format as fmt
+from .cli_containers import add_commands, inspect_container
 from .runtime import RECIPES, SandboxError, Store, UsageError, build, load, parse_reference, save
 
 PROG = "sandbox-kernel"
@@ -86,7 +87,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     store = _store(args)
     out = []
     for name in args.names:
-        out.append(fmt.inspect_image(store.resolve(name)))
+        container = inspect_container(args, name) if args.type != "image" else None
+        out.append(container if container is not None else fmt.inspect_image(store.resolve(name)))
     print(json.dumps(out, indent=4))
     return 0
 
@@ -116,38 +118,6 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .runtime import Containers, ContainerSpec, Limits, Mount, NetSpec, parse_cpus, parse_env, parse_size
-
-    limits = Limits(
-        memory=parse_size(args.memory, "--memory") if args.memory else None,
-        cpus=parse_cpus(args.cpus) if args.cpus else None,
-        pids=args.pids_limit if args.pids_limit is not None else Limits().pids,
-    )
-    if args.network != "none":
-        raise UsageError(f"--network {args.network} is not available yet; only none")
-    if args.detach:
-        raise UsageError("-d is not available yet; run in the foreground")
-    spec = ContainerSpec(
-        image=args.image,
-        command=tuple(args.command),
-        entrypoint=(args.entrypoint,) if args.entrypoint else None,
-        env=parse_env(args.env),
-        workdir=args.workdir,
-        user=args.user,
-        hostname=args.hostname,
-        name=args.name,
-        limits=limits,
-        mounts=tuple(Mount.parse(v) for v in args.volume),
-        network=NetSpec(args.network),
-        remove=args.rm,
-    )
-    result = Containers(_store(args)).run(spec)
-    if result.message():
-        print(f"{PROG}: {result.message()}", file=sys.stderr)
-    return result.exit_code
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Containers for notebooks, with docker's habits.")
     parser.add_argument("--root", help="the store directory (default $SANDBOX_KERNEL_ROOT or /var/lib/sandbox-kernel)")
@@ -175,28 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("rmi", cmd_rmi, "remove images")
     p.add_argument("images", nargs="+", metavar="REF")
     p.add_argument("-f", "--force", action="store_true", help="remove an image tagged in several repositories")
-    p = add("inspect", cmd_inspect, "show images as JSON")
-    p.add_argument("names", nargs="+", metavar="REF")
+    p = add("inspect", cmd_inspect, "show containers or images as JSON")
+    p.add_argument("names", nargs="+", metavar="NAME|REF")
+    p.add_argument("--type", choices=["container", "image"], help="only look for this kind of object")
     p = add("history", cmd_history, "show an image's history")
     p.add_argument("image", metavar="REF")
     p.add_argument("--json", action="store_true", help="print JSON")
     add("prune", cmd_prune, "remove unused blobs and unpacked layers")
-    p = add("run", cmd_run, "run a command in a new container")
-    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
-    p.add_argument("-d", "--detach", action="store_true", help="run in the background")
-    p.add_argument("--name")
-    p.add_argument("--memory", "-m", help="memory limit, e.g. 256m")
-    p.add_argument("--cpus", help="CPU limit in cores, e.g. 0.5")
-    p.add_argument("--pids-limit", type=int, help="process limit (default 2048)")
-    p.add_argument("--network", default="none", help="none (default), bridge or host")
-    p.add_argument("-v", "--volume", action="append", default=[], help="SRC:DST[:ro]")
-    p.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE")
-    p.add_argument("-w", "--workdir")
-    p.add_argument("-u", "--user", help="uid[:gid]")
-    p.add_argument("--hostname")
-    p.add_argument("--entrypoint")
-    p.add_argument("image", metavar="IMAGE")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
+    add_commands(add)
 
     image = sub.add_parser("image", help="image management (build base images)")
     image_sub = image.add_subparsers(dest="image_command", metavar="COMMAND", parser_class=_Parser)

@@ -1,11 +1,11 @@
-"""Docker-like text and JSON views of images, shared by the CLI and the magics."""
+"""Docker-like text and JSON views of images and containers, shared by the CLI and the magics."""
 
 from __future__ import annotations
 
 import datetime as _dt
 from typing import Any
 
-from .runtime import Image, Store, parse_reference
+from .runtime import ContainerInfo, ContainerStats, Image, Store, parse_reference
 
 
 def human_size(n: float) -> str:
@@ -142,3 +142,107 @@ def history_table(image: Image) -> str:
         rid = r["Id"].split(":", 1)[1][:12] if r["Id"].startswith("sha256:") else r["Id"]
         rows.append([rid, time_ago(r["Created"]), created_by, human_size(r["Size"]), r["Comment"]])
     return table(rows, ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"])
+
+
+# -- containers -----------------------------------------------------------------------------------------------------
+
+def _iso(timestamp: float | None) -> str | None:
+    if not timestamp:
+        return None
+    return _dt.datetime.fromtimestamp(timestamp, _dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def container_status(info: ContainerInfo, now: float | None = None) -> str:
+    """docker ps's STATUS: ``Up 3 minutes``, ``Exited (0) 2 seconds ago``, ``Created``."""
+    state = info.state
+    now_dt = _dt.datetime.fromtimestamp(now, _dt.UTC) if now else None
+    if state.status in ("running", "paused", "starting"):
+        up = time_ago(_iso(state.started_at or state.created_at), now_dt).removesuffix(" ago")
+        return f"Up {up}" + (" (Paused)" if state.status == "paused" else "")
+    if state.status == "exited":
+        return f"Exited ({state.exit_code}) {time_ago(_iso(state.finished_at), now_dt)}"
+    return "Created"
+
+
+def container_row(info: ContainerInfo) -> dict[str, Any]:
+    state = info.state
+    return {
+        "Id": info.id,
+        "Names": [info.name],
+        "Image": info.image,
+        "ImageID": info.image_id,
+        "Command": " ".join(info.command),
+        "Created": _iso(state.created_at),
+        "State": state.status,
+        "Status": container_status(info),
+        "ExitCode": state.exit_code,
+        "OOMKilled": state.oom_killed,
+        "Pid": state.pid,
+        "Error": state.error,
+    }
+
+
+def containers_table(infos: list[ContainerInfo]) -> str:
+    rows = []
+    for info in infos:
+        command = " ".join(info.command)
+        command = command if len(command) <= 20 else command[:19] + "…"
+        rows.append([info.short_id, info.image, f'"{command}"', time_ago(_iso(info.state.created_at)),
+                     container_status(info), info.name])
+    return table(rows, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"])
+
+
+def inspect_container(info: ContainerInfo) -> dict[str, Any]:
+    """docker inspect's shape for a container (the fields a user reads)."""
+    state, spec = info.state, info.spec
+    return {
+        "Id": info.id,
+        "Name": "/" + info.name,
+        "Created": _iso(state.created_at),
+        "Path": info.command[0],
+        "Args": list(info.command[1:]),
+        "State": {
+            "Status": state.status,
+            "Running": state.status in ("running", "paused"),
+            "Paused": state.status == "paused",
+            "OOMKilled": state.oom_killed,
+            "Pid": state.pid,
+            "ExitCode": state.exit_code,
+            "Error": state.error or "",
+            "StartedAt": _iso(state.started_at),
+            "FinishedAt": _iso(state.finished_at),
+        },
+        "Image": info.image_id,
+        "Config": {
+            "Image": info.image,
+            "Hostname": spec.hostname or info.id[:12],
+            "User": spec.user or "",
+            "Env": [f"{k}={v}" for k, v in spec.env],
+            "Cmd": list(spec.command) or None,
+            "Entrypoint": list(spec.entrypoint) if spec.entrypoint is not None else None,
+            "WorkingDir": spec.workdir or "",
+        },
+        "HostConfig": {
+            "Memory": spec.limits.memory or 0,
+            "MemorySwap": spec.limits.memory_swap or 0,
+            "NanoCpus": int((spec.limits.cpus or 0) * 1e9),
+            "PidsLimit": spec.limits.pids,
+            "AutoRemove": spec.remove,
+            "NetworkMode": spec.network.mode,
+            "Binds": [f"{m.source}:{m.target}{':ro' if m.readonly else ''}" for m in spec.mounts],
+            "Ulimits": [{"Name": n, "Soft": s, "Hard": h} for n, s, h in spec.ulimits],
+        },
+    }
+
+
+def stats_table(stats: list[ContainerStats]) -> str:
+    rows = []
+    for item in stats:
+        usage, limits = item.usage, item.limits
+        mem = human_size(usage.memory_current or 0)
+        limit = human_size(limits.memory) if limits.memory else "unlimited"
+        peak = human_size(usage.memory_peak) if usage.memory_peak is not None else "-"
+        cpu = f"{(usage.cpu_ns or 0) / 1e9:.2f}s"
+        pids = f"{usage.pids if usage.pids is not None else '-'} / {limits.pids or 'unlimited'}"
+        rows.append([item.id[:12], item.name, f"{mem} / {limit}", peak, cpu, pids])
+    return table(rows, ["CONTAINER ID", "NAME", "MEM USAGE / LIMIT", "MEM PEAK", "CPU TIME", "PIDS"])

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from leftovers import assert_nothing_left, cgroups
 
 pytestmark = pytest.mark.root
 
@@ -32,14 +33,9 @@ def root(base_store) -> Path:
 @pytest.fixture(autouse=True)
 def nothing_left_behind(root):
     """Every run leaves no mount, cgroup or container directory on the host."""
+    before = cgroups()
     yield
-    mounts = Path("/proc/self/mountinfo").read_text()
-    assert str(root) not in mounts and " - overlay " not in mounts
-    leftovers = [p for p in Path("/sys/fs/cgroup").glob("*/sandbox-kernel/*") if p.is_dir()]
-    leftovers += [p for p in Path("/sys/fs/cgroup").glob("sandbox-kernel/*") if p.is_dir()]
-    assert leftovers == []
-    containers = root / "containers"
-    assert not containers.exists() or list(containers.iterdir()) == []
+    assert_nothing_left(root, before)
 
 
 def test_output_and_exit_status(root):
@@ -99,7 +95,7 @@ def test_device_node_limits(root):
 
 def test_env_workdir_user(root):
     proc = sh(root, "echo $GREETING $HOME; pwd; id -u; id -g", "-e", "GREETING=hi", "-w", "/tmp", "--user", "1000:1000")
-    assert proc.stdout.splitlines() == ["hi /root", "/tmp", "1000", "1000"]
+    assert proc.stdout.splitlines() == ["hi /", "/tmp", "1000", "1000"], "HOME is / for a uid without a passwd entry"
 
 
 def test_volumes_read_only_and_read_write(root, tmp_path):

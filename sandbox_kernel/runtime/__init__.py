@@ -4,13 +4,16 @@ Frontends (CLI, magics, widgets, server) use the names here and the errors in
 :mod:`sandbox_kernel.runtime.errors`, nothing deeper.
 """
 
-from .container import ContainerResult, Containers
+from .cgroups import CgroupStats
+from .container import ContainerInfo, ContainerResult, Containers, ContainerStats
 from .errors import (
     ArchiveError,
     BlobError,
     BuildError,
     CgroupError,
     ContainerError,
+    ContainerNotFound,
+    ExecError,
     ImageError,
     ImageInUse,
     ImageNotFound,
@@ -25,7 +28,8 @@ from .image.builder import RECIPES, build
 from .image.layers import ExtractLimits, ExtractResult, extract_layer, write_layer
 from .image.ref import Reference, parse_reference
 from .image.store import Descriptor, Image, Store, default_root
-from .spec import ContainerSpec, Limits, Mount, NetSpec, parse_cpus, parse_env, parse_size
+from .spec import ContainerSpec, Limits, Mount, NetSpec, parse_cpus, parse_env, parse_size, parse_ulimit
+from .state import State
 
 __all__ = [
     "RECIPES",
@@ -33,11 +37,16 @@ __all__ = [
     "BlobError",
     "BuildError",
     "CgroupError",
+    "CgroupStats",
     "ContainerError",
+    "ContainerInfo",
+    "ContainerNotFound",
     "ContainerResult",
     "ContainerSpec",
+    "ContainerStats",
     "Containers",
     "Descriptor",
+    "ExecError",
     "ExtractLimits",
     "ExtractResult",
     "Image",
@@ -52,6 +61,7 @@ __all__ = [
     "Reference",
     "ReferenceFormatError",
     "SandboxError",
+    "State",
     "Store",
     "StoreError",
     "UsageError",
@@ -63,6 +73,7 @@ __all__ = [
     "parse_env",
     "parse_reference",
     "parse_size",
+    "parse_ulimit",
     "save",
     "write_layer",
 ]

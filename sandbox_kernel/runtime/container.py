@@ -1,38 +1,56 @@
-"""Container lifecycle: create from an image, run in the foreground, clean up.
+"""Container lifecycle: the facade the CLI, the magics and the server use.
 
-A container lives in ``ROOT/containers/ID/``: ``config.json`` (what was asked),
-``state.json`` (pid and status), the overlay ``upper/`` and ``work/`` dirs, the
-``rootfs/`` mount point and the ``/etc`` files the runtime writes. The overlay
-and every other mount live only in the container's own mount namespace, so
-they vanish with its last process, whatever happened to the caller.
+``create`` writes a container's directory (see state.py) and resolves what it
+will run; ``start`` forks its monitor (monitor.py), which starts PID 1 and
+records what happens to it; ``run`` is both, then waits in the foreground
+with the caller's stdio (or callbacks) attached; ``exec`` joins a running
+container; ``stop``/``kill``/``pause``/``resume``/``update``/``remove`` act on
+any container, whoever started it, through its state on disk.
+
+Every call that looks at a container first *reconciles* it: a container whose
+monitor died (the process that ran it was killed) is marked exited, and its
+cgroup (and, for ``--rm``, its directory) removed. Mounts need no cleaning:
+they exist only in the container's own mount namespace and vanish with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import resource
 import secrets
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from . import process
-from .cgroups import Cgroup, open_cgroup
-from .errors import ContainerError, UsageError
+from . import launcher, logs, process
+from . import users as users_mod
+from .cgroups import CgroupStats, open_cgroup
+from .errors import CgroupError, ContainerError, ContainerNotFound, ExecError, ImageNotFound, UsageError
 from .fsutil import remove_quietly
 from .image.store import Image, Store
+from .monitor import Job
 from .rootfs import RootfsPlan
-from .spec import ContainerSpec
+from .spec import ContainerSpec, Limits
+from .state import ACTIVE, CREATED, EXITED, PAUSED, RUNNING, ContainerDir, Names, ProcRef, State
 
-DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ETC_FILES = ("hostname", "hosts", "resolv.conf")
+Output = int | Callable[[bytes], None] | None  # an fd, a callback for each chunk, or None for /dev/null
 
 
-@dataclass
+@dataclass(frozen=True)
 class ContainerResult:
+    """How a container (or an exec) ended."""
+
     exit_code: int
-    oom_killed: bool
-    memory_limit: int | None
+    oom_killed: bool = False
+    memory_limit: int | None = None
+    container_id: str | None = None
 
     def message(self) -> str | None:
         """The one plain sentence a user needs when a limit ended the container."""
@@ -42,97 +60,704 @@ class ContainerResult:
         return None
 
 
-def _env(image: Image, spec: ContainerSpec) -> tuple[tuple[str, str], ...]:
+@dataclass(frozen=True)
+class ContainerInfo:
+    """One container as ``ps`` and ``inspect`` show it."""
+
+    id: str
+    name: str
+    image: str  # the reference the user gave
+    image_id: str
+    command: tuple[str, ...]
+    state: State
+    spec: ContainerSpec
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def running(self) -> bool:
+        return self.state.status in (RUNNING, PAUSED)
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    """A snapshot of what a running container uses, against its limits."""
+
+    id: str
+    name: str
+    usage: CgroupStats
+    limits: Limits
+
+
+# -- what a container runs, resolved once at create ---------------------------------------------------------------
+
+def _env(image: Image, spec: ContainerSpec, hostname: str, home: str) -> dict[str, str]:
     env: dict[str, str] = {}
-    for item in (image.config.get("config") or {}).get("Env") or [DEFAULT_PATH]:
+    for item in (image.config.get("config") or {}).get("Env") or [f"PATH={DEFAULT_PATH}"]:
         key, _, value = item.partition("=")
         env[key] = value
-    env.setdefault("PATH", DEFAULT_PATH.split("=", 1)[1])
-    env["HOSTNAME"] = spec.hostname or ""
+    env.setdefault("PATH", DEFAULT_PATH)
+    env["HOSTNAME"] = hostname
     env.update(dict(spec.env))
-    env.setdefault("HOME", "/root")
-    return tuple(env.items())
+    env.setdefault("HOME", home)
+    return env
 
 
-def _argv(image: Image, spec: ContainerSpec) -> tuple[str, ...]:
+def _argv(image: Image, spec: ContainerSpec) -> list[str]:
     config = image.config.get("config") or {}
     entrypoint = list(spec.entrypoint) if spec.entrypoint is not None else list(config.get("Entrypoint") or [])
     cmd = list(spec.command) if spec.command else (list(config.get("Cmd") or []) if spec.entrypoint is None else [])
-    argv = tuple(entrypoint + cmd)
+    argv = entrypoint + cmd
     if not argv:
         raise UsageError(f"no command given and image {spec.image} has no Cmd or Entrypoint")
     return argv
 
 
-def _user(image: Image, spec: ContainerSpec) -> tuple[int, int]:
-    text = spec.user or (image.config.get("config") or {}).get("User") or "0"
-    uid_text, _, gid_text = text.partition(":")
-    if not uid_text.isdigit() or (gid_text and not gid_text.isdigit()):
-        raise UsageError(f"user {text!r}: only numeric uid[:gid] is supported so far")
-    return int(uid_text), int(gid_text or uid_text)
+def _rlimits(ulimits: tuple[tuple[str, int, int], ...]) -> tuple[tuple[int, int, int], ...]:
+    merged = {name: (soft, hard) for name, soft, hard in ulimits}
+    out = []
+    for name, (soft, hard) in merged.items():
+        which = getattr(resource, f"RLIMIT_{name.upper()}")
+        out.append((which, resource.RLIM_INFINITY if soft == -1 else soft,
+                    resource.RLIM_INFINITY if hard == -1 else hard))
+    return tuple(out)
 
+
+def _process_plan(proc: dict[str, Any], spec: ContainerSpec) -> process.ProcessPlan:
+    return process.ProcessPlan(
+        argv=tuple(proc["argv"]),
+        env=tuple((k, v) for k, v in proc["env"].items()),
+        cwd=proc["cwd"],
+        uid=proc["uid"],
+        gid=proc["gid"],
+        groups=tuple(proc["groups"]),
+        rlimits=_rlimits(spec.ulimits),
+    )
+
+
+# -- the facade ---------------------------------------------------------------------------------------------------
 
 class Containers:
-    """The containers of one store."""
+    """The containers of one store (``ROOT/containers``)."""
 
     def __init__(self, store: Store):
         self.store = store
         self.root = store.root / "containers"
         self.root.mkdir(exist_ok=True)
+        self.names = Names(self.root / "names")
 
-    def _write_state(self, cdir: Path, **state: Any) -> None:
-        tmp = cdir / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, cdir / "state.json")
+    # -- finding -------------------------------------------------------------------------------------------------
 
-    def run(self, spec: ContainerSpec) -> ContainerResult:
-        """``run`` in the foreground: stdio attached, returns when the container exits."""
-        image = self.store.resolve(spec.image)
-        lowers = [str(d) for d in reversed(self.store.unpack(image))]
-        cid = secrets.token_hex(32)
-        hostname = spec.hostname or cid[:12]
-        cdir = self.root / cid
-        for sub in ("upper", "work", "rootfs"):
-            (cdir / sub).mkdir(parents=True)
-        etc = {
-            "hostname": f"{hostname}\n",
-            "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n",
-            "resolv.conf": "# no network: --network none\n",
-        }
-        for name, text in etc.items():
-            (cdir / name).write_text(text)
-        config = {"id": cid, "name": spec.name or cid[:12], "image": image.id, "spec": asdict(spec),
-                  "created": time.time()}
-        (cdir / "config.json").write_text(json.dumps(config))
-        uid, gid = _user(image, spec)
-        proc = process.ProcessPlan(
-            argv=_argv(image, spec),
-            env=(*_env(image, spec), ("HOSTNAME", hostname)),
-            cwd=spec.workdir or (image.config.get("config") or {}).get("WorkingDir") or "/",
-            uid=uid,
-            gid=gid,
-        )
-        plan = RootfsPlan(
-            rootfs=str(cdir / "rootfs"),
-            lowerdirs=tuple(lowers),
-            upperdir=str(cdir / "upper"),
-            workdir=str(cdir / "work"),
-            etc_files=tuple((str(cdir / name), f"/etc/{name}") for name in etc),
-            mounts=spec.mounts,
-        )
-        cgroup: Cgroup = open_cgroup(cid[:32])
+    def _dirs(self) -> list[ContainerDir]:
+        return [ContainerDir(p) for p in self.root.iterdir() if len(p.name) == 64 and p.is_dir()]
+
+    def _find(self, ref: str) -> ContainerDir:
+        """By name, full id or unique id prefix, as docker finds them."""
+        if not ref or "/" in ref or ref in (".", ".."):
+            raise ContainerNotFound(f"no such container: {ref!r}")
+        cid = self.names.lookup(ref)
+        if cid and (self.root / cid / "config.json").exists():
+            return ContainerDir(self.root / cid)
+        matches = [d for d in self._dirs() if d.id.startswith(ref.lower())] if len(ref) >= 1 else []
+        if len(matches) > 1:
+            raise ContainerNotFound(f"container id prefix {ref!r} is ambiguous: {len(matches)} containers match")
+        if not matches or not matches[0].config_path.exists():
+            raise ContainerNotFound(f"no such container: {ref}")
+        return matches[0]
+
+    def _info(self, cdir: ContainerDir, state: State | None = None) -> ContainerInfo:
+        config = cdir.read_config()
+        spec = ContainerSpec.from_dict(config["spec"])
+        return ContainerInfo(cdir.id, config["name"], spec.image, config["image_id"], tuple(config["process"]["argv"]),
+                             state or cdir.read_state(), spec)
+
+    def get(self, ref: str) -> ContainerInfo:
+        """One container, its state reconciled."""
+        cdir = self._find(ref)
+        state = self._reconcile(cdir)
+        if state is None:
+            raise ContainerNotFound(f"no such container: {ref}")
+        return self._info(cdir, state)
+
+    def list(self, all: bool = False) -> list[ContainerInfo]:
+        """Running containers (every container with ``all``), newest first, each reconciled."""
+        out = []
+        for cdir in self._dirs():
+            if not cdir.config_path.exists():
+                self._drop_unfinished(cdir)
+                continue
+            try:
+                state = self._reconcile(cdir)
+                if state is not None and (all or state.status in (RUNNING, PAUSED)):
+                    out.append(self._info(cdir, state))
+            except (ContainerError, OSError):
+                continue  # removed under our feet
+        return sorted(out, key=lambda info: info.state.created_at, reverse=True)
+
+    def _drop_unfinished(self, cdir: ContainerDir) -> None:
+        """A directory whose create never finished (its creator died) is garbage after a minute."""
         try:
-            cgroup.create()
-            cgroup.apply(spec.limits)
-            pid1 = process.start(plan, hostname, proc, cgroup)
-            self._write_state(cdir, status="running", pid=pid1, started=time.time())
-            code = process.wait(pid1)
-            oom = cgroup.oom_kills() > 0
-            self._write_state(cdir, status="exited", pid=0, exit_code=code, oom_killed=oom, finished=time.time())
-            return ContainerResult(137 if oom else code, oom, spec.limits.memory)
-        except ContainerError:
+            if time.time() - cdir.path.stat().st_mtime > 60:
+                remove_quietly(cdir.path)
+        except OSError:
+            pass
+
+    # -- reconcile -----------------------------------------------------------------------------------------------
+
+    def _reconcile(self, cdir: ContainerDir) -> State | None:
+        """Make the state true: a container whose monitor is gone has exited. None: it was removed (--rm)."""
+        state = cdir.read_state()
+        if state.status not in ACTIVE or state.monitor().alive():
+            return state
+        with cdir.locked() as state:
+            if state.status not in ACTIVE or state.monitor().alive():
+                return state
+            # The monitor died. PID 1 died with it (PDEATHSIG); make sure of the rest and clean up.
+            config = cdir.read_config()
+            cgroup = open_cgroup(config["cgroup"])
+            try:
+                cgroup.thaw()
+                cgroup.kill()
+                cgroup.remove()
+            except CgroupError as exc:
+                state.error = str(exc)
+            state.status = EXITED
+            state.exit_code = 137
+            state.error = state.error or "its monitor process died (killed?); the container was stopped"
+            state.pid = state.pid_start = state.monitor_pid = state.monitor_start = 0
+            state.finished_at = time.time()
+            remove = ContainerSpec.from_dict(config["spec"]).remove
+        if remove:
+            self._delete(cdir, config["name"])
+            return None
+        return state
+
+    # -- create --------------------------------------------------------------------------------------------------
+
+    def create(self, spec: ContainerSpec) -> str:
+        """Make the container's directory and resolve what it runs; returns its id. Nothing runs yet."""
+        image = self.store.resolve(spec.image)
+        lowers = [str(d) for d in reversed(self.store.unpack(image))]  # top first
+        cid = secrets.token_hex(32)
+        name = spec.name or f"sk-{cid[:12]}"
+        if spec.name is not None and (not spec.name or not all(c.isalnum() or c in "_.-" for c in spec.name)
+                                      or not spec.name[0].isalnum()):
+            raise UsageError(f"invalid container name {spec.name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+        hostname = spec.hostname or cid[:12]
+        user = users_mod.resolve(spec.user or (image.config.get("config") or {}).get("User") or "0", lowers)
+        env = _env(image, spec, hostname, user.home)
+        config = {
+            "id": cid,
+            "name": name,
+            "image_id": image.id,
+            "spec": asdict(spec),
+            "cgroup": cid[:32],
+            "hostname": hostname,
+            "lowerdirs": lowers,
+            "process": {
+                "argv": _argv(image, spec),
+                "env": env,
+                "cwd": spec.workdir or (image.config.get("config") or {}).get("WorkingDir") or "/",
+                "uid": user.uid,
+                "gid": user.gid,
+                "groups": list(user.groups),
+            },
+        }
+        cdir = ContainerDir(self.root / cid)
+        cdir.path.mkdir()
+        try:
+            if not self.names.claim(name, cid, lambda other: (self.root / other / "config.json").exists()):
+                raise ContainerError(f"the container name {name!r} is already in use by container "
+                                     f"{(self.names.lookup(name) or '?')[:12]}: remove it or pick another name")
+            for sub in ("upper", "work", "rootfs"):
+                (cdir.path / sub).mkdir()
+            etc = {
+                "hostname": f"{hostname}\n",
+                "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n",
+                "resolv.conf": "# no network: --network none\n",
+            }
+            for file_name, text in etc.items():
+                (cdir.path / file_name).write_text(text)
+            cdir.write_state(State(status=CREATED))
+            cdir.write_config(config)  # last: a directory with a config is a container
+        except BaseException:
+            if self.names.lookup(name) == cid:
+                self.names.release(name, cid)
+            remove_quietly(cdir.path)
             raise
+        return cid
+
+    # -- start, run, wait ----------------------------------------------------------------------------------------
+
+    def _job(self, cdir: ContainerDir, detached: bool) -> tuple[Job, ContainerSpec]:
+        config = cdir.read_config()
+        spec = ContainerSpec.from_dict(config["spec"])
+        for layer in config["lowerdirs"]:
+            if not os.path.isdir(layer):
+                raise ImageNotFound(f"container {config['name']}: a layer of its image {spec.image} is gone "
+                                    f"({os.path.basename(layer)[:12]}); remove the container")
+        path = cdir.path
+        plan = RootfsPlan(
+            rootfs=str(path / "rootfs"),
+            lowerdirs=tuple(config["lowerdirs"]),
+            upperdir=str(path / "upper"),
+            workdir=str(path / "work"),
+            etc_files=tuple((str(path / name), f"/etc/{name}") for name in ETC_FILES),
+            mounts=spec.mounts,
+            cwd=config["process"]["cwd"],
+        )
+        job = Job(cdir=str(path), name=config["name"], plan=plan, hostname=config["hostname"],
+                  proc=_process_plan(config["process"], spec), cgroup=config["cgroup"], limits=spec.limits,
+                  detached=detached, remove=spec.remove, log_max=spec.log_size)
+        return job, spec
+
+    def start(self, ref: str) -> ContainerInfo:
+        """Start a created (or exited) container detached: its output goes to its log. Returns once it runs."""
+        cdir = self._find(ref)
+        self._reconcile(cdir)
+        job, _spec = self._job(cdir, detached=True)
+        status_r = launcher.start_monitor(job, None)
+        try:
+            event = _Events(status_r).next()
         finally:
-            cgroup.remove()
-            if spec.remove:
-                remove_quietly(cdir)
+            os.close(status_r)
+        _raise_for(event, cdir)
+        return self.get(cdir.id)
+
+    def run(self, spec: ContainerSpec, *, stdin: int | None = 0, stdout: Output = 1, stderr: Output = 2,
+            on_start: Callable[[str], None] | None = None) -> ContainerResult:
+        """``run`` in the foreground: create, start, stream the output, wait; removed after with ``--rm``.
+
+        ``stdout``/``stderr`` are fds (default: the caller's) or callbacks that
+        get each chunk as it comes. The container dies with the caller.
+        Interrupts while waiting are the container's (see :class:`_Interrupts`).
+        """
+        cid = self.create(spec)
+        if on_start is not None:
+            on_start(cid)
+        cdir = ContainerDir(self.root / cid)
+        job, _ = self._job(cdir, detached=False)
+        with _Stdio(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
+            status_r = launcher.start_monitor(job, stdio.child_fds)
+            stdio.close_child_ends()
+            events = _Events(status_r)
+            try:
+                event = _next_event(events, stdio, interrupts)
+                if event.get("event") == "started":
+                    pid1 = ProcRef(int(event["pid"]), int(event["pid_start"]))
+                    interrupts.target(lambda signum: _send_signal(pid1, signum))
+                    event = _next_event(events, stdio, interrupts)
+                stdio.drain()
+            finally:
+                os.close(status_r)
+                launcher.reap()
+        _raise_for(event, cdir)
+        exit_code = int(event.get("exit_code", 137))
+        oom = bool(event.get("oom_killed"))
+        if event.get("event") != "exited":  # the monitor died under us
+            self._reconcile(cdir)
+        return ContainerResult(exit_code, oom, spec.limits.memory, cid)
+
+    def run_detached(self, spec: ContainerSpec) -> str:
+        """``run -d``: create and start; returns the id once the container runs."""
+        cid = self.create(spec)
+        try:
+            self.start(cid)
+        except BaseException:
+            with contextlib.suppress(ContainerError):
+                if not spec.remove:
+                    self.remove(cid, force=True)
+            raise
+        return cid
+
+    def wait(self, ref: str, timeout: float | None = None) -> State:
+        """Wait until the container is no longer running; returns its final state."""
+        cdir = self._find(ref)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = self._reconcile(cdir)
+            if state is None or state.status not in ACTIVE:
+                return state or State(status=EXITED)
+            pidfd = _pidfd(state.monitor())
+            if pidfd is None:
+                continue
+            try:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not process.wait_readable([pidfd], left):
+                    raise ContainerError(f"container {ref} is still running after {timeout} s")
+            finally:
+                os.close(pidfd)
+
+    # -- exec ----------------------------------------------------------------------------------------------------
+
+    def exec(self, ref: str, argv: list[str] | tuple[str, ...], *, env: tuple[tuple[str, str], ...] = (),
+             user: str | None = None, workdir: str | None = None, stdin: int | None = 0, stdout: Output = 1,
+             stderr: Output = 2) -> int:
+        """Run ``argv`` in a running container, with the same namespaces, cgroup and security; its exit status."""
+        if not argv:
+            raise UsageError("exec needs a command")
+        cdir = self._find(ref)
+        state = self._reconcile(cdir)
+        info = self._info(cdir, state) if state else None
+        if info is None or state is None or state.status != RUNNING:
+            what = "paused: resume it first" if state and state.status == PAUSED else "not running"
+            raise ContainerError(f"container {ref} is {what}")
+        config = cdir.read_config()
+        proc = dict(config["process"])
+        proc["argv"] = list(argv)
+        proc["env"] = {**proc["env"], **dict(env)}
+        if workdir:
+            proc["cwd"] = workdir
+        if user:
+            found = users_mod.resolve(user, config["lowerdirs"])
+            proc.update(uid=found.uid, gid=found.gid, groups=list(found.groups))
+        plan = _process_plan(proc, info.spec)
+        pidfd = _pidfd(state.pid1())
+        if pidfd is None:
+            raise ContainerError(f"container {ref} is not running")
+        try:
+            with _Stdio(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
+                helper, go_w, err_r, status_r = launcher.start_exec(pidfd, plan, stdio.child_fds)
+                stdio.close_child_ends()
+                try:
+                    try:
+                        open_cgroup(config["cgroup"]).add(helper)
+                        os.write(go_w, b"g")
+                    finally:
+                        os.close(go_w)
+                    error = process.read_error(err_r)
+                    interrupts.target(lambda signum: _kill_quietly(helper, signum))
+                    code = _wait_status(stdio, status_r, interrupts)
+                finally:
+                    os.close(status_r)
+                    launcher.reap_wait(helper)
+        finally:
+            os.close(pidfd)
+        if error:
+            if error.startswith(process.EXEC_PREFIX):
+                code_text, _, text = error[len(process.EXEC_PREFIX):].partition(" ")
+                raise ExecError(text, int(code_text))
+            raise ContainerError(error)
+        return code
+
+    # -- signals, stop, pause ------------------------------------------------------------------------------------
+
+    def _running(self, ref: str) -> tuple[ContainerDir, State]:
+        cdir = self._find(ref)
+        state = self._reconcile(cdir)
+        if state is None or state.status not in (RUNNING, PAUSED):
+            raise ContainerError(f"container {ref} is not running")
+        return cdir, state
+
+    def kill(self, ref: str, sig: int | str = signal.SIGKILL) -> None:
+        """Send a signal to the container's PID 1 (which passes TERM, INT, HUP, QUIT, USR1/2 on)."""
+        signum = _signal_number(sig)
+        _cdir, state = self._running(ref)
+        if not _send_signal(state.pid1(), signum):
+            raise ContainerError(f"container {ref} is not running")
+
+    def stop(self, ref: str, timeout: float = 10.0) -> State:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; returns the final state."""
+        cdir = self._find(ref)
+        state = self._reconcile(cdir)
+        if state is None or state.status not in (RUNNING, PAUSED):
+            return state or State(status=EXITED)
+        config = cdir.read_config()
+        if state.status == PAUSED:  # a frozen process cannot act on SIGTERM
+            _send_signal(state.pid1(), signal.SIGKILL)
+            open_cgroup(config["cgroup"]).thaw()
+        else:
+            _send_signal(state.pid1(), signal.SIGTERM)
+        pidfd = _pidfd(state.pid1())
+        if pidfd is not None:
+            try:
+                if not process.wait_readable([pidfd], timeout):
+                    _send_signal(state.pid1(), signal.SIGKILL)
+            finally:
+                os.close(pidfd)
+        return self.wait(cdir.id, timeout=30)
+
+    def pause(self, ref: str) -> None:
+        cdir, state = self._running(ref)
+        if state.status == PAUSED:
+            raise ContainerError(f"container {ref} is already paused")
+        open_cgroup(cdir.read_config()["cgroup"]).freeze()
+        with cdir.locked() as state:
+            if state.status == RUNNING:
+                state.status = PAUSED
+
+    def resume(self, ref: str) -> None:
+        cdir, state = self._running(ref)
+        if state.status != PAUSED:
+            raise ContainerError(f"container {ref} is not paused")
+        open_cgroup(cdir.read_config()["cgroup"]).thaw()
+        with cdir.locked() as state:
+            if state.status == PAUSED:
+                state.status = RUNNING
+
+    # -- limits, stats, logs -------------------------------------------------------------------------------------
+
+    def update(self, ref: str, limits: Limits) -> Limits:
+        """Change the limits of a container (applied at once if it runs, kept for its next start)."""
+        cdir = self._find(ref)
+        state = self._reconcile(cdir)
+        if state is None:
+            raise ContainerNotFound(f"no such container: {ref}")
+        config = cdir.read_config()
+        spec = replace(ContainerSpec.from_dict(config["spec"]), limits=limits)
+        if state.status in (RUNNING, PAUSED):
+            open_cgroup(config["cgroup"]).apply(limits)
+        config["spec"] = asdict(spec)
+        cdir.write_config(config)
+        return limits
+
+    def stats(self, ref: str) -> ContainerStats:
+        cdir, _state = self._running(ref)
+        config = cdir.read_config()
+        usage = open_cgroup(config["cgroup"]).stats()
+        return ContainerStats(cdir.id, config["name"], usage, ContainerSpec.from_dict(config["spec"]).limits)
+
+    def logs(self, ref: str) -> Iterator[tuple[int, bytes]]:
+        """(stream, data) records of a detached container's output; stream 1 is stdout, 2 stderr."""
+        cdir = self._find(ref)
+        return logs.read_log(cdir.path)
+
+    # -- remove --------------------------------------------------------------------------------------------------
+
+    def remove(self, ref: str, force: bool = False) -> str:
+        """``rm``: a running container needs ``force`` (it is killed first). Returns the id."""
+        cdir = self._find(ref)
+        state = self._reconcile(cdir)
+        if state is None:
+            return cdir.id
+        if state.status in (RUNNING, PAUSED):
+            if not force:
+                raise ContainerError(f"container {ref} is {state.status}: stop it first, or use rm -f")
+            self.stop(cdir.id, timeout=0)
+        config = cdir.read_config()
+        with contextlib.suppress(CgroupError):
+            open_cgroup(config["cgroup"]).remove()
+        self._delete(cdir, config["name"])
+        return cdir.id
+
+    def _delete(self, cdir: ContainerDir, name: str) -> None:
+        self.names.release(name, cdir.id)
+        remove_quietly(cdir.path)
+
+
+# -- helpers: stdio, waiting, signals -----------------------------------------------------------------------------
+
+class _Stdio:
+    """The container's fds 0-2: the caller's fds, /dev/null, or pipes read here into callbacks."""
+
+    def __init__(self, stdin: int | None, stdout: Output, stderr: Output):
+        self.spec = (stdin, stdout, stderr)
+        self.child_fds: tuple[int, int, int] = (0, 1, 2)
+        self._close: list[int] = []
+        self.readers: dict[int, Callable[[bytes], None]] = {}
+
+    def __enter__(self) -> _Stdio:
+        fds = []
+        for index, want in enumerate(self.spec):
+            if isinstance(want, int):
+                fds.append(want)
+            elif want is None:
+                null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+                self._close.append(null)
+                fds.append(null)
+            elif index > 0 and callable(want):
+                r, w = os.pipe2(os.O_CLOEXEC)
+                self.readers[r] = want
+                self._close.append(w)
+                fds.append(w)
+            else:
+                raise UsageError("stdin must be an fd or None")
+        self.child_fds = (fds[0], fds[1], fds[2])
+        return self
+
+    def close_child_ends(self) -> None:
+        for fd in self._close:
+            os.close(fd)
+        self._close = []
+
+    def pump_until_ready(self, fd: int) -> None:
+        """Pass output to the callbacks until ``fd`` is readable."""
+        while True:
+            ready = process.wait_readable([fd, *self.readers], None)
+            for r in ready:
+                if r in self.readers:
+                    self._pump(r)
+            if fd in ready:
+                return
+
+    def _pump(self, fd: int) -> bool:
+        data = os.read(fd, 65536)
+        if data:
+            self.readers[fd](data)
+            return True
+        os.close(fd)
+        del self.readers[fd]
+        return False
+
+    def drain(self) -> None:
+        """Everything left in the pipes (every writer is gone once the container has exited)."""
+        while self.readers:
+            ready = process.wait_readable(list(self.readers), 5.0)
+            if not ready:
+                break
+            for fd in ready:
+                self._pump(fd)
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_child_ends()
+        for fd in list(self.readers):
+            os.close(fd)
+        self.readers.clear()
+
+
+class _Events:
+    """JSON lines from the monitor's status pipe."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buffer = b""
+
+    def next(self, stdio: _Stdio | None = None) -> dict[str, Any]:
+        while b"\n" not in self.buffer:
+            if stdio is not None:
+                stdio.pump_until_ready(self.fd)
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                return {"event": "lost"}
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+
+def _raise_for(event: dict[str, Any], cdir: ContainerDir) -> None:
+    if event.get("event") == "error":
+        if event.get("exec_error"):
+            raise ExecError(str(event["message"]), int(event["exit_code"]))
+        raise ContainerError(str(event["message"]))
+    if event.get("event") == "lost" and not cdir.path.exists():
+        return
+    if event.get("event") == "lost" and cdir.read_state().status == CREATED:
+        raise ContainerError(f"container {cdir.id[:12]}: its monitor died before the container started")
+
+
+class _Interrupts:
+    """While a container (or an exec) runs in the foreground, interrupts are the container's.
+
+    Each Ctrl-C (SIGINT, or a KeyboardInterrupt raised by someone else's
+    handler, as in an IPython kernel) is passed on as a harder signal: SIGINT,
+    then SIGTERM, then SIGKILL. In the main thread SIGTERM and SIGHUP are
+    passed on as they are (docker's sig-proxy). Signals that come before the
+    target is known are kept and sent as soon as it is.
+    """
+
+    ESCALATION = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.pending: list[int] = []
+        self.send: Callable[[int], object] | None = None
+        self.old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self.old[signal.SIGINT] = signal.signal(signal.SIGINT, lambda *_: self.interrupt())
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                self.old[sig] = signal.signal(sig, lambda signum, _frame: self.forward(signum))
+        return self
+
+    def interrupt(self) -> None:
+        self.forward(self.ESCALATION[min(self.count, 2)])
+        self.count += 1
+
+    def forward(self, signum: int) -> None:
+        if self.send is None:
+            self.pending.append(signum)
+        else:
+            self.send(signum)
+
+    def target(self, send: Callable[[int], object]) -> None:
+        self.send = send
+        for signum in self.pending:
+            send(signum)
+        self.pending.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
+def _next_event(events: _Events, stdio: _Stdio, interrupts: _Interrupts) -> dict[str, Any]:
+    while True:
+        try:
+            return events.next(stdio)
+        except KeyboardInterrupt:
+            interrupts.interrupt()
+
+
+def _wait_status(stdio: _Stdio, status_r: int, interrupts: _Interrupts) -> int:
+    """Pump output until the exec helper writes the exit status."""
+    data = b""
+    while True:
+        try:
+            stdio.pump_until_ready(status_r)
+            chunk = os.read(status_r, 64)
+        except KeyboardInterrupt:
+            interrupts.interrupt()
+            continue
+        if not chunk:
+            break
+        data += chunk
+    stdio.drain()
+    return int(data) if data.strip().isdigit() else 137  # no status: the helper was killed
+
+
+def _pidfd(ref: ProcRef) -> int | None:
+    """A pidfd for the process, checked to be the same process (not a recycled pid)."""
+    if ref.pid <= 0:
+        return None
+    try:
+        fd = os.pidfd_open(ref.pid)
+    except ProcessLookupError:
+        return None
+    if not ref.alive():
+        os.close(fd)
+        return None
+    return fd
+
+
+def _kill_quietly(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _send_signal(ref: ProcRef, signum: int) -> bool:
+    fd = _pidfd(ref)
+    if fd is None:
+        return False
+    try:
+        signal.pidfd_send_signal(fd, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _signal_number(sig: int | str) -> int:
+    if isinstance(sig, int):
+        return sig
+    name = sig.upper()
+    if name.isdigit():
+        return int(name)
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    try:
+        return int(getattr(signal.Signals, name))
+    except AttributeError:
+        raise UsageError(f"invalid signal {sig!r}") from None

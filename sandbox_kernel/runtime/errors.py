@@ -15,6 +15,7 @@ message as one line; anything else is a bug and may show a traceback.
     ├── StoreError                   the on-disk store: locks, full disk, permissions
     ├── BuildError                   building a base image (missing tool, failed recipe)
     └── ContainerError               container lifecycle
+        ├── ContainerNotFound        no container with that name or id
         ├── ExecError                the command could not be executed (CLI exit 126/127, as docker)
         └── CgroupError              creating, limiting, killing or removing a cgroup
 
@@ -88,6 +89,10 @@ class BuildError(SandboxError):
 
 class ContainerError(SandboxError):
     """A container operation failed."""
+
+
+class ContainerNotFound(ContainerError, LookupError):
+    """No container with that name, id or id prefix."""
 
 
 class ExecError(ContainerError):

@@ -1,31 +1,37 @@
-"""Starting a container's processes: three stages, each one linear.
+"""A container's processes, each step one linear function.
 
-    parent   creates the cgroup, forks stage 1, puts it in the cgroup, lets it go
-    stage 1  unshares the namespaces and forks stage 2 (PID 1 of the new pid
-             namespace), reports its pid, exits; stage 2 is reparented to the
-             parent, which is a child subreaper
-    stage 2  (PID 1) builds the rootfs and pivots into it, brings up loopback,
-             forks stage 3, then only reaps zombies and forwards signals
-    stage 3  drops privileges in the order the kernel requires and execs the
-             container's command
+Starting (:func:`spawn_init`, called in the container's monitor process)::
+
+    monitor  unshare(CLONE_NEWPID): its next child is PID 1 of a new pid
+             namespace; forks it, puts it in the cgroup, lets it go
+    init     (PID 1) dies with the monitor (PDEATHSIG); unshares the other
+             namespaces once it is in the cgroup, builds the rootfs and pivots
+             into it, brings up loopback, forks the command, then only reaps
+             zombies and forwards signals
+    command  drops privileges in the order the kernel requires and execs
+
+Joining (:func:`join_and_exec`, for ``exec``): a process already placed in the
+container's cgroup joins all its namespaces at once through a pidfd of its
+PID 1, forks (the child is inside the pid namespace) and the child drops
+privileges exactly as the command did and execs.
 
 Errors before exec travel back over a close-on-exec pipe as one line of text;
-the pipe closing empty means the exec happened. Stages 1-3 never return into
-the caller's code: they end in ``execve`` or ``os._exit``.
-
-The parent must be single-threaded when it forks (the CLI is; an IPython
-kernel is not and will go through a helper process; see DESIGN.md section 6).
+the pipe closing empty means the exec happened. None of these functions
+returns into the caller's code after a fork: they end in ``execve`` or
+``os._exit``. Whoever forks must be single-threaded (DESIGN.md section 6;
+see launcher.py).
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import resource
+import select
 import signal
 import socket
 import struct
-import sys
 from dataclasses import dataclass
 
 from . import rootfs as rootfs_mod
@@ -34,7 +40,10 @@ from . import syscalls as sc
 from .cgroups import Cgroup
 from .errors import ContainerError, ExecError
 
-NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWPID | sc.CLONE_NEWCGROUP
+# Unshared by PID 1 itself; the pid namespace is made by the monitor (unshare only affects its children).
+NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWCGROUP
+JOIN = NAMESPACES | sc.CLONE_NEWPID
+INIT_NAME = b"sandbox-init"
 
 # podman's default capability set (DESIGN.md section 4)
 CAPABILITIES = {
@@ -57,7 +66,7 @@ class ProcessPlan:
     gid: int = 0
     groups: tuple[int, ...] = ()
     capabilities: tuple[str, ...] = tuple(CAPABILITIES)
-    nofile: int = 1024
+    rlimits: tuple[tuple[int, int, int], ...] = ()  # (resource.RLIMIT_*, soft, hard)
 
 
 def _cap_mask(names: tuple[str, ...]) -> int:
@@ -101,14 +110,17 @@ def _find_executable(name: str, env: dict[str, str]) -> str:
     raise FileNotFoundError("executable file not found in $PATH")
 
 
-def _stage3_exec(proc: ProcessPlan, err_w: int) -> None:
+def exec_command(proc: ProcessPlan, err_w: int) -> None:
     """Drop privileges in the kernel's order, then exec. Never returns."""
     try:
         for sig in (*FORWARDED_SIGNALS, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (proc.nofile, proc.nofile))
+        for which, soft, hard in proc.rlimits:
+            resource.setrlimit(which, (soft, hard))
         env = dict(proc.env)
         os.chdir(proc.cwd)
+        if not os.getcwd().startswith("/"):  # "(unreachable)/...": a cwd outside our root (CVE-2024-21626)
+            raise PermissionError(1, "working directory is outside the container")
         # Bounding set first: dropping needs CAP_SETPCAP, which the next steps may remove.
         keep = _cap_mask(proc.capabilities)
         for cap in range(_last_cap() + 1):
@@ -127,24 +139,58 @@ def _stage3_exec(proc: ProcessPlan, err_w: int) -> None:
         sc.close_range(err_w + 1)
         os.execve(executable, list(proc.argv), env)
     except BaseException as exc:  # reported to the parent as one line
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         code = 126 if isinstance(exc, PermissionError) else 127
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         _report(err_w, f"{EXEC_PREFIX}{code} exec {proc.argv[0]}: {detail}")
     os._exit(127)
 
 
-def _stage2_init(plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, err_w: int) -> None:
-    """PID 1: set up the rootfs, start the command, then reap and forward signals."""
+def _error_line(exc: BaseException) -> str:
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+    return f"{detail}{where}"
+
+
+_init_name = ctypes.create_string_buffer(INIT_NAME + b"\0")
+
+
+def _rename_self() -> None:
+    """Show ``sandbox-init`` as PID 1's name and command line, not the host's Python command line.
+
+    The command line lives in our own memory, between arg_start and arg_end
+    (/proc/self/stat fields 48 and 49): overwrite it in place (setproctitle's
+    way; PR_SET_MM would need CAP_SYS_RESOURCE).
+    """
+    sc.prctl(sc.PR_SET_NAME, ctypes.addressof(_init_name))
+    with open("/proc/self/stat", "rb") as fh:
+        data = fh.read()
+    fields = data[data.rindex(b")") + 2:].split()
+    start, end = int(fields[45]), int(fields[46])
+    if 0 < start < end and end - start > len(INIT_NAME):
+        ctypes.memset(start, 0, end - start)
+        ctypes.memmove(start, INIT_NAME, len(INIT_NAME))
+
+
+def _init_main(plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, go_r: int, err_w: int) -> None:
+    """PID 1: set up the rootfs, start the command, then reap and forward signals. Never returns."""
     try:
+        # Die with the monitor, whatever kills it: nothing outlives the process that owns the state.
+        # (getppid() says 0 here: the monitor is outside our pid namespace. If it died before
+        # the prctl, its end of go_r is closed and the read below returns nothing.)
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.read(go_r, 1) != b"g":  # "g": the monitor put us in the cgroup
+            os._exit(1)
+        os.close(go_r)
+        _rename_self()
+        os.setsid()
+        sc.unshare(NAMESPACES)  # after joining the cgroup: the cgroup namespace is rooted there
         rootfs_mod.setup(plan, hostname)
         _loopback_up()
         child = os.fork()
         if child == 0:
-            _stage3_exec(proc, err_w)
+            exec_command(proc, err_w)
     except BaseException as exc:
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
-        _report(err_w, f"container setup failed: {detail}{where}")
+        _report(err_w, f"container setup failed: {_error_line(exc)}")
         os._exit(125)
     os.close(err_w)
     # From here on this process only waits. It is not dumpable, so nothing in
@@ -175,75 +221,113 @@ def _stage2_init(plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, 
             os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
-def _stage1_unshare(plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, go_r: int, pid_w: int,
-                    err_w: int) -> None:
-    try:
-        if os.read(go_r, 1) != b"g":  # the parent has put us in the cgroup
-            os._exit(1)
-        os.setsid()
-        sc.unshare(NAMESPACES)
-        child = os.fork()  # the first child in the new pid namespace: PID 1
-        if child == 0:
-            os.close(pid_w)
-            _stage2_init(plan, hostname, proc, err_w)
-        os.write(pid_w, str(child).encode())
-    except BaseException as exc:
-        _report(err_w, f"cannot create namespaces: {exc}")
-        os._exit(1)
-    os._exit(0)
-
-
-def start(plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, cgroup: Cgroup) -> int:
-    """Start the container; return the host pid of its PID 1 (a child of this process)."""
-    sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
-    go_r, go_w = os.pipe()
-    pid_r, pid_w = os.pipe()
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    stage1 = os.fork()
-    if stage1 == 0:
-        os.close(go_w)
-        os.close(pid_r)
-        os.close(err_r)
-        _stage1_unshare(plan, hostname, proc, go_r, pid_w, err_w)
-    for fd in (go_r, pid_w, err_w):
-        os.close(fd)
-    try:
-        cgroup.add(stage1)
-        os.write(go_w, b"g")
-    finally:
-        os.close(go_w)
-    _, status = os.waitpid(stage1, 0)
-    pid_text = os.read(pid_r, 32)
-    os.close(pid_r)
+def read_error(err_r: int) -> str:
     error = b""
     while chunk := os.read(err_r, 4096):  # EOF: exec happened, or everyone holding the pipe died
         error += chunk
     os.close(err_r)
-    pid1 = int(pid_text) if pid_text else 0
-    if error or not pid1 or os.waitstatus_to_exitcode(status) != 0:
-        if pid1:
-            try:
-                os.waitpid(pid1, 0)
-            except ChildProcessError:
-                pass
-        message = error.decode(errors="replace").strip() or "container failed to start"
-        if message.startswith(EXEC_PREFIX):
-            code, _, text = message[len(EXEC_PREFIX):].partition(" ")
-            raise ExecError(text, int(code))
-        raise ContainerError(message)
+    return error.decode(errors="replace").strip()
+
+
+def _raise_start_error(message: str) -> None:
+    if message.startswith(EXEC_PREFIX):
+        code, _, text = message[len(EXEC_PREFIX):].partition(" ")
+        raise ExecError(text, int(code))
+    raise ContainerError(message or "container failed to start")
+
+
+def spawn_init(plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, cgroup: Cgroup,
+               stdio: tuple[int, int, int]) -> int:
+    """Start the container from its monitor; return the host pid of its PID 1 (our child).
+
+    Call at most once per process: the new pid namespace is for this process's children.
+    ``stdio`` become the container's fds 0, 1 and 2.
+    """
+    sc.unshare(sc.CLONE_NEWPID)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid1 = os.fork()
+    if pid1 == 0:
+        try:
+            os.close(go_w)
+            os.close(err_r)
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)  # dup2 clears close-on-exec on the copy
+        except BaseException:
+            os._exit(125)
+        _init_main(plan, hostname, proc, go_r, err_w)
+    os.close(go_r)
+    os.close(err_w)
+    try:
+        cgroup.add(pid1)
+        os.write(go_w, b"g")
+    except BaseException:
+        os.kill(pid1, signal.SIGKILL)
+        os.waitpid(pid1, 0)
+        raise
+    finally:
+        os.close(go_w)
+    error = read_error(err_r)
+    if error:
+        os.waitpid(pid1, 0)
+        _raise_start_error(error)
     return pid1
 
 
-def wait(pid1: int) -> int:
-    """Wait for PID 1 and return docker's exit status (128+N for a signal)."""
+def join_and_exec(pidfd: int, proc: ProcessPlan, go_r: int, err_w: int, status_w: int) -> None:
+    """``exec``'s helper process: join the container and run ``proc`` in it.
+
+    The caller has put this process in the container's cgroup before writing
+    "g" on ``go_r``. The command's exit status is written on ``status_w`` as
+    decimal text (whoever forked us may not be the caller). Never returns.
+    """
+    try:
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        if os.read(go_r, 1) != b"g":
+            os._exit(125)
+        os.close(go_r)
+        # Every namespace at once, atomically, through the pidfd (Linux 5.8): no /proc path races.
+        sc.setns(pidfd, JOIN)
+        os.close(pidfd)
+        child = os.fork()  # in the container's pid namespace
+        if child == 0:
+            os.close(status_w)
+            os.setsid()
+            exec_command(proc, err_w)
+    except BaseException as exc:
+        _report(err_w, f"cannot join the container: {_error_line(exc)}")
+        os._exit(125)
+    os.close(err_w)
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forward)
+    code = wait(child)
+    _report(status_w, str(code))
+    os._exit(code)
+
+
+def wait(pid: int) -> int:
+    """Wait for ``pid`` and return docker's exit status (128+N for a signal)."""
     while True:
         try:
-            _, status = os.waitpid(pid1, 0)
+            _, status = os.waitpid(pid, 0)
             break
         except InterruptedError:
             continue
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.waitstatus_to_exitcode(status)
+
+
+def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
+    """The fds of ``fds`` that are readable (or closed) within ``timeout`` seconds."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return [fd for fd, _ in poller.poll(None if timeout is None else int(timeout * 1000))]

@@ -47,6 +47,7 @@ class RootfsPlan:
     workdir: str
     etc_files: tuple[tuple[str, str], ...]  # (host file, path in the container): hostname, hosts, resolv.conf
     mounts: tuple[Mount, ...] = ()
+    cwd: str = "/"  # the working directory: made if the image lacks it, as docker does
 
 
 def _resolve(root_fd: int, path: str, *, kind: str = "dir", create: bool = True) -> int:
@@ -184,6 +185,8 @@ def setup(plan: RootfsPlan, hostname: str) -> None:
                              sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
                 finally:
                     os.close(fd)
+        if plan.cwd.strip("/"):
+            os.close(_resolve(root_fd, plan.cwd))
         # 6. Masked and read-only paths (the masks use the container's own /dev/null).
         dev_null = os.path.join(plan.rootfs, "dev/null")
         for path in MASKED:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import platform
 import struct
 
@@ -229,10 +230,15 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
+@functools.cache
+def compiled(machine: str | None = None) -> bytes:
+    """The filter as the kernel reads it; built once per process (forked children inherit it)."""
+    return b"".join(struct.pack("HBBI", *ins) for ins in build_filter(machine))
+
+
 def install(machine: str | None = None) -> None:
     """Load the filter into this thread (needs no_new_privs or CAP_SYS_ADMIN)."""
-    instructions = build_filter(machine)
-    raw = b"".join(struct.pack("HBBI", *ins) for ins in instructions)
+    raw = compiled(machine)
     buf = ctypes.create_string_buffer(raw, len(raw))
-    prog = _SockFprog(len(instructions), ctypes.cast(buf, ctypes.c_void_p))
+    prog = _SockFprog(len(raw) // 8, ctypes.cast(buf, ctypes.c_void_p))
     sc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog))

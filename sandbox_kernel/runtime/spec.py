@@ -7,11 +7,17 @@ The parsers take what a docker user types (``256m``, ``0.5``, ``SRC:DST:ro``,
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from .errors import UsageError
 
 DEFAULT_PIDS_LIMIT = 2048  # podman's default: a fork bomb stops, real work does not
+DEFAULT_LOG_SIZE = 8 << 20  # a detached container keeps at most this much output
+# (name, soft, hard): enough open files for real work, no core files written by the host's core_pattern
+DEFAULT_ULIMITS = (("nofile", 1024, 4096), ("core", 0, 0))
+ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "memlock", "nofile", "nproc", "stack", "as", "locks", "msgqueue",
+                "nice", "rtprio", "sigpending")
 CPU_PERIOD_US = 100_000
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?$", re.IGNORECASE)
@@ -98,6 +104,21 @@ class NetSpec:
             raise UsageError(f"invalid --network {self.mode!r}: none, bridge or host")
 
 
+def parse_ulimit(text: str) -> tuple[str, int, int]:
+    """``nofile=1024:4096`` or ``core=0`` (docker's --ulimit)."""
+    name, sep, values = text.partition("=")
+    soft_text, _, hard_text = values.partition(":")
+    try:
+        soft = -1 if soft_text == "unlimited" else int(soft_text)
+        hard = -1 if (hard_text or soft_text) == "unlimited" else int(hard_text or soft_text)
+    except ValueError:
+        soft = hard = -2
+    if not sep or name not in ULIMIT_NAMES or soft < -1 or hard < -1 or (hard != -1 and (soft == -1 or soft > hard)):
+        raise UsageError(f"invalid --ulimit {text!r}: expected NAME=SOFT[:HARD] with SOFT <= HARD, "
+                         f"NAME one of {', '.join(ULIMIT_NAMES)}")
+    return name, soft, hard
+
+
 def parse_env(items: list[str]) -> tuple[tuple[str, str], ...]:
     out = []
     for item in items:
@@ -125,3 +146,20 @@ class ContainerSpec:
     network: NetSpec = field(default_factory=NetSpec)
     tty: bool = False
     remove: bool = False  # --rm
+    ulimits: tuple[tuple[str, int, int], ...] = DEFAULT_ULIMITS  # later entries win over earlier ones
+    log_size: int = DEFAULT_LOG_SIZE
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ContainerSpec:
+        """The inverse of ``dataclasses.asdict`` (as stored in a container's config.json)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["limits"] = Limits(**data.get("limits", {}))
+        values["mounts"] = tuple(Mount(**m) for m in data.get("mounts", ()))
+        values["network"] = NetSpec(**data.get("network", {}))
+        for key in ("command", "env", "ulimits"):
+            if key in values:
+                values[key] = tuple(tuple(v) if isinstance(v, list) else v for v in values[key])
+        if values.get("entrypoint") is not None:
+            values["entrypoint"] = tuple(values["entrypoint"])
+        return cls(**values)

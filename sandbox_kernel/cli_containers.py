@@ -1,0 +1,271 @@
+"""The container commands of ``sandbox-kernel``: run, create, start, exec, ps, stats, logs, stop, kill, rm, ...
+
+Same contract as cli.py: one-line errors, docker's flags and exit statuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from . import format as fmt
+from .runtime import (
+    Containers,
+    ContainerSpec,
+    Limits,
+    Mount,
+    NetSpec,
+    SandboxError,
+    Store,
+    UsageError,
+    parse_cpus,
+    parse_env,
+    parse_size,
+    parse_ulimit,
+)
+from .runtime.spec import DEFAULT_ULIMITS
+
+PROG = "sandbox-kernel"
+Add = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
+
+
+def _containers(args: argparse.Namespace) -> Containers:
+    return Containers(Store(args.root))
+
+
+def _limits(args: argparse.Namespace, base: Limits | None = None) -> Limits:
+    base = base or Limits()
+    memory = parse_size(args.memory, "--memory") if args.memory else base.memory
+    swap = base.memory_swap
+    if getattr(args, "memory_swap", None):
+        swap = None if args.memory_swap == "-1" else parse_size(args.memory_swap, "--memory-swap")
+    return Limits(
+        memory=memory,
+        memory_swap=swap,
+        cpus=parse_cpus(args.cpus) if args.cpus else base.cpus,
+        pids=args.pids_limit if args.pids_limit is not None else base.pids,
+    )
+
+
+def _spec(args: argparse.Namespace) -> ContainerSpec:
+    if args.network != "none":
+        raise UsageError(f"--network {args.network} is not available yet; only none")
+    return ContainerSpec(
+        image=args.image,
+        command=tuple(args.command),
+        entrypoint=(args.entrypoint,) if args.entrypoint is not None else None,
+        env=parse_env(args.env),
+        workdir=args.workdir,
+        user=args.user,
+        hostname=args.hostname,
+        name=args.name,
+        limits=_limits(args),
+        mounts=tuple(Mount.parse(v) for v in args.volume),
+        network=NetSpec(args.network),
+        remove=args.rm,
+        ulimits=DEFAULT_ULIMITS + tuple(parse_ulimit(u) for u in args.ulimit),
+        log_size=parse_size(args.log_size, "--log-size") if args.log_size else ContainerSpec.log_size,
+    )
+
+
+def _no_tty(args: argparse.Namespace) -> None:
+    if getattr(args, "tty", False):
+        raise UsageError("-t: containers get no terminal yet; drop -t (stdin is passed as it is)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _no_tty(args)
+    spec = _spec(args)
+    containers = _containers(args)
+    if args.detach:
+        print(containers.run_detached(spec))
+        return 0
+    sys.stdout.flush()
+    result = containers.run(spec)  # passes Ctrl-C, SIGTERM and SIGHUP on to the container
+    if result.message():
+        print(f"{PROG}: {result.message()}", file=sys.stderr)
+    return result.exit_code
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    _no_tty(args)
+    print(_containers(args).create(_spec(args)))
+    return 0
+
+
+def _each(args: argparse.Namespace, action: Callable[[Containers, str], Any], quiet: bool = False) -> int:
+    """Apply ``action`` to every named container; print each name done, errors as one line each."""
+    containers = _containers(args)
+    status = 0
+    for name in args.containers:
+        try:
+            action(containers, name)
+        except UsageError:
+            raise  # the same for every container: once, exit 2
+        except SandboxError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        if not quiet:
+            print(name)
+    return status
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    return _each(args, lambda c, n: c.start(n))
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    _no_tty(args)
+    sys.stdout.flush()
+    return _containers(args).exec(args.container, args.command, env=parse_env(args.env), user=args.user,
+                                  workdir=args.workdir)
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    infos = _containers(args).list(all=args.all)
+    if args.quiet:
+        for info in infos:
+            print(info.short_id)
+    elif args.json:
+        print(json.dumps([fmt.container_row(info) for info in infos], indent=2))
+    else:
+        print(fmt.containers_table(infos))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    containers = _containers(args)
+    names = args.containers or [info.id for info in containers.list()]
+    stats = [containers.stats(name) for name in names]
+    if args.json:
+        print(json.dumps([{"Id": s.id, "Name": s.name, "Usage": s.usage.__dict__, "Limits": s.limits.__dict__}
+                          for s in stats], indent=2))
+    else:
+        print(fmt.stats_table(stats))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    out = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
+    for stream, data in _containers(args).logs(args.container):
+        out[stream].write(data)
+        out[stream].flush()
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    return _each(args, lambda c, n: c.stop(n, timeout=args.time))
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    return _each(args, lambda c, n: c.kill(n, args.signal))
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    return _each(args, lambda c, n: c.remove(n, force=args.force))
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    return _each(args, lambda c, n: c.pause(n))
+
+
+def cmd_unpause(args: argparse.Namespace) -> int:
+    return _each(args, lambda c, n: c.resume(n))
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    return _each(args, lambda c, n: c.update(n, _limits(args, c.get(n).spec.limits)))
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    containers = _containers(args)
+    for name in args.containers:
+        print(containers.wait(name).exit_code)
+    return 0
+
+
+def inspect_container(args: argparse.Namespace, name: str) -> dict[str, Any] | None:
+    """The container's inspect object, or None when no container has that name or id."""
+    from .runtime import ContainerNotFound
+
+    try:
+        return fmt.inspect_container(_containers(args).get(name))
+    except ContainerNotFound:
+        return None
+
+
+def _add_create_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument("--name", help="a name for the container")
+    p.add_argument("--memory", "-m", help="memory limit, e.g. 256m")
+    p.add_argument("--memory-swap", help="memory + swap limit (-1: unlimited swap)")
+    p.add_argument("--cpus", help="CPU limit in cores, e.g. 0.5")
+    p.add_argument("--pids-limit", type=int, help="process limit (default 2048)")
+    p.add_argument("--network", default="none", help="none (default), bridge or host")
+    p.add_argument("-v", "--volume", action="append", default=[], help="SRC:DST[:ro]")
+    p.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE")
+    p.add_argument("-w", "--workdir", help="working directory in the container")
+    p.add_argument("-u", "--user", help="USER[:GROUP] or UID[:GID]")
+    p.add_argument("--hostname")
+    p.add_argument("--entrypoint")
+    p.add_argument("--ulimit", action="append", default=[], help="NAME=SOFT[:HARD], e.g. nofile=1024:4096")
+    p.add_argument("--log-size", help="keep at most this much output of a detached container (default 8m)")
+    p.add_argument("-i", "--interactive", action="store_true", help="accepted: stdin is always passed")
+    p.add_argument("-t", "--tty", action="store_true", help="not supported yet")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
+
+
+def add_commands(add: Add) -> None:
+    p = add("run", cmd_run, "run a command in a new container")
+    p.add_argument("-d", "--detach", action="store_true", help="run in the background; print the id")
+    _add_create_options(p)
+    _add_create_options(add("create", cmd_create, "create a container (start it with start)"))
+    p = add("start", cmd_start, "start containers in the background")
+    p.add_argument("containers", nargs="+", metavar="NAME")
+    p = add("exec", cmd_exec, "run a command in a running container")
+    p.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE")
+    p.add_argument("-w", "--workdir")
+    p.add_argument("-u", "--user", help="USER[:GROUP] or UID[:GID]")
+    p.add_argument("-i", "--interactive", action="store_true", help="accepted: stdin is always passed")
+    p.add_argument("-t", "--tty", action="store_true", help="not supported yet")
+    p.add_argument("container", metavar="NAME")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
+    p = add("ps", cmd_ps, "list containers")
+    p.add_argument("-a", "--all", action="store_true", help="also stopped ones")
+    p.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = add("stats", cmd_stats, "memory, CPU and pids of running containers (one snapshot)")
+    p.add_argument("containers", nargs="*", metavar="NAME")
+    p.add_argument("--no-stream", action="store_true", help="accepted: stats always prints one snapshot")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = add("logs", cmd_logs, "output of a detached container")
+    p.add_argument("container", metavar="NAME")
+    p = add("stop", cmd_stop, "stop containers: SIGTERM, then SIGKILL after a grace period")
+    p.add_argument("-t", "--time", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
+    p.add_argument("containers", nargs="+", metavar="NAME")
+    p = add("kill", cmd_kill, "send a signal to containers (default SIGKILL)")
+    p.add_argument("-s", "--signal", default="KILL")
+    p.add_argument("containers", nargs="+", metavar="NAME")
+    p = add("rm", cmd_rm, "remove containers")
+    p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    p.add_argument("containers", nargs="+", metavar="NAME")
+    p = add("pause", cmd_pause, "freeze every process of containers")
+    p.add_argument("containers", nargs="+", metavar="NAME")
+    p = add("unpause", cmd_unpause, "thaw paused containers")
+    p.add_argument("containers", nargs="+", metavar="NAME")
+    p = add("update", cmd_update, "change the limits of containers, running or not")
+    p.add_argument("--memory", "-m")
+    p.add_argument("--memory-swap")
+    p.add_argument("--cpus")
+    p.add_argument("--pids-limit", type=int)
+    p.add_argument("containers", nargs="+", metavar="NAME")
+    p = add("wait", cmd_wait, "wait for containers to exit; print their exit codes")
+    p.add_argument("containers", nargs="+", metavar="NAME")
+
+
+__all__ = ["add_commands", "inspect_container"]

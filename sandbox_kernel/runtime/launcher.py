@@ -1,0 +1,216 @@
+"""Forking safely: containers' monitors and exec helpers are forked here.
+
+Forking a multi-threaded process and running Python in the child can deadlock
+on a lock another thread held at fork time (DESIGN.md section 6). So:
+
+* a single-threaded caller (the CLI, a script, a benchmark) forks directly;
+* a multi-threaded caller (an IPython kernel, the Jupyter server) starts, once,
+  a small single-threaded *fork server*: ``python -m
+  sandbox_kernel.runtime.launcher`` with the runtime already imported, talked
+  to over a SOCK_SEQPACKET socket pair. Each request (a pickled tuple: only
+  our own processes are on either end) carries its fds with SCM_RIGHTS; the
+  server forks, the child runs the same function a direct fork would, and the
+  server answers with the child's pid. The server exits when the caller's
+  end closes (the caller died); containers tied to the caller die with it.
+
+Either way the child reports over pipes, never through its parent, so the
+caller needs the same code whoever forked.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from . import process
+from .errors import ContainerError
+from .monitor import Job, monitor_main
+
+_direct_children: list[int] = []
+_server: _ForkServer | None = None
+_server_lock = threading.Lock()
+
+
+def single_threaded() -> bool:
+    """True when this process has one thread (counting threads Python did not start)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return threading.active_count() == 1
+
+
+# -- what the forked child runs ---------------------------------------------------------------------------------
+
+def _child_monitor(job: Job, fds: list[int], parent: int) -> None:
+    status_w = fds[0]
+    stdio = (fds[1], fds[2], fds[3]) if len(fds) == 4 else None
+    if job.detached and os.fork() != 0:
+        os._exit(0)  # the monitor is a grandchild: nobody has to reap it, it outlives its caller
+    monitor_main(job, stdio, status_w, parent)
+
+
+def _child_exec(plan: process.ProcessPlan, fds: list[int]) -> None:
+    pidfd, go_r, err_w, status_w, *stdio = fds
+    try:
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        for fd in stdio:
+            if fd > 2 and fd not in (pidfd, go_r, err_w, status_w):
+                os.close(fd)
+    except BaseException:
+        os._exit(125)
+    process.join_and_exec(pidfd, plan, go_r, err_w, status_w)
+
+
+def _run_child(kind: str, args: tuple[Any, ...], fds: list[int], parent: int) -> None:
+    try:
+        if kind == "monitor":
+            _child_monitor(args[0], fds, parent)
+        else:
+            _child_exec(args[0], fds)
+    finally:
+        os._exit(1)
+
+
+# -- the caller's side ----------------------------------------------------------------------------------------------
+
+def _fork(kind: str, args: tuple[Any, ...], fds: list[int], *, reap_now: bool) -> int:
+    """Run ``kind`` in a forked child with ``fds``; its pid (not a child of ours through the server)."""
+    if single_threaded():
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            _run_child(kind, args, fds, parent)
+        if reap_now:
+            os.waitpid(pid, 0)
+        else:
+            _direct_children.append(pid)
+        return pid
+    return _get_server().request(kind, args, fds)
+
+
+def start_monitor(job: Job, stdio: tuple[int, int, int] | None) -> int:
+    """Fork the container's monitor; returns the read end of its status pipe."""
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        _fork("monitor", (job,), [status_w, *(stdio or ())], reap_now=job.detached)
+    except BaseException:
+        os.close(status_r)
+        raise
+    finally:
+        os.close(status_w)
+    return status_r
+
+
+def start_exec(pidfd: int, plan: process.ProcessPlan, stdio: tuple[int, int, int]) -> tuple[int, int, int, int]:
+    """Fork ``exec``'s helper; returns (pid, go_w, err_r, status_r). Write "g" on go_w once it is in the cgroup."""
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = _fork("exec", (plan,), [pidfd, go_r, err_w, status_w, *stdio], reap_now=False)
+    except BaseException:
+        for fd in (go_w, err_r, status_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (go_r, err_w, status_w):
+            os.close(fd)
+    return pid, go_w, err_r, status_r
+
+
+def reap() -> None:
+    """Collect directly forked children that have exited (the server reaps its own)."""
+    for pid in list(_direct_children):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _direct_children.remove(pid)
+
+
+def reap_wait(pid: int) -> None:
+    """Wait for a direct child that is known to be exiting."""
+    if pid in _direct_children:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        _direct_children.remove(pid)
+
+
+class _ForkServer:
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sandbox_kernel.runtime.launcher", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
+        )
+        theirs.close()
+        self.sock = ours
+        self.lock = threading.Lock()
+
+    def request(self, kind: str, args: tuple[Any, ...], fds: list[int]) -> int:
+        with self.lock:
+            try:
+                socket.send_fds(self.sock, [pickle.dumps((kind, args))], fds)
+                reply = self.sock.recv(64)
+            except OSError as exc:
+                raise ContainerError(f"the fork server is gone: {exc}") from None
+        if not reply:
+            raise ContainerError("the fork server is gone (it exited)")
+        return int(reply)
+
+
+def _get_server() -> _ForkServer:
+    global _server
+    with _server_lock:
+        if _server is None or _server.proc.poll() is not None:
+            _server = _ForkServer()
+        return _server
+
+
+def serve(fd: int) -> None:
+    """The fork server's loop (single-threaded): fork one child per request until the caller goes."""
+    sock = socket.socket(fileno=fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt of the kernel is not for us
+    signal.signal(signal.SIGCHLD, lambda *_: _reap_all())
+    me = os.getpid()
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 16)
+        except InterruptedError:
+            continue
+        if not data:
+            return
+        kind, args = pickle.loads(data)
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _run_child(kind, args, fds, me)
+        for received in fds:
+            os.close(received)
+        sock.send(str(pid).encode())
+
+
+def _reap_all() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))

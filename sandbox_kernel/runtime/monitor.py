@@ -1,0 +1,179 @@
+"""The monitor: one small host process per running container (conmon's job).
+
+It is the parent of the container's PID 1, so it is the one that learns the
+exit status. In order, it:
+
+1. detaches from the caller if the container is detached (new session, stdio
+   on /dev/null, no inherited fd), or else arranges to die with the caller;
+2. starts PID 1 (process.spawn_init) in the cgroup the caller prepared;
+3. records ``running`` in state.json and tells the caller, over the status
+   pipe, as one JSON line;
+4. copies a detached container's output into its size-capped log, until PID 1
+   exits;
+5. records the exit (status, OOM kill), removes the cgroup (and the container
+   directory for ``--rm``), tells the caller, and exits.
+
+If the monitor itself is killed, PID 1 dies with it (PDEATHSIG) and the next
+call that looks at the container reconciles its state (container.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from . import process
+from . import syscalls as sc
+from .cgroups import Cgroup, open_cgroup
+from .errors import ExecError, SandboxError
+from .fsutil import remove_quietly
+from .logs import STDERR, STDOUT, LogWriter
+from .rootfs import RootfsPlan
+from .spec import Limits
+from .state import EXITED, PAUSED, RUNNING, STARTING, ContainerDir, Names, ProcRef
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the monitor is asked to run."""
+
+    cdir: str
+    name: str
+    plan: RootfsPlan
+    hostname: str
+    proc: process.ProcessPlan
+    cgroup: str
+    limits: Limits
+    detached: bool
+    remove: bool
+    log_max: int
+
+
+def _send(fd: int | None, **event: object) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, (json.dumps(event) + "\n").encode())
+    except OSError:
+        pass  # the caller went away; the state file still tells
+
+
+def _detach(status_w: int) -> int:
+    """Leave the caller's session and every fd of the caller behind; the status pipe becomes fd 3."""
+    os.setsid()
+    os.chdir("/")
+    null = os.open("/dev/null", os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(null, target)
+    if status_w != 3:
+        os.dup2(status_w, 3)
+    sc.close_range(4)
+    return 3
+
+
+def monitor_main(job: Job, stdio: tuple[int, int, int] | None, status_w: int, caller: int) -> NoReturn:
+    """Run in a freshly forked process; never returns."""
+    code = 0
+    try:
+        _monitor(job, stdio, status_w, caller)
+    except BaseException:
+        code = 1
+    os._exit(code)
+
+
+def _monitor(job: Job, stdio: tuple[int, int, int] | None, status_w: int, caller: int) -> None:
+    cdir = ContainerDir(Path(job.cdir))
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTSTP):
+        signal.signal(sig, signal.SIG_IGN)  # the caller forwards what the user types
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    out_r = err_r = None
+    if job.detached:
+        status_w = _detach(status_w)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        stdio = (null, out_w, err_w)
+    else:
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != caller:
+            os._exit(1)
+    assert stdio is not None
+    me = ProcRef.of(os.getpid())
+    with cdir.locked() as state:
+        if state.status in (STARTING, RUNNING, PAUSED) and state.monitor().alive():
+            _send(status_w, event="error", message=f"container {job.name} is already {state.status}", exit_code=125)
+            return
+        state.status = STARTING
+        state.monitor_pid, state.monitor_start = os.getpid(), me.start if me else 0
+        state.exit_code, state.oom_killed, state.error = None, False, None
+    cgroup = open_cgroup(job.cgroup)
+    try:
+        cgroup.create()
+        cgroup.apply(job.limits)
+        pid1 = process.spawn_init(job.plan, job.hostname, job.proc, cgroup, stdio)
+    except BaseException as exc:
+        exit_code = exc.exit_code if isinstance(exc, ExecError) else 125
+        message = str(exc) if isinstance(exc, SandboxError) else f"container failed to start: {exc}"
+        _finish(job, cdir, cgroup, exit_code, False, message)
+        _send(status_w, event="error", message=message, exit_code=exit_code,
+              exec_error=isinstance(exc, ExecError))
+        return
+    if job.detached:
+        for fd in stdio:
+            os.close(fd)
+    ref = ProcRef.of(pid1)
+    with cdir.locked() as state:
+        state.status = RUNNING
+        state.pid, state.pid_start = pid1, ref.start if ref else 0
+        state.started_at = time.time()
+    _send(status_w, event="started", pid=pid1, pid_start=state.pid_start)
+    if job.detached:
+        os.close(status_w)
+        status_w = None
+        assert out_r is not None and err_r is not None
+        _copy_output(job, cdir, pid1, out_r, err_r)
+    exit_code = process.wait(pid1)
+    oom = cgroup.oom_kills() > 0
+    _finish(job, cdir, cgroup, exit_code, oom, None)
+    _send(status_w, event="exited", exit_code=exit_code, oom_killed=oom)
+
+
+def _copy_output(job: Job, cdir: ContainerDir, pid1: int, out_r: int, err_r: int) -> None:
+    """Copy both streams into the log until both are closed (PID 1's exit closes them)."""
+    log = LogWriter(cdir.path, job.log_max)
+    streams = {out_r: STDOUT, err_r: STDERR}
+    try:
+        while streams:
+            for fd in process.wait_readable(list(streams), None):
+                data = os.read(fd, 65536)
+                if data:
+                    log.write(streams[fd], data)
+                else:
+                    os.close(fd)
+                    del streams[fd]
+    finally:
+        log.close()
+
+
+def _finish(job: Job, cdir: ContainerDir, cgroup: Cgroup, exit_code: int, oom: bool, error: str | None) -> None:
+    try:
+        cgroup.remove()
+    except SandboxError as exc:
+        error = error or str(exc)
+    if job.remove:
+        Names(cdir.path.parent / "names").release(job.name, cdir.id)
+        remove_quietly(cdir.path)
+        return
+    with cdir.locked() as state:
+        state.status = EXITED
+        state.pid = state.pid_start = 0
+        state.monitor_pid = state.monitor_start = 0
+        state.exit_code = exit_code
+        state.oom_killed = oom
+        state.error = error
+        state.finished_at = time.time()

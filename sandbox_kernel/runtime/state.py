@@ -1,0 +1,202 @@
+"""Container state on disk: the truth about every container, whoever made it.
+
+Each container is a directory ``ROOT/containers/ID/``::
+
+    config.json     what was asked (written once, at create)
+    state.json      status, pids, exit code (replaced atomically, under ``lock``)
+    lock            flock'ed by whoever changes state.json
+    upper/ work/    the overlay's writable layer
+    rootfs/         the mount point (mounted only inside the container's mount namespace)
+    hostname hosts resolv.conf    files bind-mounted into the container's /etc
+    container.log   output of a detached container (size-capped, see logs.py)
+
+``ROOT/containers/names/NAME`` is a symlink to the id: creating it is how a
+name is claimed, atomically. A process is named by its pid *and* its start
+time (``/proc/PID/stat`` field 22), so a recycled pid is never mistaken for a
+container's process.
+
+Statuses: ``created`` -> ``starting`` -> ``running`` <-> ``paused`` -> ``exited``
+(and ``exited`` -> ``starting`` again for a restart). A container
+whose monitor died (the process that started it was killed) is found by
+:func:`is_alive` being false while the status says running; the facade's
+reconcile step then cleans it up and marks it exited.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import StoreError
+
+CREATED, STARTING, RUNNING, PAUSED, EXITED = "created", "starting", "running", "paused", "exited"
+ACTIVE = (STARTING, RUNNING, PAUSED)  # a monitor owns the container
+
+
+@dataclass(frozen=True)
+class ProcRef:
+    """A process named so that a recycled pid does not match it."""
+
+    pid: int
+    start: int  # clock ticks after boot (/proc/PID/stat field 22)
+
+    @classmethod
+    def of(cls, pid: int) -> ProcRef | None:
+        start = start_time(pid)
+        return None if start is None else cls(pid, start)
+
+    def alive(self) -> bool:
+        return self.pid > 0 and start_time(self.pid) == self.start
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of ``pid``, or None when no such process exists (zombies count as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm may hold spaces and parentheses: the fields start after the last ')'.
+    rest = data[data.rindex(b")") + 2:].split()
+    if rest[0] == b"Z" or rest[0] == b"X":
+        return None
+    return int(rest[19])
+
+
+@dataclass
+class State:
+    """The mutable part of a container, as stored in state.json."""
+
+    status: str = CREATED
+    pid: int = 0  # host pid of the container's PID 1
+    pid_start: int = 0
+    monitor_pid: int = 0  # the host process that waits for PID 1
+    monitor_start: int = 0
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str | None = None  # why it ended abnormally, one line
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def pid1(self) -> ProcRef:
+        return ProcRef(self.pid, self.pid_start)
+
+    def monitor(self) -> ProcRef:
+        return ProcRef(self.monitor_pid, self.monitor_start)
+
+    def is_alive(self) -> bool:
+        """True while the container's PID 1 runs (a running or paused container)."""
+        return self.status in (RUNNING, PAUSED) and self.pid1().alive()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> State:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class ContainerDir:
+    """One container's directory and its state file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.id = path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    def read_config(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.config_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"container {self.id[:12]}: cannot read its config: {exc}") from None
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        _atomic_write(self.config_path, json.dumps(config))
+
+    def read_state(self) -> State:
+        try:
+            return State.from_json(json.loads((self.path / "state.json").read_text()))
+        except FileNotFoundError:
+            return State(status=CREATED)
+        except (OSError, ValueError, TypeError) as exc:
+            raise StoreError(f"container {self.id[:12]}: cannot read its state: {exc}") from None
+
+    def write_state(self, state: State) -> None:
+        _atomic_write(self.path / "state.json", json.dumps(asdict(state)))
+
+    @contextmanager
+    def locked(self) -> Iterator[State]:
+        """Hold the container's lock; yields the current state, written back on exit."""
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            state = self.read_state()
+            before = asdict(state)
+            yield state
+            if asdict(state) != before:
+                self.write_state(state)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+class Names:
+    """``names/NAME -> ID`` symlinks: a name is claimed by creating its link."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def claim(self, name: str, cid: str, exists: Any) -> bool:
+        """Claim ``name`` for ``cid``; False when a live container holds it.
+
+        ``exists(id)`` says whether a container id still has a directory; a
+        link to a vanished container is stale and is taken over.
+        """
+        link = self.root / name
+        for _ in range(3):
+            try:
+                os.symlink(cid, link)
+                return True
+            except FileExistsError:
+                owner = self.lookup(name)
+                if owner is not None and exists(owner):
+                    return False
+                self.release(name, owner)
+        return False
+
+    def lookup(self, name: str) -> str | None:
+        try:
+            return os.readlink(self.root / name)
+        except OSError:
+            return None
+
+    def release(self, name: str, cid: str | None) -> None:
+        """Drop the link if it (still) names ``cid``."""
+        if cid is None or self.lookup(name) == cid:
+            try:
+                (self.root / name).unlink()
+            except FileNotFoundError:
+                pass

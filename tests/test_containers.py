@@ -1,0 +1,312 @@
+"""Container lifecycle with real containers (root): detach, logs, exec, stop, kill, pause, rm, update, crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from leftovers import assert_nothing_left, cgroups
+
+from sandbox_kernel.runtime import Containers, ContainerSpec, ExecError, Limits, Store, UsageError, launcher
+
+pytestmark = pytest.mark.root
+
+BUSYBOX = "localhost/busybox:latest"
+
+
+@pytest.fixture(scope="module")
+def root(base_store) -> Path:
+    return base_store.root
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(root):
+    before = cgroups()
+    yield
+    # whatever a test left running is removed first (a failing test must not leak either)
+    for line in cli(root, "ps", "-a", "-q").stdout.split():
+        cli(root, "rm", "-f", line)
+    assert_nothing_left(root, before)
+
+
+def cli(root: Path, *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sandbox_kernel", "--root", str(root), *args],
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+
+
+def detached(root: Path, script: str, *opts: str) -> str:
+    proc = cli(root, "run", "-d", *opts, BUSYBOX, "sh", "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def ps(root: Path, *opts: str) -> list[dict]:
+    proc = cli(root, "ps", "--json", *opts)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+# -- detached containers and their logs ----------------------------------------------------------------------------
+
+def test_detached_run_ps_logs_and_exit(root):
+    cid = detached(root, "echo out; echo err >&2; sleep 0.3; exit 3", "--name", "job")
+    assert len(cid) == 64
+    rows = ps(root)
+    assert [(r["Names"], r["State"]) for r in rows] == [(["job"], "running")]
+    wait_for(lambda: ps(root, "-a")[0]["State"] == "exited", what="exit")
+    row = ps(root, "-a")[0]
+    assert (row["ExitCode"], row["Status"].startswith("Exited (3)")) == (3, True)
+    logs = cli(root, "logs", "job")
+    assert (logs.stdout, logs.stderr) == ("out\n", "err\n")
+    assert cli(root, "wait", "job").stdout.strip() == "3"
+    assert cli(root, "rm", "job").returncode == 0
+    assert ps(root, "-a") == []
+
+
+def test_log_is_size_capped_and_keeps_the_newest(root):
+    script = "i=0; while [ $i -lt 3000 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done"
+    detached(root, script, "--name", "chatty", "--log-size", "64k")
+    assert cli(root, "wait", "chatty").stdout.strip() == "0"
+    kept = sum(p.stat().st_size for p in (root / "containers").glob("*/container.log*"))
+    assert kept <= 64 * 1024
+    lines = cli(root, "logs", "chatty").stdout.splitlines()
+    assert lines[-1].startswith("line-2999-") and 200 < len(lines) < 3000
+    numbers = [int(line.split("-")[1]) for line in lines[1:]]  # the oldest kept line may be cut
+    assert numbers == list(range(numbers[0], 3000)), "a contiguous tail of the output"
+    assert lines[0].endswith("x" * 20)
+
+
+def test_names_are_unique_and_found_by_id_prefix(root):
+    cid = detached(root, "sleep 30", "--name", "twin")
+    again = cli(root, "run", "-d", "--name", "twin", BUSYBOX, "true")
+    assert again.returncode == 1 and "already in use" in again.stderr
+    assert cli(root, "inspect", cid[:6]).returncode == 0
+    assert json.loads(cli(root, "inspect", "twin").stdout)[0]["Id"] == cid
+    missing = cli(root, "stop", "nope")
+    assert missing.returncode == 1 and missing.stderr.strip() == "sandbox-kernel: error: no such container: nope"
+    bad = cli(root, "run", "--name", "bad/name", BUSYBOX, "true")
+    assert bad.returncode == 2 and "invalid container name" in bad.stderr
+
+
+# -- exec ----------------------------------------------------------------------------------------------------------
+
+def test_exec_joins_namespaces_cgroup_and_security(root):
+    detached(root, "sleep 30", "--name", "host1", "--hostname", "inside", "--pids-limit", "50")
+    proc = cli(root, "exec", "-e", "X=1", "host1", "sh", "-c",
+               "hostname; echo $X; cat /proc/1/comm; ls /sys/class/net; cat /proc/self/cgroup | grep pids;"
+               "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; ls /proc/self/fd | wc -l; exit 4")
+    assert proc.returncode == 4, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:4] == ["inside", "1", "sandbox-init", "lo"]
+    assert lines[4].endswith(":pids:/"), "the cgroup namespace is the container's"
+    assert lines[5:8] == ["CapEff:\t00000000800405fb", "NoNewPrivs:\t1", "Seccomp:\t2"]
+    assert lines[8] == "4"
+    pids = cli(root, "stats", "--json", "host1")
+    assert json.loads(pids.stdout)[0]["Limits"]["pids"] == 50
+
+
+def test_exec_errors(root):
+    detached(root, "sleep 30", "--name", "ex")
+    missing = cli(root, "exec", "ex", "no-such-binary")
+    assert missing.returncode == 127 and "no-such-binary" in missing.stderr
+    assert cli(root, "exec", "ex").returncode == 2
+    cli(root, "stop", "-t", "0", "ex")
+    stopped = cli(root, "exec", "ex", "true")
+    assert stopped.returncode == 1 and "not running" in stopped.stderr
+
+
+# -- stop, kill, pause, update -------------------------------------------------------------------------------------
+
+def test_stop_sends_term_then_kill_after_the_grace_period(root):
+    detached(root, "trap 'echo got-term' TERM; while true; do sleep 0.1; done", "--name", "stubborn")
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert cli(root, "stop", "-t", "1", "stubborn").returncode == 0
+    assert time.monotonic() - started >= 1.0
+    row = ps(root, "-a")[0]
+    assert (row["State"], row["ExitCode"]) == ("exited", 137)
+    assert "got-term" in cli(root, "logs", "stubborn").stdout
+
+
+def test_stop_of_a_polite_container_is_quick(root):
+    detached(root, "sleep 30", "--name", "polite")
+    started = time.monotonic()
+    assert cli(root, "stop", "polite").returncode == 0
+    assert time.monotonic() - started < 5
+    assert ps(root, "-a")[0]["ExitCode"] == 143
+
+
+def test_kill_with_a_signal(root):
+    detached(root, "trap 'echo usr1; exit 9' USR1; while true; do sleep 0.1; done", "--name", "k")
+    time.sleep(0.3)
+    assert cli(root, "kill", "-s", "USR1", "k").returncode == 0
+    assert cli(root, "wait", "k").stdout.strip() == "9"
+    assert cli(root, "kill", "k").returncode == 1, "not running any more"
+    assert cli(root, "kill", "-s", "NOPE", "k").returncode == 2
+
+
+def test_pause_freezes_and_unpause_thaws(root):
+    detached(root, "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done", "--name", "ice")
+    time.sleep(0.3)
+    assert cli(root, "pause", "ice").returncode == 0
+    assert ps(root)[0]["State"] == "paused"
+    rootfs_n = next((root / "containers").glob("*/upper/tmp/n"))
+    frozen = rootfs_n.read_text()
+    time.sleep(0.3)
+    assert rootfs_n.read_text() == frozen, "nothing runs while paused"
+    assert cli(root, "exec", "ice", "true").returncode == 1
+    assert cli(root, "unpause", "ice").returncode == 0
+    wait_for(lambda: rootfs_n.read_text() != frozen, what="the counter to move again")
+    # a paused container can still be stopped
+    assert cli(root, "pause", "ice").returncode == 0
+    assert cli(root, "stop", "ice").returncode == 0
+    assert ps(root, "-a")[0]["State"] == "exited"
+
+
+def test_update_limits_of_a_running_container(root):
+    detached(root, "sleep 30", "--name", "grow", "--memory", "64m")
+    assert cli(root, "update", "--memory", "128m", "--pids-limit", "77", "grow").returncode == 0
+    stats = json.loads(cli(root, "stats", "--json", "grow").stdout)[0]
+    assert stats["Limits"]["memory"] == 128 << 20 and stats["Limits"]["pids"] == 77
+    assert stats["Usage"]["pids"] >= 1 and stats["Usage"]["memory_current"] > 0
+    cgroup = json.loads(cli(root, "inspect", "grow").stdout)[0]["Id"][:32]
+    limit = Path(f"/sys/fs/cgroup/memory/sandbox-kernel/{cgroup}/memory.limit_in_bytes")
+    if limit.exists():
+        assert int(limit.read_text()) == 128 << 20
+    table = cli(root, "stats", "grow").stdout
+    assert "grow" in table and "134MB" in table
+
+
+def test_rm_refuses_a_running_container_without_force(root):
+    detached(root, "sleep 30", "--name", "busy")
+    refused = cli(root, "rm", "busy")
+    assert refused.returncode == 1 and "rm -f" in refused.stderr
+    assert cli(root, "rm", "-f", "busy").returncode == 0
+    assert ps(root, "-a") == []
+
+
+def test_create_start_and_restart(root):
+    created = cli(root, "create", "--name", "later", BUSYBOX, "sh", "-c", "echo run >> /count; cat /count | wc -l")
+    assert created.returncode == 0
+    assert ps(root, "-a")[0]["State"] == "created"
+    for expected in ("1", "2"):
+        assert cli(root, "start", "later").returncode == 0
+        assert cli(root, "wait", "later").stdout.strip() == "0"
+        assert cli(root, "logs", "later").stdout.split()[-1] == expected, "the upper dir persists across starts"
+
+
+# -- crashes -------------------------------------------------------------------------------------------------------
+
+def _overlays() -> int:
+    return Path("/proc/self/mountinfo").read_text().count(" - overlay ")
+
+
+def test_killed_monitors_and_callers_are_reconciled(root):
+    """kill -9 the processes that own containers; the next call cleans up and nothing is left."""
+    keep = detached(root, "sleep 60", "--name", "kept")
+    gone = detached(root, "sleep 60", "--name", "doomed", "--rm")
+    foreground = subprocess.Popen([sys.executable, "-m", "sandbox_kernel", "--root", str(root), "run", "--name",
+                                   "fg", BUSYBOX, "sleep", "60"], stdin=subprocess.DEVNULL)
+    wait_for(lambda: len(ps(root)) == 3, what="three running containers")
+    infos = {r["Names"][0]: r for r in ps(root)}
+    states = {name: json.loads(next((root / "containers").glob(f"{infos[name]['Id']}/state.json")).read_text())
+              for name in infos}
+    for name in ("kept", "doomed"):
+        os.kill(states[name]["monitor_pid"], signal.SIGKILL)
+    foreground.kill()  # the CLI is the caller; its monitor and container die with it
+    foreground.wait()
+    for name in infos:
+        wait_for(lambda n=name: not Path(f"/proc/{states[n]['pid']}").exists(), what=f"{name}'s PID 1 to die")
+    rows = {r["Names"][0]: r for r in ps(root, "-a")}
+    assert set(rows) == {"kept", "fg"}, "--rm containers are removed when reconciled"
+    for name in ("kept", "fg"):
+        assert rows[name]["State"] == "exited" and rows[name]["ExitCode"] == 137
+        assert "monitor" in rows[name]["Error"]
+    assert not any(infos["kept"]["Id"][:32] in str(p) for p in cgroups())
+    assert keep and gone
+    assert _overlays() == 0
+
+
+# -- the Python API ------------------------------------------------------------------------------------------------
+
+def test_api_streams_output_as_it_comes(root):
+    containers = Containers(Store(root))
+    seen: list[tuple[float, bytes]] = []
+    started = time.monotonic()
+    result = containers.run(
+        ContainerSpec(image=BUSYBOX, command=("sh", "-c", "echo first; sleep 0.5; echo second >&2; exit 2"),
+                      remove=True),
+        stdin=None, stdout=lambda b: seen.append((time.monotonic() - started, b)),
+        stderr=lambda b: seen.append((time.monotonic() - started, b)))
+    assert result.exit_code == 2
+    assert [b for _, b in seen] == [b"first\n", b"second\n"]
+    assert seen[0][0] < seen[1][0] - 0.3, "the first chunk arrived before the container slept"
+
+
+def test_api_from_a_multithreaded_caller_uses_the_fork_server(root):
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert not launcher.single_threaded()
+        out: list[bytes] = []
+        containers = Containers(Store(root))
+        result = containers.run(ContainerSpec(image=BUSYBOX, command=("sh", "-c", "echo from-server"), remove=True),
+                                stdin=None, stdout=out.append, stderr=None)
+        assert (result.exit_code, b"".join(out)) == (0, b"from-server\n")
+        cid = containers.run_detached(ContainerSpec(image=BUSYBOX, command=("sleep", "30"), remove=True))
+        chunks: list[bytes] = []
+        assert containers.exec(cid, ["sh", "-c", "echo exec; exit 6"], stdin=None, stdout=chunks.append) == 6
+        assert chunks == [b"exec\n"]
+        containers.stop(cid, timeout=1)
+        assert launcher._server is not None and launcher._server.proc.poll() is None
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_api_errors_are_typed(root):
+    containers = Containers(Store(root))
+    with pytest.raises(ExecError) as info:
+        containers.run(ContainerSpec(image=BUSYBOX, command=("/nope",), remove=True), stdin=None, stdout=None,
+                       stderr=None)
+    assert info.value.exit_code == 127
+    with pytest.raises(UsageError):
+        Limits(memory=1)
+    with pytest.raises(UsageError):
+        containers.run(ContainerSpec(image=BUSYBOX, command=("true",), user="nobody-here", remove=True))
+
+
+def test_interrupting_the_cli_interrupts_the_container(root):
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox_kernel", "--root", str(root), "run", "--rm", BUSYBOX,
+                             "sh", "-c", "trap 'echo interrupted; exit 130' INT; echo ready; while true; do sleep 0.1;"
+                             " done"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=10)
+    assert (proc.returncode, out) == (130, "interrupted\n")
+
+
+def test_user_names_come_from_the_image(debian_store):
+    containers = Containers(debian_store)
+    out: list[bytes] = []
+    spec = ContainerSpec(image="localhost/debian-python:latest", command=("sh", "-c", "id; echo $HOME"),
+                         user="nobody", remove=True)
+    assert containers.run(spec, stdin=None, stdout=out.append).exit_code == 0
+    assert b"".join(out).decode().splitlines() == ["uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)",
+                                                   "/nonexistent"]

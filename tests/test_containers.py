@@ -119,6 +119,15 @@ def test_exec_joins_namespaces_cgroup_and_security(root):
     assert json.loads(pids.stdout)[0]["Limits"]["pids"] == 50
 
 
+def test_device_cgroup_allows_only_the_container_devices(root):
+    cid = detached(root, "sleep 30", "--name", "devs")
+    listing = Path(f"/sys/fs/cgroup/devices/sandbox-kernel/{cid[:32]}/devices.list")
+    if not listing.exists():
+        pytest.skip("no cgroup v1 devices controller on this host")
+    assert sorted(listing.read_text().split("\n")[:-1]) == sorted(
+        ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm"])
+
+
 def test_exec_errors(root):
     detached(root, "sleep 30", "--name", "ex")
     missing = cli(root, "exec", "ex", "no-such-binary")

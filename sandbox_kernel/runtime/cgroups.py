@@ -174,6 +174,15 @@ class Cgroup:
     def thaw(self) -> None:
         raise NotImplementedError
 
+    def restrict_devices(self, allow: list[str]) -> None:
+        """Deny every device but ``allow`` (``c 1:3 rwm`` rules).
+
+        Only cgroup v1 has a devices controller with files. On v2 the same
+        effect needs a BPF program; there the container relies on what makes
+        a device unreachable anyway: no CAP_MKNOD, layers without device
+        nodes, a /dev with only the allowed ones, and nodev on every volume.
+        """
+
     def exists(self) -> bool:
         return any(self.fs.exists(p) for p in self.paths())
 

@@ -37,10 +37,10 @@ from .monitor import Job
 from .rootfs import RootfsPlan
 from .spec import ContainerSpec, Limits
 from .state import ACTIVE, CREATED, EXITED, PAUSED, RUNNING, ContainerDir, Names, ProcRef, State
+from .stdio import Output, Relay
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ETC_FILES = ("hostname", "hosts", "resolv.conf")
-Output = int | Callable[[bytes], None] | None  # an fd, a callback for each chunk, or None for /dev/null
 
 
 @dataclass(frozen=True)
@@ -339,7 +339,7 @@ class Containers:
             on_start(cid)
         cdir = ContainerDir(self.root / cid)
         job, _ = self._job(cdir, detached=False)
-        with _Stdio(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
+        with Relay(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
             status_r = launcher.start_monitor(job, stdio.child_fds)
             stdio.close_child_ends()
             events = _Events(status_r)
@@ -418,7 +418,7 @@ class Containers:
         if pidfd is None:
             raise ContainerError(f"container {ref} is not running")
         try:
-            with _Stdio(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
+            with Relay(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
                 helper, go_w, err_r, status_r = launcher.start_exec(pidfd, plan, stdio.child_fds)
                 stdio.close_child_ends()
                 try:
@@ -549,74 +549,6 @@ class Containers:
 
 # -- helpers: stdio, waiting, signals -----------------------------------------------------------------------------
 
-class _Stdio:
-    """The container's fds 0-2: the caller's fds, /dev/null, or pipes read here into callbacks."""
-
-    def __init__(self, stdin: int | None, stdout: Output, stderr: Output):
-        self.spec = (stdin, stdout, stderr)
-        self.child_fds: tuple[int, int, int] = (0, 1, 2)
-        self._close: list[int] = []
-        self.readers: dict[int, Callable[[bytes], None]] = {}
-
-    def __enter__(self) -> _Stdio:
-        fds = []
-        for index, want in enumerate(self.spec):
-            if isinstance(want, int):
-                fds.append(want)
-            elif want is None:
-                null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-                self._close.append(null)
-                fds.append(null)
-            elif index > 0 and callable(want):
-                r, w = os.pipe2(os.O_CLOEXEC)
-                self.readers[r] = want
-                self._close.append(w)
-                fds.append(w)
-            else:
-                raise UsageError("stdin must be an fd or None")
-        self.child_fds = (fds[0], fds[1], fds[2])
-        return self
-
-    def close_child_ends(self) -> None:
-        for fd in self._close:
-            os.close(fd)
-        self._close = []
-
-    def pump_until_ready(self, fd: int) -> None:
-        """Pass output to the callbacks until ``fd`` is readable."""
-        while True:
-            ready = process.wait_readable([fd, *self.readers], None)
-            for r in ready:
-                if r in self.readers:
-                    self._pump(r)
-            if fd in ready:
-                return
-
-    def _pump(self, fd: int) -> bool:
-        data = os.read(fd, 65536)
-        if data:
-            self.readers[fd](data)
-            return True
-        os.close(fd)
-        del self.readers[fd]
-        return False
-
-    def drain(self) -> None:
-        """Everything left in the pipes (every writer is gone once the container has exited)."""
-        while self.readers:
-            ready = process.wait_readable(list(self.readers), 5.0)
-            if not ready:
-                break
-            for fd in ready:
-                self._pump(fd)
-
-    def __exit__(self, *exc: object) -> None:
-        self.close_child_ends()
-        for fd in list(self.readers):
-            os.close(fd)
-        self.readers.clear()
-
-
 class _Events:
     """JSON lines from the monitor's status pipe."""
 
@@ -624,7 +556,7 @@ class _Events:
         self.fd = fd
         self.buffer = b""
 
-    def next(self, stdio: _Stdio | None = None) -> dict[str, Any]:
+    def next(self, stdio: Relay | None = None) -> dict[str, Any]:
         while b"\n" not in self.buffer:
             if stdio is not None:
                 stdio.pump_until_ready(self.fd)
@@ -693,7 +625,7 @@ class _Interrupts:
             signal.signal(sig, handler)
 
 
-def _next_event(events: _Events, stdio: _Stdio, interrupts: _Interrupts) -> dict[str, Any]:
+def _next_event(events: _Events, stdio: Relay, interrupts: _Interrupts) -> dict[str, Any]:
     while True:
         try:
             return events.next(stdio)
@@ -701,7 +633,7 @@ def _next_event(events: _Events, stdio: _Stdio, interrupts: _Interrupts) -> dict
             interrupts.interrupt()
 
 
-def _wait_status(stdio: _Stdio, status_r: int, interrupts: _Interrupts) -> int:
+def _wait_status(stdio: Relay, status_r: int, interrupts: _Interrupts) -> int:
     """Pump output until the exec helper writes the exit status."""
     data = b""
     while True:

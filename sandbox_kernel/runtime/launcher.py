@@ -29,6 +29,7 @@ import threading
 from typing import Any
 
 from . import process
+from . import syscalls as sc
 from .errors import ContainerError
 from .monitor import Job, monitor_main
 
@@ -48,6 +49,7 @@ def single_threaded() -> bool:
 # -- what the forked child runs ---------------------------------------------------------------------------------
 
 def _child_monitor(job: Job, fds: list[int], parent: int) -> None:
+    sc.close_all_but(fds)  # e.g. the caller's end of the stdin pipe: held here, the container never sees EOF
     status_w = fds[0]
     stdio = (fds[1], fds[2], fds[3]) if len(fds) == 4 else None
     if job.detached and os.fork() != 0:
@@ -58,11 +60,10 @@ def _child_monitor(job: Job, fds: list[int], parent: int) -> None:
 def _child_exec(plan: process.ProcessPlan, fds: list[int]) -> None:
     pidfd, go_r, err_w, status_w, *stdio = fds
     try:
+        sc.close_all_but(fds)
         for target, fd in enumerate(stdio):
             os.dup2(fd, target)
-        for fd in stdio:
-            if fd > 2 and fd not in (pidfd, go_r, err_w, status_w):
-                os.close(fd)
+        sc.close_all_but([pidfd, go_r, err_w, status_w])
     except BaseException:
         os._exit(125)
     process.join_and_exec(pidfd, plan, go_r, err_w, status_w)

@@ -33,7 +33,7 @@ from .cgroups import Cgroup, open_cgroup
 from .errors import ExecError, SandboxError
 from .fsutil import remove_quietly
 from .logs import STDERR, STDOUT, LogWriter
-from .rootfs import RootfsPlan
+from .rootfs import DEVICE_RULES, RootfsPlan
 from .spec import Limits
 from .state import EXITED, PAUSED, RUNNING, STARTING, ContainerDir, Names, ProcRef
 
@@ -96,8 +96,9 @@ def _monitor(job: Job, stdio: tuple[int, int, int] | None, status_w: int, caller
         status_w = _detach(status_w)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-        stdio = (null, out_w, err_w)
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        os.close(in_w)  # stdin at EOF; never a host file, not even /dev/null
+        stdio = (in_r, out_w, err_w)
     else:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != caller:
@@ -115,6 +116,7 @@ def _monitor(job: Job, stdio: tuple[int, int, int] | None, status_w: int, caller
     try:
         cgroup.create()
         cgroup.apply(job.limits)
+        cgroup.restrict_devices(list(DEVICE_RULES))
         pid1 = process.spawn_init(job.plan, job.hostname, job.proc, cgroup, stdio)
     except BaseException as exc:
         exit_code = exc.exit_code if isinstance(exc, ExecError) else 125

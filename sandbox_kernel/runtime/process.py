@@ -181,6 +181,9 @@ def _init_main(plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, go
         if os.read(go_r, 1) != b"g":  # "g": the monitor put us in the cgroup
             os._exit(1)
         os.close(go_r)
+        # Not dumpable from the start: nothing in the container may ever open /proc/1/mem or
+        # /proc/1/exe (CVE-2019-5736); the command's execve makes it dumpable again.
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
         _rename_self()
         os.setsid()
         sc.unshare(NAMESPACES)  # after joining the cgroup: the cgroup namespace is rooted there
@@ -193,9 +196,7 @@ def _init_main(plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, go
         _report(err_w, f"container setup failed: {_error_line(exc)}")
         os._exit(125)
     os.close(err_w)
-    # From here on this process only waits. It is not dumpable, so nothing in
-    # the container can open /proc/1/exe or /proc/1/mem (CVE-2019-5736).
-    sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    # From here on this process only waits, with no fd but stdio and only CAP_KILL.
     sc.close_range(3)
     for cap in range(_last_cap() + 1):
         if cap != CAPABILITIES["KILL"]:

@@ -33,6 +33,8 @@ DEVICES = (  # name, major, minor, mode
     ("null", 1, 3, 0o666), ("zero", 1, 5, 0o666), ("full", 1, 7, 0o666),
     ("random", 1, 8, 0o666), ("urandom", 1, 9, 0o666), ("tty", 5, 0, 0o666),
 )
+# The device cgroup's allowlist (v1): the devices above, /dev/ptmx and the pty slaves.
+DEVICE_RULES = (*(f"c {major}:{minor} rwm" for _, major, minor, _ in DEVICES), "c 5:2 rwm", "c 136:* rwm")
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
              ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"), ("core", "/proc/kcore"))
 
@@ -134,6 +136,26 @@ def _mask(root_fd: int, path: str, dev_null: str) -> None:
         os.close(fd)
 
 
+def _bind_volume(root_fd: int, volume: Mount) -> None:
+    """Bind a host path, then remount it nosuid and nodev (read-only for ``:ro``).
+
+    nodev: a device node in a volume must not open a host device. noexec is
+    kept if the host's mount has it.
+    """
+    kind = "dir" if os.path.isdir(volume.source) else "file"
+    _mount_at(root_fd, volume.target, volume.source, None, sc.MS_BIND | sc.MS_REC, kind=kind)
+    flags = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_NOSUID | sc.MS_NODEV
+    if volume.readonly:
+        flags |= sc.MS_RDONLY
+    if os.statvfs(volume.source).f_flag & os.ST_NOEXEC:
+        flags |= sc.MS_NOEXEC
+    fd = _resolve(root_fd, volume.target, kind=kind, create=False)
+    try:
+        sc.mount(None, f"/proc/self/fd/{fd}", None, flags)
+    finally:
+        os.close(fd)
+
+
 def setup(plan: RootfsPlan, hostname: str) -> None:
     """Build the rootfs and enter it. Runs in the container's first process, as root."""
     # 1. Nothing we mount may propagate back to the host.
@@ -176,15 +198,7 @@ def setup(plan: RootfsPlan, hostname: str) -> None:
         for host_file, path in plan.etc_files:
             _mount_at(root_fd, path, host_file, None, sc.MS_BIND, kind="file")
         for volume in plan.mounts:
-            kind = "dir" if os.path.isdir(volume.source) else "file"
-            _mount_at(root_fd, volume.target, volume.source, None, sc.MS_BIND | sc.MS_REC, kind=kind)
-            if volume.readonly:
-                fd = _resolve(root_fd, volume.target, kind=kind, create=False)
-                try:
-                    sc.mount(None, f"/proc/self/fd/{fd}", None,
-                             sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
-                finally:
-                    os.close(fd)
+            _bind_volume(root_fd, volume)
         if plan.cwd.strip("/"):
             os.close(_resolve(root_fd, plan.cwd))
         # 6. Masked and read-only paths (the masks use the container's own /dev/null).

@@ -183,3 +183,13 @@ def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def close_all_but(keep: set[int] | list[int]) -> None:
+    """Close every fd above 2 except ``keep`` (a forked child drops what it inherited by accident)."""
+    previous = 2
+    for fd in sorted(fd for fd in set(keep) if fd > 2):
+        if fd > previous + 1:
+            close_range(previous + 1, fd - 1)
+        previous = fd
+    close_range(previous + 1)

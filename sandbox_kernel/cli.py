@@ -14,9 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from . import format as fmt
 from .cli_containers import add_commands, inspect_container
-from .runtime import RECIPES, SandboxError, Store, UsageError, build, load, parse_reference, save
+from .runtime import SandboxError, Store, UsageError
 
 PROG = "sandbox-kernel"
 
@@ -33,6 +32,8 @@ def _store(args: argparse.Namespace) -> Store:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    from .runtime import load
+
     for loaded in load(_store(args), args.input, tag=args.tag):
         for tag in loaded.tags:
             print(f"Loaded image: {tag}")
@@ -40,11 +41,15 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
+    from .runtime import save
+
     save(_store(args), args.images, args.output)
     return 0
 
 
 def cmd_images(args: argparse.Namespace) -> int:
+    from . import format as fmt
+
     store = _store(args)
     if args.json:
         print(json.dumps(fmt.image_rows(store, args.reference), indent=2))
@@ -66,6 +71,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_rmi(args: argparse.Namespace) -> int:
+    from .runtime import parse_reference
+
     store = _store(args)
     status = 0
     for name in args.images:
@@ -84,6 +91,8 @@ def cmd_rmi(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from . import format as fmt
+
     store = _store(args)
     out = []
     for name in args.names:
@@ -94,6 +103,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    from . import format as fmt
+
     image = _store(args).resolve(args.image)
     if args.json:
         print(json.dumps(fmt.history_rows(image), indent=2))
@@ -103,6 +114,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from . import format as fmt
+
     removed = _store(args).prune()
     print(f"Deleted {removed['blobs']} blobs and {removed['layers']} unpacked layers")
     print(f"Total reclaimed space: {fmt.human_size(removed['bytes'])}")
@@ -110,7 +123,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
+    from .runtime import RECIPES, build
+
     store = _store(args)
+    if args.name != "all" and args.name not in RECIPES:
+        raise UsageError(f"no recipe {args.name!r}: choose from {', '.join(sorted(RECIPES))} or all")
     names = sorted(RECIPES) if args.name == "all" else [args.name]
     for name in names:
         image = build(store, name, rebuild=args.rebuild, tag=args.tag if len(names) == 1 else None)
@@ -158,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     image_sub = image.add_subparsers(dest="image_command", metavar="COMMAND", parser_class=_Parser)
     image_sub.required = True
     p = image_sub.add_parser("build", help="build a base image here, without a registry")
-    p.add_argument("name", choices=[*sorted(RECIPES), "all"])
+    p.add_argument("name", metavar="NAME", help="busybox, debian-python or all")
     p.add_argument("-t", "--tag", help="name for the image (default localhost/NAME:latest)")
     p.add_argument("--rebuild", action="store_true", help="ignore the cache")
     p.set_defaults(func=cmd_image_build)

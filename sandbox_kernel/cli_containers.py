@@ -11,7 +11,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import format as fmt
 from .runtime import (
     Containers,
     ContainerSpec,
@@ -126,6 +125,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    from . import format as fmt
+
     infos = _containers(args).list(all=args.all)
     if args.quiet:
         for info in infos:
@@ -138,6 +139,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from . import format as fmt
+
     containers = _containers(args)
     names = args.containers or [info.id for info in containers.list()]
     stats = [containers.stats(name) for name in names]
@@ -190,6 +193,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 def inspect_container(args: argparse.Namespace, name: str) -> dict[str, Any] | None:
     """The container's inspect object, or None when no container has that name or id."""
+    from . import format as fmt
     from .runtime import ContainerNotFound
 
     try:

@@ -85,7 +85,7 @@ def test_tag_rmi_history_save_prune(loaded, tmp_path):
         (["save", "localhost/busybox", "-o", "/nonexistent/dir/x.tar"], 1, "cannot write"),
         (["frobnicate"], 2, "invalid choice"),
         (["load"], 2, "required"),
-        (["image", "build", "nonsense"], 2, "invalid choice"),
+        (["image", "build", "nonsense"], 2, "no recipe"),
     ],
 )
 def test_errors_are_one_line(loaded, args, code, message):

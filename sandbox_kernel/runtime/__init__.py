@@ -1,35 +1,138 @@
 """The container runtime's public facade: what frontends may import.
 
 Frontends (CLI, magics, widgets, server) use the names here and the errors in
-:mod:`sandbox_kernel.runtime.errors`, nothing deeper.
+:mod:`sandbox_kernel.runtime.errors`, nothing deeper. Names are imported on
+first use, so a command pays only for the modules it needs (``run`` does not
+load the layer extractor, ``images`` does not load the engine).
 """
 
-from .cgroups import CgroupStats
-from .container import ContainerInfo, ContainerResult, Containers, ContainerStats
-from .errors import (
-    ArchiveError,
-    BlobError,
-    BuildError,
-    CgroupError,
-    ContainerError,
-    ContainerNotFound,
-    ExecError,
-    ImageError,
-    ImageInUse,
-    ImageNotFound,
-    LayerError,
-    ReferenceFormatError,
-    SandboxError,
-    StoreError,
-    UsageError,
-)
-from .image.archive import Loaded, load, save
-from .image.builder import RECIPES, build
-from .image.layers import ExtractLimits, ExtractResult, extract_layer, write_layer
-from .image.ref import Reference, parse_reference
-from .image.store import Descriptor, Image, Store, default_root
-from .spec import ContainerSpec, Limits, Mount, NetSpec, parse_cpus, parse_env, parse_size, parse_ulimit
-from .state import State
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_WHERE = {
+    "CgroupStats": ".cgroups",
+    "ContainerInfo": ".container",
+    "ContainerResult": ".container",
+    "ContainerStats": ".container",
+    "Containers": ".container",
+    "ArchiveError": ".errors",
+    "BlobError": ".errors",
+    "BuildError": ".errors",
+    "CgroupError": ".errors",
+    "ContainerError": ".errors",
+    "ContainerNotFound": ".errors",
+    "ExecError": ".errors",
+    "ImageError": ".errors",
+    "ImageInUse": ".errors",
+    "ImageNotFound": ".errors",
+    "LayerError": ".errors",
+    "ReferenceFormatError": ".errors",
+    "SandboxError": ".errors",
+    "StoreError": ".errors",
+    "UsageError": ".errors",
+    "Loaded": ".image.archive",
+    "load": ".image.archive",
+    "save": ".image.archive",
+    "RECIPES": ".image.builder",
+    "build": ".image.builder",
+    "ExtractLimits": ".image.layers",
+    "ExtractResult": ".image.layers",
+    "extract_layer": ".image.layers",
+    "write_layer": ".image.layers",
+    "Reference": ".image.ref",
+    "parse_reference": ".image.ref",
+    "Descriptor": ".image.store",
+    "Image": ".image.store",
+    "Store": ".image.store",
+    "default_root": ".image.store",
+    "ContainerSpec": ".spec",
+    "Limits": ".spec",
+    "Mount": ".spec",
+    "NetSpec": ".spec",
+    "parse_cpus": ".spec",
+    "parse_env": ".spec",
+    "parse_size": ".spec",
+    "parse_ulimit": ".spec",
+    "State": ".state",
+}
+
+if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from .cgroups import (
+        CgroupStats,
+    )
+    from .container import (
+        ContainerInfo,
+        ContainerResult,
+        Containers,
+        ContainerStats,
+    )
+    from .errors import (
+        ArchiveError,
+        BlobError,
+        BuildError,
+        CgroupError,
+        ContainerError,
+        ContainerNotFound,
+        ExecError,
+        ImageError,
+        ImageInUse,
+        ImageNotFound,
+        LayerError,
+        ReferenceFormatError,
+        SandboxError,
+        StoreError,
+        UsageError,
+    )
+    from .image.archive import (
+        Loaded,
+        load,
+        save,
+    )
+    from .image.builder import (
+        RECIPES,
+        build,
+    )
+    from .image.layers import (
+        ExtractLimits,
+        ExtractResult,
+        extract_layer,
+        write_layer,
+    )
+    from .image.ref import (
+        Reference,
+        parse_reference,
+    )
+    from .image.store import (
+        Descriptor,
+        Image,
+        Store,
+        default_root,
+    )
+    from .spec import (
+        ContainerSpec,
+        Limits,
+        Mount,
+        NetSpec,
+        parse_cpus,
+        parse_env,
+        parse_size,
+        parse_ulimit,
+    )
+    from .state import (
+        State,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "RECIPES",

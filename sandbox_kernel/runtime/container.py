@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import resource
-import secrets
 import signal
 import threading
 import time
@@ -36,7 +35,7 @@ from .image.store import Image, Store
 from .monitor import Job
 from .rootfs import RootfsPlan
 from .spec import ContainerSpec, Limits
-from .state import ACTIVE, CREATED, EXITED, PAUSED, RUNNING, ContainerDir, Names, ProcRef, State
+from .state import ACTIVE, CREATED, EXITED, GONE_PREFIX, PAUSED, RUNNING, ContainerDir, Names, ProcRef, State
 from .stdio import Output, Relay
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -184,6 +183,7 @@ class Containers:
     def list(self, all: bool = False) -> list[ContainerInfo]:
         """Running containers (every container with ``all``), newest first, each reconciled."""
         out = []
+        self._sweep_gone()
         for cdir in self._dirs():
             if not cdir.config_path.exists():
                 self._drop_unfinished(cdir)
@@ -195,6 +195,19 @@ class Containers:
             except (ContainerError, OSError):
                 continue  # removed under our feet
         return sorted(out, key=lambda info: info.state.created_at, reverse=True)
+
+    def _sweep_gone(self) -> None:
+        """Finish removals whose monitor died half-way (``.gone-ID`` older than a minute)."""
+        for path in self.root.glob(GONE_PREFIX + "*"):
+            try:
+                if time.time() - path.stat().st_mtime < 60:
+                    continue
+                config = ContainerDir(path).read_config()
+                with contextlib.suppress(CgroupError):
+                    open_cgroup(config["cgroup"]).remove()
+            except (OSError, ContainerError, KeyError):
+                pass
+            remove_quietly(path)
 
     def _drop_unfinished(self, cdir: ContainerDir) -> None:
         """A directory whose create never finished (its creator died) is garbage after a minute."""
@@ -240,7 +253,7 @@ class Containers:
         """Make the container's directory and resolve what it runs; returns its id. Nothing runs yet."""
         image = self.store.resolve(spec.image)
         lowers = [str(d) for d in reversed(self.store.unpack(image))]  # top first
-        cid = secrets.token_hex(32)
+        cid = os.urandom(32).hex()
         name = spec.name or f"sk-{cid[:12]}"
         if spec.name is not None and (not spec.name or not all(c.isalnum() or c in "_.-" for c in spec.name)
                                       or not spec.name[0].isalnum()):

@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -35,7 +36,7 @@ from .fsutil import remove_quietly
 from .logs import STDERR, STDOUT, LogWriter
 from .rootfs import DEVICE_RULES, RootfsPlan
 from .spec import Limits
-from .state import EXITED, PAUSED, RUNNING, STARTING, ContainerDir, Names, ProcRef
+from .state import EXITED, GONE_PREFIX, PAUSED, RUNNING, STARTING, ContainerDir, Names, ProcRef
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,11 @@ def _monitor(job: Job, stdio: tuple[int, int, int] | None, status_w: int, caller
     except BaseException as exc:
         exit_code = exc.exit_code if isinstance(exc, ExecError) else 125
         message = str(exc) if isinstance(exc, SandboxError) else f"container failed to start: {exc}"
-        _finish(job, cdir, cgroup, exit_code, False, message)
-        _send(status_w, event="error", message=message, exit_code=exit_code,
-              exec_error=isinstance(exc, ExecError))
+        exec_error = isinstance(exc, ExecError)
+        sc.prctl(sc.PR_SET_PDEATHSIG, 0)
+        _finish(job, cdir, cgroup, exit_code, False, message,
+                notify=lambda: _send(status_w, event="error", message=message, exit_code=exit_code,
+                                     exec_error=exec_error))
         return
     if job.detached:
         for fd in stdio:
@@ -141,8 +144,10 @@ def _monitor(job: Job, stdio: tuple[int, int, int] | None, status_w: int, caller
         _copy_output(job, cdir, pid1, out_r, err_r)
     exit_code = process.wait(pid1)
     oom = cgroup.oom_kills() > 0
-    _finish(job, cdir, cgroup, exit_code, oom, None)
-    _send(status_w, event="exited", exit_code=exit_code, oom_killed=oom)
+    # The caller may exit as soon as it hears the exit status: finish the cleanup regardless.
+    sc.prctl(sc.PR_SET_PDEATHSIG, 0)
+    _finish(job, cdir, cgroup, exit_code, oom, None, notify=lambda: _send(status_w, event="exited",
+                                                                      exit_code=exit_code, oom_killed=oom))
 
 
 def _copy_output(job: Job, cdir: ContainerDir, pid1: int, out_r: int, err_r: int) -> None:
@@ -162,20 +167,37 @@ def _copy_output(job: Job, cdir: ContainerDir, pid1: int, out_r: int, err_r: int
         log.close()
 
 
-def _finish(job: Job, cdir: ContainerDir, cgroup: Cgroup, exit_code: int, oom: bool, error: str | None) -> None:
+def _finish(job: Job, cdir: ContainerDir, cgroup: Cgroup, exit_code: int, oom: bool, error: str | None,
+            notify: Callable[[], None] | None = None) -> None:
+    """Record the exit, tell the caller (``notify``), then remove the cgroup (and the directory for --rm).
+
+    The caller learns the status before the slow part: a --rm container's
+    directory is first renamed out of sight (``.gone-ID``), which a later
+    reconcile removes if this process dies before it does.
+    """
+    if job.remove:
+        trash = cdir.path.with_name(GONE_PREFIX + cdir.id)
+        try:
+            os.rename(cdir.path, trash)
+        except OSError:
+            trash = cdir.path
+        Names(cdir.path.parent / "names").release(job.name, cdir.id)
+    else:
+        with cdir.locked() as state:
+            state.status = EXITED
+            state.pid = state.pid_start = 0
+            state.monitor_pid = state.monitor_start = 0
+            state.exit_code = exit_code
+            state.oom_killed = oom
+            state.error = error
+            state.finished_at = time.time()
+    if notify is not None:
+        notify()
     try:
         cgroup.remove()
     except SandboxError as exc:
-        error = error or str(exc)
+        if not job.remove:
+            with cdir.locked() as state:
+                state.error = state.error or str(exc)
     if job.remove:
-        Names(cdir.path.parent / "names").release(job.name, cdir.id)
-        remove_quietly(cdir.path)
-        return
-    with cdir.locked() as state:
-        state.status = EXITED
-        state.pid = state.pid_start = 0
-        state.monitor_pid = state.monitor_start = 0
-        state.exit_code = exit_code
-        state.oom_killed = oom
-        state.error = error
-        state.finished_at = time.time()
+        remove_quietly(trash)

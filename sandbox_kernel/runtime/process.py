@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
 import os
 import resource
 import select
@@ -76,6 +77,7 @@ def _cap_mask(names: tuple[str, ...]) -> int:
     return mask
 
 
+@functools.cache
 def _last_cap() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap") as fh:
@@ -154,6 +156,15 @@ def _error_line(exc: BaseException) -> str:
 _init_name = ctypes.create_string_buffer(INIT_NAME + b"\0")
 
 
+@functools.cache
+def _argv_range() -> tuple[int, int]:
+    """Where this process's command line is in memory (the same in a forked child)."""
+    with open("/proc/self/stat", "rb") as fh:
+        data = fh.read()
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[45]), int(fields[46])
+
+
 def _rename_self() -> None:
     """Show ``sandbox-init`` as PID 1's name and command line, not the host's Python command line.
 
@@ -162,10 +173,7 @@ def _rename_self() -> None:
     way; PR_SET_MM would need CAP_SYS_RESOURCE).
     """
     sc.prctl(sc.PR_SET_NAME, ctypes.addressof(_init_name))
-    with open("/proc/self/stat", "rb") as fh:
-        data = fh.read()
-    fields = data[data.rindex(b")") + 2:].split()
-    start, end = int(fields[45]), int(fields[46])
+    start, end = _argv_range()
     if 0 < start < end and end - start > len(INIT_NAME):
         ctypes.memset(start, 0, end - start)
         ctypes.memmove(start, INIT_NAME, len(INIT_NAME))
@@ -178,17 +186,20 @@ def _init_main(plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, go
         # (getppid() says 0 here: the monitor is outside our pid namespace. If it died before
         # the prctl, its end of go_r is closed and the read below returns nothing.)
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.read(go_r, 1) != b"g":  # "g": the monitor put us in the cgroup
-            os._exit(1)
-        os.close(go_r)
         # Not dumpable from the start: nothing in the container may ever open /proc/1/mem or
         # /proc/1/exe (CVE-2019-5736); the command's execve makes it dumpable again.
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         _rename_self()
         os.setsid()
-        sc.unshare(NAMESPACES)  # after joining the cgroup: the cgroup namespace is rooted there
+        # The rootfs is built while the monitor moves us into the cgroup (a cgroup v1 move
+        # waits for an RCU grace period, milliseconds): the two overlap.
+        sc.unshare(NAMESPACES & ~sc.CLONE_NEWCGROUP)
         rootfs_mod.setup(plan, hostname)
         _loopback_up()
+        if os.read(go_r, 1) != b"g":  # "g": the monitor put us in the cgroup
+            os._exit(1)
+        os.close(go_r)
+        sc.unshare(sc.CLONE_NEWCGROUP)  # in the cgroup now: the cgroup namespace is rooted there
         child = os.fork()
         if child == 0:
             exec_command(proc, err_w)
@@ -244,6 +255,9 @@ def spawn_init(plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, cg
     Call at most once per process: the new pid namespace is for this process's children.
     ``stdio`` become the container's fds 0, 1 and 2.
     """
+    security.compiled()  # built once here, not in every child
+    _argv_range()
+    _last_cap()
     sc.unshare(sc.CLONE_NEWPID)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -260,12 +274,12 @@ def spawn_init(plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, cg
     os.close(go_r)
     os.close(err_w)
     try:
-        cgroup.add(pid1)
+        cgroup.add(pid1)  # PID 1 builds the rootfs meanwhile
         os.write(go_w, b"g")
-    except BaseException:
+    except BaseException as exc:
         os.kill(pid1, signal.SIGKILL)
         os.waitpid(pid1, 0)
-        raise
+        _raise_start_error(read_error(err_r) or str(exc))  # PID 1's own error says more, if it has one
     finally:
         os.close(go_w)
     error = read_error(err_r)

@@ -38,6 +38,7 @@ from .errors import StoreError
 
 CREATED, STARTING, RUNNING, PAUSED, EXITED = "created", "starting", "running", "paused", "exited"
 ACTIVE = (STARTING, RUNNING, PAUSED)  # a monitor owns the container
+GONE_PREFIX = ".gone-"  # a removed container's directory, renamed out of sight until it is deleted
 
 
 @dataclass(frozen=True)

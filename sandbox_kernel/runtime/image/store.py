@@ -27,16 +27,17 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import BlobError, ImageNotFound, ReferenceFormatError, StoreError
 from ..fsutil import remove_quietly
 from . import media
-from .layers import ExtractLimits, ExtractResult, extract_layer
+
+if TYPE_CHECKING:  # the extractor is imported when a layer is unpacked, not by every command
+    from .layers import ExtractLimits, ExtractResult
 from .ref import Reference, digest_hex, looks_like_id, parse_reference, validate_digest
 
 CHUNK = 1 << 20
@@ -162,7 +163,7 @@ class Store:
         return self._lock("gc", shared=True)
 
     def _tmp_path(self, hint: str = "") -> Path:
-        return self.root / "tmp" / f"{os.getpid()}-{secrets.token_hex(6)}{hint}"
+        return self.root / "tmp" / f"{os.getpid()}-{os.urandom(6).hex()}{hint}"
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
         tmp = self._tmp_path(".w")
@@ -424,7 +425,7 @@ class Store:
     def layer_dir(self, diff_id: str, trusted: bool = False) -> Path:
         return self.root / "layers" / (digest_hex(diff_id) + ("-trusted" if trusted else ""))
 
-    def unpack(self, image: Image, *, trusted: bool = False, limits: ExtractLimits = ExtractLimits()) -> list[Path]:
+    def unpack(self, image: Image, *, trusted: bool = False, limits: ExtractLimits | None = None) -> list[Path]:
         """Unpack every layer of ``image`` that is not unpacked yet.
 
         Returns the layer directories bottom first (reverse them for overlay's
@@ -440,12 +441,15 @@ class Store:
         return dirs
 
     def _unpack_one(
-        self, desc: dict[str, Any], diff_id: str, target: Path, trusted: bool, limits: ExtractLimits
+        self, desc: dict[str, Any], diff_id: str, target: Path, trusted: bool, limits: ExtractLimits | None
     ) -> ExtractResult:
+        from .layers import ExtractLimits, extract_layer
+
         tmp = self._tmp_path(".layer")
         try:
             with self.open_blob(desc["digest"]) as fh:
-                result = extract_layer(fh, tmp, expected_diff_id=diff_id, trusted=trusted, limits=limits)
+                result = extract_layer(fh, tmp, expected_diff_id=diff_id, trusted=trusted,
+                                       limits=limits or ExtractLimits())
             try:
                 os.rename(tmp, target)
             except OSError as exc:

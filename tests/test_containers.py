@@ -319,3 +319,33 @@ def test_user_names_come_from_the_image(debian_store):
     assert containers.run(spec, stdin=None, stdout=out.append).exit_code == 0
     assert b"".join(out).decode().splitlines() == ["uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)",
                                                    "/nonexistent"]
+
+
+def test_warm_slot_runs_the_next_container_and_dies_with_its_caller(root):
+    """After a foreground start a warm slot waits for the next one; it never outlives the process that made it."""
+    if not Path(f"/proc/self/task/{os.getpid()}/children").exists():
+        pytest.skip("this kernel has no /proc/PID/task/TID/children to find the slot's PID 1 by")
+    script = f"""
+import os, sys, time
+from sandbox_kernel.runtime import Containers, ContainerSpec, Store, launcher
+c = Containers(Store({str(root)!r}))
+for word in ("one", "two"):
+    out = []
+    c.run(ContainerSpec(image={BUSYBOX!r}, command=("echo", word), remove=True), stdin=None, stdout=out.append)
+    sys.stdout.write(b"".join(out).decode())
+print(launcher._spare.pid, flush=True)
+time.sleep(60)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    assert [proc.stdout.readline() for _ in range(2)] == ["one\n", "two\n"], "the second ran in the first's warm slot"
+    monitor = int(proc.stdout.readline())
+    children = Path(f"/proc/{monitor}/task/{monitor}/children")
+    wait_for(lambda: children.exists() and children.read_text().split(), what="the slot's PID 1")
+    pid1 = int(children.read_text().split()[0])
+    assert Path(f"/proc/{pid1}/comm").read_text() == "sandbox-init\n"
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: not Path(f"/proc/{monitor}").exists() and not Path(f"/proc/{pid1}").exists(),
+             what="the slot to die with its caller")

@@ -390,6 +390,8 @@ class Containers:
         cdir = self._find(ref)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if not cdir.config_path.exists():  # a --rm container, removed as it exited
+                return State(status=EXITED)
             state = self._reconcile(cdir)
             if state is None or state.status not in ACTIVE:
                 return state or State(status=EXITED)
@@ -490,7 +492,10 @@ class Containers:
                     _send_signal(state.pid1(), signal.SIGKILL)
             finally:
                 os.close(pidfd)
-        return self.wait(cdir.id, timeout=30)
+        try:
+            return self.wait(cdir.id, timeout=30)
+        except ContainerNotFound:  # --rm: gone with its exit
+            return State(status=EXITED)
 
     def pause(self, ref: str) -> None:
         cdir, state = self._running(ref)

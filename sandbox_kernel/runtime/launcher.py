@@ -19,6 +19,8 @@ caller needs the same code whoever forked.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import pickle
 import signal
@@ -26,6 +28,7 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from . import process
@@ -34,6 +37,9 @@ from .errors import ContainerError
 from .monitor import Job, monitor_main
 
 _direct_children: list[int] = []
+# One warm slot for the next foreground start (SANDBOX_KERNEL_WARM_SLOTS=0: none).
+WARM_SLOTS = os.environ.get("SANDBOX_KERNEL_WARM_SLOTS", "1") != "0"
+_spare: Slot | None = None
 _server: _ForkServer | None = None
 _server_lock = threading.Lock()
 
@@ -48,13 +54,11 @@ def single_threaded() -> bool:
 
 # -- what the forked child runs ---------------------------------------------------------------------------------
 
-def _child_monitor(job: Job, fds: list[int], parent: int) -> None:
-    sc.close_all_but(fds)  # e.g. the caller's end of the stdin pipe: held here, the container never sees EOF
-    status_w = fds[0]
-    stdio = (fds[1], fds[2], fds[3]) if len(fds) == 4 else None
-    if job.detached and os.fork() != 0:
+def _child_monitor(tied: bool, fds: list[int], parent: int) -> None:
+    sc.close_all_but(fds)  # e.g. the caller's end of a stdin pipe: held here, a container never sees EOF
+    if not tied and os.fork() != 0:
         os._exit(0)  # the monitor is a grandchild: nobody has to reap it, it outlives its caller
-    monitor_main(job, stdio, status_w, parent)
+    monitor_main(fds[0], tied, parent)
 
 
 def _child_exec(plan: process.ProcessPlan, fds: list[int]) -> None:
@@ -72,7 +76,7 @@ def _child_exec(plan: process.ProcessPlan, fds: list[int]) -> None:
 def _run_child(kind: str, args: tuple[Any, ...], fds: list[int], parent: int) -> None:
     try:
         if kind == "monitor":
-            _child_monitor(args[0], fds, parent)
+            _child_monitor(bool(args[0]), fds, parent)
         else:
             _child_exec(args[0], fds)
     finally:
@@ -96,17 +100,105 @@ def _fork(kind: str, args: tuple[Any, ...], fds: list[int], *, reap_now: bool) -
     return _get_server().request(kind, args, fds)
 
 
+@dataclass
+class Slot:
+    """A monitor forked ahead of its job, with PID 1 and the command's process waiting (process.warm_up)."""
+
+    sock: socket.socket
+    pid: int  # the monitor, or for an untied slot the short-lived parent of it
+    tied: bool
+
+
+def _new_slot(tied: bool) -> Slot:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = _fork("monitor", (tied,), [theirs.fileno()], reap_now=not tied)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return Slot(ours, pid, tied)
+
+
+def _take_spare() -> Slot | None:
+    """The warm slot made after the last start, if its monitor still waits."""
+    global _spare
+    slot, _spare = _spare, None
+    if slot is None:
+        return None
+    if slot.pid in _direct_children:
+        try:
+            done, _ = os.waitpid(slot.pid, os.WNOHANG)
+        except ChildProcessError:
+            done = slot.pid
+        if done:
+            _direct_children.remove(slot.pid)
+            slot.sock.close()
+            return None
+    return slot
+
+
 def start_monitor(job: Job, stdio: tuple[int, int, int] | None) -> int:
-    """Fork the container's monitor; returns the read end of its status pipe."""
+    """Give the job to a monitor; returns the read end of its status pipe.
+
+    A foreground container (tied to the caller) takes the warm slot made
+    after the previous start, if there is one, and leaves a new one for the
+    next start, which it warms on the other core meanwhile. A detached
+    container gets a monitor of its own that outlives the caller.
+    """
+    global _spare
+    tied = not job.detached
+    spare = _take_spare() if tied else None
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     try:
-        _fork("monitor", (job,), [status_w, *(stdio or ())], reap_now=job.detached)
+        for slot in (spare, None):
+            slot = slot or _new_slot(tied)
+            try:
+                socket.send_fds(slot.sock, [pickle.dumps(job)], [status_w, *(stdio or ())])
+                break
+            except OSError as exc:
+                if slot is not spare:
+                    raise ContainerError(f"the container's monitor is gone: {exc}") from None
+            finally:
+                slot.sock.close()
     except BaseException:
         os.close(status_r)
         raise
     finally:
         os.close(status_w)
+    if tied:
+        warm_next()
     return status_r
+
+
+def warm_next() -> None:
+    """Make the warm slot for the next foreground start, if there is none.
+
+    It warms at a low priority (the monitor raises it when the job comes),
+    so that it does not slow the container that is starting.
+    """
+    global _spare
+    if WARM_SLOTS and _spare is None:
+        try:
+            _spare = _new_slot(True)
+        except (OSError, ContainerError):
+            _spare = None
+
+
+def drop_spare() -> None:
+    """Let the warm slot go (its monitor exits, its PID 1 dies with it)."""
+    global _spare
+    slot, _spare = _spare, None
+    if slot is not None:
+        slot.sock.close()
+        if slot.pid in _direct_children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(slot.pid, 0)
+            _direct_children.remove(slot.pid)
+
+
+atexit.register(drop_spare)
 
 
 def start_exec(pidfd: int, plan: process.ProcessPlan, stdio: tuple[int, int, int]) -> tuple[int, int, int, int]:

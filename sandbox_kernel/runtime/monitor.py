@@ -19,9 +19,12 @@ call that looks at the container reconciles its state (container.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,47 +67,83 @@ def _send(fd: int | None, **event: object) -> None:
         pass  # the caller went away; the state file still tells
 
 
-def _detach(status_w: int) -> int:
-    """Leave the caller's session and every fd of the caller behind; the status pipe becomes fd 3."""
+def _detach(keep: int) -> int:
+    """Leave the caller's session and every fd of the caller behind; ``keep`` becomes fd 3."""
     os.setsid()
     os.chdir("/")
     null = os.open("/dev/null", os.O_RDWR)
     for target in (0, 1, 2):
         os.dup2(null, target)
-    if status_w != 3:
-        os.dup2(status_w, 3)
+    if keep != 3:
+        os.dup2(keep, 3)
     sc.close_range(4)
     return 3
 
 
-def monitor_main(job: Job, stdio: tuple[int, int, int] | None, status_w: int, caller: int) -> NoReturn:
-    """Run in a freshly forked process; never returns."""
+WARM_NICE = 10
+
+
+def _nice(value: int) -> bool:
+    """Lower our priority if it can be raised back (CAP_SYS_NICE); True if it was lowered."""
+    if os.geteuid() != 0 or os.getpriority(os.PRIO_PROCESS, 0) != 0:
+        return False
+    os.setpriority(os.PRIO_PROCESS, 0, value)
+    return True
+
+
+def monitor_main(sock: int, tied: bool, caller: int) -> NoReturn:
+    """Run in a freshly forked process; never returns.
+
+    ``sock`` is the slot's socket: the job comes on it (with the status pipe
+    and, for a tied container, its stdio); nothing coming means the slot was
+    dropped. A tied monitor dies with ``caller``; an untied one (detached
+    containers) leaves the caller's session behind.
+    """
     code = 0
     try:
-        _monitor(job, stdio, status_w, caller)
+        _monitor(sock, tied, caller)
     except BaseException:
         code = 1
     os._exit(code)
 
 
-def _monitor(job: Job, stdio: tuple[int, int, int] | None, status_w: int, caller: int) -> None:
-    cdir = ContainerDir(Path(job.cdir))
+def _monitor(sock_fd: int, tied: bool, caller: int) -> None:
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTSTP):
         signal.signal(sig, signal.SIG_IGN)  # the caller forwards what the user types
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if tied:
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != caller:
+            os._exit(1)
+    else:
+        sock_fd = _detach(sock_fd)
+    slot = socket.socket(fileno=sock_fd)
+    niced = tied and _nice(WARM_NICE)  # a slot warms at a low priority, not to slow a running start
+    warm = process.warm_up()  # ahead of the job when this is a warm slot
+    data, fds, _, _ = socket.recv_fds(slot, 1 << 20, 4)
+    slot.close()
+    if niced:
+        for pid in (0, warm.pid1, warm.command):
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, pid, 0)
+    if not data:  # dropped unused
+        os.kill(warm.pid1, signal.SIGKILL)
+        os.waitpid(warm.pid1, 0)
+        return
+    job: Job = pickle.loads(data)
+    status_w = fds[0]
+    _run(job, warm, status_w, tuple(fds[1:4]) if len(fds) == 4 else None)
+
+
+def _run(job: Job, warm: process.Warm, status_w: int | None, stdio: tuple[int, ...] | None) -> None:
+    cdir = ContainerDir(Path(job.cdir))
     out_r = err_r = None
-    if job.detached:
-        status_w = _detach(status_w)
+    if stdio is None:  # detached: the output goes to the log
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         os.close(in_w)  # stdin at EOF; never a host file, not even /dev/null
         stdio = (in_r, out_w, err_w)
-    else:
-        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != caller:
-            os._exit(1)
-    assert stdio is not None
     me = ProcRef.of(os.getpid())
     with cdir.locked() as state:
         if state.status in (STARTING, RUNNING, PAUSED) and state.monitor().alive():
@@ -118,7 +157,7 @@ def _monitor(job: Job, stdio: tuple[int, int, int] | None, status_w: int, caller
         cgroup.create()
         cgroup.apply(job.limits)
         cgroup.restrict_devices(list(DEVICE_RULES))
-        pid1 = process.spawn_init(job.plan, job.hostname, job.proc, cgroup, stdio)
+        process.launch(warm, job.plan, job.hostname, job.proc, cgroup, (stdio[0], stdio[1], stdio[2]))
     except BaseException as exc:
         exit_code = exc.exit_code if isinstance(exc, ExecError) else 125
         message = str(exc) if isinstance(exc, SandboxError) else f"container failed to start: {exc}"
@@ -128,9 +167,9 @@ def _monitor(job: Job, stdio: tuple[int, int, int] | None, status_w: int, caller
                 notify=lambda: _send(status_w, event="error", message=message, exit_code=exit_code,
                                      exec_error=exec_error))
         return
-    if job.detached:
-        for fd in stdio:
-            os.close(fd)
+    for fd in stdio:
+        os.close(fd)
+    pid1 = warm.pid1
     ref = ProcRef.of(pid1)
     with cdir.locked() as state:
         state.status = RUNNING
@@ -138,7 +177,8 @@ def _monitor(job: Job, stdio: tuple[int, int, int] | None, status_w: int, caller
         state.started_at = time.time()
     _send(status_w, event="started", pid=pid1, pid_start=state.pid_start)
     if job.detached:
-        os.close(status_w)
+        if status_w is not None:
+            os.close(status_w)
         status_w = None
         assert out_r is not None and err_r is not None
         _copy_output(job, cdir, pid1, out_r, err_r)

@@ -1,14 +1,23 @@
 """A container's processes, each step one linear function.
 
-Starting (:func:`spawn_init`, called in the container's monitor process)::
+Starting happens in two halves, so that the first can be done ahead of time
+(a *warm slot*, see launcher.py)::
 
-    monitor  unshare(CLONE_NEWPID): its next child is PID 1 of a new pid
-             namespace; forks it, puts it in the cgroup, lets it go
-    init     (PID 1) dies with the monitor (PDEATHSIG); unshares the other
-             namespaces once it is in the cgroup, builds the rootfs and pivots
-             into it, brings up loopback, forks the command, then only reaps
-             zombies and forwards signals
-    command  drops privileges in the order the kernel requires and execs
+    warm_up (in the monitor)
+      monitor  unshare(CLONE_NEWPID): its next child is PID 1 of a new pid
+               namespace; forks it
+      PID 1    dies with the monitor (PDEATHSIG), not dumpable, new session;
+               unshares mount, uts, ipc and net; loopback up; forks the
+               command's process; both wait
+    launch (with the job)
+      monitor  sends PID 1 the plan and stdio; puts PID 1 and the command's
+               process in the cgroup meanwhile; says go
+      PID 1    builds the rootfs and pivots into it (which moves the waiting
+               command's process too), unshares the cgroup namespace, hands
+               the command its plan and stdio, then only reaps zombies and
+               forwards signals
+      command  unshares its cgroup namespace, drops privileges in the order
+               the kernel requires (exec_command) and execs
 
 Joining (:func:`join_and_exec`, for ``exec``): a process already placed in the
 container's cgroup joins all its namespaces at once through a pidfd of its
@@ -28,6 +37,7 @@ import ctypes
 import fcntl
 import functools
 import os
+import pickle
 import resource
 import select
 import signal
@@ -179,30 +189,51 @@ def _rename_self() -> None:
         ctypes.memmove(start, INIT_NAME, len(INIT_NAME))
 
 
-def _init_main(plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, go_r: int, err_w: int) -> None:
-    """PID 1: set up the rootfs, start the command, then reap and forward signals. Never returns."""
+def _warm_init(sock: socket.socket, err_w: int) -> None:
+    """PID 1 of a warm slot. Never returns.
+
+    Before a job comes: dies with the monitor, becomes non-dumpable, leaves
+    the session, unshares every namespace but the cgroup one, brings up
+    loopback and forks the command's process, which waits too. With the job:
+    builds the rootfs (the command's process, in the same mount namespace,
+    is moved into it by pivot_root), waits until the monitor has put both in
+    the cgroup, and lets the command go. Then only reaps and forwards signals.
+    """
     try:
-        # Die with the monitor, whatever kills it: nothing outlives the process that owns the state.
         # (getppid() says 0 here: the monitor is outside our pid namespace. If it died before
-        # the prctl, its end of go_r is closed and the read below returns nothing.)
+        # the prctl, the socket is closed and the recv below returns nothing.)
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         # Not dumpable from the start: nothing in the container may ever open /proc/1/mem or
         # /proc/1/exe (CVE-2019-5736); the command's execve makes it dumpable again.
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         _rename_self()
         os.setsid()
-        # The rootfs is built while the monitor moves us into the cgroup (a cgroup v1 move
-        # waits for an RCU grace period, milliseconds): the two overlap.
         sc.unshare(NAMESPACES & ~sc.CLONE_NEWCGROUP)
-        rootfs_mod.setup(plan, hostname)
         _loopback_up()
-        if os.read(go_r, 1) != b"g":  # "g": the monitor put us in the cgroup
-            os._exit(1)
-        os.close(go_r)
-        sc.unshare(sc.CLONE_NEWCGROUP)  # in the cgroup now: the cgroup namespace is rooted there
+        os.chdir("/")  # the old root: pivot_root moves a cwd that is there, and only that
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         child = os.fork()
         if child == 0:
-            exec_command(proc, err_w)
+            try:
+                sock.send(b"ready")  # the monitor reads our host pid from the message's credentials
+                sock.close()
+                ours.close()
+            except BaseException:
+                os._exit(125)
+            _warm_command(theirs, err_w)
+        theirs.close()
+        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
+        if not data:
+            os._exit(0)  # the slot was dropped unused
+        plan, hostname, proc = pickle.loads(data)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        rootfs_mod.setup(plan, hostname)
+        if sock.recv(1) != b"g":  # "g": the monitor put us and the command in the cgroup
+            os._exit(1)
+        sc.unshare(sc.CLONE_NEWCGROUP)  # rooted at the container's cgroup
+        socket.send_fds(ours, [pickle.dumps(proc)], [0, 1, 2])
     except BaseException as exc:
         _report(err_w, f"container setup failed: {_error_line(exc)}")
         os._exit(125)
@@ -233,6 +264,23 @@ def _init_main(plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, go
             os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
+def _warm_command(sock: socket.socket, err_w: int) -> None:
+    """The command's process in a warm slot: waits for its plan and stdio, then execs. Never returns."""
+    try:
+        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
+        if not data:
+            os._exit(0)
+        proc = pickle.loads(data)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        sc.unshare(sc.CLONE_NEWCGROUP)  # PID 1 let us go: we are in the container's cgroup
+    except BaseException as exc:
+        _report(err_w, f"container setup failed: {_error_line(exc)}")
+        os._exit(125)
+    exec_command(proc, err_w)
+
+
 def read_error(err_r: int) -> str:
     error = b""
     while chunk := os.read(err_r, 4096):  # EOF: exec happened, or everyone holding the pipe died
@@ -248,45 +296,77 @@ def _raise_start_error(message: str) -> None:
     raise ContainerError(message or "container failed to start")
 
 
-def spawn_init(plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, cgroup: Cgroup,
-               stdio: tuple[int, int, int]) -> int:
-    """Start the container from its monitor; return the host pid of its PID 1 (our child).
+@dataclass
+class Warm:
+    """A container's processes, forked ahead of its job (see :func:`warm_up`)."""
 
-    Call at most once per process: the new pid namespace is for this process's children.
-    ``stdio`` become the container's fds 0, 1 and 2.
+    pid1: int
+    command: int
+    sock: socket.socket
+    err_r: int
+
+
+def warm_up() -> Warm:
+    """In the monitor: fork PID 1 of a new pid namespace, which forks the command's process.
+
+    Call at most once per process: the new pid namespace is for this
+    process's children. Both wait for :func:`launch`.
     """
     security.compiled()  # built once here, not in every child
     _argv_range()
     _last_cap()
     sc.unshare(sc.CLONE_NEWPID)
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid1 = os.fork()
     if pid1 == 0:
         try:
-            os.close(go_w)
+            ours.close()
             os.close(err_r)
-            for target, fd in enumerate(stdio):
-                os.dup2(fd, target)  # dup2 clears close-on-exec on the copy
         except BaseException:
             os._exit(125)
-        _init_main(plan, hostname, proc, go_r, err_w)
-    os.close(go_r)
+        _warm_init(theirs, err_w)
+    theirs.close()
     os.close(err_w)
-    try:
-        cgroup.add(pid1)  # PID 1 builds the rootfs meanwhile
-        os.write(go_w, b"g")
-    except BaseException as exc:
+    # The command's process says "ready"; the kernel gives its pid as we see it (SCM_CREDENTIALS).
+    reply, ancillary, _, _ = ours.recvmsg(16, socket.CMSG_SPACE(struct.calcsize("3i")))
+    command = 0
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            command = struct.unpack("3i", data[:struct.calcsize("3i")])[0]
+    if reply != b"ready" or command <= 0:
         os.kill(pid1, signal.SIGKILL)
         os.waitpid(pid1, 0)
-        _raise_start_error(read_error(err_r) or str(exc))  # PID 1's own error says more, if it has one
-    finally:
-        os.close(go_w)
-    error = read_error(err_r)
+        ours.close()
+        raise ContainerError(f"container setup failed: {read_error(err_r) or 'PID 1 died'}")
+    return Warm(pid1, command, ours, err_r)
+
+
+def launch(warm: Warm, plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, cgroup: Cgroup,
+           stdio: tuple[int, int, int]) -> None:
+    """Give the warm processes their job; returns once the command has been executed.
+
+    The cgroup (created and limited by the caller) is joined while PID 1
+    builds the rootfs: a cgroup v1 move waits for an RCU grace period.
+    Raises :class:`ExecError` or :class:`ContainerError` when the command
+    could not be started.
+    """
+    try:
+        socket.send_fds(warm.sock, [pickle.dumps((plan, hostname, proc))], list(stdio))
+        cgroup.add(warm.pid1)
+        cgroup.add(warm.command)
+        warm.sock.send(b"g")
+    except BaseException as exc:
+        os.kill(warm.pid1, signal.SIGKILL)
+        os.waitpid(warm.pid1, 0)
+        warm.sock.close()
+        _raise_start_error(read_error(warm.err_r) or str(exc))  # PID 1's own error says more, if it has one
+    warm.sock.close()
+    error = read_error(warm.err_r)
     if error:
-        os.waitpid(pid1, 0)
+        os.waitpid(warm.pid1, 0)
         _raise_start_error(error)
-    return pid1
 
 
 def join_and_exec(pidfd: int, proc: ProcessPlan, go_r: int, err_w: int, status_w: int) -> None:

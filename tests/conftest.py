@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,14 @@ def debian_store(tmp_path_factory) -> Store:
     store = Store(tmp_path_factory.mktemp("debian") / "store")
     build(store, "debian-python")
     return store
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_cgroup_parent_left():
+    """The shared sandbox-kernel/ cgroup parents go when the last test container has gone."""
+    yield
+    if os.geteuid() == 0:
+        from sandbox_kernel.runtime.cgroups import remove_empty_parents
+
+        time.sleep(0.2)  # the kernel releases a removed cgroup a moment later
+        remove_empty_parents()

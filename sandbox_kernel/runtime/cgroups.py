@@ -422,3 +422,22 @@ def open_cgroup(name: str, hierarchy: Hierarchy | None = None, fs: CgroupFS | No
     hierarchy = hierarchy or discover()
     cls = CgroupV2 if hierarchy.driver == "v2" else CgroupV1
     return cls(name, hierarchy, fs)
+
+
+def remove_empty_parents(hierarchy: Hierarchy | None = None, fs: CgroupFS | None = None) -> None:
+    """Remove the shared ``sandbox-kernel/`` parents that no container uses any more.
+
+    A container's removal tries this too, but the kernel may still hold a
+    just-removed child for a moment (EBUSY); calls that list containers sweep
+    again.
+    """
+    hierarchy = hierarchy or discover()
+    fs = fs or CgroupFS()
+    parents = [mount / PARENT for mount in hierarchy.v1.values()]
+    if hierarchy.v2 is not None:
+        parents.append(hierarchy.v2 / PARENT)
+    for parent in parents:
+        try:
+            fs.rmdir(parent)
+        except OSError:
+            pass

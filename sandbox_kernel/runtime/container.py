@@ -28,7 +28,7 @@ from typing import Any
 
 from . import launcher, logs, process
 from . import users as users_mod
-from .cgroups import CgroupStats, open_cgroup
+from .cgroups import CgroupStats, open_cgroup, remove_empty_parents
 from .errors import CgroupError, ContainerError, ContainerNotFound, ExecError, ImageNotFound, UsageError
 from .fsutil import remove_quietly
 from .image.store import Image, Store
@@ -194,6 +194,8 @@ class Containers:
                     out.append(self._info(cdir, state))
             except (ContainerError, OSError):
                 continue  # removed under our feet
+        if not out and all:
+            remove_empty_parents()
         return sorted(out, key=lambda info: info.state.created_at, reverse=True)
 
     def _sweep_gone(self) -> None:

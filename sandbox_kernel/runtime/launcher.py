@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,6 +200,22 @@ def drop_spare() -> None:
 
 
 atexit.register(drop_spare)
+
+
+@contextlib.contextmanager
+def without_warm_slots() -> Iterator[None]:
+    """Inside the block, starts are cold: no slot is taken or made (a waiting one is kept for after)."""
+    global WARM_SLOTS, _spare
+    saved, _spare = _spare, None
+    was, WARM_SLOTS = WARM_SLOTS, False
+    try:
+        yield
+    finally:
+        WARM_SLOTS = was
+        if _spare is None:
+            _spare = saved
+        elif saved is not None:
+            saved.sock.close()
 
 
 def start_exec(pidfd: int, plan: process.ProcessPlan, stdio: tuple[int, int, int]) -> tuple[int, int, int, int]:

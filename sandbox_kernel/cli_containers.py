@@ -32,7 +32,7 @@ Add = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.Argumen
 
 
 def _containers(args: argparse.Namespace) -> Containers:
-    return Containers(Store(args.root))
+    return Containers(Store(args.root), warm_slots=False)  # a CLI call runs one container and exits
 
 
 def _limits(args: argparse.Namespace, base: Limits | None = None) -> Limits:

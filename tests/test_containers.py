@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from leftovers import assert_nothing_left, cgroups
 
-from sandbox_kernel.runtime import Containers, ContainerSpec, ExecError, Limits, Store, UsageError, launcher
+from sandbox_kernel.runtime import Containers, ContainerSpec, ExecError, Limits, Mount, Store, UsageError, launcher
 
 pytestmark = pytest.mark.root
 
@@ -30,6 +30,7 @@ def root(base_store) -> Path:
 def nothing_left_behind(root):
     before = cgroups()
     yield
+    launcher.drop_spare()  # the warm slot an in-process run leaves for the next one
     # whatever a test left running is removed first (a failing test must not leak either)
     for line in cli(root, "ps", "-a", "-q").stdout.split():
         cli(root, "rm", "-f", line)
@@ -244,7 +245,8 @@ def test_killed_monitors_and_callers_are_reconciled(root):
     assert set(rows) == {"kept", "fg"}, "--rm containers are removed when reconciled"
     for name in ("kept", "fg"):
         assert rows[name]["State"] == "exited" and rows[name]["ExitCode"] == 137
-        assert "monitor" in rows[name]["Error"]
+    assert "monitor" in rows["kept"]["Error"], "reconciled by this call"
+    assert "foreground" in rows["fg"]["Error"], "recorded by its monitor, which heard of its caller's death"
     assert not any(infos["kept"]["Id"][:32] in str(p) for p in cgroups())
     assert keep and gone
     assert _overlays() == 0
@@ -345,7 +347,38 @@ time.sleep(60)
     wait_for(lambda: children.exists() and children.read_text().split(), what="the slot's PID 1")
     pid1 = int(children.read_text().split()[0])
     assert Path(f"/proc/{pid1}/comm").read_text() == "sandbox-init\n"
+    warm_dirs = [p for p in (root / "containers").iterdir() if (p / "warm").exists()]
+    assert len(warm_dirs) == 1, "the slot built the next container's rootfs ahead"
+    warm_cgroups = [p for p in cgroups() if p.name == warm_dirs[0].name[:32]]
+    assert warm_cgroups, "and its cgroup"
     proc.kill()
     proc.wait()
     wait_for(lambda: not Path(f"/proc/{monitor}").exists() and not Path(f"/proc/{pid1}").exists(),
              what="the slot to die with its caller")
+    assert ps(root, "-a") == []  # the next call sweeps what the dead slot had made
+    assert not warm_dirs[0].exists()
+    assert not any(p.exists() for p in warm_cgroups)
+
+
+def test_a_warm_slot_is_only_used_for_the_same_rootfs(root, debian_store, tmp_path):
+    """The slot built busybox's rootfs: a debian run, or one with a volume, runs cold and still right."""
+    containers = Containers(Store(root))
+    out: list[bytes] = []
+    spec = ContainerSpec(image=BUSYBOX, command=("cat", "/etc/hostname"), remove=True)
+    containers.run(spec, stdin=None, stdout=out.append)
+    first_host = b"".join(out)
+    (tmp_path / "f").write_text("from the host\n")
+    out.clear()
+    with_volume = ContainerSpec(image=BUSYBOX, command=("cat", "/v/f"), remove=True,
+                                mounts=(Mount(str(tmp_path), "/v", readonly=True),))
+    assert containers.run(with_volume, stdin=None, stdout=out.append).exit_code == 0
+    assert b"".join(out) == b"from the host\n"
+    out.clear()
+    other = ContainerSpec(image="localhost/busybox:latest", command=("sh", "-c", "cat /etc/hostname; hostname"),
+                          hostname="named", remove=True)
+    assert containers.run(other, stdin=None, stdout=out.append).exit_code == 0
+    assert b"".join(out) == b"named\nnamed\n"
+    out.clear()
+    assert containers.run(spec, stdin=None, stdout=out.append).exit_code == 0
+    assert b"".join(out) != first_host, "a new container, a new hostname"
+    launcher.drop_spare()

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from . import launcher, logs, process
@@ -32,10 +33,22 @@ from .cgroups import CgroupStats, open_cgroup, remove_empty_parents
 from .errors import CgroupError, ContainerError, ContainerNotFound, ExecError, ImageNotFound, UsageError
 from .fsutil import remove_quietly
 from .image.store import Image, Store
-from .monitor import Job
+from .monitor import Job, Speculation
 from .rootfs import RootfsPlan
 from .spec import ContainerSpec, Limits
-from .state import ACTIVE, CREATED, EXITED, GONE_PREFIX, PAUSED, RUNNING, ContainerDir, Names, ProcRef, State
+from .state import (
+    ACTIVE,
+    CREATED,
+    EXITED,
+    GONE_PREFIX,
+    PAUSED,
+    RUNNING,
+    WARM_MARK,
+    ContainerDir,
+    Names,
+    ProcRef,
+    State,
+)
 from .stdio import Output, Relay
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -114,6 +127,17 @@ def _argv(image: Image, spec: ContainerSpec) -> list[str]:
     return argv
 
 
+def _warm_key(image: Image, spec: ContainerSpec) -> tuple[str, ...] | None:
+    """What a warm slot's rootfs depends on; None when it must not be built ahead (volumes: host paths)."""
+    if spec.mounts:
+        return None
+    return (image.id, spec.hostname or "", _cwd(image, spec))
+
+
+def _cwd(image: Image, spec: ContainerSpec) -> str:
+    return spec.workdir or (image.config.get("config") or {}).get("WorkingDir") or "/"
+
+
 def _rlimits(ulimits: tuple[tuple[str, int, int], ...]) -> tuple[tuple[int, int, int], ...]:
     merged = {name: (soft, hard) for name, soft, hard in ulimits}
     out = []
@@ -141,8 +165,12 @@ def _process_plan(proc: dict[str, Any], spec: ContainerSpec) -> process.ProcessP
 class Containers:
     """The containers of one store (``ROOT/containers``)."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, *, warm_slots: bool = True):
+        """``warm_slots``: after each foreground ``run``, prepare the next container's processes (and,
+        for the same image without volumes, its rootfs and cgroup) ahead of time. Worth it in a
+        long-lived process (a kernel); a one-shot process (the CLI) should say False."""
         self.store = store
+        self.warm_slots = warm_slots
         self.root = store.root / "containers"
         self.root.mkdir(exist_ok=True)
         self.names = Names(self.root / "names")
@@ -159,7 +187,7 @@ class Containers:
         cid = self.names.lookup(ref)
         if cid and (self.root / cid / "config.json").exists():
             return ContainerDir(self.root / cid)
-        matches = [d for d in self._dirs() if d.id.startswith(ref.lower())] if len(ref) >= 1 else []
+        matches = [d for d in self._dirs() if d.id.startswith(ref.lower()) and d.config_path.exists()]
         if len(matches) > 1:
             raise ContainerNotFound(f"container id prefix {ref!r} is ambiguous: {len(matches)} containers match")
         if not matches or not matches[0].config_path.exists():
@@ -212,11 +240,22 @@ class Containers:
             remove_quietly(path)
 
     def _drop_unfinished(self, cdir: ContainerDir) -> None:
-        """A directory whose create never finished (its creator died) is garbage after a minute."""
+        """A directory whose create never finished (its creator died) is garbage after a minute;
+        one a warm slot prepared is garbage as soon as the process that made it is gone."""
         try:
-            if time.time() - cdir.path.stat().st_mtime > 60:
-                remove_quietly(cdir.path)
+            mark = (cdir.path / WARM_MARK).read_text().split()
         except OSError:
+            mark = None
+        try:
+            if mark is not None:
+                if ProcRef(int(mark[0]), int(mark[1])).alive():
+                    return
+                with contextlib.suppress(CgroupError):
+                    open_cgroup(cdir.id[:32]).remove()
+            elif time.time() - cdir.path.stat().st_mtime <= 60:
+                return
+            remove_quietly(cdir.path)
+        except (OSError, ValueError, IndexError):
             pass
 
     # -- reconcile -----------------------------------------------------------------------------------------------
@@ -253,16 +292,18 @@ class Containers:
 
     def create(self, spec: ContainerSpec) -> str:
         """Make the container's directory and resolve what it runs; returns its id. Nothing runs yet."""
-        image = self.store.resolve(spec.image)
-        lowers = [str(d) for d in reversed(self.store.unpack(image))]  # top first
-        cid = os.urandom(32).hex()
-        name = spec.name or f"sk-{cid[:12]}"
+        return self._create(spec, self.store.resolve(spec.image))
+
+    def _create(self, spec: ContainerSpec, image: Image, warm: Speculation | None = None) -> str:
+        """``create``; with ``warm``, the container takes the id and directory a warm slot prepared."""
         if spec.name is not None and (not spec.name or not all(c.isalnum() or c in "_.-" for c in spec.name)
                                       or not spec.name[0].isalnum()):
             raise UsageError(f"invalid container name {spec.name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+        lowers = [str(d) for d in reversed(self.store.unpack(image))]  # top first
+        cid = warm.cid if warm is not None else os.urandom(32).hex()
+        name = spec.name or f"sk-{cid[:12]}"
         hostname = spec.hostname or cid[:12]
         user = users_mod.resolve(spec.user or (image.config.get("config") or {}).get("User") or "0", lowers)
-        env = _env(image, spec, hostname, user.home)
         config = {
             "id": cid,
             "name": name,
@@ -273,19 +314,37 @@ class Containers:
             "lowerdirs": lowers,
             "process": {
                 "argv": _argv(image, spec),
-                "env": env,
-                "cwd": spec.workdir or (image.config.get("config") or {}).get("WorkingDir") or "/",
+                "env": _env(image, spec, hostname, user.home),
+                "cwd": _cwd(image, spec),
                 "uid": user.uid,
                 "gid": user.gid,
                 "groups": list(user.groups),
             },
         }
         cdir = ContainerDir(self.root / cid)
-        cdir.path.mkdir()
+        if warm is None:
+            self._skeleton(cdir, hostname)
         try:
             if not self.names.claim(name, cid, lambda other: (self.root / other / "config.json").exists()):
                 raise ContainerError(f"the container name {name!r} is already in use by container "
                                      f"{(self.names.lookup(name) or '?')[:12]}: remove it or pick another name")
+            cdir.write_state(State(status=CREATED))
+            cdir.write_config(config)  # a directory with a config is a container
+            if warm is not None:
+                (cdir.path / WARM_MARK).unlink()
+        except BaseException:
+            if self.names.lookup(name) == cid:
+                self.names.release(name, cid)
+            remove_quietly(cdir.path)
+            raise
+        return cid
+
+    def _skeleton(self, cdir: ContainerDir, hostname: str, warm_owner: ProcRef | None = None) -> None:
+        """The directory of a container-to-be: overlay dirs and the /etc files (and the warm mark)."""
+        cdir.path.mkdir()
+        try:
+            if warm_owner is not None:  # first: a dir without config and without this is unfinished
+                (cdir.path / WARM_MARK).write_text(f"{warm_owner.pid} {warm_owner.start}")
             for sub in ("upper", "work", "rootfs"):
                 (cdir.path / sub).mkdir()
             etc = {
@@ -295,14 +354,39 @@ class Containers:
             }
             for file_name, text in etc.items():
                 (cdir.path / file_name).write_text(text)
-            cdir.write_state(State(status=CREATED))
-            cdir.write_config(config)  # last: a directory with a config is a container
         except BaseException:
-            if self.names.lookup(name) == cid:
-                self.names.release(name, cid)
             remove_quietly(cdir.path)
             raise
-        return cid
+
+    def _warm_next(self, image: Image, spec: ContainerSpec, key: tuple[str, ...] | None) -> None:
+        """Leave a warm slot for the next foreground start; one that builds this start's rootfs again if it can."""
+        if not self.warm_slots or not launcher.WARM_SLOTS:
+            return
+        speculation = None
+        if key is not None:
+            cid = os.urandom(32).hex()
+            cdir = ContainerDir(self.root / cid)
+            hostname = spec.hostname or cid[:12]
+            me = ProcRef.of(os.getpid())
+            try:
+                self._skeleton(cdir, hostname, warm_owner=me)
+            except OSError:
+                return
+            lowers = [str(d) for d in reversed(self.store.unpack(image))]
+            speculation = Speculation(key, cid, str(cdir.path), self._rootfs_plan(cdir.path, lowers, spec, key[2]),
+                                      hostname, cid[:32])
+        launcher.warm_next(speculation)
+
+    def _rootfs_plan(self, path: Path, lowerdirs: list[str], spec: ContainerSpec, cwd: str) -> RootfsPlan:
+        return RootfsPlan(
+            rootfs=str(path / "rootfs"),
+            lowerdirs=tuple(lowerdirs),
+            upperdir=str(path / "upper"),
+            workdir=str(path / "work"),
+            etc_files=tuple((str(path / name), f"/etc/{name}") for name in ETC_FILES),
+            mounts=spec.mounts,
+            cwd=cwd,
+        )
 
     # -- start, run, wait ----------------------------------------------------------------------------------------
 
@@ -314,15 +398,7 @@ class Containers:
                 raise ImageNotFound(f"container {config['name']}: a layer of its image {spec.image} is gone "
                                     f"({os.path.basename(layer)[:12]}); remove the container")
         path = cdir.path
-        plan = RootfsPlan(
-            rootfs=str(path / "rootfs"),
-            lowerdirs=tuple(config["lowerdirs"]),
-            upperdir=str(path / "upper"),
-            workdir=str(path / "work"),
-            etc_files=tuple((str(path / name), f"/etc/{name}") for name in ETC_FILES),
-            mounts=spec.mounts,
-            cwd=config["process"]["cwd"],
-        )
+        plan = self._rootfs_plan(path, config["lowerdirs"], spec, config["process"]["cwd"])
         job = Job(cdir=str(path), name=config["name"], plan=plan, hostname=config["hostname"],
                   proc=_process_plan(config["process"], spec), cgroup=config["cgroup"], limits=spec.limits,
                   detached=detached, remove=spec.remove, log_max=spec.log_size)
@@ -349,13 +425,17 @@ class Containers:
         get each chunk as it comes. The container dies with the caller.
         Interrupts while waiting are the container's (see :class:`_Interrupts`).
         """
-        cid = self.create(spec)
+        image = self.store.resolve(spec.image)
+        key = _warm_key(image, spec)
+        slot = launcher.take_spare(key)
+        cid = self._create(spec, image, slot.speculation if slot is not None else None)
         if on_start is not None:
             on_start(cid)
         cdir = ContainerDir(self.root / cid)
         job, _ = self._job(cdir, detached=False)
         with Relay(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
-            status_r = launcher.start_monitor(job, stdio.child_fds)
+            status_r = launcher.start_monitor(job, stdio.child_fds, slot)
+            self._warm_next(image, spec, key)
             stdio.close_child_ends()
             events = _Events(status_r)
             try:

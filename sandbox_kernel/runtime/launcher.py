@@ -35,7 +35,7 @@ from typing import Any
 from . import process
 from . import syscalls as sc
 from .errors import ContainerError
-from .monitor import Job, monitor_main
+from .monitor import Job, Speculation, monitor_main
 
 _direct_children: list[int] = []
 # One warm slot for the next foreground start (SANDBOX_KERNEL_WARM_SLOTS=0: none).
@@ -55,11 +55,15 @@ def single_threaded() -> bool:
 
 # -- what the forked child runs ---------------------------------------------------------------------------------
 
-def _child_monitor(tied: bool, fds: list[int], parent: int) -> None:
+def _child_monitor(tied: bool, speculation: Speculation | None, fds: list[int], parent: int) -> None:
     sc.close_all_but(fds)  # e.g. the caller's end of a stdin pipe: held here, a container never sees EOF
+    null = os.open("/dev/null", os.O_RDWR)  # nor the caller's stdio: a container's comes with its job
+    for target in (0, 1, 2):
+        os.dup2(null, target)
+    os.close(null)
     if not tied and os.fork() != 0:
         os._exit(0)  # the monitor is a grandchild: nobody has to reap it, it outlives its caller
-    monitor_main(fds[0], tied, parent)
+    monitor_main(fds[0], tied, parent, speculation)
 
 
 def _child_exec(plan: process.ProcessPlan, fds: list[int]) -> None:
@@ -77,7 +81,7 @@ def _child_exec(plan: process.ProcessPlan, fds: list[int]) -> None:
 def _run_child(kind: str, args: tuple[Any, ...], fds: list[int], parent: int) -> None:
     try:
         if kind == "monitor":
-            _child_monitor(bool(args[0]), fds, parent)
+            _child_monitor(bool(args[0]), args[1], fds, parent)
         else:
             _child_exec(args[0], fds)
     finally:
@@ -108,18 +112,32 @@ class Slot:
     sock: socket.socket
     pid: int  # the monitor, or for an untied slot the short-lived parent of it
     tied: bool
+    speculation: Speculation | None = None
 
 
-def _new_slot(tied: bool) -> Slot:
+def _new_slot(tied: bool, speculation: Speculation | None = None) -> Slot:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        pid = _fork("monitor", (tied,), [theirs.fileno()], reap_now=not tied)
+        pid = _fork("monitor", (tied, speculation), [theirs.fileno()], reap_now=not tied)
     except BaseException:
         ours.close()
         raise
     finally:
         theirs.close()
-    return Slot(ours, pid, tied)
+    return Slot(ours, pid, tied, speculation)
+
+
+def take_spare(key: tuple[str, ...] | None) -> Slot | None:
+    """The warm slot for a foreground start whose rootfs is ``key`` (None: no rootfs built ahead).
+
+    A slot that built another rootfs is dropped (its monitor cleans up), and
+    a plain one is taken. None when no live slot waits.
+    """
+    slot = _take_spare()
+    if slot is not None and slot.speculation is not None and slot.speculation.key != key:
+        _drop(slot)
+        return None
+    return slot
 
 
 def _take_spare() -> Slot | None:
@@ -140,51 +158,58 @@ def _take_spare() -> Slot | None:
     return slot
 
 
-def start_monitor(job: Job, stdio: tuple[int, int, int] | None) -> int:
+def start_monitor(job: Job, stdio: tuple[int, int, int] | None, slot: Slot | None = None) -> int:
     """Give the job to a monitor; returns the read end of its status pipe.
 
-    A foreground container (tied to the caller) takes the warm slot made
-    after the previous start, if there is one, and leaves a new one for the
-    next start, which it warms on the other core meanwhile. A detached
-    container gets a monitor of its own that outlives the caller.
+    A foreground container (tied to the caller) runs in ``slot`` if it got
+    one (:func:`take_spare`); a detached container gets a monitor of its own
+    that outlives the caller.
     """
-    global _spare
     tied = not job.detached
-    spare = _take_spare() if tied else None
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     try:
-        for slot in (spare, None):
-            slot = slot or _new_slot(tied)
+        for candidate in (slot, None):
+            candidate = candidate or _new_slot(tied)
             try:
-                socket.send_fds(slot.sock, [pickle.dumps(job)], [status_w, *(stdio or ())])
+                socket.send_fds(candidate.sock, [pickle.dumps(job)], [status_w, *(stdio or ())])
                 break
             except OSError as exc:
-                if slot is not spare:
+                if candidate is not slot or (slot is not None and slot.speculation is not None):
                     raise ContainerError(f"the container's monitor is gone: {exc}") from None
             finally:
-                slot.sock.close()
+                candidate.sock.close()
     except BaseException:
         os.close(status_r)
         raise
     finally:
         os.close(status_w)
-    if tied:
-        warm_next()
     return status_r
 
 
-def warm_next() -> None:
-    """Make the warm slot for the next foreground start, if there is none.
+def warm_next(speculation: Speculation | None = None) -> None:
+    """Make the warm slot for the next foreground start (building ``speculation``'s rootfs ahead).
 
     It warms at a low priority (the monitor raises it when the job comes),
     so that it does not slow the container that is starting.
     """
     global _spare
-    if WARM_SLOTS and _spare is None:
-        try:
-            _spare = _new_slot(True)
-        except (OSError, ContainerError):
-            _spare = None
+    if not WARM_SLOTS:
+        return
+    if _spare is not None:
+        _drop(_spare)
+        _spare = None
+    try:
+        _spare = _new_slot(True, speculation)
+    except (OSError, ContainerError):
+        _spare = None
+
+
+def _drop(slot: Slot) -> None:
+    slot.sock.close()  # the monitor sees nothing come: it removes the slot and exits
+    if slot.pid in _direct_children:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(slot.pid, 0)
+        _direct_children.remove(slot.pid)
 
 
 def drop_spare() -> None:
@@ -192,11 +217,7 @@ def drop_spare() -> None:
     global _spare
     slot, _spare = _spare, None
     if slot is not None:
-        slot.sock.close()
-        if slot.pid in _direct_children:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(slot.pid, 0)
-            _direct_children.remove(slot.pid)
+        _drop(slot)
 
 
 atexit.register(drop_spare)
@@ -215,7 +236,7 @@ def without_warm_slots() -> Iterator[None]:
         if _spare is None:
             _spare = saved
         elif saved is not None:
-            saved.sock.close()
+            _drop(saved)
 
 
 def start_exec(pidfd: int, plan: process.ProcessPlan, stdio: tuple[int, int, int]) -> tuple[int, int, int, int]:
@@ -262,6 +283,7 @@ class _ForkServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sandbox_kernel.runtime.launcher", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
+            start_new_session=True,  # not killed with the caller's process group: it cleans up after it
         )
         theirs.close()
         self.sock = ours

@@ -4,17 +4,22 @@ It is the parent of the container's PID 1, so it is the one that learns the
 exit status. In order, it:
 
 1. detaches from the caller if the container is detached (new session, stdio
-   on /dev/null, no inherited fd), or else arranges to die with the caller;
-2. starts PID 1 (process.spawn_init) in the cgroup the caller prepared;
-3. records ``running`` in state.json and tells the caller, over the status
-   pipe, as one JSON line;
+   on /dev/null, no inherited fd), or else arranges to hear of the caller's death;
+2. forks PID 1 and the command's process ahead of the job (process.warm_up),
+   and for a warm slot with a speculation also makes the cgroup and has PID 1
+   build the rootfs; then waits for the job on the slot's socket;
+3. makes the cgroup if not done, lets the command go (process.go), records
+   ``running`` in state.json and tells the caller, over the status pipe, as
+   one JSON line;
 4. copies a detached container's output into its size-capped log, until PID 1
    exits;
 5. records the exit (status, OOM kill), removes the cgroup (and the container
    directory for ``--rm``), tells the caller, and exits.
 
-If the monitor itself is killed, PID 1 dies with it (PDEATHSIG) and the next
-call that looks at the container reconciles its state (container.py).
+A foreground container's monitor gets SIGTERM when its caller dies (PDEATHSIG):
+it kills the container and records the exit. If the monitor itself is killed,
+PID 1 dies with it (its own PDEATHSIG) and the next call that looks at the
+container reconciles its state (container.py).
 """
 
 from __future__ import annotations
@@ -39,7 +44,23 @@ from .fsutil import remove_quietly
 from .logs import STDERR, STDOUT, LogWriter
 from .rootfs import DEVICE_RULES, RootfsPlan
 from .spec import Limits
-from .state import EXITED, GONE_PREFIX, PAUSED, RUNNING, STARTING, ContainerDir, Names, ProcRef
+from .state import EXITED, GONE_PREFIX, PAUSED, RUNNING, STARTING, WARM_MARK, ContainerDir, Names, ProcRef
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """What a warm slot builds before its job comes: the next container's cgroup and rootfs.
+
+    Made by the caller from the last foreground start (same image, no
+    volumes); a job with another plan does not take the slot.
+    """
+
+    key: tuple[str, ...]
+    cid: str
+    cdir: str
+    plan: RootfsPlan
+    hostname: str
+    cgroup: str
 
 
 @dataclass(frozen=True)
@@ -83,6 +104,24 @@ def _detach(keep: int) -> int:
 WARM_NICE = 10
 
 
+class _CallerGone(Exception):
+    """The process that made this slot died before giving it a job."""
+
+
+def _caller_gone(_signum: int, _frame: object) -> None:
+    raise _CallerGone
+
+
+_orphaned = False
+
+
+def _caller_died(pid1: int) -> None:
+    global _orphaned
+    _orphaned = True
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid1, signal.SIGKILL)
+
+
 def _nice(value: int) -> bool:
     """Lower our priority if it can be raised back (CAP_SYS_NICE); True if it was lowered."""
     if os.geteuid() != 0 or os.getpriority(os.PRIO_PROCESS, 0) != 0:
@@ -91,28 +130,35 @@ def _nice(value: int) -> bool:
     return True
 
 
-def monitor_main(sock: int, tied: bool, caller: int) -> NoReturn:
+def monitor_main(sock: int, tied: bool, caller: int, speculation: Speculation | None = None) -> NoReturn:
     """Run in a freshly forked process; never returns.
 
     ``sock`` is the slot's socket: the job comes on it (with the status pipe
     and, for a tied container, its stdio); nothing coming means the slot was
     dropped. A tied monitor dies with ``caller``; an untied one (detached
-    containers) leaves the caller's session behind.
+    containers) leaves the caller's session behind. With ``speculation`` the
+    container's cgroup and rootfs are made before the job comes.
     """
     code = 0
     try:
-        _monitor(sock, tied, caller)
+        _monitor(sock, tied, caller, speculation)
     except BaseException:
         code = 1
     os._exit(code)
 
 
-def _monitor(sock_fd: int, tied: bool, caller: int) -> None:
+def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | None) -> None:
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTSTP):
         signal.signal(sig, signal.SIG_IGN)  # the caller forwards what the user types
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if tied:
-        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        # Our own session: a signal to the caller's process group (a terminal's Ctrl-C, Jupyter
+        # killing a kernel's group) is not for us; the caller passes on what the container must get.
+        os.setsid()
+        # The caller's death is a SIGTERM: a waiting slot cleans up, a running container is
+        # killed and its exit recorded, as if the caller had stopped it.
+        signal.signal(signal.SIGTERM, _caller_gone)
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != caller:
             os._exit(1)
     else:
@@ -120,22 +166,57 @@ def _monitor(sock_fd: int, tied: bool, caller: int) -> None:
     slot = socket.socket(fileno=sock_fd)
     niced = tied and _nice(WARM_NICE)  # a slot warms at a low priority, not to slow a running start
     warm = process.warm_up()  # ahead of the job when this is a warm slot
-    data, fds, _, _ = socket.recv_fds(slot, 1 << 20, 4)
+    cgroup = None
+    if speculation is not None:
+        cgroup = open_cgroup(speculation.cgroup)
+        try:
+            cgroup.create()
+            cgroup.restrict_devices(list(DEVICE_RULES))
+            cgroup.add(warm.pid1)
+            cgroup.add(warm.command)
+            process.prepare(warm, speculation.plan, speculation.hostname)
+        except BaseException:
+            _drop(warm, cgroup, speculation)
+            raise
+    try:
+        data, fds, _, _ = socket.recv_fds(slot, 1 << 20, 4)
+    except _CallerGone:
+        data, fds = b"", []
+    if tied:  # from here on the caller's death kills the container
+        signal.signal(signal.SIGTERM, lambda *_: _caller_died(warm.pid1))
     slot.close()
     if niced:
         for pid in (0, warm.pid1, warm.command):
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, pid, 0)
     if not data:  # dropped unused
-        os.kill(warm.pid1, signal.SIGKILL)
-        os.waitpid(warm.pid1, 0)
+        _drop(warm, cgroup, speculation)
         return
     job: Job = pickle.loads(data)
     status_w = fds[0]
-    _run(job, warm, status_w, tuple(fds[1:4]) if len(fds) == 4 else None)
+    if speculation is not None and (job.plan != speculation.plan or job.cgroup != speculation.cgroup):
+        _drop(warm, cgroup, None)
+        _send(status_w, event="error", message="internal error: the job does not match its warm slot",
+              exit_code=125)
+        return
+    _run(job, warm, status_w, tuple(fds[1:4]) if len(fds) == 4 else None, cgroup)
 
 
-def _run(job: Job, warm: process.Warm, status_w: int | None, stdio: tuple[int, ...] | None) -> None:
+def _drop(warm: process.Warm, cgroup: Cgroup | None, speculation: Speculation | None) -> None:
+    """An unused slot goes: its processes, its cgroup, and its directory if no container took it."""
+    sc.prctl(sc.PR_SET_PDEATHSIG, 0)  # the caller may be exiting: finish the cleanup regardless
+    os.kill(warm.pid1, signal.SIGKILL)
+    os.waitpid(warm.pid1, 0)
+    if cgroup is not None:
+        with contextlib.suppress(SandboxError):
+            cgroup.remove()
+    if speculation is not None and os.path.exists(os.path.join(speculation.cdir, WARM_MARK)):
+        remove_quietly(speculation.cdir)
+
+
+def _run(job: Job, warm: process.Warm, status_w: int | None, stdio: tuple[int, ...] | None,
+         ready: Cgroup | None) -> None:
+    """Start the job in the warm processes (``ready``: their cgroup exists and holds them); wait; finish."""
     cdir = ContainerDir(Path(job.cdir))
     out_r = err_r = None
     if stdio is None:  # detached: the output goes to the log
@@ -144,20 +225,30 @@ def _run(job: Job, warm: process.Warm, status_w: int | None, stdio: tuple[int, .
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         os.close(in_w)  # stdin at EOF; never a host file, not even /dev/null
         stdio = (in_r, out_w, err_w)
+    if ready is None:
+        process.prepare(warm, job.plan, job.hostname)  # PID 1 builds the rootfs while we do the rest
     me = ProcRef.of(os.getpid())
     with cdir.locked() as state:
         if state.status in (STARTING, RUNNING, PAUSED) and state.monitor().alive():
             _send(status_w, event="error", message=f"container {job.name} is already {state.status}", exit_code=125)
+            _drop(warm, ready, None)
             return
         state.status = STARTING
         state.monitor_pid, state.monitor_start = os.getpid(), me.start if me else 0
         state.exit_code, state.oom_killed, state.error = None, False, None
-    cgroup = open_cgroup(job.cgroup)
+    cgroup = ready or open_cgroup(job.cgroup)
     try:
-        cgroup.create()
-        cgroup.apply(job.limits)
-        cgroup.restrict_devices(list(DEVICE_RULES))
-        process.launch(warm, job.plan, job.hostname, job.proc, cgroup, (stdio[0], stdio[1], stdio[2]))
+        try:
+            if ready is None:
+                cgroup.create()
+                cgroup.restrict_devices(list(DEVICE_RULES))
+            cgroup.apply(job.limits)
+            if ready is None:
+                cgroup.add(warm.pid1)
+                cgroup.add(warm.command)
+        except BaseException as exc:
+            process.abort(warm, exc)
+        process.go(warm, job.proc, (stdio[0], stdio[1], stdio[2]))
     except BaseException as exc:
         exit_code = exc.exit_code if isinstance(exc, ExecError) else 125
         message = str(exc) if isinstance(exc, SandboxError) else f"container failed to start: {exc}"
@@ -186,7 +277,8 @@ def _run(job: Job, warm: process.Warm, status_w: int | None, stdio: tuple[int, .
     oom = cgroup.oom_kills() > 0
     # The caller may exit as soon as it hears the exit status: finish the cleanup regardless.
     sc.prctl(sc.PR_SET_PDEATHSIG, 0)
-    _finish(job, cdir, cgroup, exit_code, oom, None, notify=lambda: _send(status_w, event="exited",
+    error = "the process that ran it in the foreground died; the container was killed" if _orphaned else None
+    _finish(job, cdir, cgroup, exit_code, oom, error, notify=lambda: _send(status_w, event="exited",
                                                                       exit_code=exit_code, oom_killed=oom))
 
 

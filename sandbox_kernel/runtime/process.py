@@ -9,13 +9,12 @@ Starting happens in two halves, so that the first can be done ahead of time
       PID 1    dies with the monitor (PDEATHSIG), not dumpable, new session;
                unshares mount, uts, ipc and net; loopback up; forks the
                command's process; both wait
-    launch (with the job)
-      monitor  sends PID 1 the plan and stdio; puts PID 1 and the command's
-               process in the cgroup meanwhile; says go
+    prepare (with the rootfs plan: with the job, or ahead of it)
       PID 1    builds the rootfs and pivots into it (which moves the waiting
-               command's process too), unshares the cgroup namespace, hands
-               the command its plan and stdio, then only reaps zombies and
-               forwards signals
+               command's process too)
+    go (with the job, once the monitor has put both processes in the cgroup)
+      PID 1    takes stdio, unshares the cgroup namespace, hands the command
+               its plan and stdio, then only reaps zombies and forwards signals
       command  unshares its cgroup namespace, drops privileges in the order
                the kernel requires (exec_command) and execs
 
@@ -48,7 +47,6 @@ from dataclasses import dataclass
 from . import rootfs as rootfs_mod
 from . import security
 from . import syscalls as sc
-from .cgroups import Cgroup
 from .errors import ContainerError, ExecError
 
 # Unshared by PID 1 itself; the pid namespace is made by the monitor (unshare only affects its children).
@@ -222,18 +220,21 @@ def _warm_init(sock: socket.socket, err_w: int) -> None:
                 os._exit(125)
             _warm_command(theirs, err_w)
         theirs.close()
-        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
+        data = sock.recv(1 << 20)  # what to build: (plan, hostname); may come long before the job
         if not data:
             os._exit(0)  # the slot was dropped unused
-        plan, hostname, proc = pickle.loads(data)
+        plan, hostname = pickle.loads(data)
+        rootfs_mod.setup(plan, hostname)
+        # The job: the command's plan and stdio. It also means the monitor put us and the
+        # command's process in the cgroup.
+        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
+        if not data or len(fds) != 3:
+            os._exit(0)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
-        rootfs_mod.setup(plan, hostname)
-        if sock.recv(1) != b"g":  # "g": the monitor put us and the command in the cgroup
-            os._exit(1)
         sc.unshare(sc.CLONE_NEWCGROUP)  # rooted at the container's cgroup
-        socket.send_fds(ours, [pickle.dumps(proc)], [0, 1, 2])
+        socket.send_fds(ours, [data], [0, 1, 2])  # the same plan, for the command's process
     except BaseException as exc:
         _report(err_w, f"container setup failed: {_error_line(exc)}")
         os._exit(125)
@@ -343,30 +344,35 @@ def warm_up() -> Warm:
     return Warm(pid1, command, ours, err_r)
 
 
-def launch(warm: Warm, plan: rootfs_mod.RootfsPlan, hostname: str, proc: ProcessPlan, cgroup: Cgroup,
-           stdio: tuple[int, int, int]) -> None:
-    """Give the warm processes their job; returns once the command has been executed.
+def prepare(warm: Warm, plan: rootfs_mod.RootfsPlan, hostname: str) -> None:
+    """Have PID 1 build the rootfs now (it needs neither the cgroup nor stdio for that)."""
+    warm.sock.send(pickle.dumps((plan, hostname)))
 
-    The cgroup (created and limited by the caller) is joined while PID 1
-    builds the rootfs: a cgroup v1 move waits for an RCU grace period.
-    Raises :class:`ExecError` or :class:`ContainerError` when the command
-    could not be started.
+
+def go(warm: Warm, proc: ProcessPlan, stdio: tuple[int, int, int]) -> None:
+    """Start the command (PID 1 and the command's process must be in the cgroup by now).
+
+    Returns once the command has been executed; raises :class:`ExecError` or
+    :class:`ContainerError` when it could not be.
     """
     try:
-        socket.send_fds(warm.sock, [pickle.dumps((plan, hostname, proc))], list(stdio))
-        cgroup.add(warm.pid1)
-        cgroup.add(warm.command)
-        warm.sock.send(b"g")
-    except BaseException as exc:
-        os.kill(warm.pid1, signal.SIGKILL)
-        os.waitpid(warm.pid1, 0)
+        socket.send_fds(warm.sock, [pickle.dumps(proc)], list(stdio))
+    except OSError:
+        pass  # PID 1 is gone: its error, on the error pipe, says why
+    finally:
         warm.sock.close()
-        _raise_start_error(read_error(warm.err_r) or str(exc))  # PID 1's own error says more, if it has one
-    warm.sock.close()
     error = read_error(warm.err_r)
     if error:
         os.waitpid(warm.pid1, 0)
         _raise_start_error(error)
+
+
+def abort(warm: Warm, reason: BaseException) -> None:
+    """Kill the warm processes and raise what went wrong (PID 1's own error says more, if it has one)."""
+    os.kill(warm.pid1, signal.SIGKILL)
+    os.waitpid(warm.pid1, 0)
+    warm.sock.close()
+    _raise_start_error(read_error(warm.err_r) or str(reason))
 
 
 def join_and_exec(pidfd: int, proc: ProcessPlan, go_r: int, err_w: int, status_w: int) -> None:

@@ -38,6 +38,7 @@ from .errors import StoreError
 
 CREATED, STARTING, RUNNING, PAUSED, EXITED = "created", "starting", "running", "paused", "exited"
 ACTIVE = (STARTING, RUNNING, PAUSED)  # a monitor owns the container
+WARM_MARK = "warm"  # in the directory a warm slot prepared for a container-to-be: "PID START" of its maker
 GONE_PREFIX = ".gone-"  # a removed container's directory, renamed out of sight until it is deleted
 
 

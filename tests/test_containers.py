@@ -382,3 +382,15 @@ def test_a_warm_slot_is_only_used_for_the_same_rootfs(root, debian_store, tmp_pa
     assert containers.run(spec, stdin=None, stdout=out.append).exit_code == 0
     assert b"".join(out) != first_host, "a new container, a new hostname"
     launcher.drop_spare()
+
+
+def test_a_dropped_warm_slot_removes_what_it_made(root):
+    """A slot dropped without its "ready" read (the socket resets) still removes its directory and cgroup."""
+    containers = Containers(Store(root))
+    containers.run(ContainerSpec(image=BUSYBOX, command=("true",), remove=True), stdin=None, stdout=None,
+                   stderr=None)
+    wait_for(lambda: any((p / "warm").exists() for p in (root / "containers").iterdir()), what="the warm dir")
+    time.sleep(0.2)  # let it finish building and say "ready", unread
+    launcher.drop_spare()
+    assert [p.name for p in (root / "containers").iterdir() if p.name not in ("names",)
+            and not p.name.startswith(".gone-")] == []

@@ -301,6 +301,10 @@ class CgroupV1(Cgroup):
             pids_limit_hits=pid_events.get("max", 0),
         )
 
+    def oom_kills(self) -> int:
+        memory = self._dir("memory")
+        return _keyed(self._read(memory / "memory.oom_control") or "").get("oom_kill", 0) if memory else 0
+
     def restrict_devices(self, allow: list[str]) -> None:
         """Deny every device, then allow ``allow`` rules (``c 1:3 rwm``)."""
         devices = self._dir("devices")
@@ -393,6 +397,9 @@ class CgroupV2(Cgroup):
             oom_kills=events.get("oom_kill", 0),
             pids_limit_hits=pid_events.get("max", 0),
         )
+
+    def oom_kills(self) -> int:
+        return _keyed(self._read(self.path / "memory.events") or "").get("oom_kill", 0)
 
     def kill(self, timeout: float = 5.0) -> None:
         kill_file = self.path / "cgroup.kill"

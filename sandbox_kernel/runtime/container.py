@@ -263,6 +263,8 @@ class Containers:
     def _reconcile(self, cdir: ContainerDir) -> State | None:
         """Make the state true: a container whose monitor is gone has exited. None: it was removed (--rm)."""
         state = cdir.read_state()
+        if state.status == CREATED:
+            self._drop_stray_cgroup(cdir)
         if state.status not in ACTIVE or state.monitor().alive():
             return state
         with cdir.locked() as state:
@@ -287,6 +289,14 @@ class Containers:
             self._delete(cdir, config["name"])
             return None
         return state
+
+    def _drop_stray_cgroup(self, cdir: ContainerDir) -> None:
+        """A created container has no cgroup, but one whose warm-slot monitor died as it started may
+        have an empty one left; a cgroup with processes in it is a start in progress and stays."""
+        cgroup = open_cgroup(cdir.id[:32])
+        with contextlib.suppress(CgroupError, OSError):
+            if cgroup.exists() and not cgroup.procs():
+                cgroup.remove()
 
     # -- create --------------------------------------------------------------------------------------------------
 
@@ -323,7 +333,7 @@ class Containers:
         }
         cdir = ContainerDir(self.root / cid)
         if warm is None:
-            self._skeleton(cdir, hostname)
+            cdir.make(hostname)
         try:
             if not self.names.claim(name, cid, lambda other: (self.root / other / "config.json").exists()):
                 raise ContainerError(f"the container name {name!r} is already in use by container "
@@ -339,42 +349,18 @@ class Containers:
             raise
         return cid
 
-    def _skeleton(self, cdir: ContainerDir, hostname: str, warm_owner: ProcRef | None = None) -> None:
-        """The directory of a container-to-be: overlay dirs and the /etc files (and the warm mark)."""
-        cdir.path.mkdir()
-        try:
-            if warm_owner is not None:  # first: a dir without config and without this is unfinished
-                (cdir.path / WARM_MARK).write_text(f"{warm_owner.pid} {warm_owner.start}")
-            for sub in ("upper", "work", "rootfs"):
-                (cdir.path / sub).mkdir()
-            etc = {
-                "hostname": f"{hostname}\n",
-                "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n",
-                "resolv.conf": "# no network: --network none\n",
-            }
-            for file_name, text in etc.items():
-                (cdir.path / file_name).write_text(text)
-        except BaseException:
-            remove_quietly(cdir.path)
-            raise
-
     def _warm_next(self, image: Image, spec: ContainerSpec, key: tuple[str, ...] | None) -> None:
         """Leave a warm slot for the next foreground start; one that builds this start's rootfs again if it can."""
         if not self.warm_slots or not launcher.WARM_SLOTS:
             return
         speculation = None
-        if key is not None:
+        if key is not None:  # the slot's monitor makes the directory and the cgroup, and builds the rootfs
             cid = os.urandom(32).hex()
-            cdir = ContainerDir(self.root / cid)
-            hostname = spec.hostname or cid[:12]
-            me = ProcRef.of(os.getpid())
-            try:
-                self._skeleton(cdir, hostname, warm_owner=me)
-            except OSError:
-                return
+            path = self.root / cid
             lowers = [str(d) for d in reversed(self.store.unpack(image))]
-            speculation = Speculation(key, cid, str(cdir.path), self._rootfs_plan(cdir.path, lowers, spec, key[2]),
-                                      hostname, cid[:32])
+            me = ProcRef.of(os.getpid())
+            speculation = Speculation(key, cid, str(path), self._rootfs_plan(path, lowers, spec, key[2]),
+                                      spec.hostname or cid[:12], cid[:32], (me.pid, me.start) if me else (0, 0))
         launcher.warm_next(speculation)
 
     def _rootfs_plan(self, path: Path, lowerdirs: list[str], spec: ContainerSpec, cwd: str) -> RootfsPlan:
@@ -435,7 +421,6 @@ class Containers:
         job, _ = self._job(cdir, detached=False)
         with Relay(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
             status_r = launcher.start_monitor(job, stdio.child_fds, slot)
-            self._warm_next(image, spec, key)
             stdio.close_child_ends()
             events = _Events(status_r)
             try:
@@ -448,6 +433,8 @@ class Containers:
             finally:
                 os.close(status_r)
                 launcher.reap()
+        # The next start's slot warms now, not while this one started: they would share the cores.
+        self._warm_next(image, spec, key)
         _raise_for(event, cdir)
         exit_code = int(event.get("exit_code", 137))
         oom = bool(event.get("oom_killed"))

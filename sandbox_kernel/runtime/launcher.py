@@ -113,6 +113,7 @@ class Slot:
     pid: int  # the monitor, or for an untied slot the short-lived parent of it
     tied: bool
     speculation: Speculation | None = None
+    ready: bool = False  # its monitor said so (see wait_warm)
 
 
 def _new_slot(tied: bool, speculation: Speculation | None = None) -> Slot:
@@ -134,9 +135,12 @@ def take_spare(key: tuple[str, ...] | None) -> Slot | None:
     a plain one is taken. None when no live slot waits.
     """
     slot = _take_spare()
-    if slot is not None and slot.speculation is not None and slot.speculation.key != key:
-        _drop(slot)
-        return None
+    if slot is not None and slot.speculation is not None:
+        # Its container directory must exist before a container takes it: wait for the slot to be
+        # ready (it started warming after the previous start; waiting is quicker than starting cold).
+        if slot.speculation.key != key or not _wait_ready(slot, 2.0):
+            _drop(slot)
+            return None
     return slot
 
 
@@ -202,6 +206,27 @@ def warm_next(speculation: Speculation | None = None) -> None:
         _spare = _new_slot(True, speculation)
     except (OSError, ContainerError):
         _spare = None
+
+
+def wait_warm(timeout: float = 5.0) -> bool:
+    """Wait until the warm slot is ready (its processes forked, its rootfs built); False if it is not.
+
+    A benchmark uses this so that a slot's warming does not run during a
+    peer's turn; ``run`` waits for it anyway when it takes the slot.
+    """
+    return _spare is not None and _wait_ready(_spare, timeout)
+
+
+def _wait_ready(slot: Slot, timeout: float) -> bool:
+    if not slot.ready:
+        slot.sock.settimeout(timeout)
+        try:
+            slot.ready = slot.sock.recv(16) == b"ready"
+        except OSError:
+            slot.ready = False
+        finally:
+            slot.sock.settimeout(None)
+    return slot.ready
 
 
 def _drop(slot: Slot) -> None:

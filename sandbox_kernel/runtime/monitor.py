@@ -61,6 +61,7 @@ class Speculation:
     plan: RootfsPlan
     hostname: str
     cgroup: str
+    owner: tuple[int, int]  # (pid, start) of the process that made the slot
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | N
     if speculation is not None:
         cgroup = open_cgroup(speculation.cgroup)
         try:
+            ContainerDir(Path(speculation.cdir)).make(speculation.hostname, speculation.owner)
             cgroup.create()
             cgroup.restrict_devices(list(DEVICE_RULES))
             cgroup.add(warm.pid1)
@@ -179,8 +181,10 @@ def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | N
             _drop(warm, cgroup, speculation)
             raise
     try:
+        with contextlib.suppress(OSError):
+            slot.send(b"ready")  # for launcher.wait_warm()
         data, fds, _, _ = socket.recv_fds(slot, 1 << 20, 4)
-    except _CallerGone:
+    except (_CallerGone, OSError):  # OSError: ECONNRESET when the caller closed without reading "ready"
         data, fds = b"", []
     if tied:  # from here on the caller's death kills the container
         signal.signal(signal.SIGTERM, lambda *_: _caller_died(warm.pid1))
@@ -228,14 +232,18 @@ def _run(job: Job, warm: process.Warm, status_w: int | None, stdio: tuple[int, .
     if ready is None:
         process.prepare(warm, job.plan, job.hostname)  # PID 1 builds the rootfs while we do the rest
     me = ProcRef.of(os.getpid())
-    with cdir.locked() as state:
-        if state.status in (STARTING, RUNNING, PAUSED) and state.monitor().alive():
-            _send(status_w, event="error", message=f"container {job.name} is already {state.status}", exit_code=125)
-            _drop(warm, ready, None)
-            return
-        state.status = STARTING
-        state.monitor_pid, state.monitor_start = os.getpid(), me.start if me else 0
-        state.exit_code, state.oom_killed, state.error = None, False, None
+    current = cdir.read_state()
+    if current.status in (STARTING, RUNNING, PAUSED) and current.monitor().alive():
+        _send(status_w, event="error", message=f"container {job.name} is already {current.status}", exit_code=125)
+        _drop(warm, ready, None)
+        return
+    if ready is None:  # we are about to make its cgroup: say who owns it first, for a crash
+        with cdir.locked() as state:
+            state.status = STARTING
+            state.monitor_pid, state.monitor_start = os.getpid(), me.start if me else 0
+            state.exit_code, state.oom_killed, state.error = None, False, None
+    # (a warm slot's cgroup already holds the processes; if we die before "running" is written,
+    # reconcile removes it as the empty cgroup of a created container)
     cgroup = ready or open_cgroup(job.cgroup)
     try:
         try:
@@ -265,6 +273,8 @@ def _run(job: Job, warm: process.Warm, status_w: int | None, stdio: tuple[int, .
     with cdir.locked() as state:
         state.status = RUNNING
         state.pid, state.pid_start = pid1, ref.start if ref else 0
+        state.monitor_pid, state.monitor_start = os.getpid(), me.start if me else 0
+        state.exit_code, state.oom_killed, state.error = None, False, None
         state.started_at = time.time()
     _send(status_w, event="started", pid=pid1, pid_start=state.pid_start)
     if job.detached:

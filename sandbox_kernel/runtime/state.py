@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoreError
+from .fsutil import remove_quietly
 
 CREATED, STARTING, RUNNING, PAUSED, EXITED = "created", "starting", "running", "paused", "exited"
 ACTIVE = (STARTING, RUNNING, PAUSED)  # a monitor owns the container
@@ -110,6 +111,29 @@ class ContainerDir:
     def __init__(self, path: Path):
         self.path = path
         self.id = path.name
+
+    def make(self, hostname: str, warm_owner: tuple[int, int] | None = None) -> None:
+        """The directory of a container-to-be: overlay dirs and the /etc files.
+
+        ``warm_owner`` (pid, start time) marks a directory a warm slot made
+        ahead of its container: it is garbage once that process is gone.
+        """
+        self.path.mkdir()
+        try:
+            if warm_owner is not None:  # first: a dir without config and without this is unfinished
+                (self.path / WARM_MARK).write_text(f"{warm_owner[0]} {warm_owner[1]}")
+            for sub in ("upper", "work", "rootfs"):
+                (self.path / sub).mkdir()
+            etc = {
+                "hostname": f"{hostname}\n",
+                "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n",
+                "resolv.conf": "# no network: --network none\n",
+            }
+            for name, text in etc.items():
+                (self.path / name).write_text(text)
+        except BaseException:
+            remove_quietly(self.path)
+            raise
 
     @property
     def config_path(self) -> Path:

@@ -376,9 +376,10 @@ class Containers:
 
     # -- start, run, wait ----------------------------------------------------------------------------------------
 
-    def _job(self, cdir: ContainerDir, detached: bool) -> tuple[Job, ContainerSpec]:
+    def _job(self, cdir: ContainerDir, detached: bool, spec: ContainerSpec | None = None) -> tuple[Job, ContainerSpec]:
+        """What the monitor needs; ``spec``: the one the container was just created with (saves a read)."""
         config = cdir.read_config()
-        spec = ContainerSpec.from_dict(config["spec"])
+        spec = spec or ContainerSpec.from_dict(config["spec"])
         for layer in config["lowerdirs"]:
             if not os.path.isdir(layer):
                 raise ImageNotFound(f"container {config['name']}: a layer of its image {spec.image} is gone "
@@ -418,7 +419,7 @@ class Containers:
         if on_start is not None:
             on_start(cid)
         cdir = ContainerDir(self.root / cid)
-        job, _ = self._job(cdir, detached=False)
+        job, _ = self._job(cdir, detached=False, spec=spec)
         with Relay(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
             status_r = launcher.start_monitor(job, stdio.child_fds, slot)
             stdio.close_child_ends()
@@ -428,13 +429,13 @@ class Containers:
                 if event.get("event") == "started":
                     pid1 = ProcRef(int(event["pid"]), int(event["pid_start"]))
                     interrupts.target(lambda signum: _send_signal(pid1, signum))
+                    # The next start's slot warms while this container runs (its own start is done).
+                    self._warm_next(image, spec, key)
                     event = _next_event(events, stdio, interrupts)
                 stdio.drain()
             finally:
                 os.close(status_r)
                 launcher.reap()
-        # The next start's slot warms now, not while this one started: they would share the cores.
-        self._warm_next(image, spec, key)
         _raise_for(event, cdir)
         exit_code = int(event.get("exit_code", 137))
         oom = bool(event.get("oom_killed"))

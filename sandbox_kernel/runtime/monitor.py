@@ -177,6 +177,7 @@ def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | N
             cgroup.add(warm.pid1)
             cgroup.add(warm.command)
             process.prepare(warm, speculation.plan, speculation.hostname)
+            process.wait_built(warm)  # "ready" below means a container can start at once
         except BaseException:
             _drop(warm, cgroup, speculation)
             raise
@@ -209,8 +210,11 @@ def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | N
 def _drop(warm: process.Warm, cgroup: Cgroup | None, speculation: Speculation | None) -> None:
     """An unused slot goes: its processes, its cgroup, and its directory if no container took it."""
     sc.prctl(sc.PR_SET_PDEATHSIG, 0)  # the caller may be exiting: finish the cleanup regardless
-    os.kill(warm.pid1, signal.SIGKILL)
-    os.waitpid(warm.pid1, 0)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(warm.pid1, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(warm.pid1, 0)
+    warm.close()
     if cgroup is not None:
         with contextlib.suppress(SandboxError):
             cgroup.remove()

@@ -32,6 +32,7 @@ see launcher.py).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import functools
@@ -120,7 +121,14 @@ def _find_executable(name: str, env: dict[str, str]) -> str:
     raise FileNotFoundError("executable file not found in $PATH")
 
 
-def exec_command(proc: ProcessPlan, err_w: int) -> None:
+def _drop_bounding(keep: int) -> None:
+    """Cut the bounding set to ``keep`` (capabilities already dropped are skipped: no syscall each)."""
+    for cap in range(_last_cap() + 1):
+        if not keep & (1 << cap) and sc.prctl(sc.PR_CAPBSET_READ, cap) == 1:
+            sc.prctl(sc.PR_CAPBSET_DROP, cap)
+
+
+def exec_command(proc: ProcessPlan, err_w: int, seccomp: security.Prepared | None = None) -> None:
     """Drop privileges in the kernel's order, then exec. Never returns."""
     try:
         for sig in (*FORWARDED_SIGNALS, signal.SIGPIPE):
@@ -133,9 +141,7 @@ def exec_command(proc: ProcessPlan, err_w: int) -> None:
             raise PermissionError(1, "working directory is outside the container")
         # Bounding set first: dropping needs CAP_SETPCAP, which the next steps may remove.
         keep = _cap_mask(proc.capabilities)
-        for cap in range(_last_cap() + 1):
-            if not keep & (1 << cap):
-                sc.prctl(sc.PR_CAPBSET_DROP, cap)
+        _drop_bounding(keep)
         sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
         sc.capset(keep, keep, keep)
         os.setgroups(list(proc.groups))
@@ -143,7 +149,7 @@ def exec_command(proc: ProcessPlan, err_w: int) -> None:
         os.setuid(proc.uid)  # a non-root uid loses the capabilities here
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
         executable = _find_executable(proc.argv[0], env)
-        security.install()  # as close to exec as possible: only close_range and execve follow
+        (seccomp or security.Prepared()).install()  # as close to exec as possible: close_range, execve follow
         # No host file descriptor survives into the container: only stdio and err_w (close-on-exec).
         sc.close_range(3, err_w - 1)
         sc.close_range(err_w + 1)
@@ -187,15 +193,16 @@ def _rename_self() -> None:
         ctypes.memmove(start, INIT_NAME, len(INIT_NAME))
 
 
-def _warm_init(sock: socket.socket, err_w: int) -> None:
+def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int) -> None:
     """PID 1 of a warm slot. Never returns.
 
     Before a job comes: dies with the monitor, becomes non-dumpable, leaves
     the session, unshares every namespace but the cgroup one, brings up
-    loopback and forks the command's process, which waits too. With the job:
-    builds the rootfs (the command's process, in the same mount namespace,
-    is moved into it by pivot_root), waits until the monitor has put both in
-    the cgroup, and lets the command go. Then only reaps and forwards signals.
+    loopback and forks the command's process (which talks to the monitor
+    itself, on ``cmd_sock``). Then builds the rootfs when told what to build
+    (pivot_root moves the waiting command's process into it too), says
+    "built", and on "go" (both are in the cgroup now) unshares the cgroup
+    namespace. Then only reaps and forwards signals.
     """
     try:
         # (getppid() says 0 here: the monitor is outside our pid namespace. If it died before
@@ -209,32 +216,23 @@ def _warm_init(sock: socket.socket, err_w: int) -> None:
         sc.unshare(NAMESPACES & ~sc.CLONE_NEWCGROUP)
         _loopback_up()
         os.chdir("/")  # the old root: pivot_root moves a cwd that is there, and only that
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         child = os.fork()
         if child == 0:
             try:
-                sock.send(b"ready")  # the monitor reads our host pid from the message's credentials
                 sock.close()
-                ours.close()
             except BaseException:
                 os._exit(125)
-            _warm_command(theirs, err_w)
-        theirs.close()
+            _warm_command(cmd_sock, err_w)
+        cmd_sock.close()
         data = sock.recv(1 << 20)  # what to build: (plan, hostname); may come long before the job
         if not data:
             os._exit(0)  # the slot was dropped unused
         plan, hostname = pickle.loads(data)
         rootfs_mod.setup(plan, hostname)
-        # The job: the command's plan and stdio. It also means the monitor put us and the
-        # command's process in the cgroup.
-        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
-        if not data or len(fds) != 3:
+        sock.send(b"built")
+        if sock.recv(16) != b"go":  # the monitor put us and the command's process in the cgroup
             os._exit(0)
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-            os.close(fd)
-        sc.unshare(sc.CLONE_NEWCGROUP)  # rooted at the container's cgroup
-        socket.send_fds(ours, [data], [0, 1, 2])  # the same plan, for the command's process
+        sc.unshare(sc.CLONE_NEWCGROUP)  # rooted at the container's cgroup, as the command's will be
     except BaseException as exc:
         _report(err_w, f"container setup failed: {_error_line(exc)}")
         os._exit(125)
@@ -266,20 +264,27 @@ def _warm_init(sock: socket.socket, err_w: int) -> None:
 
 
 def _warm_command(sock: socket.socket, err_w: int) -> None:
-    """The command's process in a warm slot: waits for its plan and stdio, then execs. Never returns."""
+    """The command's process in a warm slot: says ready, waits for its plan and stdio, execs. Never returns."""
     try:
+        # What does not depend on the job is done before it comes: the filter's memory, and the
+        # bounding set cut to the default capabilities (the effective set keeps CAP_SYS_ADMIN for
+        # the unshare below; exec_command cuts the rest).
+        seccomp = security.Prepared()
+        _drop_bounding(_cap_mask(ProcessPlan.capabilities))
+        sock.send(b"ready")  # the monitor reads our host pid from the message's credentials
         data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
-        if not data:
+        if not data or len(fds) != 3:
             os._exit(0)
         proc = pickle.loads(data)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
-        sc.unshare(sc.CLONE_NEWCGROUP)  # PID 1 let us go: we are in the container's cgroup
+        sock.close()
+        sc.unshare(sc.CLONE_NEWCGROUP)  # we are in the container's cgroup now
     except BaseException as exc:
         _report(err_w, f"container setup failed: {_error_line(exc)}")
         os._exit(125)
-    exec_command(proc, err_w)
+    exec_command(proc, err_w, seccomp)
 
 
 def read_error(err_r: int) -> str:
@@ -303,50 +308,75 @@ class Warm:
 
     pid1: int
     command: int
-    sock: socket.socket
+    sock: socket.socket  # to PID 1
+    cmd_sock: socket.socket  # to the command's process
     err_r: int
+    building: bool = False
+    built: bool = False
+
+    def close(self) -> None:
+        self.sock.close()
+        self.cmd_sock.close()
 
 
 def warm_up() -> Warm:
     """In the monitor: fork PID 1 of a new pid namespace, which forks the command's process.
 
     Call at most once per process: the new pid namespace is for this
-    process's children. Both wait for :func:`launch`.
+    process's children. Both wait for :func:`prepare` and :func:`go`.
     """
     security.compiled()  # built once here, not in every child
     _argv_range()
     _last_cap()
     sc.unshare(sc.CLONE_NEWPID)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    to_pid1, pid1_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    to_cmd, cmd_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    to_cmd.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid1 = os.fork()
     if pid1 == 0:
         try:
-            ours.close()
+            to_pid1.close()
+            to_cmd.close()
             os.close(err_r)
         except BaseException:
             os._exit(125)
-        _warm_init(theirs, err_w)
-    theirs.close()
+        _warm_init(pid1_end, cmd_end, err_w)
+    pid1_end.close()
+    cmd_end.close()
     os.close(err_w)
     # The command's process says "ready"; the kernel gives its pid as we see it (SCM_CREDENTIALS).
-    reply, ancillary, _, _ = ours.recvmsg(16, socket.CMSG_SPACE(struct.calcsize("3i")))
+    reply, ancillary, _, _ = to_cmd.recvmsg(16, socket.CMSG_SPACE(struct.calcsize("3i")))
     command = 0
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
             command = struct.unpack("3i", data[:struct.calcsize("3i")])[0]
+    warm = Warm(pid1, command, to_pid1, to_cmd, err_r)
     if reply != b"ready" or command <= 0:
-        os.kill(pid1, signal.SIGKILL)
-        os.waitpid(pid1, 0)
-        ours.close()
-        raise ContainerError(f"container setup failed: {read_error(err_r) or 'PID 1 died'}")
-    return Warm(pid1, command, ours, err_r)
+        abort(warm, ContainerError("PID 1 died"))
+    return warm
 
 
 def prepare(warm: Warm, plan: rootfs_mod.RootfsPlan, hostname: str) -> None:
     """Have PID 1 build the rootfs now (it needs neither the cgroup nor stdio for that)."""
     warm.sock.send(pickle.dumps((plan, hostname)))
+    warm.building = True
+
+
+def wait_built(warm: Warm) -> None:
+    """Wait until PID 1 has built the rootfs; raises what went wrong if it could not."""
+    if warm.built:
+        return
+    try:
+        reply = warm.sock.recv(16)
+    except OSError as exc:
+        reply = b""
+        reason: BaseException = exc
+    else:
+        reason = ContainerError("PID 1 died")
+    if reply != b"built":
+        abort(warm, reason)
+    warm.built = True
 
 
 def go(warm: Warm, proc: ProcessPlan, stdio: tuple[int, int, int]) -> None:
@@ -355,12 +385,14 @@ def go(warm: Warm, proc: ProcessPlan, stdio: tuple[int, int, int]) -> None:
     Returns once the command has been executed; raises :class:`ExecError` or
     :class:`ContainerError` when it could not be.
     """
+    wait_built(warm)
     try:
-        socket.send_fds(warm.sock, [pickle.dumps(proc)], list(stdio))
+        socket.send_fds(warm.cmd_sock, [pickle.dumps(proc)], list(stdio))
+        warm.sock.send(b"go")
     except OSError:
-        pass  # PID 1 is gone: its error, on the error pipe, says why
+        pass  # one of them is gone: its error, on the error pipe, says why
     finally:
-        warm.sock.close()
+        warm.close()
     error = read_error(warm.err_r)
     if error:
         os.waitpid(warm.pid1, 0)
@@ -369,9 +401,11 @@ def go(warm: Warm, proc: ProcessPlan, stdio: tuple[int, int, int]) -> None:
 
 def abort(warm: Warm, reason: BaseException) -> None:
     """Kill the warm processes and raise what went wrong (PID 1's own error says more, if it has one)."""
-    os.kill(warm.pid1, signal.SIGKILL)
-    os.waitpid(warm.pid1, 0)
-    warm.sock.close()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(warm.pid1, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(warm.pid1, 0)
+    warm.close()
     _raise_start_error(read_error(warm.err_r) or str(reason))
 
 

@@ -236,9 +236,19 @@ def compiled(machine: str | None = None) -> bytes:
     return b"".join(struct.pack("HBBI", *ins) for ins in build_filter(machine))
 
 
+class Prepared:
+    """The filter in memory, ready for the kernel: made ahead, installed with one prctl."""
+
+    def __init__(self, machine: str | None = None):
+        raw = compiled(machine)
+        self._buf = ctypes.create_string_buffer(raw, len(raw))
+        self._prog = _SockFprog(len(raw) // 8, ctypes.cast(self._buf, ctypes.c_void_p))
+
+    def install(self) -> None:
+        """Load the filter into this thread (needs no_new_privs or CAP_SYS_ADMIN)."""
+        sc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._prog))
+
+
 def install(machine: str | None = None) -> None:
     """Load the filter into this thread (needs no_new_privs or CAP_SYS_ADMIN)."""
-    raw = compiled(machine)
-    buf = ctypes.create_string_buffer(raw, len(raw))
-    prog = _SockFprog(len(raw) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    sc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog))
+    Prepared(machine).install()

@@ -58,8 +58,21 @@ def _entries(text: str) -> list[list[str]]:
     return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
 
 
+_resolved: dict[tuple[str, tuple[str, ...]], User] = {}
+
+
 def resolve(text: str, layer_dirs: list[str]) -> User:
-    """Resolve ``text`` (``user[:group]``) against the image; numeric ids need no entry."""
+    """Resolve ``text`` (``user[:group]``) against the image; numeric ids need no entry.
+
+    Unpacked layers never change, so an answer is kept for the process.
+    """
+    key = (text, tuple(layer_dirs))
+    if key not in _resolved:
+        _resolved[key] = _resolve(text, layer_dirs)
+    return _resolved[key]
+
+
+def _resolve(text: str, layer_dirs: list[str]) -> User:
     name, _, group = text.partition(":")
     if not name:
         raise UsageError(f"invalid user {text!r}: expected USER[:GROUP]")

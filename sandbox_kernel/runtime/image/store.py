@@ -134,6 +134,7 @@ class Store:
 
     def __init__(self, root: str | os.PathLike[str] | None = None):
         self.root = Path(root) if root is not None else default_root()
+        self._images: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {}
         try:
             for sub in ("blobs/sha256", "layers", "tmp", "locks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -366,9 +367,14 @@ class Store:
     # -- images -------------------------------------------------------------------
 
     def load_image(self, manifest_digest: str, tags: list[str] | None = None) -> Image:
-        manifest = media.check_manifest(self.read_json(manifest_digest, "manifest"))
-        config_digest = manifest["config"]["digest"]
-        config = media.check_config(self.read_json(config_digest, "image config"), len(manifest["layers"]))
+        # Blobs never change under their digest, so a manifest read once (and checked) is kept.
+        cached = self._images.get(manifest_digest)
+        if cached is None or not self.has_blob(manifest_digest):
+            manifest = media.check_manifest(self.read_json(manifest_digest, "manifest"))
+            config_digest = manifest["config"]["digest"]
+            config = media.check_config(self.read_json(config_digest, "image config"), len(manifest["layers"]))
+            cached = self._images[manifest_digest] = (manifest, config_digest, config)
+        manifest, config_digest, config = cached
         return Image(manifest_digest, manifest, config_digest, config, sorted(tags or []))
 
     def images(self) -> list[Image]:

@@ -106,9 +106,11 @@ def our_cli() -> list[str]:
 # --- the peers -------------------------------------------------------------------------------------------------
 
 
-def ours_in_process(root: Path, warm: bool = True) -> Callable[[], float]:
+def ours_in_process(root: Path, warm: bool = True, pause: bool = True) -> Callable[[], float]:
     """The API as a notebook kernel uses it. ``warm``: the default, with the warm slot that each
-    foreground start leaves for the next; otherwise every start forks its processes from scratch."""
+    foreground start leaves for the next; otherwise every start forks its processes from scratch.
+    ``pause``: wait (untimed) for the slot to be ready, as between two cells; without, starts
+    follow each other at once (measured alone: the slot would warm during a peer's turn)."""
     containers = Containers(Store(root))
     spec = ContainerSpec(image=IMAGE, command=("true",), remove=True)
 
@@ -116,7 +118,8 @@ def ours_in_process(root: Path, warm: bool = True) -> Callable[[], float]:
         with stdio_to_devnull(), (contextlib.nullcontext() if warm else launcher.without_warm_slots()):
             # The slot left by the last start warms between starts, as in a notebook; waiting for it
             # here, untimed, keeps its warming out of the peers' turns.
-            launcher.wait_warm()
+            if pause:
+                launcher.wait_warm()
             begin = time.perf_counter()
             result = containers.run(spec)
             elapsed = time.perf_counter() - begin
@@ -460,6 +463,8 @@ def main() -> int:
 
             # Two groups, each interleaved: podman's many processes and cgroups stay out of the in-process figures.
             measure([p for p in (api, api_cold, runc, bwrap) if p is not None], args.runs, args.warmup)
+            api_rush = Peer("ours_api_no_pause", ours_in_process(root, pause=False))
+            measure([api_rush], args.runs, args.warmup)
             measure([p for p in (cli, podman_peer) if p is not None], args.runs, args.warmup)
             launcher.drop_spare()
             leftover = [p for p in (root / "containers").glob("*") if len(p.name) == 64 and p.name.isalnum()]
@@ -467,6 +472,7 @@ def main() -> int:
             print("start a container and run `true` (median of wall-clock times, ms)")
             row(api, "sandbox-kernel, in-process API (warm process)")
             row(api_cold, "  the same, no warm slot (every start forks all)")
+            row(api_rush, "  the same, back to back (measured alone)")
             row(runc, "runc run -b BUNDLE", missing.get("runc"), api, "ours/runc", "(target <= 0.25x)")
             row(bwrap, "bwrap --unshare-all", missing.get("bwrap"), api, "ours/bwrap")
             if runc is not None and runc.times and api_cold.times:

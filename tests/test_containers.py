@@ -346,7 +346,8 @@ time.sleep(60)
     children = Path(f"/proc/{monitor}/task/{monitor}/children")
     wait_for(lambda: children.exists() and children.read_text().split(), what="the slot's PID 1")
     pid1 = int(children.read_text().split()[0])
-    assert Path(f"/proc/{pid1}/comm").read_text() == "sandbox-init\n"
+    wait_for(lambda: Path(f"/proc/{pid1}/comm").read_text() == "sandbox-init\n", what="PID 1 to name itself")
+    wait_for(lambda: any((p / "warm").exists() for p in (root / "containers").iterdir()), what="the warm dir")
     warm_dirs = [p for p in (root / "containers").iterdir() if (p / "warm").exists()]
     assert len(warm_dirs) == 1, "the slot built the next container's rootfs ahead"
     warm_cgroups = [p for p in cgroups() if p.name == warm_dirs[0].name[:32]]
@@ -355,9 +356,10 @@ time.sleep(60)
     proc.wait()
     wait_for(lambda: not Path(f"/proc/{monitor}").exists() and not Path(f"/proc/{pid1}").exists(),
              what="the slot to die with its caller")
-    assert ps(root, "-a") == []  # the next call sweeps what the dead slot had made
-    assert not warm_dirs[0].exists()
-    assert not any(p.exists() for p in warm_cgroups)
+    # the slot's monitor heard of its caller's death and removed what it had made (or the next
+    # listing sweeps it, if the monitor was killed too)
+    wait_for(lambda: ps(root, "-a") == [] and not warm_dirs[0].exists(), what="the warm dir to go")
+    wait_for(lambda: not any(p.exists() for p in warm_cgroups), what="the slot's cgroup to go")
 
 
 def test_a_warm_slot_is_only_used_for_the_same_rootfs(root, debian_store, tmp_path):

@@ -172,11 +172,11 @@ def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | N
         cgroup = open_cgroup(speculation.cgroup)
         try:
             ContainerDir(Path(speculation.cdir)).make(speculation.hostname, speculation.owner)
+            process.prepare(warm, speculation.plan, speculation.hostname)  # PID 1 builds meanwhile
             cgroup.create()
             cgroup.restrict_devices(list(DEVICE_RULES))
             cgroup.add(warm.pid1)
             cgroup.add(warm.command)
-            process.prepare(warm, speculation.plan, speculation.hostname)
             process.wait_built(warm)  # "ready" below means a container can start at once
         except BaseException:
             _drop(warm, cgroup, speculation)

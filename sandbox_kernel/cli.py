@@ -86,7 +86,8 @@ def cmd_rmi(args: argparse.Namespace) -> int:
             print(f"Untagged: {parse_reference(tag).familiar()}")
         if image.manifest_digest not in store.tags().values():
             store.prune()
-            print(f"Deleted: {image.id}")
+            if not store.has_blob(image.manifest_digest):  # a container may still keep it
+                print(f"Deleted: {image.id}")
     return status
 
 

@@ -396,3 +396,26 @@ def test_a_dropped_warm_slot_removes_what_it_made(root):
     launcher.drop_spare()
     assert [p.name for p in (root / "containers").iterdir() if p.name not in ("names",)
             and not p.name.startswith(".gone-")] == []
+
+
+def test_an_image_stays_while_a_container_uses_it(root):
+    """rmi refuses an image a container needs; -f untags it, prune keeps its layers until the container goes."""
+    store = Store(root)
+    base = store.resolve(BUSYBOX)
+    config = json.loads(json.dumps(base.config))
+    config["config"]["Env"] = [*config["config"].get("Env", []), "VICTIM=1"]  # another image on the same layers
+    with store.writing():
+        store.put_image(config, base.layers, "localhost/victim:1")
+    created = cli(root, "create", "--name", "user", "localhost/victim:1", "sh", "-c", "echo $VICTIM")
+    assert created.returncode == 0
+    refused = cli(root, "rmi", "localhost/victim:1")
+    assert refused.returncode == 1 and "used by container" in refused.stderr
+    forced = cli(root, "rmi", "-f", "localhost/victim:1")
+    assert forced.returncode == 0 and "Deleted" not in forced.stdout
+    assert cli(root, "prune").returncode == 0
+    assert cli(root, "start", "user").returncode == 0
+    assert cli(root, "wait", "user").stdout.strip() == "0"
+    assert cli(root, "logs", "user").stdout == "1\n", "its image survived rmi -f and prune"
+    assert cli(root, "rm", "user").returncode == 0
+    assert cli(root, "prune").returncode == 0
+    assert store.resolve(BUSYBOX).id == base.id, "the shared image was never touched"

@@ -318,6 +318,7 @@ class Containers:
             "id": cid,
             "name": name,
             "image_id": image.id,
+            "image_manifest": image.manifest_digest,  # the store keeps this image while the container exists
             "spec": asdict(spec),
             "cgroup": cid[:32],
             "hostname": hostname,

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
-from ..errors import BlobError, ImageNotFound, ReferenceFormatError, StoreError
+from ..errors import BlobError, ImageInUse, ImageNotFound, ReferenceFormatError, StoreError
 from ..fsutil import remove_quietly
 from . import media
 
@@ -495,7 +495,8 @@ class Store:
         """
         removed = {"blobs": 0, "layers": 0, "tmp": 0, "bytes": 0}
         with self._lock("gc"):
-            blobs, diff_ids = self.reachable(set(self.tags().values()) | set(keep))
+            keep = set(keep) | set(self.containers_using())
+            blobs, diff_ids = self.reachable(set(self.tags().values()) | keep)
             keep_hex = {digest_hex(b) for b in blobs}
             keep_layers = {digest_hex(d) for d in diff_ids}
             for path in (self.root / "blobs" / "sha256").iterdir():
@@ -537,8 +538,29 @@ class Store:
                     f"image {image.short_id} is tagged in {len(repos)} repositories; "
                     "remove the tags one by one or use -f"
                 )
+        remaining = [n for n, d in tags.items() if d == image.manifest_digest and n not in names]
+        users = self.containers_using().get(image.manifest_digest, [])
+        if users and not remaining and not force:
+            raise ImageInUse(f"image {image.short_id} is used by container {users[0][:12]}"
+                             f"{f' and {len(users) - 1} more' if len(users) > 1 else ''}: "
+                             "remove the container first, or use -f (the image stays until it is gone)")
         self.remove_tags(names)
         return names, image
+
+    def containers_using(self) -> dict[str, list[str]]:
+        """``{manifest digest: [container ids]}`` of the containers in ``ROOT/containers``.
+
+        A container needs its image's layers (and, to be committed, its
+        manifest) for as long as it exists: ``prune`` keeps them.
+        """
+        out: dict[str, list[str]] = {}
+        for config in (self.root / "containers").glob("*/config.json"):
+            try:
+                data = json.loads(config.read_text())
+                out.setdefault(str(data["image_manifest"]), []).append(str(data["id"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return out
 
     def verify(self) -> list[str]:
         """Problems with tagged images (missing or corrupt blobs); empty when sound."""

@@ -419,3 +419,17 @@ def test_an_image_stays_while_a_container_uses_it(root):
     assert cli(root, "rm", "user").returncode == 0
     assert cli(root, "prune").returncode == 0
     assert store.resolve(BUSYBOX).id == base.id, "the shared image was never touched"
+
+
+def test_a_killed_warm_slot_is_replaced_by_a_cold_start(root):
+    containers = Containers(Store(root))
+    spec = ContainerSpec(image=BUSYBOX, command=("echo", "ok"), remove=True)
+    assert containers.run(spec, stdin=None, stdout=None, stderr=None).exit_code == 0
+    assert launcher.wait_warm()
+    monitor = launcher._spare.pid
+    os.kill(monitor, signal.SIGKILL)  # the slot's monitor; its PID 1 dies with it
+    wait_for(lambda: Path(f"/proc/{monitor}/stat").read_text().split(")")[-1].split()[0] == "Z",
+             what="the monitor to be dead")
+    out: list[bytes] = []
+    assert containers.run(spec, stdin=None, stdout=out.append, stderr=None).exit_code == 0
+    assert out == [b"ok\n"]

@@ -416,13 +416,26 @@ class Containers:
         image = self.store.resolve(spec.image)
         key = _warm_key(image, spec)
         slot = launcher.take_spare(key)
-        cid = self._create(spec, image, slot.speculation if slot is not None else None)
-        if on_start is not None:
-            on_start(cid)
+        try:
+            cid = self._create(spec, image, slot.speculation if slot is not None else None)
+        except BaseException:
+            if slot is not None:
+                launcher.drop(slot)
+            raise
         cdir = ContainerDir(self.root / cid)
-        job, _ = self._job(cdir, detached=False, spec=spec)
         with Relay(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
-            status_r = launcher.start_monitor(job, stdio.child_fds, slot)
+            try:
+                if on_start is not None:
+                    on_start(cid)
+                job, _ = self._job(cdir, detached=False, spec=spec)
+                status_r = launcher.start_monitor(job, stdio.child_fds, slot)
+            except BaseException:  # the container never ran: as if it had not been made
+                if slot is not None:
+                    launcher.drop(slot)
+                if spec.remove:
+                    with contextlib.suppress(ContainerError):
+                        self.remove(cid, force=True)
+                raise
             stdio.close_child_ends()
             events = _Events(status_r)
             try:

@@ -34,8 +34,11 @@ from typing import Any
 
 from . import process
 from . import syscalls as sc
-from .errors import ContainerError
+from .cgroups import open_cgroup
+from .errors import ContainerError, SandboxError
+from .fsutil import remove_quietly
 from .monitor import Job, Speculation, monitor_main
+from .state import WARM_MARK
 
 _direct_children: list[int] = []
 # One warm slot for the next foreground start (SANDBOX_KERNEL_WARM_SLOTS=0: none).
@@ -155,11 +158,20 @@ def _take_spare() -> Slot | None:
             done, _ = os.waitpid(slot.pid, os.WNOHANG)
         except ChildProcessError:
             done = slot.pid
-        if done:
+        if done:  # its monitor died (killed): what it had made is ours to remove
             _direct_children.remove(slot.pid)
             slot.sock.close()
+            if slot.speculation is not None:
+                _remove_speculation(slot.speculation)
             return None
     return slot
+
+
+def _remove_speculation(speculation: Speculation) -> None:
+    with contextlib.suppress(SandboxError):
+        open_cgroup(speculation.cgroup).remove()
+    if os.path.exists(os.path.join(speculation.cdir, WARM_MARK)):
+        remove_quietly(speculation.cdir)
 
 
 def start_monitor(job: Job, stdio: tuple[int, int, int] | None, slot: Slot | None = None) -> int:
@@ -177,8 +189,8 @@ def start_monitor(job: Job, stdio: tuple[int, int, int] | None, slot: Slot | Non
             try:
                 socket.send_fds(candidate.sock, [pickle.dumps(job)], [status_w, *(stdio or ())])
                 break
-            except OSError as exc:
-                if candidate is not slot or (slot is not None and slot.speculation is not None):
+            except OSError as exc:  # the slot's monitor died: a cold one does the same job
+                if candidate is not slot:
                     raise ContainerError(f"the container's monitor is gone: {exc}") from None
             finally:
                 candidate.sock.close()
@@ -227,6 +239,11 @@ def _wait_ready(slot: Slot, timeout: float) -> bool:
         finally:
             slot.sock.settimeout(None)
     return slot.ready
+
+
+def drop(slot: Slot) -> None:
+    """Let a slot go unused: its monitor removes what it made and exits."""
+    _drop(slot)
 
 
 def _drop(slot: Slot) -> None:

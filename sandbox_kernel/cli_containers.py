@@ -154,7 +154,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     out = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
-    for stream, data in _containers(args).logs(args.container):
+    for stream, data in _containers(args).logs(args.container, follow=args.follow):
         out[stream].write(data)
         out[stream].flush()
     return 0
@@ -248,6 +248,7 @@ def add_commands(add: Add) -> None:
     p.add_argument("--no-stream", action="store_true", help="accepted: stats always prints one snapshot")
     p.add_argument("--json", action="store_true", help="print JSON")
     p = add("logs", cmd_logs, "output of a detached container")
+    p.add_argument("-f", "--follow", action="store_true", help="then the new output, until it stops")
     p.add_argument("container", metavar="NAME")
     p = add("stop", cmd_stop, "stop containers: SIGTERM, then SIGKILL after a grace period")
     p.add_argument("-t", "--time", type=float, default=10.0, help="seconds before SIGKILL (default 10)")

@@ -91,6 +91,25 @@ def test_log_is_size_capped_and_keeps_the_newest(root):
     assert lines[0].endswith("x" * 20)
 
 
+def test_logs_follow_streams_until_the_container_stops(root):
+    script = "for i in 1 2 3; do echo tick-$i; sleep 0.3; done; echo bye >&2"
+    detached(root, script, "--name", "ticker")
+    started = time.monotonic()
+    follow = cli(root, "logs", "-f", "ticker")
+    assert follow.stdout == "tick-1\ntick-2\ntick-3\n" and follow.stderr == "bye\n"
+    assert time.monotonic() - started >= 0.5, "it waited for the output that came later"
+
+
+def test_logs_follow_keeps_every_line_across_rotations(root):
+    # batches of 9 kB every 0.2 s into a log of two 16 kB files: it rotates often, a follower keeps up
+    script = ("sleep 0.5; i=0; while [ $i -lt 3000 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx;"
+              " i=$((i+1)); [ $((i % 200)) = 0 ] && sleep 0.2; done; true")
+    detached(root, script, "--name", "rotating", "--log-size", "32k")
+    lines = cli(root, "logs", "-f", "rotating").stdout.splitlines()
+    numbers = [int(line.split("-")[1]) for line in lines]
+    assert numbers == list(range(3000)), "followed from the start: nothing lost when the log rotated"
+
+
 def test_names_are_unique_and_found_by_id_prefix(root):
     cid = detached(root, "sleep 30", "--name", "twin")
     again = cli(root, "run", "-d", "--name", "twin", BUSYBOX, "true")

@@ -621,10 +621,20 @@ class Containers:
         usage = open_cgroup(config["cgroup"]).stats()
         return ContainerStats(cdir.id, config["name"], usage, ContainerSpec.from_dict(config["spec"]).limits)
 
-    def logs(self, ref: str) -> Iterator[tuple[int, bytes]]:
-        """(stream, data) records of a detached container's output; stream 1 is stdout, 2 stderr."""
+    def logs(self, ref: str, follow: bool = False) -> Iterator[tuple[int, bytes]]:
+        """(stream, data) records of a detached container's output; stream 1 is stdout, 2 stderr.
+
+        ``follow``: then the new output as it comes, until the container stops.
+        """
         cdir = self._find(ref)
-        return logs.read_log(cdir.path)
+        if not follow:
+            return logs.read_log(cdir.path)
+
+        def running() -> bool:
+            state = self._reconcile(cdir) if cdir.path.exists() else None
+            return state is not None and state.status in ACTIVE
+
+        return logs.follow_log(cdir.path, running)
 
     # -- remove --------------------------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 DEFAULT_MAX_SIZE = 8 << 20
@@ -59,15 +60,75 @@ class LogWriter:
 def read_log(directory: Path) -> Iterator[tuple[int, bytes]]:
     """Every record still kept, oldest first. A torn last record (a killed writer) is skipped."""
     for path in (directory / (LOG_NAME + ".1"), directory / LOG_NAME):
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            continue
-        offset = 0
-        while offset + _HEADER.size <= len(data):
-            stream, length = _HEADER.unpack_from(data, offset)
-            start = offset + _HEADER.size
-            if stream not in (STDOUT, STDERR) or start + length > len(data):
-                break
-            yield stream, data[start:start + length]
-            offset = start + length
+        yield from read_log_file(path)
+
+
+def _records(buffer: bytearray) -> Iterator[tuple[int, bytes]]:
+    """Complete records at the front of ``buffer`` (consumed); a partial one stays for later."""
+    while len(buffer) >= _HEADER.size:
+        stream, length = _HEADER.unpack_from(buffer, 0)
+        if stream not in (STDOUT, STDERR):
+            buffer.clear()  # not a log of ours: nothing more to trust
+            return
+        if len(buffer) < _HEADER.size + length:
+            return
+        data = bytes(buffer[_HEADER.size:_HEADER.size + length])
+        del buffer[:_HEADER.size + length]
+        yield stream, data
+
+
+def follow_log(directory: Path, running: Callable[[], bool], interval: float = 0.05) -> Iterator[tuple[int, bytes]]:
+    """``logs -f``: every record kept, then new ones as they are written, until ``running()`` is false.
+
+    Survives rotation: when ``container.log`` becomes ``container.log.1``, the
+    open file is read to its end before the new one is opened. A follower more
+    than two files behind misses what was rotated away meanwhile (the log is
+    capped; docker's json-file log does the same).
+    """
+    old = directory / (LOG_NAME + ".1")
+    if old.exists():
+        yield from read_log_file(old)
+    path = directory / LOG_NAME
+    fh = None
+    buffer = bytearray()
+    try:
+        while True:
+            if fh is None:
+                try:
+                    fh = open(path, "rb")
+                except FileNotFoundError:
+                    fh = None
+            alive = running()  # asked before reading: what was written before it stopped is read
+            if fh is not None:
+                buffer += fh.read()
+                yield from _records(buffer)
+                try:
+                    rotated = os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino
+                except FileNotFoundError:
+                    rotated = False
+                if rotated:  # ours was renamed container.log.1: finish it, then take the new one
+                    ours = os.fstat(fh.fileno()).st_ino
+                    buffer += fh.read()
+                    yield from _records(buffer)
+                    fh.close()
+                    fh, buffer = None, bytearray()
+                    try:  # rotated twice meanwhile: container.log.1 is a file we have not read
+                        if os.stat(old).st_ino != ours:
+                            yield from read_log_file(old)
+                    except FileNotFoundError:
+                        pass
+                    continue
+            if not alive:
+                return
+            time.sleep(interval)
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+def read_log_file(path: Path) -> Iterator[tuple[int, bytes]]:
+    try:
+        buffer = bytearray(path.read_bytes())
+    except FileNotFoundError:
+        return
+    yield from _records(buffer)

@@ -175,6 +175,7 @@ def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | N
             process.prepare(warm, speculation.plan, speculation.hostname)  # PID 1 builds meanwhile
             cgroup.create()
             cgroup.restrict_devices(list(DEVICE_RULES))
+            cgroup.apply(Limits())  # the defaults: a job that keeps them writes nothing more
             cgroup.add(warm.pid1)
             cgroup.add(warm.command)
             process.wait_built(warm)  # "ready" below means a container can start at once
@@ -254,7 +255,8 @@ def _run(job: Job, warm: process.Warm, status_w: int | None, stdio: tuple[int, .
             if ready is None:
                 cgroup.create()
                 cgroup.restrict_devices(list(DEVICE_RULES))
-            cgroup.apply(job.limits)
+            if ready is None or job.limits != Limits():
+                cgroup.apply(job.limits)
             if ready is None:
                 cgroup.add(warm.pid1)
                 cgroup.add(warm.command)

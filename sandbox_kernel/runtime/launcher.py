@@ -25,7 +25,6 @@ import os
 import pickle
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -321,8 +320,10 @@ def reap_wait(pid: int) -> None:
 
 class _ForkServer:
     def __init__(self) -> None:
+        import subprocess  # only a threaded caller needs it
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.proc = subprocess.Popen(
+        self.proc: subprocess.Popen[bytes] = subprocess.Popen(
             [sys.executable, "-m", "sandbox_kernel.runtime.launcher", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
             start_new_session=True,  # not killed with the caller's process group: it cleans up after it

@@ -20,6 +20,7 @@ from sandbox_kernel.runtime.cgroups import (
     Hierarchy,
     discover,
     open_cgroup,
+    remove_empty_parents,
 )
 from sandbox_kernel.runtime.errors import CgroupError
 from sandbox_kernel.runtime.spec import Limits, UsageError, parse_size
@@ -276,6 +277,23 @@ def test_v2_remove_is_idempotent_and_reports_failures(tmp_path):
     fake.files[cg.path / "cgroup.events"] = "populated 1\nfrozen 0\n"
     with pytest.raises(CgroupError):
         cg.remove(timeout=0.05)
+
+
+def test_v2_device_rules_are_left_to_nodev_and_the_shared_parent_goes_last(tmp_path):
+    root = tmp_path / "cgroup"
+    fake = FakeV2Kernel(root)
+    hierarchy = Hierarchy("v2", {}, root)
+    first, second = open_cgroup("c1", hierarchy, fake), open_cgroup("c2", hierarchy, fake)
+    for cg in (first, second):
+        cg.create()
+        cg.restrict_devices(["c 1:3 rwm"])  # v2 has no devices files: nothing is written
+    assert not [w for w in fake.writes if "devices" in w[0]]
+    first.remove()
+    remove_empty_parents(hierarchy, fake)
+    assert fake.exists(root / "sandbox-kernel"), "the other container still needs the parent"
+    second.remove()
+    remove_empty_parents(hierarchy, fake)
+    assert not fake.exists(root / "sandbox-kernel")
 
 
 def test_bad_names_are_refused(tmp_path):

@@ -218,6 +218,16 @@ def test_entry_and_byte_limits(tmp_path):
     rejected(tmp_path, big, "bytes", limits=ExtractLimits(max_bytes=5000))
 
 
+def test_a_zstd_bomb_streams_in_bounded_pieces_and_hits_the_byte_cap(tmp_path):
+    """256 MiB of zeros in a 12 kB zstd layer: never more than 64 MiB at once, refused at the byte cap."""
+    bomb = zstandard.ZstdCompressor(level=19).compress(tar_bytes(("f", "zeros", b"\0" * (256 << 20))))
+    assert len(bomb) < 64 << 10
+    stream = decompressed(io.BytesIO(bomb))
+    biggest = max(len(chunk) for chunk in iter(stream.read, b""))
+    assert biggest <= 64 << 20
+    rejected(tmp_path, bomb, "bytes", limits=ExtractLimits(max_bytes=1 << 20))
+
+
 @pytest.mark.root
 def test_setuid_stripped_unless_trusted(tmp_path):
     data = tar_bytes(

@@ -265,7 +265,15 @@ def decompressed(src: BinaryIO) -> IO[bytes]:
 
 
 class _ZstdReader:
-    """zstd frames one after another; a stream that ends inside a frame is an error."""
+    """zstd frames one after another; a stream that ends inside a frame is an error.
+
+    The decompressor gets its input a little at a time: one call's output is
+    bounded by the blocks that input can hold (at most 128 KiB each), so a
+    small compressed chunk cannot become gigabytes in one go (a
+    decompression bomb is stopped by the byte cap as it streams).
+    """
+
+    SLICE = 2048  # at most about 64 MiB out of one call, even for a stream of tiny RLE blocks
 
     def __init__(self, raw: IO[bytes]):
         import zstandard
@@ -274,14 +282,17 @@ class _ZstdReader:
         self._new = zstandard.ZstdDecompressor().decompressobj
         self._dobj = self._new()
         self._in_frame = False
+        self._pending = b""
 
     def read(self, size: int = CHUNK) -> bytes:
         while True:
-            data = self._raw.read(CHUNK)
-            if not data:
-                if self._in_frame:
-                    raise EOFError("zstd stream ends inside a frame")
-                return b""
+            if not self._pending:
+                self._pending = self._raw.read(CHUNK)
+                if not self._pending:
+                    if self._in_frame:
+                        raise EOFError("zstd stream ends inside a frame")
+                    return b""
+            data, self._pending = self._pending[:self.SLICE], self._pending[self.SLICE:]
             out = []
             while data:
                 self._in_frame = True

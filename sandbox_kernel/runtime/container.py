@@ -443,13 +443,13 @@ class Containers:
                 if event.get("event") == "started":
                     pid1 = ProcRef(int(event["pid"]), int(event["pid_start"]))
                     interrupts.target(lambda signum: _send_signal(pid1, signum))
-                    # The next start's slot warms while this container runs (its own start is done).
-                    self._warm_next(image, spec, key)
                     event = _next_event(events, stdio, interrupts)
                 stdio.drain()
             finally:
                 os.close(status_r)
                 launcher.reap()
+            if event.get("event") == "exited":  # the next start's slot (not while this one ran: one CPU less)
+                self._warm_next(image, spec, key)
         _raise_for(event, cdir)
         exit_code = int(event.get("exit_code", 137))
         oom = bool(event.get("oom_killed"))

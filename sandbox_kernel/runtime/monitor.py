@@ -103,6 +103,7 @@ def _detach(keep: int) -> int:
 
 
 WARM_NICE = 10
+QUICK_EXIT = 0.002  # seconds: a foreground command done by then is not written down as running
 
 
 class _CallerGone(Exception):
@@ -276,26 +277,29 @@ def _run(job: Job, warm: process.Warm, status_w: int | None, stdio: tuple[int, .
         os.close(fd)
     pid1 = warm.pid1
     ref = ProcRef.of(pid1)
-    with cdir.locked() as state:
-        state.status = RUNNING
-        state.pid, state.pid_start = pid1, ref.start if ref else 0
-        state.monitor_pid, state.monitor_start = os.getpid(), me.start if me else 0
-        state.exit_code, state.oom_killed, state.error = None, False, None
-        state.started_at = time.time()
-    _send(status_w, event="started", pid=pid1, pid_start=state.pid_start)
+    _send(status_w, event="started", pid=pid1, pid_start=ref.start if ref else 0)
+    # A command that is over within a moment is never recorded as running: the exit comes next.
+    if job.detached or not process.wait_readable([warm.exit_r], QUICK_EXIT):
+        with cdir.locked() as state:
+            state.status = RUNNING
+            state.pid, state.pid_start = pid1, ref.start if ref else 0
+            state.monitor_pid, state.monitor_start = os.getpid(), me.start if me else 0
+            state.exit_code, state.oom_killed, state.error = None, False, None
+            state.started_at = time.time()
     if job.detached:
         if status_w is not None:
             os.close(status_w)
         status_w = None
         assert out_r is not None and err_r is not None
         _copy_output(job, cdir, pid1, out_r, err_r)
-    exit_code = process.wait(pid1)
+    exit_code = process.wait_exit(warm)
     oom = cgroup.oom_kills() > 0
     # The caller may exit as soon as it hears the exit status: finish the cleanup regardless.
     sc.prctl(sc.PR_SET_PDEATHSIG, 0)
     error = "the process that ran it in the foreground died; the container was killed" if _orphaned else None
     _finish(job, cdir, cgroup, exit_code, oom, error, notify=lambda: _send(status_w, event="exited",
-                                                                      exit_code=exit_code, oom_killed=oom))
+                                                                      exit_code=exit_code, oom_killed=oom),
+            reap=lambda: process.reap(warm))
 
 
 def _copy_output(job: Job, cdir: ContainerDir, pid1: int, out_r: int, err_r: int) -> None:
@@ -316,7 +320,7 @@ def _copy_output(job: Job, cdir: ContainerDir, pid1: int, out_r: int, err_r: int
 
 
 def _finish(job: Job, cdir: ContainerDir, cgroup: Cgroup, exit_code: int, oom: bool, error: str | None,
-            notify: Callable[[], None] | None = None) -> None:
+            notify: Callable[[], None] | None = None, reap: Callable[[], None] | None = None) -> None:
     """Record the exit, tell the caller (``notify``), then remove the cgroup (and the directory for --rm).
 
     The caller learns the status before the slow part: a --rm container's
@@ -341,6 +345,8 @@ def _finish(job: Job, cdir: ContainerDir, cgroup: Cgroup, exit_code: int, oom: b
             state.finished_at = time.time()
     if notify is not None:
         notify()
+    if reap is not None:
+        reap()  # PID 1 and its namespaces go (a moment's work for the kernel, after the caller knows)
     try:
         cgroup.remove()
     except SandboxError as exc:

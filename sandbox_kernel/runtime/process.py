@@ -193,7 +193,7 @@ def _rename_self() -> None:
         ctypes.memmove(start, INIT_NAME, len(INIT_NAME))
 
 
-def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int) -> None:
+def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int, exit_w: int) -> None:
     """PID 1 of a warm slot. Never returns.
 
     Before a job comes: dies with the monitor, becomes non-dumpable, leaves
@@ -237,8 +237,9 @@ def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int) -> None
         _report(err_w, f"container setup failed: {_error_line(exc)}")
         os._exit(125)
     os.close(err_w)
-    # From here on this process only waits, with no fd but stdio and only CAP_KILL.
-    sc.close_range(3)
+    # From here on this process only waits, with no fd but stdio and the pipe that tells the
+    # monitor the command's exit status, and with only CAP_KILL.
+    sc.close_all_but([exit_w])
     for cap in range(_last_cap() + 1):
         if cap != CAPABILITIES["KILL"]:
             sc.prctl(sc.PR_CAPBSET_DROP, cap)
@@ -260,7 +261,17 @@ def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int) -> None
         except InterruptedError:
             continue
         if pid == child:
-            os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+            code = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+            # The monitor hears the status now, before the namespaces are torn down with us.
+            _report_exit(exit_w, code)
+            os._exit(code)
+
+
+def _report_exit(fd: int, code: int) -> None:
+    try:
+        os.write(fd, code.to_bytes(4, "little", signed=True))
+    except OSError:
+        pass
 
 
 def _warm_command(sock: socket.socket, err_w: int) -> None:
@@ -311,8 +322,10 @@ class Warm:
     sock: socket.socket  # to PID 1
     cmd_sock: socket.socket  # to the command's process
     err_r: int
+    exit_r: int  # PID 1 writes the command's exit status here before it exits
     building: bool = False
     built: bool = False
+    reaped: bool = False
 
     def close(self) -> None:
         self.sock.close()
@@ -333,25 +346,28 @@ def warm_up() -> Warm:
     to_cmd, cmd_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     to_cmd.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
     pid1 = os.fork()
     if pid1 == 0:
         try:
             to_pid1.close()
             to_cmd.close()
             os.close(err_r)
+            os.close(exit_r)
         except BaseException:
             os._exit(125)
-        _warm_init(pid1_end, cmd_end, err_w)
+        _warm_init(pid1_end, cmd_end, err_w, exit_w)
     pid1_end.close()
     cmd_end.close()
     os.close(err_w)
+    os.close(exit_w)
     # The command's process says "ready"; the kernel gives its pid as we see it (SCM_CREDENTIALS).
     reply, ancillary, _, _ = to_cmd.recvmsg(16, socket.CMSG_SPACE(struct.calcsize("3i")))
     command = 0
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
             command = struct.unpack("3i", data[:struct.calcsize("3i")])[0]
-    warm = Warm(pid1, command, to_pid1, to_cmd, err_r)
+    warm = Warm(pid1, command, to_pid1, to_cmd, err_r, exit_r)
     if reply != b"ready" or command <= 0:
         abort(warm, ContainerError("PID 1 died"))
     return warm
@@ -397,6 +413,33 @@ def go(warm: Warm, proc: ProcessPlan, stdio: tuple[int, int, int]) -> None:
     if error:
         os.waitpid(warm.pid1, 0)
         _raise_start_error(error)
+
+
+def wait_exit(warm: Warm) -> int:
+    """The command's exit status (docker's: 128+N for a signal), as soon as PID 1 has it.
+
+    PID 1 exits right after and the kernel tears its namespaces down; call
+    :func:`reap` once the caller has been told. If PID 1 itself was killed
+    (stop, kill), its own status is the container's.
+    """
+    data = b""
+    while len(data) < 4:
+        chunk = os.read(warm.exit_r, 4 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    if len(data) == 4:
+        return int.from_bytes(data, "little", signed=True)
+    warm.reaped = True
+    return wait(warm.pid1)
+
+
+def reap(warm: Warm) -> None:
+    """Collect PID 1 (after :func:`wait_exit`): its namespaces are gone when this returns."""
+    if not warm.reaped:
+        warm.reaped = True
+        wait(warm.pid1)
+    os.close(warm.exit_r)
 
 
 def abort(warm: Warm, reason: BaseException) -> None:

@@ -340,6 +340,20 @@ def test_user_names_come_from_the_image(debian_store):
                                                    "/nonexistent"]
 
 
+def _warm_slot(root: Path) -> tuple[Path, int, int]:
+    """The warm slot's directory, monitor and PID 1 (found through the cgroup it made)."""
+    wait_for(lambda: any((p / "warm").exists() for p in (root / "containers").iterdir()), what="the warm dir")
+    [warm_dir] = [p for p in (root / "containers").iterdir() if (p / "warm").exists()]
+    procs = next(iter(Path("/sys/fs/cgroup").glob(f"*/sandbox-kernel/{warm_dir.name[:32]}/cgroup.procs")), None)
+    wait_for(lambda: procs is not None and procs.exists() and procs.read_text().split(), what="the slot's cgroup")
+    assert procs is not None
+    [pid1] = [int(p) for p in procs.read_text().split() if Path(f"/proc/{p}/comm").read_text() == "sandbox-init\n"
+              and Path(f"/proc/{p}/task/{p}/children").exists()
+              and Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+    monitor = int(Path(f"/proc/{pid1}/status").read_text().split("PPid:")[1].split()[0])
+    return warm_dir, monitor, pid1
+
+
 def test_warm_slot_runs_the_next_container_and_dies_with_its_caller(root):
     """After a foreground start a warm slot waits for the next one; it never outlives the process that made it."""
     if not Path(f"/proc/self/task/{os.getpid()}/children").exists():
@@ -352,30 +366,23 @@ for word in ("one", "two"):
     out = []
     c.run(ContainerSpec(image={BUSYBOX!r}, command=("echo", word), remove=True), stdin=None, stdout=out.append)
     sys.stdout.write(b"".join(out).decode())
-print(launcher._spare.pid, flush=True)
+print(launcher.wait_warm(), flush=True)
 time.sleep(60)
 """
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
-    assert [proc.stdout.readline() for _ in range(2)] == ["one\n", "two\n"], "the second ran in the first's warm slot"
-    monitor = int(proc.stdout.readline())
-    children = Path(f"/proc/{monitor}/task/{monitor}/children")
-    wait_for(lambda: children.exists() and children.read_text().split(), what="the slot's PID 1")
-    pid1 = int(children.read_text().split()[0])
-    wait_for(lambda: Path(f"/proc/{pid1}/comm").read_text() == "sandbox-init\n", what="PID 1 to name itself")
-    wait_for(lambda: any((p / "warm").exists() for p in (root / "containers").iterdir()), what="the warm dir")
-    warm_dirs = [p for p in (root / "containers").iterdir() if (p / "warm").exists()]
-    assert len(warm_dirs) == 1, "the slot built the next container's rootfs ahead"
-    warm_cgroups = [p for p in cgroups() if p.name == warm_dirs[0].name[:32]]
-    assert warm_cgroups, "and its cgroup"
+    assert [proc.stdout.readline() for _ in range(3)] == ["one\n", "two\n", "True\n"], "the second ran warm"
+    warm_dir, monitor, pid1 = _warm_slot(root)
+    warm_cgroups = [p for p in cgroups() if p.name == warm_dir.name[:32]]
+    assert warm_cgroups, "the slot made the next container's directory, cgroup and rootfs ahead"
     proc.kill()
     proc.wait()
     wait_for(lambda: not Path(f"/proc/{monitor}").exists() and not Path(f"/proc/{pid1}").exists(),
              what="the slot to die with its caller")
     # the slot's monitor heard of its caller's death and removed what it had made (or the next
     # listing sweeps it, if the monitor was killed too)
-    wait_for(lambda: ps(root, "-a") == [] and not warm_dirs[0].exists(), what="the warm dir to go")
+    wait_for(lambda: ps(root, "-a") == [] and not warm_dir.exists(), what="the warm dir to go")
     wait_for(lambda: not any(p.exists() for p in warm_cgroups), what="the slot's cgroup to go")
 
 
@@ -443,10 +450,9 @@ def test_a_killed_warm_slot_is_replaced_by_a_cold_start(root):
     spec = ContainerSpec(image=BUSYBOX, command=("echo", "ok"), remove=True)
     assert containers.run(spec, stdin=None, stdout=None, stderr=None).exit_code == 0
     assert launcher.wait_warm()
-    monitor = launcher._spare.pid
+    _warm_dir, monitor, pid1 = _warm_slot(root)
     os.kill(monitor, signal.SIGKILL)  # the slot's monitor; its PID 1 dies with it
-    wait_for(lambda: Path(f"/proc/{monitor}/stat").read_text().split(")")[-1].split()[0] == "Z",
-             what="the monitor to be dead")
+    wait_for(lambda: not Path(f"/proc/{pid1}").exists(), what="the slot's PID 1 to be dead")
     out: list[bytes] = []
     assert containers.run(spec, stdin=None, stdout=out.append, stderr=None).exit_code == 0
     assert out == [b"ok\n"]

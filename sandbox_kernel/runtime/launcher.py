@@ -3,7 +3,8 @@
 Forking a multi-threaded process and running Python in the child can deadlock
 on a lock another thread held at fork time (DESIGN.md section 6). So:
 
-* a single-threaded caller (the CLI, a script, a benchmark) forks directly;
+* a single-threaded caller (the CLI, a script, a benchmark) forks directly,
+  except for warm slots (below);
 * a multi-threaded caller (an IPython kernel, the Jupyter server) starts, once,
   a small single-threaded *fork server*: ``python -m
   sandbox_kernel.runtime.launcher`` with the runtime already imported, talked
@@ -14,7 +15,10 @@ on a lock another thread held at fork time (DESIGN.md section 6). So:
   end closes (the caller died); containers tied to the caller die with it.
 
 Either way the child reports over pipes, never through its parent, so the
-caller needs the same code whoever forked.
+caller needs the same code whoever forked. Warm slots (the next foreground
+container's processes, made ahead) always come from the fork server: the
+caller does not wait for that fork, and processes forked from a small
+process are quicker to fork and to run than copies of a big caller.
 """
 
 from __future__ import annotations
@@ -118,10 +122,15 @@ class Slot:
     ready: bool = False  # its monitor said so (see wait_warm)
 
 
-def _new_slot(tied: bool, speculation: Speculation | None = None) -> Slot:
+def _new_slot(tied: bool, speculation: Speculation | None = None, *, ahead: bool = False) -> Slot:
+    """A monitor waiting for its job. ``ahead``: made before it is needed, so the fork server
+    forks it (a small process, and not this caller's time) and this caller does not wait."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        pid = _fork("monitor", (tied, speculation), [theirs.fileno()], reap_now=not tied)
+        if ahead:
+            pid = _get_server().request("monitor", (tied, speculation), [theirs.fileno()], wait=False)
+        else:
+            pid = _fork("monitor", (tied, speculation), [theirs.fileno()], reap_now=not tied)
     except BaseException:
         ours.close()
         raise
@@ -152,6 +161,15 @@ def _take_spare() -> Slot | None:
     slot, _spare = _spare, None
     if slot is None:
         return None
+    if not _alive(slot):  # its monitor died (killed): what it had made is ours to remove
+        slot.sock.close()
+        if slot.pid in _direct_children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(slot.pid, 0)
+            _direct_children.remove(slot.pid)
+        if slot.speculation is not None:
+            _remove_speculation(slot.speculation)
+        return None
     if slot.pid in _direct_children:
         try:
             done, _ = os.waitpid(slot.pid, os.WNOHANG)
@@ -164,6 +182,16 @@ def _take_spare() -> Slot | None:
                 _remove_speculation(slot.speculation)
             return None
     return slot
+
+
+def _alive(slot: Slot) -> bool:
+    """Whether the slot's monitor still holds its end (a closed end reads as EOF at once)."""
+    try:
+        return slot.sock.recv(16, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 def _remove_speculation(speculation: Speculation) -> None:
@@ -214,7 +242,7 @@ def warm_next(speculation: Speculation | None = None) -> None:
         _drop(_spare)
         _spare = None
     try:
-        _spare = _new_slot(True, speculation)
+        _spare = _new_slot(True, speculation, ahead=True)
     except (OSError, ContainerError):
         _spare = None
 
@@ -245,8 +273,14 @@ def drop(slot: Slot) -> None:
     _drop(slot)
 
 
-def _drop(slot: Slot) -> None:
-    slot.sock.close()  # the monitor sees nothing come: it removes the slot and exits
+def _drop(slot: Slot, wait: float = 5.0) -> None:
+    """The monitor sees nothing come: it removes what it made and exits; wait for that."""
+    with contextlib.suppress(OSError):
+        slot.sock.shutdown(socket.SHUT_WR)
+        slot.sock.settimeout(wait)
+        while slot.sock.recv(16):  # "ready", if unread; then EOF once the monitor has cleaned up
+            pass
+    slot.sock.close()
     if slot.pid in _direct_children:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(slot.pid, 0)
@@ -331,11 +365,19 @@ class _ForkServer:
         theirs.close()
         self.sock = ours
         self.lock = threading.Lock()
+        self.unread = 0  # replies of requests that did not wait for theirs
 
-    def request(self, kind: str, args: tuple[Any, ...], fds: list[int]) -> int:
+    def request(self, kind: str, args: tuple[Any, ...], fds: list[int], *, wait: bool = True) -> int:
+        """Have the server fork ``kind``; its pid, or 0 without ``wait`` (the reply is read later)."""
         with self.lock:
             try:
+                while self.unread:
+                    self.sock.recv(64)
+                    self.unread -= 1
                 socket.send_fds(self.sock, [pickle.dumps((kind, args))], fds)
+                if not wait:
+                    self.unread += 1
+                    return 0
                 reply = self.sock.recv(64)
             except OSError as exc:
                 raise ContainerError(f"the fork server is gone: {exc}") from None
@@ -363,6 +405,8 @@ def serve(fd: int) -> None:
             data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 16)
         except InterruptedError:
             continue
+        except OSError:  # ECONNRESET: the caller went with replies unread
+            return
         if not data:
             return
         kind, args = pickle.loads(data)
@@ -374,7 +418,10 @@ def serve(fd: int) -> None:
             _run_child(kind, args, fds, me)
         for received in fds:
             os.close(received)
-        sock.send(str(pid).encode())
+        try:
+            sock.send(str(pid).encode())
+        except OSError:
+            return
 
 
 def _reap_all() -> None:

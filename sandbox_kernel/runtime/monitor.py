@@ -191,14 +191,15 @@ def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | N
         data, fds = b"", []
     if tied:  # from here on the caller's death kills the container
         signal.signal(signal.SIGTERM, lambda *_: _caller_died(warm.pid1))
+    if not data:  # dropped unused: clean up, then close (the caller may wait for that)
+        _drop(warm, cgroup, speculation)
+        slot.close()
+        return
     slot.close()
     if niced:
         for pid in (0, warm.pid1, warm.command):
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, pid, 0)
-    if not data:  # dropped unused
-        _drop(warm, cgroup, speculation)
-        return
     job: Job = pickle.loads(data)
     status_w = fds[0]
     if speculation is not None and (job.plan != speculation.plan or job.cgroup != speculation.cgroup):
@@ -277,15 +278,23 @@ def _run(job: Job, warm: process.Warm, status_w: int | None, stdio: tuple[int, .
         os.close(fd)
     pid1 = warm.pid1
     ref = ProcRef.of(pid1)
-    _send(status_w, event="started", pid=pid1, pid_start=ref.start if ref else 0)
-    # A command that is over within a moment is never recorded as running: the exit comes next.
-    if job.detached or not process.wait_readable([warm.exit_r], QUICK_EXIT):
+
+    def record_running() -> None:
         with cdir.locked() as state:
             state.status = RUNNING
             state.pid, state.pid_start = pid1, ref.start if ref else 0
             state.monitor_pid, state.monitor_start = os.getpid(), me.start if me else 0
             state.exit_code, state.oom_killed, state.error = None, False, None
             state.started_at = time.time()
+
+    if job.detached:  # the caller returns on "started": by then the state must say so
+        record_running()
+        _send(status_w, event="started", pid=pid1, pid_start=ref.start if ref else 0)
+    else:
+        _send(status_w, event="started", pid=pid1, pid_start=ref.start if ref else 0)
+        # A foreground command over within a moment is never written down as running: its exit is next.
+        if not process.wait_readable([warm.exit_r], QUICK_EXIT):
+            record_running()
     if job.detached:
         if status_w is not None:
             os.close(status_w)

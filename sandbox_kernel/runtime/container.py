@@ -350,7 +350,8 @@ class Containers:
             raise
         return cid
 
-    def _warm_next(self, image: Image, spec: ContainerSpec, key: tuple[str, ...] | None) -> None:
+    def _warm_next(self, image: Image, spec: ContainerSpec, key: tuple[str, ...] | None,
+                   lowers: tuple[str, ...] | None = None) -> None:
         """Leave a warm slot for the next foreground start; one that builds this start's rootfs again if it can."""
         if not self.warm_slots or not launcher.WARM_SLOTS:
             return
@@ -358,9 +359,9 @@ class Containers:
         if key is not None:  # the slot's monitor makes the directory and the cgroup, and builds the rootfs
             cid = os.urandom(32).hex()
             path = self.root / cid
-            lowers = [str(d) for d in reversed(self.store.unpack(image))]
+            layers = list(lowers) if lowers is not None else [str(d) for d in reversed(self.store.unpack(image))]
             me = ProcRef.of(os.getpid())
-            speculation = Speculation(key, cid, str(path), self._rootfs_plan(path, lowers, spec, key[2]),
+            speculation = Speculation(key, cid, str(path), self._rootfs_plan(path, layers, spec, key[2]),
                                       spec.hostname or cid[:12], cid[:32], (me.pid, me.start) if me else (0, 0))
         launcher.warm_next(speculation)
 
@@ -449,7 +450,7 @@ class Containers:
                 os.close(status_r)
                 launcher.reap()
             if event.get("event") == "exited":  # the next start's slot (not while this one ran: one CPU less)
-                self._warm_next(image, spec, key)
+                self._warm_next(image, spec, key, job.plan.lowerdirs)
         _raise_for(event, cdir)
         exit_code = int(event.get("exit_code", 137))
         oom = bool(event.get("oom_killed"))

@@ -135,6 +135,7 @@ class Store:
     def __init__(self, root: str | os.PathLike[str] | None = None):
         self.root = Path(root) if root is not None else default_root()
         self._images: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {}
+        self._tags_cache: tuple[tuple[int, int, int], dict[str, str]] | None = None
         try:
             for sub in ("blobs/sha256", "layers", "tmp", "locks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -286,12 +287,22 @@ class Store:
 
     def tags(self) -> dict[str, str]:
         """``{full reference: manifest digest}`` for every tag in the store."""
+        # index.json is only ever replaced by rename: the same inode, size and time mean the same tags
+        try:
+            st = os.stat(self.root / "index.json")
+            key: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = None
+        if key is not None and self._tags_cache is not None and self._tags_cache[0] == key:
+            return dict(self._tags_cache[1])
         out = {}
         for entry in self._read_index():
             name = (entry.get("annotations") or {}).get(media.ANNOTATION_REF_NAME)
             digest = entry.get("digest")
             if isinstance(name, str) and isinstance(digest, str):
                 out[name] = digest
+        if key is not None:
+            self._tags_cache = (key, dict(out))
         return out
 
     def set_tag(self, ref: Reference | str, manifest: Descriptor) -> None:

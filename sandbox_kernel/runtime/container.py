@@ -398,7 +398,7 @@ class Containers:
         cdir = self._find(ref)
         self._reconcile(cdir)
         job, _spec = self._job(cdir, detached=True)
-        status_r = launcher.start_monitor(job, None)
+        status_r = launcher.start_monitor(job, None, use_server=self.warm_slots)
         try:
             event = _Events(status_r).next()
         finally:
@@ -429,7 +429,7 @@ class Containers:
                 if on_start is not None:
                     on_start(cid)
                 job, _ = self._job(cdir, detached=False, spec=spec)
-                status_r = launcher.start_monitor(job, stdio.child_fds, slot)
+                status_r = launcher.start_monitor(job, stdio.child_fds, slot, use_server=self.warm_slots)
             except BaseException:  # the container never ran: as if it had not been made
                 if slot is not None:
                     launcher.drop(slot)

@@ -201,18 +201,21 @@ def _remove_speculation(speculation: Speculation) -> None:
         remove_quietly(speculation.cdir)
 
 
-def start_monitor(job: Job, stdio: tuple[int, int, int] | None, slot: Slot | None = None) -> int:
+def start_monitor(job: Job, stdio: tuple[int, int, int] | None, slot: Slot | None = None, *,
+                  use_server: bool = False) -> int:
     """Give the job to a monitor; returns the read end of its status pipe.
 
     A foreground container (tied to the caller) runs in ``slot`` if it got
     one (:func:`take_spare`); a detached container gets a monitor of its own
-    that outlives the caller.
+    that outlives the caller. ``use_server``: a new monitor is forked by the
+    fork server even for a single-threaded caller (worth it in a long-lived
+    process: copies of the small server are quicker to make and to run).
     """
     tied = not job.detached
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     try:
         for candidate in (slot, None):
-            candidate = candidate or _new_slot(tied)
+            candidate = candidate or _new_slot(tied, ahead=use_server)
             try:
                 socket.send_fds(candidate.sock, [pickle.dumps(job)], [status_w, *(stdio or ())])
                 break

@@ -54,6 +54,12 @@ def debian_store(tmp_path_factory) -> Store:
     return store
 
 
+@pytest.fixture(scope="session")
+def root(base_store) -> Path:
+    """The store of the container tests (the session's busybox store)."""
+    return base_store.root
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_cgroup_parent_left():
     """The shared sandbox-kernel/ cgroup parents go when the last test container has gone."""

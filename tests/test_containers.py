@@ -21,11 +21,6 @@ pytestmark = pytest.mark.root
 BUSYBOX = "localhost/busybox:latest"
 
 
-@pytest.fixture(scope="module")
-def root(base_store) -> Path:
-    return base_store.root
-
-
 @pytest.fixture(autouse=True)
 def nothing_left_behind(root):
     before = cgroups()

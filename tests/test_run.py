@@ -25,11 +25,6 @@ def sh(store_root: Path, script: str, *opts: str) -> subprocess.CompletedProcess
     return run(store_root, *opts, BUSYBOX, "sh", "-c", script)
 
 
-@pytest.fixture(scope="module")
-def root(base_store) -> Path:
-    return base_store.root
-
-
 @pytest.fixture(autouse=True)
 def nothing_left_behind(root):
     """Every run leaves no mount, cgroup or container directory on the host."""

@@ -350,8 +350,7 @@ class Containers:
             raise
         return cid
 
-    def _warm_next(self, image: Image, spec: ContainerSpec, key: tuple[str, ...] | None,
-                   lowers: tuple[str, ...] | None = None) -> None:
+    def _warm_next(self, spec: ContainerSpec, key: tuple[str, ...] | None, lowers: tuple[str, ...]) -> None:
         """Leave a warm slot for the next foreground start; one that builds this start's rootfs again if it can."""
         if not self.warm_slots or not launcher.WARM_SLOTS:
             return
@@ -359,9 +358,8 @@ class Containers:
         if key is not None:  # the slot's monitor makes the directory and the cgroup, and builds the rootfs
             cid = os.urandom(32).hex()
             path = self.root / cid
-            layers = list(lowers) if lowers is not None else [str(d) for d in reversed(self.store.unpack(image))]
             me = ProcRef.of(os.getpid())
-            speculation = Speculation(key, cid, str(path), self._rootfs_plan(path, layers, spec, key[2]),
+            speculation = Speculation(key, cid, str(path), self._rootfs_plan(path, list(lowers), spec, key[2]),
                                       spec.hostname or cid[:12], cid[:32], (me.pid, me.start) if me else (0, 0))
         launcher.warm_next(speculation)
 
@@ -450,7 +448,7 @@ class Containers:
                 os.close(status_r)
                 launcher.reap()
             if event.get("event") == "exited":  # the next start's slot (not while this one ran: one CPU less)
-                self._warm_next(image, spec, key, job.plan.lowerdirs)
+                self._warm_next(spec, key, job.plan.lowerdirs)
         _raise_for(event, cdir)
         exit_code = int(event.get("exit_code", 137))
         oom = bool(event.get("oom_killed"))
@@ -500,8 +498,7 @@ class Containers:
             raise UsageError("exec needs a command")
         cdir = self._find(ref)
         state = self._reconcile(cdir)
-        info = self._info(cdir, state) if state else None
-        if info is None or state is None or state.status != RUNNING:
+        if state is None or state.status != RUNNING:
             what = "paused: resume it first" if state and state.status == PAUSED else "not running"
             raise ContainerError(f"container {ref} is {what}")
         config = cdir.read_config()
@@ -513,7 +510,7 @@ class Containers:
         if user:
             found = users_mod.resolve(user, config["lowerdirs"])
             proc.update(uid=found.uid, gid=found.gid, groups=list(found.groups))
-        plan = _process_plan(proc, info.spec)
+        plan = _process_plan(proc, ContainerSpec.from_dict(config["spec"]))
         pidfd = _pidfd(state.pid1())
         if pidfd is None:
             raise ContainerError(f"container {ref} is not running")

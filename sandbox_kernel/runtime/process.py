@@ -121,6 +121,19 @@ def _find_executable(name: str, env: dict[str, str]) -> str:
     raise FileNotFoundError("executable file not found in $PATH")
 
 
+def _forward_signals(child: int) -> None:
+    """Pass the signals a user sends (stop, Ctrl-C, kill -s) on to ``child``."""
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forward)
+
+
 def _drop_bounding(keep: int) -> None:
     """Cut the bounding set to ``keep`` (capabilities already dropped are skipped: no syscall each)."""
     for cap in range(_last_cap() + 1):
@@ -240,19 +253,9 @@ def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int, exit_w:
     # From here on this process only waits, with no fd but stdio and the pipe that tells the
     # monitor the command's exit status, and with only CAP_KILL.
     sc.close_all_but([exit_w])
-    for cap in range(_last_cap() + 1):
-        if cap != CAPABILITIES["KILL"]:
-            sc.prctl(sc.PR_CAPBSET_DROP, cap)
+    _drop_bounding(1 << CAPABILITIES["KILL"])
     sc.capset(1 << CAPABILITIES["KILL"], 1 << CAPABILITIES["KILL"], 0)
-
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, forward)
+    _forward_signals(child)
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
@@ -476,15 +479,7 @@ def join_and_exec(pidfd: int, proc: ProcessPlan, go_r: int, err_w: int, status_w
         _report(err_w, f"cannot join the container: {_error_line(exc)}")
         os._exit(125)
     os.close(err_w)
-
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, forward)
+    _forward_signals(child)
     code = wait(child)
     _report(status_w, str(code))
     os._exit(code)

@@ -247,8 +247,3 @@ class Prepared:
     def install(self) -> None:
         """Load the filter into this thread (needs no_new_privs or CAP_SYS_ADMIN)."""
         sc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._prog))
-
-
-def install(machine: str | None = None) -> None:
-    """Load the filter into this thread (needs no_new_privs or CAP_SYS_ADMIN)."""
-    Prepared(machine).install()

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(busybox-static mmdebstrap skopeo umoci zstd podman runc bubblewrap)
+# gcc and libc6-dev: the runtime compiles its small exec helper (sandbox_kernel/runtime/sk_exec.c).
+DEB_PACKAGES=(busybox-static mmdebstrap skopeo umoci zstd podman runc bubblewrap gcc libc6-dev)
 
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
@@ -34,3 +35,6 @@ fi
 # command would otherwise compile its modules again (tens of milliseconds). Only changed files
 # are recompiled.
 .venv/bin/python -m compileall -q sandbox_kernel >/dev/null
+# The compiled command process of a container (runtime/exec_helper.py): built once per source
+# version into ~/.cache/sandbox-kernel/bin; without it containers start through a slower Python path.
+.venv/bin/python -m sandbox_kernel.runtime.exec_helper >/dev/null

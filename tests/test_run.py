@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from leftovers import assert_nothing_left, cgroups
 
+from sandbox_kernel.runtime import exec_helper
+
 pytestmark = pytest.mark.root
 
 BUSYBOX = "localhost/busybox:latest"
@@ -23,6 +25,17 @@ def run(store_root: Path, *args: str, stdin: str | None = None) -> subprocess.Co
 
 def sh(store_root: Path, script: str, *opts: str) -> subprocess.CompletedProcess:
     return run(store_root, *opts, BUSYBOX, "sh", "-c", script)
+
+
+@pytest.fixture(autouse=True, params=["sk-exec", "python"])
+def exec_path(request, monkeypatch):
+    """Every test runs with both command processes: the compiled one, and the Python fallback."""
+    if request.param == "python":
+        monkeypatch.setenv(exec_helper.ENV_SWITCH, "0")
+    else:
+        monkeypatch.delenv(exec_helper.ENV_SWITCH, raising=False)
+        assert exec_helper.path() is not None, "scripts/setup.sh installs a C compiler and builds sk-exec"
+    return request.param
 
 
 @pytest.fixture(autouse=True)

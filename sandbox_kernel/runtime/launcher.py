@@ -402,6 +402,7 @@ def serve(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt of the kernel is not for us
     signal.signal(signal.SIGCHLD, lambda *_: _reap_all())
+    process.preload()  # made once here, inherited by every monitor
     me = os.getpid()
     while True:
         try:

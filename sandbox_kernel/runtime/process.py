@@ -7,8 +7,9 @@ Starting happens in two halves, so that the first can be done ahead of time
       monitor  unshare(CLONE_NEWPID): its next child is PID 1 of a new pid
                namespace; forks it
       PID 1    dies with the monitor (PDEATHSIG), not dumpable, new session;
-               unshares mount, uts, ipc and net; loopback up; forks the
-               command's process; both wait
+               unshares mount, uts, ipc and net; loopback up; starts the
+               command's process (sk-exec, the compiled one of
+               exec_helper.py, or else a fork of itself); both wait
     prepare (with the rootfs plan: with the job, or ahead of it)
       PID 1    builds the rootfs and pivots into it (which moves the waiting
                command's process too)
@@ -16,7 +17,8 @@ Starting happens in two halves, so that the first can be done ahead of time
       PID 1    takes stdio, unshares the cgroup namespace, hands the command
                its plan and stdio, then only reaps zombies and forwards signals
       command  unshares its cgroup namespace, drops privileges in the order
-               the kernel requires (exec_command) and execs
+               the kernel requires (exec_command, or the same steps in
+               sk_exec.c) and execs
 
 Joining (:func:`join_and_exec`, for ``exec``): a process already placed in the
 container's cgroup joins all its namespaces at once through a pidfd of its
@@ -44,11 +46,12 @@ import signal
 import socket
 import struct
 from dataclasses import dataclass
+from typing import NoReturn
 
+from . import exec_helper, security
 from . import rootfs as rootfs_mod
-from . import security
 from . import syscalls as sc
-from .errors import ContainerError, ExecError
+from .errors import ContainerError, ExecError, SandboxError
 
 # Unshared by PID 1 itself; the pid namespace is made by the monitor (unshare only affects its children).
 NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWCGROUP
@@ -206,13 +209,26 @@ def _rename_self() -> None:
         ctypes.memmove(start, INIT_NAME, len(INIT_NAME))
 
 
-def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int, exit_w: int) -> None:
+def _spawn_helper(helper: str, cmd_sock: socket.socket, err_w: int) -> int:
+    """Start the compiled command process (exec_helper.py): its socket on fd 3, the error pipe on fd 4."""
+    # Copies above 4 first, so that moving one to 3 or 4 cannot clobber the other (sk-exec closes them).
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (cmd_sock.fileno(), err_w)]
+    try:
+        return os.posix_spawn(helper, ["sk-exec"], {}, setsigmask=(),
+                              file_actions=[(os.POSIX_SPAWN_DUP2, high[0], 3), (os.POSIX_SPAWN_DUP2, high[1], 4)])
+    finally:
+        for fd in high:
+            os.close(fd)
+
+
+def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int, exit_w: int, helper: str | None) -> None:
     """PID 1 of a warm slot. Never returns.
 
     Before a job comes: dies with the monitor, becomes non-dumpable, leaves
     the session, unshares every namespace but the cgroup one, brings up
-    loopback and forks the command's process (which talks to the monitor
-    itself, on ``cmd_sock``). Then builds the rootfs when told what to build
+    loopback and starts the command's process (which talks to the monitor
+    itself, on ``cmd_sock``): ``helper``, the compiled one, if there is one,
+    or else a fork running :func:`_warm_command`. Then builds the rootfs when told what to build
     (pivot_root moves the waiting command's process into it too), says
     "built", and on "go" (both are in the cgroup now) unshares the cgroup
     namespace. Then only reaps and forwards signals.
@@ -229,13 +245,16 @@ def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int, exit_w:
         sc.unshare(NAMESPACES & ~sc.CLONE_NEWCGROUP)
         _loopback_up()
         os.chdir("/")  # the old root: pivot_root moves a cwd that is there, and only that
-        child = os.fork()
-        if child == 0:
-            try:
-                sock.close()
-            except BaseException:
-                os._exit(125)
-            _warm_command(cmd_sock, err_w)
+        if helper is not None:
+            child = _spawn_helper(helper, cmd_sock, err_w)
+        else:
+            child = os.fork()
+            if child == 0:
+                try:
+                    sock.close()
+                except BaseException:
+                    os._exit(125)
+                _warm_command(cmd_sock, err_w)
         cmd_sock.close()
         data = sock.recv(1 << 20)  # what to build: (plan, hostname); may come long before the job
         if not data:
@@ -309,7 +328,7 @@ def read_error(err_r: int) -> str:
     return error.decode(errors="replace").strip()
 
 
-def _raise_start_error(message: str) -> None:
+def _raise_start_error(message: str) -> NoReturn:
     if message.startswith(EXEC_PREFIX):
         code, _, text = message[len(EXEC_PREFIX):].partition(" ")
         raise ExecError(text, int(code))
@@ -326,6 +345,7 @@ class Warm:
     cmd_sock: socket.socket  # to the command's process
     err_r: int
     exit_r: int  # PID 1 writes the command's exit status here before it exits
+    compiled: bool = False  # the command's process is sk-exec (exec_helper.py), not a fork of Python
     building: bool = False
     built: bool = False
     reaped: bool = False
@@ -335,15 +355,21 @@ class Warm:
         self.cmd_sock.close()
 
 
+def preload() -> str | None:
+    """Make what every container's processes need once, in the process that forks them; the helper's path."""
+    security.compiled()
+    _argv_range()
+    _last_cap()
+    return exec_helper.path()
+
+
 def warm_up() -> Warm:
     """In the monitor: fork PID 1 of a new pid namespace, which forks the command's process.
 
     Call at most once per process: the new pid namespace is for this
     process's children. Both wait for :func:`prepare` and :func:`go`.
     """
-    security.compiled()  # built once here, not in every child
-    _argv_range()
-    _last_cap()
+    helper = preload()
     sc.unshare(sc.CLONE_NEWPID)
     to_pid1, pid1_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     to_cmd, cmd_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -359,7 +385,7 @@ def warm_up() -> Warm:
             os.close(exit_r)
         except BaseException:
             os._exit(125)
-        _warm_init(pid1_end, cmd_end, err_w, exit_w)
+        _warm_init(pid1_end, cmd_end, err_w, exit_w, helper)
     pid1_end.close()
     cmd_end.close()
     os.close(err_w)
@@ -370,7 +396,7 @@ def warm_up() -> Warm:
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
             command = struct.unpack("3i", data[:struct.calcsize("3i")])[0]
-    warm = Warm(pid1, command, to_pid1, to_cmd, err_r, exit_r)
+    warm = Warm(pid1, command, to_pid1, to_cmd, err_r, exit_r, compiled=helper is not None)
     if reply != b"ready" or command <= 0:
         abort(warm, ContainerError("PID 1 died"))
     return warm
@@ -406,7 +432,11 @@ def go(warm: Warm, proc: ProcessPlan, stdio: tuple[int, int, int]) -> None:
     """
     wait_built(warm)
     try:
-        socket.send_fds(warm.cmd_sock, [pickle.dumps(proc)], list(stdio))
+        plan = _encode(proc) if warm.compiled else pickle.dumps(proc)
+    except ValueError as exc:
+        abort(warm, ExecError(f"exec {proc.argv[0] if proc.argv else ''}: {exc}", 127))
+    try:
+        socket.send_fds(warm.cmd_sock, [plan], list(stdio))
         warm.sock.send(b"go")
     except OSError:
         pass  # one of them is gone: its error, on the error pipe, says why
@@ -416,6 +446,11 @@ def go(warm: Warm, proc: ProcessPlan, stdio: tuple[int, int, int]) -> None:
     if error:
         os.waitpid(warm.pid1, 0)
         _raise_start_error(error)
+
+
+def _encode(proc: ProcessPlan) -> bytes:
+    return exec_helper.encode(proc.argv, proc.env, proc.cwd, proc.uid, proc.gid, proc.groups,
+                              _cap_mask(proc.capabilities), proc.rlimits, security.compiled())
 
 
 def wait_exit(warm: Warm) -> int:
@@ -445,14 +480,17 @@ def reap(warm: Warm) -> None:
     os.close(warm.exit_r)
 
 
-def abort(warm: Warm, reason: BaseException) -> None:
+def abort(warm: Warm, reason: BaseException) -> NoReturn:
     """Kill the warm processes and raise what went wrong (PID 1's own error says more, if it has one)."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(warm.pid1, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(warm.pid1, 0)
     warm.close()
-    _raise_start_error(read_error(warm.err_r) or str(reason))
+    message = read_error(warm.err_r)
+    if not message and isinstance(reason, SandboxError):
+        raise reason
+    _raise_start_error(message or str(reason))
 
 
 def join_and_exec(pidfd: int, proc: ProcessPlan, go_r: int, err_w: int, status_w: int) -> None:

@@ -1,0 +1,141 @@
+"""The compiled command process of a warm container (sk_exec.c), and the plan it reads.
+
+A warm container's command process waits in the container for its job, then
+drops privileges and execs. Done by a fork of PID 1 (a Python process) that
+takes about 2 ms on this kind of machine: a millisecond of Python for the
+privilege drop, and most of another for execve to unmap a copy of a Python
+process. ``sk-exec``, spawned by PID 1 instead (posix_spawn), is a 20 KB
+program that does the same steps in the same order in microseconds
+(DESIGN.md section 6, design (a): the code between fork and exec is a fixed
+syscall sequence).
+
+It is compiled from the source shipped in the package, once, with the
+system's C compiler, into a cache directory that only its owner can write
+(it runs as root); the file name carries a hash of the source and flags, so
+a changed source builds a new helper. Without a compiler the runtime uses
+the Python path (process._warm_command), which does the same with the same
+result, only slower. ``SANDBOX_KERNEL_EXEC_HELPER=0`` forces that path.
+
+    python -m sandbox_kernel.runtime.exec_helper   # build it now (scripts/setup.sh does), print its path
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import SandboxError
+
+SOURCE = Path(__file__).with_name("sk_exec.c")
+CFLAGS = ("-O2", "-Wall", "-Wextra", "-Werror", "-fstack-protector-strong", "-D_FORTIFY_SOURCE=2")
+ENV_SWITCH = "SANDBOX_KERNEL_EXEC_HELPER"
+MAGIC = b"SKX1"
+HEADER = struct.Struct("=4s7IQ")
+RLIMIT = struct.Struct("=IIQQ")
+RLIM_INFINITY = 0xFFFFFFFFFFFFFFFF
+
+
+class HelperError(SandboxError):
+    """The helper could not be built or is not safe to run."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sandbox-kernel" / "bin"
+
+
+def _name() -> str:
+    digest = hashlib.sha256(SOURCE.read_bytes() + "\0".join(CFLAGS).encode()).hexdigest()
+    return f"sk-exec-{digest[:16]}"
+
+
+def _check_owned(path: Path) -> None:
+    """Refuse a file or directory that someone else could have changed: root would run it."""
+    st = path.stat()
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise HelperError(f"{path} is writable by another user or not ours; not running it")
+
+
+def build(directory: Path | None = None) -> Path:
+    """The helper's path, compiled first if it is not in ``directory`` (default: :func:`cache_dir`)."""
+    directory = directory or cache_dir()
+    target = directory / _name()
+    if target.exists():
+        _check_owned(directory)
+        _check_owned(target)
+        return target
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise HelperError("no C compiler (cc) to build the exec helper; install gcc")
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HelperError(f"cannot make {directory}: {exc.strerror}") from None
+    _check_owned(directory)
+    fd, tmp = tempfile.mkstemp(prefix=".build-", dir=directory)
+    os.close(fd)
+    try:
+        result = subprocess.run([compiler, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                                timeout=120, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            first = (result.stderr.strip().splitlines() or ["no output"])[0]
+            raise HelperError(f"building the exec helper failed: {first}")
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, target)  # atomic: two builders at once both end with a whole file
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise HelperError(f"building the exec helper failed: {exc}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return target
+
+
+@functools.cache
+def path() -> str | None:
+    """The helper to spawn, or None to use the Python path (no compiler, or switched off)."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return None
+    try:
+        return str(build())
+    except (HelperError, OSError):
+        return None
+
+
+def encode(argv: tuple[str, ...], env: tuple[tuple[str, str], ...], cwd: str, uid: int, gid: int,
+           groups: tuple[int, ...], caps: int, rlimits: tuple[tuple[int, int, int], ...], seccomp: bytes) -> bytes:
+    """The plan as sk_exec.c reads it (see the layout at the top of that file)."""
+    if not argv:
+        raise ValueError("empty command")
+    if not seccomp or len(seccomp) % 8:
+        raise ValueError("the seccomp filter is missing or malformed")
+    strings = [os.fsencode(text) for text in (cwd, *argv, *(f"{key}={value}" for key, value in env))]
+    if any(b"\0" in text for text in strings):
+        raise ValueError("embedded null byte")
+    parts = [HEADER.pack(MAGIC, uid, gid, len(groups), len(rlimits), len(argv), len(env), len(seccomp), caps)]
+    parts.append(struct.pack(f"={len(groups)}I", *groups))
+    for which, soft, hard in rlimits:
+        parts.append(RLIMIT.pack(which, 0, soft & RLIM_INFINITY, hard & RLIM_INFINITY))
+    parts.append(seccomp)
+    parts.extend(text + b"\0" for text in strings)
+    return b"".join(parts)
+
+
+def main() -> int:
+    try:
+        print(build())
+    except HelperError as exc:
+        print(f"sandbox-kernel: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

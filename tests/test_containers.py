@@ -325,6 +325,27 @@ def test_interrupting_the_cli_interrupts_the_container(root):
     assert (proc.returncode, out) == (130, "interrupted\n")
 
 
+def test_interrupting_the_api_interrupts_a_container_from_a_warm_slot(root):
+    """The caller learns PID 1 from the ready slot (no "started" event): Ctrl-C must still reach the container."""
+    script = f"""
+import sys
+from sandbox_kernel.runtime import Containers, ContainerSpec, Store, launcher
+c = Containers(Store({str(root)!r}))
+c.run(ContainerSpec(image={BUSYBOX!r}, command=("true",), remove=True), stdin=None)
+assert launcher.wait_warm() and launcher._spare.pid1 is not None, "a ready slot names PID 1"
+loop = "trap 'echo interrupted; exit 130' INT; echo ready; while true; do sleep 0.1; done"
+result = c.run(ContainerSpec(image={BUSYBOX!r}, command=("sh", "-c", loop), remove=True), stdin=None)
+print("exit", result.exit_code, flush=True)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=10)
+    assert (proc.returncode, out) == (0, "interrupted\nexit 130\n")
+
+
 def test_user_names_come_from_the_image(debian_store):
     containers = Containers(debian_store)
     out: list[bytes] = []

@@ -302,10 +302,11 @@ class Containers:
 
     def create(self, spec: ContainerSpec) -> str:
         """Make the container's directory and resolve what it runs; returns its id. Nothing runs yet."""
-        return self._create(spec, self.store.resolve(spec.image))
+        return self._create(spec, self.store.resolve(spec.image))[0]
 
-    def _create(self, spec: ContainerSpec, image: Image, warm: Speculation | None = None) -> str:
-        """``create``; with ``warm``, the container takes the id and directory a warm slot prepared."""
+    def _create(self, spec: ContainerSpec, image: Image,
+                warm: Speculation | None = None) -> tuple[str, dict[str, Any]]:
+        """``create``: the id and config; with ``warm``, it takes the id and directory a warm slot prepared."""
         if spec.name is not None and (not spec.name or not all(c.isalnum() or c in "_.-" for c in spec.name)
                                       or not spec.name[0].isalnum()):
             raise UsageError(f"invalid container name {spec.name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
@@ -339,7 +340,6 @@ class Containers:
             if not self.names.claim(name, cid, lambda other: (self.root / other / "config.json").exists()):
                 raise ContainerError(f"the container name {name!r} is already in use by container "
                                      f"{(self.names.lookup(name) or '?')[:12]}: remove it or pick another name")
-            cdir.write_state(State(status=CREATED))
             cdir.write_config(config)  # a directory with a config is a container
             if warm is not None:
                 (cdir.path / WARM_MARK).unlink()
@@ -348,7 +348,7 @@ class Containers:
                 self.names.release(name, cid)
             remove_quietly(cdir.path)
             raise
-        return cid
+        return cid, config
 
     def _warm_next(self, spec: ContainerSpec, key: tuple[str, ...] | None, lowers: tuple[str, ...]) -> None:
         """Leave a warm slot for the next foreground start; one that builds this start's rootfs again if it can."""
@@ -358,7 +358,7 @@ class Containers:
         if key is not None:  # the slot's monitor makes the directory and the cgroup, and builds the rootfs
             cid = os.urandom(32).hex()
             path = self.root / cid
-            me = ProcRef.of(os.getpid())
+            me = ProcRef.me()
             speculation = Speculation(key, cid, str(path), self._rootfs_plan(path, list(lowers), spec, key[2]),
                                       spec.hostname or cid[:12], cid[:32], (me.pid, me.start) if me else (0, 0))
         launcher.warm_next(speculation)
@@ -376,19 +376,23 @@ class Containers:
 
     # -- start, run, wait ----------------------------------------------------------------------------------------
 
-    def _job(self, cdir: ContainerDir, detached: bool, spec: ContainerSpec | None = None) -> tuple[Job, ContainerSpec]:
-        """What the monitor needs; ``spec``: the one the container was just created with (saves a read)."""
-        config = cdir.read_config()
-        spec = spec or ContainerSpec.from_dict(config["spec"])
-        for layer in config["lowerdirs"]:
-            if not os.path.isdir(layer):
-                raise ImageNotFound(f"container {config['name']}: a layer of its image {spec.image} is gone "
-                                    f"({os.path.basename(layer)[:12]}); remove the container")
+    def _job(self, cdir: ContainerDir, detached: bool,
+             created: tuple[ContainerSpec, dict[str, Any]] | None = None) -> tuple[Job, ContainerSpec]:
+        """What the monitor needs; ``created``: the spec and config the container was just created with."""
+        if created is not None:
+            spec, config = created
+        else:  # a container made earlier: its layers may have gone since
+            config = cdir.read_config()
+            spec = ContainerSpec.from_dict(config["spec"])
+            for layer in config["lowerdirs"]:
+                if not os.path.isdir(layer):
+                    raise ImageNotFound(f"container {config['name']}: a layer of its image {spec.image} is gone "
+                                        f"({os.path.basename(layer)[:12]}); remove the container")
         path = cdir.path
         plan = self._rootfs_plan(path, config["lowerdirs"], spec, config["process"]["cwd"])
         job = Job(cdir=str(path), name=config["name"], plan=plan, hostname=config["hostname"],
                   proc=_process_plan(config["process"], spec), cgroup=config["cgroup"], limits=spec.limits,
-                  detached=detached, remove=spec.remove, log_max=spec.log_size)
+                  detached=detached, remove=spec.remove, log_max=spec.log_size, fresh=created is not None)
         return job, spec
 
     def start(self, ref: str) -> ContainerInfo:
@@ -416,7 +420,7 @@ class Containers:
         key = _warm_key(image, spec)
         slot = launcher.take_spare(key)
         try:
-            cid = self._create(spec, image, slot.speculation if slot is not None else None)
+            cid, config = self._create(spec, image, slot.speculation if slot is not None else None)
         except BaseException:
             if slot is not None:
                 launcher.drop(slot)
@@ -426,7 +430,11 @@ class Containers:
             try:
                 if on_start is not None:
                     on_start(cid)
-                job, _ = self._job(cdir, detached=False, spec=spec)
+                job, _ = self._job(cdir, detached=False, created=(spec, config))
+                known = slot.pid1 if slot is not None else None  # PID 1, named by a ready slot
+                if known is not None:
+                    job = replace(job, announce=False)
+                    interrupts.target(lambda signum: _send_signal(known, signum))
                 status_r = launcher.start_monitor(job, stdio.child_fds, slot, use_server=self.warm_slots)
             except BaseException:  # the container never ran: as if it had not been made
                 if slot is not None:

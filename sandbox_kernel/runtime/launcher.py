@@ -41,7 +41,7 @@ from .cgroups import open_cgroup
 from .errors import ContainerError, SandboxError
 from .fsutil import remove_quietly
 from .monitor import Job, Speculation, monitor_main
-from .state import WARM_MARK
+from .state import WARM_MARK, ProcRef
 
 _direct_children: list[int] = []
 # One warm slot for the next foreground start (SANDBOX_KERNEL_WARM_SLOTS=0: none).
@@ -120,6 +120,7 @@ class Slot:
     tied: bool
     speculation: Speculation | None = None
     ready: bool = False  # its monitor said so (see wait_warm)
+    pid1: ProcRef | None = None  # the container's PID 1, which its monitor names when it is ready
 
 
 def _new_slot(tied: bool, speculation: Speculation | None = None, *, ahead: bool = False) -> Slot:
@@ -263,7 +264,10 @@ def _wait_ready(slot: Slot, timeout: float) -> bool:
     if not slot.ready:
         slot.sock.settimeout(timeout)
         try:
-            slot.ready = slot.sock.recv(16) == b"ready"
+            reply = slot.sock.recv(64).split()
+            slot.ready = reply[:1] == [b"ready"]
+            if slot.ready and len(reply) == 3 and int(reply[2]):
+                slot.pid1 = ProcRef(int(reply[1]), int(reply[2]))
         except OSError:
             slot.ready = False
         finally:

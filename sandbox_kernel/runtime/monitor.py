@@ -78,6 +78,8 @@ class Job:
     detached: bool
     remove: bool
     log_max: int
+    fresh: bool = False  # created by the caller for this start: no other process can have started it
+    announce: bool = True  # send "started"; a foreground caller that had PID 1 with "ready" needs no such event
 
 
 def _send(fd: int | None, **event: object) -> None:
@@ -168,6 +170,7 @@ def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | N
     slot = socket.socket(fileno=sock_fd)
     niced = tied and _nice(WARM_NICE)  # a slot warms at a low priority, not to slow a running start
     warm = process.warm_up()  # ahead of the job when this is a warm slot
+    refs = ProcRef.me(), ProcRef.of(warm.pid1)  # the state names both; asked now, not on the start's time
     cgroup = None
     if speculation is not None:
         cgroup = open_cgroup(speculation.cgroup)
@@ -185,7 +188,8 @@ def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | N
             raise
     try:
         with contextlib.suppress(OSError):
-            slot.send(b"ready")  # for launcher.wait_warm()
+            # For launcher.wait_warm(); with PID 1, so that the caller can signal it from the start.
+            slot.send(b"ready %d %d" % (warm.pid1, refs[1].start if refs[1] else 0))
         data, fds, _, _ = socket.recv_fds(slot, 1 << 20, 4)
     except (_CallerGone, OSError):  # OSError: ECONNRESET when the caller closed without reading "ready"
         data, fds = b"", []
@@ -207,7 +211,7 @@ def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | N
         _send(status_w, event="error", message="internal error: the job does not match its warm slot",
               exit_code=125)
         return
-    _run(job, warm, status_w, tuple(fds[1:4]) if len(fds) == 4 else None, cgroup)
+    _run(job, warm, refs, status_w, tuple(fds[1:4]) if len(fds) == 4 else None, cgroup)
 
 
 def _drop(warm: process.Warm, cgroup: Cgroup | None, speculation: Speculation | None) -> None:
@@ -225,9 +229,12 @@ def _drop(warm: process.Warm, cgroup: Cgroup | None, speculation: Speculation | 
         remove_quietly(speculation.cdir)
 
 
-def _run(job: Job, warm: process.Warm, status_w: int | None, stdio: tuple[int, ...] | None,
-         ready: Cgroup | None) -> None:
-    """Start the job in the warm processes (``ready``: their cgroup exists and holds them); wait; finish."""
+def _run(job: Job, warm: process.Warm, refs: tuple[ProcRef | None, ProcRef | None], status_w: int | None,
+         stdio: tuple[int, ...] | None, ready: Cgroup | None) -> None:
+    """Start the job in the warm processes (``ready``: their cgroup exists and holds them); wait; finish.
+
+    ``refs``: this process and PID 1.
+    """
     cdir = ContainerDir(Path(job.cdir))
     out_r = err_r = None
     if stdio is None:  # detached: the output goes to the log
@@ -238,9 +245,9 @@ def _run(job: Job, warm: process.Warm, status_w: int | None, stdio: tuple[int, .
         stdio = (in_r, out_w, err_w)
     if ready is None:
         process.prepare(warm, job.plan, job.hostname)  # PID 1 builds the rootfs while we do the rest
-    me = ProcRef.of(os.getpid())
-    current = cdir.read_state()
-    if current.status in (STARTING, RUNNING, PAUSED) and current.monitor().alive():
+    me, ref = refs
+    current = None if job.fresh else cdir.read_state()
+    if current is not None and current.status in (STARTING, RUNNING, PAUSED) and current.monitor().alive():
         _send(status_w, event="error", message=f"container {job.name} is already {current.status}", exit_code=125)
         _drop(warm, ready, None)
         return
@@ -277,7 +284,6 @@ def _run(job: Job, warm: process.Warm, status_w: int | None, stdio: tuple[int, .
     for fd in stdio:
         os.close(fd)
     pid1 = warm.pid1
-    ref = ProcRef.of(pid1)
 
     def record_running() -> None:
         with cdir.locked() as state:
@@ -291,7 +297,8 @@ def _run(job: Job, warm: process.Warm, status_w: int | None, stdio: tuple[int, .
         record_running()
         _send(status_w, event="started", pid=pid1, pid_start=ref.start if ref else 0)
     else:
-        _send(status_w, event="started", pid=pid1, pid_start=ref.start if ref else 0)
+        if job.announce:
+            _send(status_w, event="started", pid=pid1, pid_start=ref.start if ref else 0)
         # A foreground command over within a moment is never written down as running: its exit is next.
         if not process.wait_readable([warm.exit_r], QUICK_EXIT):
             record_running()
@@ -342,7 +349,6 @@ def _finish(job: Job, cdir: ContainerDir, cgroup: Cgroup, exit_code: int, oom: b
             os.rename(cdir.path, trash)
         except OSError:
             trash = cdir.path
-        Names(cdir.path.parent / "names").release(job.name, cdir.id)
     else:
         with cdir.locked() as state:
             state.status = EXITED
@@ -354,6 +360,8 @@ def _finish(job: Job, cdir: ContainerDir, cgroup: Cgroup, exit_code: int, oom: b
             state.finished_at = time.time()
     if notify is not None:
         notify()
+    if job.remove:  # (a new claim of the name takes over a link to a container that is gone)
+        Names(cdir.path.parent / "names").release(job.name, cdir.id)
     if reap is not None:
         reap()  # PID 1 and its namespaces go (a moment's work for the kernel, after the caller knows)
     try:

@@ -12,11 +12,13 @@ Starting happens in two halves, so that the first can be done ahead of time
                exec_helper.py, or else a fork of itself); both wait
     prepare (with the rootfs plan: with the job, or ahead of it)
       PID 1    builds the rootfs and pivots into it (which moves the waiting
-               command's process too)
+               command's process too); closes what it will not need, cuts its
+               bounding set to CAP_KILL, passes signals on to the command
     go (with the job, once the monitor has put both processes in the cgroup)
-      PID 1    takes stdio, unshares the cgroup namespace, hands the command
-               its plan and stdio, then only reaps zombies and forwards signals
-      command  unshares its cgroup namespace, drops privileges in the order
+      PID 1    unshares the cgroup namespace, keeps only CAP_KILL, then only
+               reaps zombies and forwards signals
+      command  gets its plan and stdio from the monitor, unshares its cgroup
+               namespace, drops privileges in the order
                the kernel requires (exec_command, or the same steps in
                sk_exec.c) and execs
 
@@ -261,6 +263,12 @@ def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int, exit_w:
             os._exit(0)  # the slot was dropped unused
         plan, hostname = pickle.loads(data)
         rootfs_mod.setup(plan, hostname)
+        # What waiting needs, made before the job: no fd but stdio, the monitor's socket and the two
+        # pipes; only CAP_KILL in the bounding set (the effective set keeps CAP_SYS_ADMIN for the
+        # unshare below); signals passed on to the command.
+        sc.close_all_but([sock.fileno(), err_w, exit_w])
+        _drop_bounding(1 << CAPABILITIES["KILL"])
+        _forward_signals(child)
         sock.send(b"built")
         if sock.recv(16) != b"go":  # the monitor put us and the command's process in the cgroup
             os._exit(0)
@@ -269,12 +277,10 @@ def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int, exit_w:
         _report(err_w, f"container setup failed: {_error_line(exc)}")
         os._exit(125)
     os.close(err_w)
+    sock.close()
     # From here on this process only waits, with no fd but stdio and the pipe that tells the
     # monitor the command's exit status, and with only CAP_KILL.
-    sc.close_all_but([exit_w])
-    _drop_bounding(1 << CAPABILITIES["KILL"])
     sc.capset(1 << CAPABILITIES["KILL"], 1 << CAPABILITIES["KILL"], 0)
-    _forward_signals(child)
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
@@ -436,8 +442,8 @@ def go(warm: Warm, proc: ProcessPlan, stdio: tuple[int, int, int]) -> None:
     except ValueError as exc:
         abort(warm, ExecError(f"exec {proc.argv[0] if proc.argv else ''}: {exc}", 127))
     try:
+        warm.sock.send(b"go")  # PID 1 first: it holds the error pipe open until it has the go
         socket.send_fds(warm.cmd_sock, [plan], list(stdio))
-        warm.sock.send(b"go")
     except OSError:
         pass  # one of them is gone: its error, on the error pipe, says why
     finally:

@@ -3,7 +3,8 @@
 Each container is a directory ``ROOT/containers/ID/``::
 
     config.json     what was asked (written once, at create)
-    state.json      status, pids, exit code (replaced atomically, under ``lock``)
+    state.json      status, pids, exit code (replaced atomically, under ``lock``);
+                    none yet means created, at config.json's time
     lock            flock'ed by whoever changes state.json
     upper/ work/    the overlay's writable layer
     rootfs/         the mount point (mounted only inside the container's mount namespace)
@@ -55,8 +56,20 @@ class ProcRef:
         start = start_time(pid)
         return None if start is None else cls(pid, start)
 
+    @classmethod
+    def me(cls) -> ProcRef | None:
+        """This process (asked once per process: a forked child asks again)."""
+        pid = os.getpid()
+        if pid not in _ME:
+            _ME.clear()
+            _ME[pid] = cls.of(pid)
+        return _ME[pid]
+
     def alive(self) -> bool:
         return self.pid > 0 and start_time(self.pid) == self.start
+
+
+_ME: dict[int, ProcRef | None] = {}
 
 
 def start_time(pid: int) -> int | None:
@@ -152,9 +165,13 @@ class ContainerDir:
         try:
             return State.from_json(json.loads((self.path / "state.json").read_text()))
         except FileNotFoundError:
-            return State(status=CREATED)
+            pass
         except (OSError, ValueError, TypeError) as exc:
             raise StoreError(f"container {self.id[:12]}: cannot read its state: {exc}") from None
+        try:  # nothing has happened to it since create (which writes no state: one file less on the start's time)
+            return State(status=CREATED, created_at=self.config_path.stat().st_mtime)
+        except FileNotFoundError:
+            return State(status=CREATED)
 
     def write_state(self, state: State) -> None:
         _atomic_write(self.path / "state.json", json.dumps(asdict(state)))

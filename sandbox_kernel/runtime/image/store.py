@@ -448,6 +448,9 @@ class Store:
         Returns the layer directories bottom first (reverse them for overlay's
         ``lowerdir``). Each is verified against the config's diff id.
         """
+        dirs = [self.layer_dir(diff_id, trusted) for diff_id in image.diff_ids]
+        if all(target.is_dir() for target in dirs):  # a layer dir appears whole (rename): no lock needed to see it
+            return dirs
         dirs = []
         with self.writing():
             for desc, diff_id in zip(image.layers, image.diff_ids, strict=True):

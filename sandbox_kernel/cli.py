@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from . import cli_registry
 from .cli_containers import add_commands, inspect_container
 from .runtime import SandboxError, Store, UsageError
 
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="REF")
     p.add_argument("--json", action="store_true", help="print JSON")
     add("prune", cmd_prune, "remove unused blobs and unpacked layers")
+    cli_registry.add_commands(add)
     add_commands(add)
 
     image = sub.add_parser("image", help="image management (build base images)")

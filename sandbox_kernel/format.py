@@ -89,7 +89,7 @@ def inspect_image(image: Image) -> dict[str, Any]:
     config = image.config
     return {
         "Id": image.id,
-        "RepoTags": [parse_reference(t).familiar() for t in image.tags],
+        "RepoTags": [parse_reference(t).familiar() for t in image.tags if parse_reference(t).tag is not None],
         "RepoDigests": [parse_reference(d).familiar() for d in image.repo_digests],
         "Parent": "",
         "Comment": (config.get("history") or [{}])[-1].get("comment", ""),

@@ -18,6 +18,8 @@ _WHERE = {
     "ContainerStats": ".container",
     "Containers": ".container",
     "ArchiveError": ".errors",
+    "AuthError": ".errors",
+    "RegistryError": ".errors",
     "BlobError": ".errors",
     "BuildError": ".errors",
     "CgroupError": ".errors",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     )
     from .errors import (
         ArchiveError,
+        AuthError,
         BlobError,
         BuildError,
         CgroupError,
@@ -81,6 +84,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         ImageNotFound,
         LayerError,
         ReferenceFormatError,
+        RegistryError,
         SandboxError,
         StoreError,
         UsageError,
@@ -137,6 +141,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "RECIPES",
     "ArchiveError",
+    "AuthError",
     "BlobError",
     "BuildError",
     "CgroupError",
@@ -163,6 +168,7 @@ __all__ = [
     "NetSpec",
     "Reference",
     "ReferenceFormatError",
+    "RegistryError",
     "SandboxError",
     "State",
     "Store",

@@ -11,7 +11,9 @@ message as one line; anything else is a bug and may show a traceback.
     │   ├── ImageInUse               removing an image that something still needs
     │   ├── BlobError                missing blob, digest or size mismatch, bad JSON
     │   ├── ArchiveError             an OCI layout / oci-archive / docker-archive is unusable
-    │   └── LayerError               a layer that is unsafe or corrupt (names entry and rule)
+    │   ├── LayerError               a layer that is unsafe or corrupt (names entry and rule)
+    │   └── RegistryError            talking to a registry: unreachable, refused, bad answer
+    │       └── AuthError            no or wrong credentials, or not allowed
     ├── StoreError                   the on-disk store: locks, full disk, permissions
     ├── BuildError                   building a base image (missing tool, failed recipe)
     └── ContainerError               container lifecycle
@@ -77,6 +79,14 @@ class LayerError(ImageError):
         if rule is not None:
             message = f"{message} [{rule}]"
         super().__init__(message)
+
+
+class RegistryError(ImageError):
+    """A registry could not be reached, refused a request or answered something unusable."""
+
+
+class AuthError(RegistryError):
+    """A registry wants credentials we do not have, or refused the ones we gave."""
 
 
 class StoreError(SandboxError):

@@ -25,9 +25,10 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
@@ -111,6 +112,46 @@ class Image:
     def repo_digests(self) -> list[str]:
         names = {parse_reference(t).name for t in self.tags}
         return sorted(f"{n}@{self.manifest_digest}" for n in names)
+
+
+class _Tee(io.RawIOBase):
+    """Reads ``size`` bytes of ``src`` for the unpacker, writing and hashing them on the way."""
+
+    def __init__(self, src: IO[bytes], out: IO[bytes], size: int, on_bytes: Callable[[int], None] | None):
+        super().__init__()
+        self.src = src
+        self.out = out
+        self.size = size
+        self.on_bytes = on_bytes
+        self.sha = hashlib.sha256()
+        self.count = 0
+        self.error: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")[: max(0, self.size - self.count)]
+        if not view:
+            return 0
+        try:
+            data = self.src.read(len(view))
+        except BaseException as exc:
+            self.error = exc  # the unpacker sees a broken stream; the caller raises this instead
+            raise
+        n = len(data)
+        view[:n] = data
+        self.sha.update(data)
+        self.out.write(data)
+        self.count += n
+        if self.on_bytes is not None and n:
+            self.on_bytes(n)
+        return n
+
+    def drain(self) -> None:
+        buffer = bytearray(CHUNK)
+        while self.readinto(buffer):
+            pass
 
 
 def _fsync_dir(path: Path) -> None:
@@ -256,6 +297,57 @@ class Store:
             raise
         return digest, size
 
+    def ingest_layer(self, src: IO[bytes], digest: str, size: int, diff_id: str, *,
+                     on_bytes: Callable[[int], None] | None = None, limits: ExtractLimits | None = None) -> None:
+        """Store a layer blob from a stream and unpack it from the same bytes as they come (a pull).
+
+        The blob and the unpacked directory become visible only once the
+        blob's digest and size and the layer's diff id are right; anything
+        else raises and leaves nothing behind. A wrong digest is reported as
+        such even when it first broke the unpacking. Call inside :meth:`writing`.
+        """
+        from .layers import ExtractLimits, extract_layer
+
+        validate_digest(digest)
+        target = self.layer_dir(diff_id)
+        tmp_blob = self._tmp_path(".blob")
+        tmp_layer = self._tmp_path(".layer")
+        try:
+            with open(tmp_blob, "wb") as out:
+                tee = _Tee(src, out, size, on_bytes)
+                unpack_error: BaseException | None = None
+                if not target.is_dir():
+                    try:
+                        extract_layer(tee, tmp_layer, expected_diff_id=diff_id, limits=limits or ExtractLimits())
+                    except Exception as exc:
+                        unpack_error = exc
+                if tee.error is not None:  # the download failed: that is the error, not what it did to the tar
+                    raise tee.error
+                tee.drain()  # what the tar did not need (the compressor's trailer): it is in the digest too
+                actual = f"sha256:{tee.sha.hexdigest()}"
+                if actual != digest or tee.count != size:
+                    raise BlobError(f"layer {digest[:19]}: the registry sent {tee.count} bytes with digest "
+                                    f"{actual[:19]}, not the {size} bytes of {digest[:19]}; nothing was stored")
+                if unpack_error is not None:
+                    raise unpack_error
+                out.flush()
+                os.fsync(out.fileno())
+            os.rename(tmp_blob, self.blob_path(digest))
+            if tmp_layer.exists():
+                try:
+                    os.rename(tmp_layer, target)
+                except OSError as exc:
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                    remove_quietly(tmp_layer)  # another process won the race
+        except OSError as exc:
+            raise _store_error(exc, f"cannot store layer {digest[:19]}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp_blob.unlink()
+            if tmp_layer.exists():
+                remove_quietly(tmp_layer)
+
     def put_bytes(self, data: bytes) -> str:
         import io
 
@@ -305,10 +397,17 @@ class Store:
             self._tags_cache = (key, dict(out))
         return out
 
-    def set_tag(self, ref: Reference | str, manifest: Descriptor) -> None:
-        """Point ``ref`` at a stored manifest (whose blobs must all be present)."""
+    def set_tag(self, ref: Reference | str, manifest: Descriptor, *, by_digest: bool = False) -> None:
+        """Point ``ref`` at a stored manifest (whose blobs must all be present).
+
+        ``by_digest``: ``ref`` is ``name@digest`` of that very manifest (a pull
+        by digest): recorded so that the image is kept, shown without a tag.
+        """
         ref = parse_reference(str(ref)) if isinstance(ref, str) else ref
-        if ref.tag is None:
+        if by_digest:
+            if ref.digest != manifest.digest or ref.tag is not None:
+                raise ReferenceFormatError(f"{ref} does not name manifest {manifest.digest}")
+        elif ref.tag is None:
             raise ReferenceFormatError(f"cannot tag with a digest reference {ref}")
         self._check_complete(manifest.digest)
         name = str(ref)
@@ -459,6 +558,18 @@ class Store:
                     self._unpack_one(desc, diff_id, target, trusted, limits)
                 dirs.append(target)
         return dirs
+
+    def unpack_layer(self, desc: dict[str, Any], diff_id: str) -> None:
+        """Unpack one stored layer blob if its tree is not here yet (call inside :meth:`writing`)."""
+        target = self.layer_dir(diff_id)
+        if not target.is_dir():
+            self._unpack_one(desc, diff_id, target, False, None)
+
+    @contextlib.contextmanager
+    def blob_lock(self, digest: str) -> Iterator[None]:
+        """Held while a blob is fetched: a second process fetching it waits, then finds it stored."""
+        with self._lock(f"blob-{digest_hex(digest)[:2]}"):  # 256 lock files at most
+            yield
 
     def _unpack_one(
         self, desc: dict[str, Any], diff_id: str, target: Path, trusted: bool, limits: ExtractLimits | None

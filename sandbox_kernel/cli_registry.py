@@ -1,0 +1,176 @@
+"""``pull``, ``push``, ``login``, ``logout``: the CLI side of registries.
+
+On a terminal every layer gets a tqdm bar on stderr (bytes, speed); elsewhere
+one line per layer when it is done, as docker prints them. Passwords never
+appear in output or in an error message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .runtime import Store, UsageError
+
+PROG = "sandbox-kernel"
+
+
+def _store(args: argparse.Namespace) -> Store:
+    return Store(args.root)
+
+
+def _options(args: argparse.Namespace, credentials: Any = None) -> Any:
+    from .runtime.image.transport import RegistryOptions
+
+    return RegistryOptions(insecure=args.insecure, ca_file=args.ca_file, cert_dir=args.cert_dir,
+                           credentials=credentials)
+
+
+class _Bars:
+    """Progress of a pull or push: tqdm bars on a terminal, else a line per finished blob."""
+
+    def __init__(self, verb: str, quiet: bool):
+        self.verb = verb
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty() and not quiet
+        self.bars: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, event: Any) -> None:
+        if self.quiet or event.status == "resolved":
+            return
+        short = event.digest.split(":", 1)[-1][:12]
+        with self.lock:
+            if self.tty:
+                self._draw(event, short)
+            elif event.status in ("exists", "complete", "mounted"):
+                said = {"exists": "Already exists", "mounted": "Mounted from another repository",
+                        "complete": f"{self.verb} complete"}[event.status]
+                print(f"{short}: {said}", file=sys.stderr, flush=True)
+
+    def _draw(self, event: Any, short: str) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(event.digest)
+        if bar is None:
+            bar = tqdm(total=event.total or None, desc=short, unit="B", unit_scale=True, unit_divisor=1024,
+                       position=len(self.bars), leave=True, file=sys.stderr, dynamic_ncols=True)
+            self.bars[event.digest] = bar
+        if event.status in ("downloading", "uploading", "complete", "exists", "mounted"):
+            bar.update(max(0, event.done - bar.n))
+        if event.status in ("exists", "complete", "mounted"):
+            bar.set_postfix_str({"exists": "exists", "mounted": "mounted", "complete": "done"}[event.status])
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from .runtime.image.pull import pull
+
+    bars = _Bars("Pull", args.quiet)
+    try:
+        result = pull(_store(args), args.reference, platform=args.platform, options=_options(args), progress=bars)
+    finally:
+        bars.close()
+    if not args.quiet:
+        print(f"Digest: {result.digest}", file=sys.stderr)
+        news = "Downloaded newer image" if result.downloaded else "Image is up to date"
+        print(f"Status: {news} for {result.reference.familiar()}", file=sys.stderr)
+    print(str(result.reference))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .runtime.image.push import push
+
+    bars = _Bars("Push", args.quiet)
+    try:
+        result = push(_store(args), args.source, args.destination, options=_options(args), progress=bars)
+    finally:
+        bars.close()
+    print(f"{result.reference.tag}: digest: {result.digest} size: {result.size}")
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif args.password is not None:
+        print(f"{PROG}: WARNING! Using --password on the command line is insecure; use --password-stdin.",
+              file=sys.stderr)
+        password = args.password
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+    else:
+        raise UsageError("no password: give --password-stdin (or run on a terminal to be asked)")
+    if not password:
+        raise UsageError("the password is empty")
+    return password
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from .runtime.image import credentials
+    from .runtime.image.registry import RegistryClient
+
+    registry = credentials.normalize(args.server or "docker.io")
+    username = args.username
+    if not username:
+        if not sys.stdin.isatty() or args.password_stdin:
+            raise UsageError("no user name: give --username")
+        username = input("Username: ").strip()
+    creds = credentials.Credentials(username, _read_password(args))
+    client = RegistryClient(registry, _options(args, creds))
+    try:
+        client.transport.check_login()
+    finally:
+        client.close()
+    path = credentials.store(registry, creds)
+    print(f"Login Succeeded (credentials saved in {path})")
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from .runtime.image import credentials
+
+    registry = credentials.normalize(args.server or "docker.io")
+    if credentials.remove(registry):
+        print(f"Removing login credentials for {registry}")
+    else:
+        print(f"Not logged in to {registry}")
+    return 0
+
+
+def _tls_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--insecure", action="store_true",
+                   help="allow plain http, or https with a certificate that is not verified")
+    p.add_argument("--ca-file", metavar="FILE", help="also trust this CA certificate (PEM)")
+    p.add_argument("--cert-dir", metavar="DIR",
+                   help="docker's layout: *.crt CA certificates, NAME.cert/NAME.key client certificates")
+
+
+def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("pull", cmd_pull, "pull an image from a registry")
+    p.add_argument("reference", metavar="REF")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-arch index (default: "
+                   "this machine's)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the reference")
+    _tls_options(p)
+    p = add("push", cmd_push, "push an image to a registry")
+    p.add_argument("source", metavar="REF")
+    p.add_argument("destination", nargs="?", metavar="DEST", help="push under this name (default: REF)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    _tls_options(p)
+    p = add("login", cmd_login, "log in to a registry (saved in docker's config.json)")
+    p.add_argument("server", nargs="?", metavar="SERVER", help="default: Docker Hub")
+    p.add_argument("-u", "--username")
+    p.add_argument("-p", "--password", help="insecure: prefer --password-stdin")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    _tls_options(p)
+    p = add("logout", cmd_logout, "forget the saved credentials of a registry")
+    p.add_argument("server", nargs="?", metavar="SERVER", help="default: Docker Hub")

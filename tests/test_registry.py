@@ -393,3 +393,63 @@ def test_an_expired_token_is_fetched_again(token_registry, source):
         assert len(token_registry.token_log) == before + 2, "fetched again once expired"
     finally:
         client.close()
+
+
+def test_zstd_gzip_and_plain_layers_pull_and_unpack(plain_registry, source, store, tmp_path):
+    """One image with a layer of each compression: pushed, pulled, unpacked, and the files are there."""
+    import io
+
+    from sandbox_kernel.runtime.image.layers import write_layer
+
+    base = source.resolve(BUSYBOX)
+    layers = list(base.layers)
+    diff_ids = list(base.diff_ids)
+    with source.writing():
+        for compression in ("zstd", "none"):
+            tree = tmp_path / compression
+            (tree / "data").mkdir(parents=True)
+            (tree / "data" / f"{compression}.txt").write_text(f"made with {compression}\n" * 100)
+            buffer = io.BytesIO()
+            written = write_layer(tree, buffer, compression=compression)  # type: ignore[arg-type]
+            buffer.seek(0)
+            source.ingest(buffer, expected_digest=written.digest)
+            layers.append(written.descriptor())
+            diff_ids.append(written.diff_id)
+        config = {**base.config, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+        source.put_image(config, layers, "localhost/mixed:1")
+    ref = plain_registry.ref("mixed/compressions:1")
+    push(source, "localhost/mixed:1", ref, options=INSECURE)
+    image = pull(store, ref, options=INSECURE).image
+    assert [layer["mediaType"].rsplit(".", 1)[-1] for layer in image.layers] == ["tar+gzip", "tar+zstd", "tar"]
+    for compression, diff_id in zip(("zstd", "none"), image.diff_ids[1:], strict=True):
+        assert (store.layer_dir(diff_id) / "data" / f"{compression}.txt").read_text().startswith("made with")
+
+
+def test_a_huge_manifest_is_refused(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Huge(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"{}" if self.path == "/v2/" else b" " * (5 << 20)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class Quiet(ThreadingHTTPServer):
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass  # we hang up on it mid-body: that is the point
+
+    server = Quiet(("127.0.0.1", 0), Huge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(RegistryError, match="larger than 4194304 bytes"):
+            pull(Store(tmp_path / "s"), f"127.0.0.1:{server.server_port}/big/manifest:1", options=INSECURE)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -43,6 +43,12 @@ _WHERE = {
     "ExtractResult": ".image.layers",
     "extract_layer": ".image.layers",
     "write_layer": ".image.layers",
+    "ProgressEvent": ".image.pull",
+    "PullResult": ".image.pull",
+    "pull": ".image.pull",
+    "PushResult": ".image.push",
+    "push": ".image.push",
+    "RegistryOptions": ".image.transport",
     "Reference": ".image.ref",
     "parse_reference": ".image.ref",
     "Descriptor": ".image.store",
@@ -104,6 +110,8 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         extract_layer,
         write_layer,
     )
+    from .image.pull import ProgressEvent, PullResult, pull
+    from .image.push import PushResult, push
     from .image.ref import (
         Reference,
         parse_reference,
@@ -114,6 +122,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         Store,
         default_root,
     )
+    from .image.transport import RegistryOptions
     from .spec import (
         ContainerSpec,
         Limits,
@@ -166,9 +175,13 @@ __all__ = [
     "Loaded",
     "Mount",
     "NetSpec",
+    "ProgressEvent",
+    "PullResult",
+    "PushResult",
     "Reference",
     "ReferenceFormatError",
     "RegistryError",
+    "RegistryOptions",
     "SandboxError",
     "State",
     "Store",
@@ -183,6 +196,8 @@ __all__ = [
     "parse_reference",
     "parse_size",
     "parse_ulimit",
+    "pull",
+    "push",
     "save",
     "write_layer",
 ]

@@ -10,7 +10,8 @@ program that does the same steps in the same order in microseconds
 syscall sequence).
 
 It is compiled from the source shipped in the package, once, with the
-system's C compiler, into a cache directory that only its owner can write
+system's C compiler, into the cache directory (``$SANDBOX_KERNEL_CACHE/bin``, default
+``~/.cache/sandbox-kernel/bin``) that only its owner can write
 (it runs as root); the file name carries a hash of the source and flags, so
 a changed source builds a new helper. Without a compiler the runtime uses
 the Python path (process._warm_command), which does the same with the same
@@ -32,6 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import fsutil
 from .errors import SandboxError
 
 SOURCE = Path(__file__).with_name("sk_exec.c")
@@ -48,8 +50,7 @@ class HelperError(SandboxError):
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sandbox-kernel" / "bin"
+    return fsutil.cache_dir() / "bin"
 
 
 def _name() -> str:

@@ -5,10 +5,20 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from pathlib import Path
 
 from . import syscalls
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def cache_dir() -> Path:
+    """Where built things are kept between runs: ``$SANDBOX_KERNEL_CACHE``, else ``~/.cache/sandbox-kernel``."""
+    env = os.environ.get("SANDBOX_KERNEL_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sandbox-kernel"
 
 
 def remove_tree(name: str | os.PathLike[str], dir_fd: int | None = None, *, missing_ok: bool = True) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BuildError
+from ..fsutil import cache_dir
 from . import archive, media
 from .layers import write_layer
 from .store import Image, Store
@@ -31,14 +32,6 @@ PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("python3",)
 BUSYBOX_BINARY = "/bin/busybox"
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("SANDBOX_KERNEL_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sandbox-kernel"
 
 
 def _tool_version(package: str) -> str:

@@ -9,10 +9,9 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .runtime import (
-    Containers,
     ContainerSpec,
     Limits,
     Mount,
@@ -27,11 +26,16 @@ from .runtime import (
 )
 from .runtime.spec import DEFAULT_ULIMITS
 
+if TYPE_CHECKING:  # the engine is imported by the commands that use it (pull, images... do not)
+    from .runtime import Containers
+
 PROG = "sandbox-kernel"
 Add = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
 
 def _containers(args: argparse.Namespace) -> Containers:
+    from .runtime import Containers
+
     return Containers(Store(args.root), warm_slots=False)  # a CLI call runs one container and exits
 
 

@@ -8,11 +8,10 @@ the module-level ``libc``) to fake what this machine cannot show.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
-libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+libc = ctypes.CDLL(None, use_errno=True)  # the C library this Python runs on (ctypes.util costs ~10 ms)
 
 _SYSCALL_NUMBERS = {
     # openat2 has the same number on every architecture that has the generic table.

@@ -163,8 +163,7 @@ class Transport:
         self.credentials = self.options.credentials or creds_mod.lookup(self.registry)
         self.scheme: str | None = None
         self.challenge: Challenge | None = None
-        self._tls = self._tls_context(verify=True)
-        self._tls_unverified = self._tls_context(verify=False) if self.options.insecure else None
+        self._contexts: dict[bool, ssl.SSLContext] = {}  # made when first needed: loading the CAs takes ~35 ms
         self._verify = True
         self._local = threading.local()
         self._lock = threading.Lock()  # tokens, the connection list
@@ -174,21 +173,28 @@ class Transport:
 
     # -- TLS and connections ----------------------------------------------------------------------------
 
+    def _context(self, verify: bool) -> ssl.SSLContext:
+        with self._lock:
+            if verify not in self._contexts:
+                self._contexts[verify] = self._tls_context(verify)
+            return self._contexts[verify]
+
     def _tls_context(self, verify: bool) -> ssl.SSLContext:
-        if not verify:
+        """The system's CAs plus ``ca_file`` and the cert dir's; unverified: none, but client certs still go."""
+        if verify:
             ctx = ssl.create_default_context()
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-            return ctx
-        ctx = ssl.create_default_context()
         try:
-            if self.options.ca_file:
+            if self.options.ca_file and verify:
                 ctx.load_verify_locations(cafile=self.options.ca_file)
             dirs = [Path(self.options.cert_dir)] if self.options.cert_dir else [Path(d) / self.host for d in CERT_DIRS]
             for directory in dirs:
                 if not directory.is_dir():
                     continue
-                for ca in sorted(directory.glob("*.crt")):
+                for ca in sorted(directory.glob("*.crt")) if verify else ():
                     ctx.load_verify_locations(cafile=str(ca))
                 for cert in sorted(directory.glob("*.cert")):
                     key = cert.with_suffix(".key")
@@ -204,7 +210,7 @@ class Transport:
         conn = pool.get((scheme, netloc))
         if conn is None:
             if scheme == "https":
-                ctx = self._tls if self._verify or netloc != self.host else self._tls_unverified
+                ctx = self._context(self._verify or netloc != self.host)
                 conn = http.client.HTTPSConnection(netloc, timeout=self.options.timeout, context=ctx)
             else:
                 conn = http.client.HTTPConnection(netloc, timeout=self.options.timeout)
@@ -254,9 +260,8 @@ class Transport:
         with self._ping_lock:
             if self.scheme is not None:
                 return
-            schemes = [("https", True)]
-            if self.options.insecure:
-                schemes += [("https", False), ("http", True)]
+            # docker's way with an insecure registry: https without verifying, then plain http
+            schemes = [("https", False), ("http", True)] if self.options.insecure else [("https", True)]
             last: BaseException | None = None
             for scheme, verify in schemes:
                 self._verify = verify

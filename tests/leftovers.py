@@ -27,9 +27,14 @@ def assert_nothing_left(store_root: Path, before: set[Path], wait: float = 3.0) 
     assert not new, f"cgroups left behind: {sorted(map(str, new))}"
     containers = store_root / "containers"
     if containers.exists():
-        # a --rm container's directory may still be on its way out (the monitor removes it after the exit)
-        while [p for p in containers.iterdir() if p.name.startswith(".gone-")] and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_gone(containers, deadline)
         assert [p.name for p in containers.iterdir() if p.name != "names"] == [], "container directories left"
         names = containers / "names"
         assert not names.exists() or list(names.iterdir()) == [], "container names left"
+
+
+def wait_for_gone(containers: Path, deadline: float) -> None:
+    """A --rm container's directory (``.gone-ID``) and name may still be on their way out: the monitor
+    removes them after it has told the caller the exit status."""
+    while [p for p in containers.iterdir() if p.name.startswith(".gone-")] and time.monotonic() < deadline:
+        time.sleep(0.05)

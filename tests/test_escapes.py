@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from leftovers import wait_for_gone
 
 pytestmark = pytest.mark.root
 
@@ -141,6 +142,7 @@ def nothing_left_behind():
         assert str(root) not in mounts, f"a mount of {root} is left on the host"
         containers = root / "containers"
         if containers.exists():
+            wait_for_gone(containers, time.monotonic() + 3)
             assert [p.name for p in containers.iterdir() if p.name != "names"] == [], "a container directory is left"
             names = containers / "names"
             assert not names.exists() or list(names.iterdir()) == [], "a container name is left"

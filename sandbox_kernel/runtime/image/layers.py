@@ -32,6 +32,7 @@ import hashlib
 import io
 import os
 import stat
+import struct
 import tarfile
 import zlib
 from collections import OrderedDict
@@ -709,6 +710,58 @@ def _times(member: tarfile.TarInfo) -> tuple[int, int]:
     return ns, ns
 
 
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s")  # a ustar header's fields, up to byte 500
+
+
+def _nti(field: bytes) -> int:
+    """tarfile.nti for the usual octal field, without its per-call decode; base-256 goes to tarfile."""
+    if field[:1] in (b"\x80", b"\xff"):
+        return tarfile.nti(field)  # type: ignore[attr-defined]
+    try:
+        return int(field.partition(b"\0")[0].strip() or b"0", 8)
+    except ValueError:
+        raise tarfile.InvalidHeaderError("invalid header") from None
+
+
+class _FastTarInfo(tarfile.TarInfo):
+    """TarInfo whose header parsing does tarfile's checks with fewer Python calls (a third of a pull's time
+    went into ``frombuf``). Anything unusual (an empty, end or sparse header, a checksum that only the
+    signed sum matches) is handed to tarfile's own code, so errors and edge cases stay exactly its."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        if (len(buf) != tarfile.BLOCKSIZE or buf[156:157] == tarfile.GNUTYPE_SPARSE
+                or not buf.strip(b"\0")):
+            return super().frombuf(buf, encoding, errors)
+        (name, mode, uid, gid, size, mtime, chksum, kind, linkname, _magic, uname, gname, devmajor, devminor,
+         prefix) = _HEADER.unpack_from(buf)
+        checksum = _nti(chksum)
+        if checksum != 256 + sum(buf) - sum(chksum):  # the unsigned sum, with the field counted as spaces
+            return super().frombuf(buf, encoding, errors)  # the signed variant, or tarfile's "bad checksum"
+        obj = cls()
+        obj.name = name.partition(b"\0")[0].decode(encoding, errors)
+        obj.mode = _nti(mode)
+        obj.uid = _nti(uid)
+        obj.gid = _nti(gid)
+        obj.size = _nti(size)
+        obj.mtime = _nti(mtime)
+        obj.chksum = checksum
+        obj.type = kind
+        obj.linkname = linkname.partition(b"\0")[0].decode(encoding, errors)
+        obj.uname = uname.partition(b"\0")[0].decode(encoding, errors)
+        obj.gname = gname.partition(b"\0")[0].decode(encoding, errors)
+        obj.devmajor = _nti(devmajor)
+        obj.devminor = _nti(devminor)
+        prefix_text = prefix.partition(b"\0")[0].decode(encoding, errors)
+        if obj.type == tarfile.AREGTYPE and obj.name.endswith("/"):  # old V7 directories
+            obj.type = tarfile.DIRTYPE
+        if obj.isdir():
+            obj.name = obj.name.rstrip("/")
+        if prefix_text and obj.type not in tarfile.GNU_TYPES:
+            obj.name = prefix_text + "/" + obj.name
+        return obj
+
+
 def _apply_stream(
     src: BinaryIO,
     root_fd: int,
@@ -724,7 +777,7 @@ def _apply_stream(
     current = "<header>"
     try:
         try:
-            tf = tarfile.open(fileobj=reader, mode="r:")  # type: ignore[call-overload]
+            tf = tarfile.open(fileobj=reader, mode="r:", tarinfo=_FastTarInfo)  # type: ignore[call-overload]
         except tarfile.ReadError as exc:
             reader.drain()
             if not reader.head.strip(b"\0"):  # no bytes, or only end-of-archive zeros

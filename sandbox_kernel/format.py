@@ -78,7 +78,8 @@ def image_rows(store: Store, match: str | None = None) -> list[dict[str, Any]]:
 
 def images_table(store: Store, match: str | None = None) -> str:
     rows = [
-        [r["Repository"], r["Tag"], r["Id"].split(":", 1)[1][:12], time_ago(r["Created"]), human_size(r["Size"])]
+        [r["Repository"], r["Tag"] or "<none>", r["Id"].split(":", 1)[1][:12], time_ago(r["Created"]),
+         human_size(r["Size"])]
         for r in image_rows(store, match)
     ]
     return table(rows, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"])

@@ -453,3 +453,18 @@ def test_a_huge_manifest_is_refused(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_pull_by_digest_of_an_index_keeps_the_image(plain_registry, multiarch_layout, tmp_path):
+    push_with_skopeo(plain_registry, multiarch_layout.source, "multi/bydigest:latest")
+    store = Store(tmp_path / "s")
+    ref = plain_registry.ref(f"multi/bydigest@{multiarch_layout.index_digest}")
+    result = pull(store, ref, options=INSECURE)
+    assert result.image.manifest_digest == multiarch_layout.amd64_digest
+    name = plain_registry.ref(f"multi/bydigest@{multiarch_layout.amd64_digest}")
+    assert store.tags() == {name: multiarch_layout.amd64_digest}, "kept (prune leaves it), shown without a tag"
+    assert store.resolve(name).manifest_digest == multiarch_layout.amd64_digest
+    store.prune()
+    assert store.resolve(name).manifest_digest == multiarch_layout.amd64_digest
+    both = pull(store, plain_registry.ref(f"multi/bydigest:v1@{multiarch_layout.index_digest}"), options=INSECURE)
+    assert plain_registry.ref("multi/bydigest:v1") in store.tags() and both.downloaded == 0

@@ -19,6 +19,7 @@ tqdm bars with them; the widgets a progress bar).
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ def pull(store: Store, reference: str, *, platform: str | None = None, options: 
         with store.writing():
             if not store.has_blob(config_desc["digest"]):
                 data = client.get_blob(ref.repository, config_desc["digest"], media.MAX_JSON_BYTES)
-                store.ingest(_bytes_io(data), expected_digest=config_desc["digest"])
+                store.ingest(io.BytesIO(data), expected_digest=config_desc["digest"])
             config = media.check_config(store.read_json(config_desc["digest"], "image config"),
                                         len(manifest["layers"]))
             if platform and top.media_type in media.MANIFEST_TYPES and not platform_ok(config, wanted):
@@ -121,13 +122,13 @@ def pull(store: Store, reference: str, *, platform: str | None = None, options: 
                                  f"not {_platform_text(wanted)}")
             layers = list(zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True))
             downloaded = _fetch_layers(store, client, ref.repository, layers, notify, workers)
-            store.ingest(_bytes_io(chosen.body), expected_digest=chosen.digest)
+            store.ingest(io.BytesIO(chosen.body), expected_digest=chosen.digest)
             desc = Descriptor(chosen.media_type, chosen.digest, len(chosen.body))
-            if ref.tag is not None:
-                store.set_tag(ref, desc)
-            else:
-                store.set_tag(ref, desc, by_digest=True)
-        names = [str(ref)] if ref.tag is not None else []
+            if ref.tag is not None:  # (name:tag@digest is kept as name:tag, as docker does)
+                store.set_tag(ref.with_tag(ref.tag), desc)
+            else:  # by digest: kept under name@digest of what was stored (an index's entry, for an index)
+                store.set_tag(ref.with_digest(chosen.digest), desc, by_digest=True)
+        names = [str(ref.with_tag(ref.tag))] if ref.tag is not None else []
         return PullResult(store.load_image(chosen.digest, names), ref, top.digest, downloaded)
     finally:
         client.close()
@@ -140,12 +141,6 @@ def _config_platform(config: dict[str, Any]) -> dict[str, Any]:
 def platform_ok(config: dict[str, Any], wanted: dict[str, str]) -> bool:
     found = _config_platform(config)
     return not found["os"] or media.platform_matches({k: v for k, v in found.items() if v}, wanted)
-
-
-def _bytes_io(data: bytes) -> Any:
-    import io
-
-    return io.BytesIO(data)
 
 
 def _fetch_layers(store: Store, client: RegistryClient, repository: str, layers: list[tuple[dict[str, Any], str]],

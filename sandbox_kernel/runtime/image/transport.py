@@ -131,14 +131,15 @@ class Response:
         """The whole body; ``limit``: refuse a body larger than that many bytes."""
         if limit is None:
             return self.raw.read()
+        where = urllib.parse.urlsplit(self.url)._replace(query="").geturl()  # a signed URL's query is a secret
         length = self.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
             self.close()
-            raise RegistryError(f"{self.url}: the answer is larger than {limit} bytes")
+            raise RegistryError(f"{where}: the answer is larger than {limit} bytes")
         data = self.raw.read(limit + 1)
         if len(data) > limit:
             self.close()
-            raise RegistryError(f"{self.url}: the answer is larger than {limit} bytes")
+            raise RegistryError(f"{where}: the answer is larger than {limit} bytes")
         return data
 
     def readinto(self, buffer: Any) -> int:

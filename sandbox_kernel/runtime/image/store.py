@@ -135,14 +135,19 @@ class _Tee(io.RawIOBase):
         if not view:
             return 0
         try:
-            data = self.src.read(len(view))
+            readinto = getattr(self.src, "readinto", None)
+            if readinto is not None:  # straight into the caller's buffer: one copy less per byte
+                n = readinto(view) or 0
+            else:
+                data = self.src.read(len(view))
+                n = len(data)
+                view[:n] = data
         except BaseException as exc:
             self.error = exc  # the unpacker sees a broken stream; the caller raises this instead
             raise
-        n = len(data)
-        view[:n] = data
-        self.sha.update(data)
-        self.out.write(data)
+        chunk = view[:n]
+        self.sha.update(chunk)
+        self.out.write(chunk)
         self.count += n
         if self.on_bytes is not None and n:
             self.on_bytes(n)

@@ -195,6 +195,18 @@ def cmd_wait(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    for change in _containers(args).diff(args.container):
+        print(change)
+    return 0
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    image = _containers(args).commit(args.container, args.reference, message=args.message)
+    print(image.config_digest)
+    return 0
+
+
 def inspect_container(args: argparse.Namespace, name: str) -> dict[str, Any] | None:
     """The container's inspect object, or None when no container has that name or id."""
     from . import format as fmt
@@ -275,6 +287,12 @@ def add_commands(add: Add) -> None:
     p.add_argument("containers", nargs="+", metavar="NAME")
     p = add("wait", cmd_wait, "wait for containers to exit; print their exit codes")
     p.add_argument("containers", nargs="+", metavar="NAME")
+    p = add("diff", cmd_diff, "files a container added (A), changed (C) or deleted (D)")
+    p.add_argument("container", metavar="NAME")
+    p = add("commit", cmd_commit, "make an image of a container's changes (one new layer)")
+    p.add_argument("container", metavar="NAME")
+    p.add_argument("reference", nargs="?", metavar="REF", help="tag the new image REF")
+    p.add_argument("-m", "--message", help="a comment in the image's history")
 
 
 __all__ = ["add_commands", "inspect_container"]

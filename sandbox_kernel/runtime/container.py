@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import launcher, logs, process
 from . import users as users_mod
@@ -53,6 +53,9 @@ from .stdio import Output, Relay
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ETC_FILES = ("hostname", "hosts", "resolv.conf")
+
+if TYPE_CHECKING:
+    from .snapshot import Change
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,12 @@ def _argv(image: Image, spec: ContainerSpec) -> list[str]:
     if not argv:
         raise UsageError(f"no command given and image {spec.image} has no Cmd or Entrypoint")
     return argv
+
+
+def _mount_points(config: dict[str, Any]) -> set[str]:
+    """What the runtime mounts over in a container's root (relative paths): not the container's changes."""
+    spec = ContainerSpec.from_dict(config["spec"])
+    return {f"etc/{name}" for name in ETC_FILES} | {m.target.strip("/") for m in spec.mounts}
 
 
 def _warm_key(image: Image, spec: ContainerSpec) -> tuple[str, ...] | None:
@@ -604,6 +613,25 @@ class Containers:
         with cdir.locked() as state:
             if state.status == PAUSED:
                 state.status = RUNNING
+
+    # -- snapshots ----------------------------------------------------------------------------------------------
+
+    def diff(self, ref: str) -> list[Change]:
+        """What the container changed over its image (``docker diff``)."""
+        from .snapshot import diff
+
+        cdir = self._find(ref)
+        config = cdir.read_config()
+        return diff(cdir.path / "upper", [Path(p) for p in config["lowerdirs"]], _mount_points(config))
+
+    def commit(self, ref: str, target: str | None = None, *, message: str | None = None,
+               created_by: str | None = None) -> Image:
+        """The container's changes as a new image (one layer over its image), tagged ``target``."""
+        from .snapshot import commit
+
+        config = self._find(ref).read_config()
+        return commit(self, ref, target, message=message, created_by=created_by,
+                      mount_points=_mount_points(config))
 
     # -- limits, stats, logs -------------------------------------------------------------------------------------
 

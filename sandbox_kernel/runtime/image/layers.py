@@ -36,7 +36,7 @@ import struct
 import tarfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, Literal
@@ -924,12 +924,20 @@ def write_layer(
     compression: Compression = "gzip",
     epoch: int | None = 0,
     skip: Callable[[str, os.stat_result], bool] | None = None,
+    clamp: int | None = None,
+    overlay_lowers: Sequence[Path] | None = None,
 ) -> WrittenLayer:
     """Write ``source`` as a reproducible layer tar into ``out``.
 
     Entries are sorted, owner names cleared, times set to ``epoch`` (or kept
-    when ``epoch`` is None), hardlinks kept, device nodes and sockets left out
-    (the engine makes its own ``/dev``). The same tree gives the same bytes.
+    when ``epoch`` is None; ``clamp``: kept but never later than it), hardlinks
+    kept, device nodes and sockets left out (the engine makes its own
+    ``/dev``). The same tree gives the same bytes.
+
+    ``overlay_lowers``: ``source`` is an overlay upper dir over these layer
+    dirs (top first), and the layer says what overlay says: a whiteout (a
+    0:0 character device) becomes ``.wh.NAME``, an opaque directory gets
+    ``.wh..wh..opq`` right after it when a lower layer has that directory.
     """
     root = Path(source)
     sink = _HashingWriter(out)
@@ -947,13 +955,20 @@ def write_layer(
         for rel, st in sorted(iter_tree(root), key=lambda item: item[0]):
             if skip is not None and skip(rel, st):
                 continue
+            mtime = epoch if epoch is not None else int(st.st_mtime)
+            if clamp is not None:
+                mtime = min(mtime, clamp)
+            if overlay_lowers is not None and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                head, _, name = rel.rpartition("/")
+                tf.addfile(_marker(f"{head}/{WHITEOUT_PREFIX}{name}" if head else f"{WHITEOUT_PREFIX}{name}", mtime))
+                continue
             if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISSOCK(st.st_mode):
                 continue
             info = tarfile.TarInfo(rel)
             info.mode = stat.S_IMODE(st.st_mode)
             info.uid, info.gid = st.st_uid, st.st_gid
             info.uname = info.gname = ""
-            info.mtime = epoch if epoch is not None else int(st.st_mtime)
+            info.mtime = mtime
             full = root / rel
             xattrs = _read_xattrs(full, st)
             if xattrs:
@@ -961,6 +976,9 @@ def write_layer(
             if stat.S_ISDIR(st.st_mode):
                 info.type = tarfile.DIRTYPE
                 tf.addfile(info)
+                if overlay_lowers is not None and _opaque(full) and any((Path(lower) / rel).is_dir()
+                                                                        for lower in overlay_lowers):
+                    tf.addfile(_marker(f"{rel}/{WHITEOUT_OPAQUE}", mtime))  # before the directory's own entries
             elif stat.S_ISLNK(st.st_mode):
                 info.type = tarfile.SYMTYPE
                 info.linkname = os.readlink(full)
@@ -988,6 +1006,25 @@ def write_layer(
     return WrittenLayer(f"sha256:{sink.sha.hexdigest()}", f"sha256:{tar_sink.sha.hexdigest()}", sink.count, media)
 
 
+def _marker(name: str, mtime: int) -> tarfile.TarInfo:
+    """An empty entry that only means something by its name (a whiteout or the opaque marker)."""
+    info = tarfile.TarInfo(name)
+    info.mode = 0
+    info.uname = info.gname = ""
+    info.mtime = mtime
+    return info
+
+
+def _opaque(path: Path) -> bool:
+    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _read_xattrs(path: Path, st: os.stat_result) -> dict[str, str]:
     if stat.S_ISLNK(st.st_mode):
         return {}
@@ -997,7 +1034,7 @@ def _read_xattrs(path: Path, st: os.stat_result) -> dict[str, str]:
         return {}
     out = {}
     for name in names:
-        if name.startswith("user.") or name == "security.capability":
+        if (name.startswith("user.") and not name.startswith("user.overlay.")) or name == "security.capability":
             try:
                 out[name] = os.getxattr(path, name, follow_symlinks=False).decode("utf-8", "surrogateescape")
             except OSError:

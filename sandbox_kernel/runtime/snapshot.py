@@ -1,0 +1,170 @@
+"""Snapshots: a container's changes as a new image layer (``commit``), and the list of them (``diff``).
+
+A container's changes are its overlay upper dir. ``commit`` writes it as one
+layer over the container's image: overlay's whiteouts (0:0 character
+devices) become ``.wh.NAME`` entries and its opaque directories a
+``.wh..wh..opq`` entry (layers.write_layer). The layer is reproducible:
+entries sorted, numeric owners with empty names, a fixed gzip header, and
+every time clamped to ``SOURCE_DATE_EPOCH`` when it is set, else to the
+image's own creation time; the new config's ``created`` and history entry
+take the same time. So the same changes from the same image give the same
+layer, config and manifest digests: a notebook's snapshot can be made again.
+
+A running container is frozen (cgroup freezer) while its upper dir is read,
+so that the layer is one consistent moment, then thawed; it keeps running on
+its own upper dir.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import copy
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ContainerError, SandboxError, StoreError
+from .image.layers import Compression, iter_tree, write_layer
+from .image.store import Image, Store
+from .state import PAUSED, RUNNING
+
+if TYPE_CHECKING:
+    from .container import Containers
+
+
+@dataclass(frozen=True)
+class Change:
+    """One path the container changed, as ``docker diff`` shows it: ``A``dded, ``C``hanged, ``D``eleted."""
+
+    kind: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.path}"
+
+
+def _whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _in_lowers(rel: str, lowers: list[Path]) -> bool:
+    """Whether the image (its layer dirs, top first) has ``rel``: the topmost layer that names it decides."""
+    for lower in lowers:
+        try:
+            st = os.lstat(lower / rel)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+        return not _whiteout(st)
+    return False
+
+
+def _skipper(lowers: list[Path], mount_points: frozenset[str] | set[str]) -> Callable[[str, os.stat_result], bool]:
+    """Leave out the mount points the runtime itself made in the upper dir (/etc/hosts and the like, volume
+    targets): they are not the container's changes. A path the image has was copied up, and stays."""
+
+    def skip(rel: str, st: os.stat_result) -> bool:
+        return rel in mount_points and not _in_lowers(rel, lowers)
+
+    return skip
+
+
+def diff(upper: Path, lowers: list[Path], mount_points: frozenset[str] | set[str] = frozenset()) -> list[Change]:
+    """The changes an upper dir holds over ``lowers`` (top first), in path order.
+
+    ``mount_points`` (relative paths) are the runtime's, not the container's;
+    a directory the image has is listed as changed only when something in it is.
+    """
+    skip = _skipper(lowers, mount_points)
+    changes: list[Change] = []
+    for rel, st in sorted(iter_tree(upper), key=lambda item: item[0]):
+        if skip(rel, st):
+            continue
+        if _whiteout(st):
+            changes.append(Change("D", "/" + rel))
+            continue
+        changes.append(Change("C" if _in_lowers(rel, lowers) else "A", "/" + rel))
+    # a directory copied up only to hold a mount point (/etc for /etc/hosts) changed nothing
+    def holds_nothing(i: int, change: Change) -> bool:
+        return (change.kind == "C" and stat.S_ISDIR(os.lstat(upper / change.path[1:]).st_mode)
+                and not any(other.path.startswith(change.path + "/") for other in changes[i + 1:]))
+
+    return [change for i, change in enumerate(changes) if not holds_nothing(i, change)]
+
+
+def _epoch(image: Image) -> int:
+    """The time every entry and the new image get: SOURCE_DATE_EPOCH, else the image's creation time."""
+    env = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if env:
+        if not env.isdigit():
+            raise SandboxError(f"SOURCE_DATE_EPOCH must be a number of seconds, not {env!r}")
+        return int(env)
+    created = image.created or "1970-01-01T00:00:00Z"
+    try:
+        return calendar.timegm(time.strptime(created[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return 0
+
+
+def _rfc3339(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+@contextlib.contextmanager
+def _frozen(containers: Containers, ref: str, status: str) -> Iterator[None]:
+    """A running container is paused while its upper dir is read, then resumed."""
+    if status != RUNNING:
+        yield
+        return
+    containers.pause(ref)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ContainerError):
+            containers.resume(ref)
+
+
+def commit(containers: Containers, ref: str, target: str | None = None, *, message: str | None = None,
+           created_by: str | None = None, compression: Compression = "gzip",
+           mount_points: frozenset[str] | set[str] = frozenset()) -> Image:
+    """Make an image of container ``ref``'s changes over its image, tagged ``target`` if given."""
+    store: Store = containers.store
+    cdir = containers._find(ref)
+    config = cdir.read_config()
+    info = containers.get(ref)
+    base = store.load_image(config["image_manifest"])
+    lowers = [Path(p) for p in config["lowerdirs"]]
+    upper = cdir.path / "upper"
+    epoch = _epoch(base)
+    with store.writing():
+        tmp = store._tmp_path(".commit")
+        try:
+            with _frozen(containers, ref, info.state.status if info.state.status != PAUSED else ""):
+                with open(tmp, "wb") as out:
+                    written = write_layer(upper, out, compression=compression, epoch=None, clamp=epoch,
+                                          overlay_lowers=lowers, skip=_skipper(lowers, mount_points))
+                    out.flush()
+                    os.fsync(out.fileno())
+            with open(tmp, "rb") as fh:
+                store.ingest(fh, expected_digest=written.digest, expected_size=written.size)
+        except OSError as exc:
+            raise StoreError(f"cannot commit container {ref}: {exc.strerror or exc}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        new_config: dict[str, Any] = copy.deepcopy(base.config)
+        new_config["created"] = _rfc3339(epoch)
+        new_config.setdefault("rootfs", {"type": "layers", "diff_ids": []})["diff_ids"].append(written.diff_id)
+        entry: dict[str, Any] = {"created": _rfc3339(epoch),
+                                 "created_by": created_by or " ".join(info.command) or "sandbox-kernel commit"}
+        if message:
+            entry["comment"] = message
+        new_config.setdefault("history", []).append(entry)
+        desc = store.put_image(new_config, [*base.layers, written.descriptor()], target)
+    return store.load_image(desc.digest, [target] if target else [])

@@ -1,0 +1,135 @@
+"""Snapshots (runtime/snapshot.py): diff and commit of real containers; umoci reads what we write (root)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tarfile
+
+import pytest
+from leftovers import assert_nothing_left, cgroups
+
+from sandbox_kernel.runtime import Containers, ContainerSpec, Store, launcher, save
+
+pytestmark = pytest.mark.root
+BUSYBOX = "localhost/busybox:latest"
+# add a file and a directory, change a file, delete a file and a directory, replace a directory with a
+# file, delete a directory and make it again (overlay marks it opaque)
+CHANGES = ("echo new > /added.txt; mkdir -p /added-dir/sub; echo x > /added-dir/sub/f;"
+           " echo changed >> /etc/passwd; rm /bin/vi; rm -rf /usr/sbin;"
+           " rm -rf /home; echo a-file > /home; rm -rf /root; mkdir /root; echo again > /root/r")
+LIST = "find / -xdev ! -path '/proc*' ! -path '/sys*' ! -path '/dev*' | sort"
+
+
+@pytest.fixture
+def containers(root):
+    before = cgroups()
+    store = Store(root)
+    tags = set(store.tags())
+    yield Containers(store)
+    launcher.drop_spare()  # the warm slot an in-process run leaves for the next one
+    store.remove_tags(set(store.tags()) - tags)  # the session's store stays as the other tests expect it
+    assert_nothing_left(root, before)
+
+
+def run(containers: Containers, image: str, script: str, *, name: str | None = None, keep: bool = False) -> str:
+    out: list[bytes] = []
+    result = containers.run(ContainerSpec(image=image, command=("sh", "-c", script), name=name, remove=not keep),
+                            stdin=None, stdout=out.append)
+    assert result.exit_code == 0, result
+    return b"".join(out).decode()
+
+
+def test_commit_gives_exactly_the_changed_tree_and_umoci_agrees(containers, tmp_path):
+    base_tree = set(run(containers, BUSYBOX, LIST).split())
+    assert {"/usr/sbin", "/home", "/root", "/bin/vi"} <= base_tree, "the base image has what the test changes"
+    run(containers, BUSYBOX, CHANGES, name="changed", keep=True)
+    try:
+        changes = [str(c) for c in containers.diff("changed")]
+        assert {"A /added.txt", "A /added-dir", "A /added-dir/sub/f", "C /etc/passwd", "D /bin/vi",
+                "D /usr/sbin", "C /home", "C /root", "A /root/r"} <= set(changes)
+        assert not any(c.endswith(("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")) for c in changes), \
+            "the runtime's own mount points are not the container's changes"
+        image = containers.commit("changed", "localhost/snapshot:test", message="the test's changes")
+    finally:
+        containers.remove("changed", force=True)
+    assert image.config["history"][-1]["comment"] == "the test's changes"
+    assert len(image.layers) == len(containers.store.resolve(BUSYBOX).layers) + 1
+
+    new_tree = set(run(containers, "localhost/snapshot:test", LIST).split())
+    removed = {p for p in base_tree if p in ("/bin/vi", "/usr/sbin") or p.startswith(("/usr/sbin/", "/home/",
+                                                                                        "/root/"))}
+    expected = (base_tree - removed) | {"/added.txt", "/added-dir", "/added-dir/sub", "/added-dir/sub/f", "/root/r"}
+    assert new_tree == expected
+    shown = run(containers, "localhost/snapshot:test",
+                "cat /added.txt /root/r /home; tail -1 /etc/passwd; [ -d /home ] && echo dir || echo not-dir")
+    assert shown.split() == ["new", "again", "a-file", "changed", "not-dir"]
+
+    archive = tmp_path / "snap.tar"
+    save(containers.store, ["localhost/snapshot:test"], archive)
+    layout = tmp_path / "layout"
+    with tarfile.open(archive) as tf:
+        tf.extractall(layout, filter="data")
+    bundle = tmp_path / "bundle"
+    unpacked = subprocess.run(["umoci", "unpack", "--image", f"{layout}:test", str(bundle)], capture_output=True,
+                              text=True)
+    assert unpacked.returncode == 0, unpacked.stderr
+    rootfs = bundle / "rootfs"
+    umoci_tree = {"/" + str(p.relative_to(rootfs)) for p in rootfs.rglob("*")} | {"/"}
+    runtime = {"/proc", "/sys", "/dev", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf"}  # mounted at run time
+    assert umoci_tree - runtime == new_tree - runtime
+    assert (rootfs / "root" / "r").read_text() == "again\n" and (rootfs / "home").is_file()
+    shutil.rmtree(bundle)
+
+
+def test_the_same_steps_give_the_same_digests(containers, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    digests = []
+    for name in ("first", "second"):
+        run(containers, BUSYBOX, "echo same > /same.txt; mkdir /d; echo x > /d/x; rm /bin/vi", name=name, keep=True)
+        try:
+            image = containers.commit(name, f"localhost/repro:{name}", created_by="the same steps")
+        finally:
+            containers.remove(name, force=True)
+        digests.append((image.layers[-1]["digest"], image.config_digest, image.manifest_digest))
+    assert digests[0] == digests[1], "same changes, same base, same time: same layer, config and manifest"
+    assert containers.store.resolve("localhost/repro:first").config["created"] == "2023-11-14T22:13:20Z"
+
+
+def test_a_running_container_is_committed_and_goes_on(containers):
+    script = "echo before > /state; i=0; while true; do i=$((i+1)); echo $i > /counter; sleep 0.01; done"
+    cid = containers.run_detached(ContainerSpec(image=BUSYBOX, command=("sh", "-c", script), name="busy"))
+    try:
+        image = containers.commit("busy", "localhost/busy:1")
+        assert containers.get(cid).state.status == "running", "thawed after the commit"
+        shown = run(containers, "localhost/busy:1", "cat /state; cat /counter")
+        state, counter = shown.split()
+        assert state == "before" and int(counter) >= 0
+        assert image.layers
+    finally:
+        containers.remove("busy", force=True)
+
+
+def test_cli_diff_commit_and_history(root):
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sandbox_kernel", "--root", str(root), *args],
+                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    before = cgroups()
+    made = cli("run", "--name", "cli-snap", BUSYBOX, "sh", "-c", "echo hi > /hello; rm /bin/vi")
+    assert made.returncode == 0, made.stderr
+    try:
+        assert cli("diff", "cli-snap").stdout.splitlines() == ["C /bin", "D /bin/vi", "A /hello"]
+        committed = cli("commit", "cli-snap", "localhost/cli-snap:1", "-m", "said hello")
+        assert committed.returncode == 0 and committed.stdout.startswith("sha256:")
+        history = cli("history", "localhost/cli-snap:1").stdout.splitlines()
+        assert "said hello" in history[1] and "echo hi > /hello" in history[1]
+        assert cli("run", "--rm", "localhost/cli-snap:1", "cat", "/hello").stdout == "hi\n"
+        missing = cli("commit", "no-such-container", "localhost/x:1")
+        assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+    finally:
+        cli("rm", "-f", "cli-snap")
+        cli("rmi", "localhost/cli-snap:1")
+    assert_nothing_left(root, before)

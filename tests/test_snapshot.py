@@ -12,6 +12,7 @@ from leftovers import assert_nothing_left, cgroups
 from sandbox_kernel.runtime import Containers, ContainerSpec, Store, launcher, save
 
 pytestmark = pytest.mark.root
+pytest_plugins = ["registry_infra"]  # the busybox_archive fixture
 BUSYBOX = "localhost/busybox:latest"
 # add a file and a directory, change a file, delete a file and a directory, replace a directory with a
 # file, delete a directory and make it again (overlay marks it opaque)
@@ -133,3 +134,30 @@ def test_cli_diff_commit_and_history(root):
         cli("rm", "-f", "cli-snap")
         cli("rmi", "localhost/cli-snap:1")
     assert_nothing_left(root, before)
+
+
+def test_a_full_disk_fails_the_commit_cleanly(tmp_path, busybox_archive):
+    """A store on a small tmpfs: the commit cannot write its layer. One clear error, no half image, the
+    container untouched; with room again, the same commit works."""
+    from sandbox_kernel.runtime import StoreError, load
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "sk-test-small", str(small)], check=True)
+    try:
+        store = Store(small / "store")
+        load(store, busybox_archive)
+        containers = Containers(store, warm_slots=False)
+        run(containers, BUSYBOX, "head -c 6000000 /dev/urandom > /big", name="full", keep=True)
+        filler = small / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=64"], capture_output=True)
+        tags = set(store.tags())
+        with pytest.raises(StoreError, match="No space left on device"):
+            containers.commit("full", "localhost/full:1")
+        assert set(store.tags()) == tags and list((store.root / "tmp").iterdir()) == []
+        assert [str(c) for c in containers.diff("full")] == ["A /big"], "the container's changes are untouched"
+        filler.unlink()
+        assert containers.commit("full", "localhost/full:1").layers[-1]["size"] > 6_000_000
+        containers.remove("full", force=True)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import BuildError
 from ..fsutil import cache_dir
 from . import archive, media
-from .layers import write_layer
+from .layers import gzip_writer_id, write_layer
 from .store import Image, Store
 
 EPOCH = 0
@@ -62,6 +62,7 @@ class Recipe:
     def key(self) -> str:
         h = hashlib.sha256()
         h.update(Path(__file__).read_bytes())
+        h.update(gzip_writer_id().encode())  # another compressor writes other bytes: another image
         for k, v in sorted(self.ingredients().items()):
             h.update(f"{k}={v}\n".encode())
         return h.hexdigest()[:16]

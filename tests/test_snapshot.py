@@ -161,3 +161,50 @@ def test_a_full_disk_fails_the_commit_cleanly(tmp_path, busybox_archive):
         containers.remove("full", force=True)
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_snapshot_goes_through_a_registry_and_keeps_its_digests(containers, plain_registry, tmp_path):
+    """Share it: push the snapshot, pull it into a fresh store, run it there: the change is in it."""
+    from sandbox_kernel.runtime import RegistryOptions, pull, push
+
+    run(containers, BUSYBOX, "echo shared > /lesson.txt", name="share", keep=True)
+    try:
+        image = containers.commit("share", "localhost/lesson:1", message="lesson 1")
+    finally:
+        containers.remove("share", force=True)
+    ref = plain_registry.ref("teach/lesson:1")
+    options = RegistryOptions(insecure=True)
+    assert push(containers.store, "localhost/lesson:1", ref, options=options).digest == image.manifest_digest
+    fresh = Store(tmp_path / "student")
+    pulled = pull(fresh, ref, options=options).image
+    assert (pulled.manifest_digest, pulled.config["history"][-1]["comment"]) == (image.manifest_digest, "lesson 1")
+    student = Containers(fresh, warm_slots=False)
+    out: list[bytes] = []
+    assert student.run(ContainerSpec(image=ref, command=("cat", "/lesson.txt"), remove=True), stdin=None,
+                       stdout=out.append).exit_code == 0
+    assert b"".join(out) == b"shared\n"
+
+
+def test_120_stacked_snapshots_still_run(tmp_path, busybox_archive):
+    """overlay's options must fit in a page: the store's layer paths allow about 40; short links, 200+."""
+    from sandbox_kernel.runtime import load
+
+    store = Store(tmp_path / "store")
+    load(store, busybox_archive)
+    chain = Containers(store, warm_slots=False)
+    image = BUSYBOX
+    for i in range(1, 121):
+        assert chain.run(ContainerSpec(image=image, command=("sh", "-c", f"echo {i} > /f{i}"), name="link"),
+                         stdin=None, stdout=None).exit_code == 0
+        chain.commit("link", f"localhost/chain:{i}")
+        chain.remove("link", force=True)
+        image = f"localhost/chain:{i}"
+    assert len(store.resolve(image).layers) == 121
+    out: list[bytes] = []
+    assert chain.run(ContainerSpec(image=image, command=("cat", "/f1", "/f60", "/f120"), remove=True), stdin=None,
+                     stdout=out.append).exit_code == 0
+    assert b"".join(out).split() == [b"1", b"60", b"120"]
+    store.remove_tags([f"localhost/chain:{i}" for i in range(1, 121)])
+    store.prune()
+    assert list((store.root / "l").iterdir()) == [p for p in (store.root / "l").iterdir() if p.exists()], \
+        "prune leaves no dangling layer link"

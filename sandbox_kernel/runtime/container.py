@@ -373,7 +373,10 @@ class Containers:
         launcher.warm_next(speculation)
 
     def _rootfs_plan(self, path: Path, lowerdirs: list[str], spec: ContainerSpec, cwd: str) -> RootfsPlan:
+        links, names = self.store.short_links(lowerdirs)
         return RootfsPlan(
+            lower_root=str(links),
+            lower_links=names,
             rootfs=str(path / "rootfs"),
             lowerdirs=tuple(lowerdirs),
             upperdir=str(path / "upper"),

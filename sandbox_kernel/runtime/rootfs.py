@@ -39,6 +39,9 @@ DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "
              ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"), ("core", "/proc/kcore"))
 
 
+MAX_MOUNT_OPTIONS = 4096  # mount(2) copies one page of options
+MAX_LAYERS = 500  # overlay's own limit on lower layers
+
 @dataclass(frozen=True)
 class RootfsPlan:
     """What to mount where; made by the parent, carried out by the child."""
@@ -50,6 +53,8 @@ class RootfsPlan:
     etc_files: tuple[tuple[str, str], ...]  # (host file, path in the container): hostname, hosts, resolv.conf
     mounts: tuple[Mount, ...] = ()
     cwd: str = "/"  # the working directory: made if the image lacks it, as docker does
+    lower_root: str | None = None  # when set: the layers are named by lower_links, relative to this directory
+    lower_links: tuple[str, ...] = ()
 
 
 def _resolve(root_fd: int, path: str, *, kind: str = "dir", create: bool = True) -> int:
@@ -160,10 +165,21 @@ def setup(plan: RootfsPlan, hostname: str) -> None:
     """Build the rootfs and enter it. Runs in the container's first process, as root."""
     # 1. Nothing we mount may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
-    # 2. The image: overlay of the layers and the container's own upper dir.
-    lower = ":".join(plan.lowerdirs)
-    sc.mount("overlay", plan.rootfs, "overlay", 0,
-             f"lowerdir={lower},upperdir={plan.upperdir},workdir={plan.workdir},index=off,redirect_dir=off")
+    # 2. The image: overlay of the layers and the container's own upper dir. The options must fit in a
+    #    page: many layers are named by short links, relative to their directory (docker's overlay2 way).
+    lower = ":".join(plan.lower_links if plan.lower_root else plan.lowerdirs)
+    options = f"lowerdir={lower},upperdir={plan.upperdir},workdir={plan.workdir},index=off,redirect_dir=off"
+    if len(options) >= MAX_MOUNT_OPTIONS or len(plan.lowerdirs) > MAX_LAYERS:
+        raise ContainerError(f"the image has too many layers ({len(plan.lowerdirs)}) for overlay; "
+                             "commit fewer snapshots on top of each other, or flatten the image")
+    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if plan.lower_root:
+            os.chdir(plan.lower_root)
+        sc.mount("overlay", plan.rootfs, "overlay", 0, options)
+    finally:
+        os.fchdir(here)  # (the caller's working directory matters to pivot_root)
+        os.close(here)
     root_fd = os.open(plan.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         # 3. Kernel file systems. /proc belongs to the new pid namespace we are in.

@@ -570,6 +570,32 @@ class Store:
         if not target.is_dir():
             self._unpack_one(desc, diff_id, target, False, None)
 
+    def short_links(self, layer_dirs: Iterable[str | os.PathLike[str]]) -> tuple[Path, tuple[str, ...]]:
+        """Short names for layer dirs, as symlinks in ``l/`` (docker's overlay2 way): ``(l/, names)``.
+
+        overlay's mount options must fit in one page: the store's full layer
+        paths allow about 40 layers, 17-character names relative to ``l/``
+        over 200 (a deep chain of snapshots).
+        """
+        links = self.root / "l"
+        links.mkdir(exist_ok=True)
+        names = []
+        for layer in layer_dirs:
+            target = f"../layers/{Path(layer).name}"
+            for length in (16, 24, 32, 64 + 8):
+                name = Path(layer).name[:length]
+                link = links / name
+                try:
+                    os.symlink(target, link)
+                except FileExistsError:
+                    if os.readlink(link) != target:
+                        continue  # another layer's prefix: a longer name
+                except OSError as exc:
+                    raise _store_error(exc, "cannot link a layer") from None
+                names.append(name)
+                break
+        return links, tuple(names)
+
     @contextlib.contextmanager
     def blob_lock(self, digest: str) -> Iterator[None]:
         """Held while a blob is fetched: a second process fetching it waits, then finds it stored."""
@@ -638,6 +664,10 @@ class Store:
                 if path.name.removesuffix("-trusted") not in keep_layers:
                     remove_quietly(path)
                     removed["layers"] += 1
+            if (self.root / "l").is_dir():
+                for link in (self.root / "l").iterdir():
+                    if not link.exists():  # its layer was removed just now
+                        link.unlink(missing_ok=True)
             for path in (self.root / "tmp").iterdir():
                 if path.is_dir() and not path.is_symlink():
                     remove_quietly(path)

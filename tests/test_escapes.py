@@ -104,9 +104,11 @@ def _leftovers(cgroups_before: set[Path]) -> list[str]:
     processes counts only if they are ours; a new empty one only if it stays for a few seconds (a
     concurrent run empties and removes its own within milliseconds).
     """
-    left = [f"process {entry.name}" for entry in Path("/proc").iterdir() if entry.name.isdigit() and _ours(entry.name)]
     deadline = time.monotonic() + 3
     while True:
+        # (a --rm container's monitor, a fork of the CLI, finishes its cleanup after the CLI has returned)
+        left = [f"process {entry.name}" for entry in Path("/proc").iterdir()
+                if entry.name.isdigit() and _ours(entry.name)]
         suspicious = []
         for cgroup in sorted(_sandbox_cgroups() - cgroups_before):
             try:
@@ -115,7 +117,7 @@ def _leftovers(cgroups_before: set[Path]) -> list[str]:
                 continue  # removed meanwhile
             if not procs or any(_ours(p) or _ours(_pid_ns_init(p) or "0") for p in procs):
                 suspicious.append(f"cgroup {cgroup} with processes {procs}")
-        if not suspicious or time.monotonic() > deadline:
+        if not (left or suspicious) or time.monotonic() > deadline:
             return left + suspicious
         time.sleep(0.1)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import tarfile
+import time
+from pathlib import Path
 
 import pytest
 from leftovers import assert_nothing_left, cgroups
@@ -208,3 +211,57 @@ def test_120_stacked_snapshots_still_run(tmp_path, busybox_archive):
     store.prune()
     assert list((store.root / "l").iterdir()) == [p for p in (store.root / "l").iterdir() if p.exists()], \
         "prune leaves no dangling layer link"
+
+
+def _libpod_cgroups() -> set[Path]:
+    root = Path("/sys/fs/cgroup")
+    found: set[Path] = set()
+    for top in [*root.glob("*/libpod_parent"), *root.glob("libpod_parent")]:
+        found.add(top)
+        found.update(p for p in top.rglob("*") if p.is_dir())
+    return found
+
+
+@pytest.mark.slow
+def test_podman_runs_a_snapshot(containers, tmp_path):
+    """Interop: our saved snapshot, loaded and run by podman (runc), shows the change.
+
+    podman runs in a mount namespace of its own with tmpfs over /var/lib/containers (or /var/lib), /run and
+    /dev/shm, where it writes whatever its options say; the cgroups it makes under libpod_parent (cgroupfs
+    is not behind a mount namespace) are removed after, when they were not there before.
+    """
+    if shutil.which("podman") is None or shutil.which("runc") is None:
+        pytest.skip("podman and runc are not installed (scripts/setup.sh installs them)")
+    run(containers, BUSYBOX, "echo from-a-snapshot > /proof; rm /bin/vi", name="interop", keep=True)
+    try:
+        containers.commit("interop", "localhost/interop:1")
+    finally:
+        containers.remove("interop", force=True)
+    archive = tmp_path / "interop.tar"
+    save(containers.store, ["localhost/interop:1"], archive)
+    hide = "/var/lib/containers" if Path("/var/lib/containers").is_dir() else "/var/lib"
+    podman = (f"podman --root {tmp_path}/podman --runroot /run/sk-podman --tmpdir /run/sk-podman-tmp"
+              " --storage-driver vfs --cgroup-manager cgroupfs --runtime runc --events-backend file")
+    limits = "--ulimit nofile=20000:20000 --ulimit nproc=4096:4096"  # podman's defaults are above this machine's
+    script = (f"mount -t tmpfs none {hide} && mount -t tmpfs none /run && mount -t tmpfs none /dev/shm && "
+              f"{podman} load -q -i {archive} >/dev/null && "
+              f"{podman} run --rm --network none {limits} localhost/interop:1"
+              " sh -c 'cat /proof; ls /bin/vi 2>&1 || true'")
+    before = _libpod_cgroups()
+    try:
+        # (a pid namespace too: conmon and podman's cleanup processes end with it)
+        out = subprocess.run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
+                              "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    finally:
+        deadline = time.monotonic() + 5
+        while (left := sorted(_libpod_cgroups() - before, key=lambda p: len(p.parts), reverse=True)):
+            for cgroup in left:
+                with contextlib.suppress(OSError):
+                    cgroup.rmdir()
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "from-a-snapshot"
+    assert "No such file" in out.stdout, "the deletion (a whiteout) is in the layer podman applied"
+    assert _libpod_cgroups() == before

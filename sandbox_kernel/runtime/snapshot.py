@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ContainerError, SandboxError, StoreError
 from .image.layers import Compression, iter_tree, write_layer
+from .image.ref import parse_reference
 from .image.store import Image, Store
 from .state import PAUSED, RUNNING
 
@@ -135,6 +136,8 @@ def commit(containers: Containers, ref: str, target: str | None = None, *, messa
            mount_points: frozenset[str] | set[str] = frozenset()) -> Image:
     """Make an image of container ``ref``'s changes over its image, tagged ``target`` if given."""
     store: Store = containers.store
+    if target is not None:
+        parse_reference(target)  # a bad name is refused before anything is written
     cdir = containers._find(ref)
     config = cdir.read_config()
     info = containers.get(ref)
@@ -151,8 +154,7 @@ def commit(containers: Containers, ref: str, target: str | None = None, *, messa
                                           overlay_lowers=lowers, skip=_skipper(lowers, mount_points))
                     out.flush()
                     os.fsync(out.fileno())
-            with open(tmp, "rb") as fh:
-                store.ingest(fh, expected_digest=written.digest, expected_size=written.size)
+            store.adopt(tmp, written.digest)  # hashed while written: moved in, not copied
         except OSError as exc:
             raise StoreError(f"cannot commit container {ref}: {exc.strerror or exc}") from None
         finally:

@@ -353,6 +353,20 @@ class Store:
             if tmp_layer.exists():
                 remove_quietly(tmp_layer)
 
+    def adopt(self, tmp: Path, digest: str) -> None:
+        """Move in a blob this process wrote (and fsynced) in ``tmp/`` and hashed as it wrote: no second copy."""
+        validate_digest(digest)
+        if tmp.parent != self.root / "tmp":
+            raise StoreError(f"{tmp} is not in the store's tmp/")
+        try:
+            if self.has_blob(digest):
+                tmp.unlink()  # the same bytes are here already
+                return
+            os.rename(tmp, self.blob_path(digest))
+            _fsync_dir(self.blob_path(digest).parent)
+        except OSError as exc:
+            raise _store_error(exc, f"cannot store blob {digest[:19]}") from None
+
     def put_bytes(self, data: bytes) -> str:
         import io
 

@@ -6,6 +6,7 @@
                                   = the full reference, docker.io/library/x:y)
       blobs/sha256/HEX            content-addressed blobs
       layers/HEX[-trusted]/       each layer unpacked once, an overlay lowerdir
+      l/SHORT -> ../layers/HEX    short names for overlay's options (a deep chain of snapshots)
       tmp/                        writes in flight
       locks/                      flock files
 

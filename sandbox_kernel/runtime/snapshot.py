@@ -32,7 +32,7 @@ from .errors import ContainerError, SandboxError, StoreError
 from .image.layers import Compression, iter_tree, write_layer
 from .image.ref import parse_reference
 from .image.store import Image, Store
-from .state import PAUSED, RUNNING
+from .state import RUNNING
 
 if TYPE_CHECKING:
     from .container import Containers
@@ -118,9 +118,9 @@ def _rfc3339(epoch: int) -> str:
 
 
 @contextlib.contextmanager
-def _frozen(containers: Containers, ref: str, status: str) -> Iterator[None]:
-    """A running container is paused while its upper dir is read, then resumed."""
-    if status != RUNNING:
+def _frozen(containers: Containers, ref: str, running: bool) -> Iterator[None]:
+    """A running container is paused while its upper dir is read, then resumed (a paused one stays so)."""
+    if not running:
         yield
         return
     containers.pause(ref)
@@ -148,7 +148,7 @@ def commit(containers: Containers, ref: str, target: str | None = None, *, messa
     with store.writing():
         tmp = store._tmp_path(".commit")
         try:
-            with _frozen(containers, ref, info.state.status if info.state.status != PAUSED else ""):
+            with _frozen(containers, ref, running=info.state.status == RUNNING):
                 with open(tmp, "wb") as out:
                     written = write_layer(upper, out, compression=compression, epoch=None, clamp=epoch,
                                           overlay_lowers=lowers, skip=_skipper(lowers, mount_points))

@@ -26,11 +26,8 @@ import contextlib
 import functools
 import hashlib
 import os
-import shutil
 import struct
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from . import fsutil
@@ -73,6 +70,10 @@ def build(directory: Path | None = None) -> Path:
         _check_owned(directory)
         _check_owned(target)
         return target
+    import shutil  # only for a build: every container start imports this module
+    import subprocess
+    import tempfile
+
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise HelperError("no C compiler (cc) to build the exec helper; install gcc")

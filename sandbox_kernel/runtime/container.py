@@ -16,6 +16,7 @@ they exist only in the container's own mount namespace and vanish with it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import resource
@@ -27,13 +28,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import launcher, logs, process
+from . import logs
 from . import users as users_mod
 from .cgroups import CgroupStats, open_cgroup, remove_empty_parents
 from .errors import CgroupError, ContainerError, ContainerNotFound, ExecError, ImageNotFound, UsageError
 from .fsutil import remove_quietly
 from .image.store import Image, Store
-from .monitor import Job, Speculation
 from .rootfs import RootfsPlan
 from .spec import ContainerSpec, Limits
 from .state import (
@@ -55,7 +55,21 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ETC_FILES = ("hostname", "hosts", "resolv.conf")
 
 if TYPE_CHECKING:
+    from . import launcher, process
+    from .monitor import Job, Speculation
     from .snapshot import Change
+else:
+    class _Module:
+        """A module imported on first use: ps, diff, commit... do not pay for the engine's start-up code."""
+
+        def __init__(self, name: str):
+            self.__dict__["_name"] = name
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(importlib.import_module(self._name), attr)
+
+    launcher = _Module(f"{__package__}.launcher")
+    process = _Module(f"{__package__}.process")
 
 
 @dataclass(frozen=True)
@@ -368,6 +382,8 @@ class Containers:
             cid = os.urandom(32).hex()
             path = self.root / cid
             me = ProcRef.me()
+            from .monitor import Speculation
+
             speculation = Speculation(key, cid, str(path), self._rootfs_plan(path, list(lowers), spec, key[2]),
                                       spec.hostname or cid[:12], cid[:32], (me.pid, me.start) if me else (0, 0))
         launcher.warm_next(speculation)
@@ -402,6 +418,8 @@ class Containers:
                                         f"({os.path.basename(layer)[:12]}); remove the container")
         path = cdir.path
         plan = self._rootfs_plan(path, config["lowerdirs"], spec, config["process"]["cwd"])
+        from .monitor import Job
+
         job = Job(cdir=str(path), name=config["name"], plan=plan, hostname=config["hostname"],
                   proc=_process_plan(config["process"], spec), cgroup=config["cgroup"], limits=spec.limits,
                   detached=detached, remove=spec.remove, log_max=spec.log_size, fresh=created is not None)

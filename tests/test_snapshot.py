@@ -104,6 +104,10 @@ def test_a_running_container_is_committed_and_goes_on(containers):
     script = "echo before > /state; i=0; while true; do i=$((i+1)); echo $i > /counter; sleep 0.01; done"
     cid = containers.run_detached(ContainerSpec(image=BUSYBOX, command=("sh", "-c", script), name="busy"))
     try:
+        deadline = time.monotonic() + 10
+        while {"A /state", "A /counter"} - {str(c) for c in containers.diff("busy")}:  # it has begun writing
+            assert time.monotonic() < deadline, "the container never wrote"
+            time.sleep(0.02)
         image = containers.commit("busy", "localhost/busy:1")
         assert containers.get(cid).state.status == "running", "thawed after the commit"
         shown = run(containers, "localhost/busy:1", "cat /state; cat /counter")

@@ -31,9 +31,11 @@ import gzip
 import hashlib
 import io
 import os
+import queue
 import stat
 import struct
 import tarfile
+import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -902,6 +904,61 @@ class _HashingWriter(io.RawIOBase):
         return len(data)
 
 
+class _Background(io.RawIOBase):
+    """Writes to ``target`` from a second thread, in batches of about 1 MiB.
+
+    The compressor and the compressed digest then run beside the tar's making
+    and its own digest (ISA-L and hashlib release the GIL), on two cores.
+    An error over there comes back here, at the next write or at :meth:`finish`.
+    """
+
+    BATCH = 1 << 20
+
+    def __init__(self, target: IO[bytes]):
+        super().__init__()
+        self._target = target
+        self._buf = bytearray()
+        self._queue: queue.Queue[bytearray | None] = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="layer-compress", daemon=True)
+        self._thread.start()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        if self._error is not None:
+            raise self._error
+        self._buf += data
+        if len(self._buf) >= self.BATCH:
+            self._queue.put(self._buf)
+            self._buf = bytearray()
+        return len(data)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._target.write(item)
+                except BaseException as exc:
+                    self._error = exc
+
+    def finish(self) -> None:
+        """Everything written through; raises what went wrong in the thread."""
+        if self._buf:
+            self._queue.put(self._buf)
+            self._buf = bytearray()
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self) -> None:
+        self._error = self._error or RuntimeError("abandoned")
+        self._queue.put(None)
+        self._thread.join()
+
+
 def iter_tree(root: Path) -> Iterator[tuple[str, os.stat_result]]:
     """Every path below ``root`` in a stable order (parents before children)."""
     stack = [""]
@@ -949,7 +1006,29 @@ def write_layer(
         compressor = zstandard.ZstdCompressor(level=3).stream_writer(sink, closefd=False)  # type: ignore[assignment]
     else:
         compressor = sink  # type: ignore[assignment]
-    tar_sink = _HashingWriter(compressor)
+    background = _Background(compressor) if compressor is not sink else None
+    tar_sink = _HashingWriter(background or compressor)
+    try:
+        _write_entries(root, tar_sink, epoch, clamp, skip, overlay_lowers)
+    except BaseException:
+        if background is not None:
+            background.abandon()
+        raise
+    if background is not None:
+        background.finish()
+    if compressor is not sink:
+        compressor.close()
+    media = {
+        "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+        "none": "application/vnd.oci.image.layer.v1.tar",
+    }[compression]
+    return WrittenLayer(f"sha256:{sink.sha.hexdigest()}", f"sha256:{tar_sink.sha.hexdigest()}", sink.count, media)
+
+
+def _write_entries(root: Path, tar_sink: IO[bytes], epoch: int | None, clamp: int | None,
+                   skip: Callable[[str, os.stat_result], bool] | None, overlay_lowers: Sequence[Path] | None) -> None:
+    """The tar stream of ``root`` (see :func:`write_layer`)."""
     inodes: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=tar_sink, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
         for rel, st in sorted(iter_tree(root), key=lambda item: item[0]):
@@ -996,14 +1075,6 @@ def write_layer(
                 info.size = st.st_size
                 with open(full, "rb") as fh:
                     tf.addfile(info, fh)
-    if compressor is not sink:
-        compressor.close()
-    media = {
-        "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-        "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
-        "none": "application/vnd.oci.image.layer.v1.tar",
-    }[compression]
-    return WrittenLayer(f"sha256:{sink.sha.hexdigest()}", f"sha256:{tar_sink.sha.hexdigest()}", sink.count, media)
 
 
 def _gzip_writer(sink: IO[bytes]) -> IO[bytes]:
@@ -1025,8 +1096,9 @@ def gzip_writer_id() -> str:
     try:
         import isal
     except ImportError:
-        return "zlib level 6"
-    return f"isa-l {getattr(isal, '__version__', '?')} level 2"
+        return f"zlib level 6, {_Background.BATCH}-byte writes"
+    # (how the stream is cut into writes changes ISA-L's bytes too: _Background's batches are part of it)
+    return f"isa-l {getattr(isal, '__version__', '?')} level 2, {_Background.BATCH}-byte writes"
 
 
 def _marker(name: str, mtime: int) -> tarfile.TarInfo:

@@ -202,7 +202,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_commit(args: argparse.Namespace) -> int:
-    image = _containers(args).commit(args.container, args.reference, message=args.message)
+    image = _containers(args).commit(args.container, args.reference, message=args.message,
+                                     compression=args.compression)
     print(image.config_digest)
     return 0
 
@@ -293,6 +294,8 @@ def add_commands(add: Add) -> None:
     p.add_argument("container", metavar="NAME")
     p.add_argument("reference", nargs="?", metavar="REF", help="tag the new image REF")
     p.add_argument("-m", "--message", help="a comment in the image's history")
+    p.add_argument("--compression", choices=["gzip", "zstd"], default="gzip",
+                   help="of the new layer (default gzip: every client reads it)")
 
 
 __all__ = ["add_commands", "inspect_container"]

@@ -132,6 +132,10 @@ def test_cli_diff_commit_and_history(root):
         assert cli("diff", "cli-snap").stdout.splitlines() == ["C /bin", "D /bin/vi", "A /hello"]
         committed = cli("commit", "cli-snap", "localhost/cli-snap:1", "-m", "said hello")
         assert committed.returncode == 0 and committed.stdout.startswith("sha256:")
+        zstd = cli("commit", "--compression", "zstd", "cli-snap", "localhost/cli-snap:zstd")
+        assert zstd.returncode == 0, zstd.stderr
+        assert Store(root).resolve("localhost/cli-snap:zstd").layers[-1]["mediaType"].endswith("+zstd")
+        assert cli("run", "--rm", "localhost/cli-snap:zstd", "cat", "/hello").stdout == "hi\n"
         history = cli("history", "localhost/cli-snap:1").stdout.splitlines()
         assert "said hello" in history[1] and "echo hi > /hello" in history[1]
         assert cli("run", "--rm", "localhost/cli-snap:1", "cat", "/hello").stdout == "hi\n"
@@ -139,7 +143,7 @@ def test_cli_diff_commit_and_history(root):
         assert missing.returncode == 1 and missing.stderr.count("\n") == 1
     finally:
         cli("rm", "-f", "cli-snap")
-        cli("rmi", "localhost/cli-snap:1")
+        cli("rmi", "localhost/cli-snap:1", "localhost/cli-snap:zstd")
     assert_nothing_left(root, before)
 
 

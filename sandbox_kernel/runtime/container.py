@@ -56,6 +56,7 @@ ETC_FILES = ("hostname", "hosts", "resolv.conf")
 
 if TYPE_CHECKING:
     from . import launcher, process
+    from .image.layers import Compression
     from .monitor import Job, Speculation
     from .snapshot import Change
 else:
@@ -646,12 +647,12 @@ class Containers:
         return diff(cdir.path / "upper", [Path(p) for p in config["lowerdirs"]], _mount_points(config))
 
     def commit(self, ref: str, target: str | None = None, *, message: str | None = None,
-               created_by: str | None = None) -> Image:
+               created_by: str | None = None, compression: Compression = "gzip") -> Image:
         """The container's changes as a new image (one layer over its image), tagged ``target``."""
         from .snapshot import commit
 
         config = self._find(ref).read_config()
-        return commit(self, ref, target, message=message, created_by=created_by,
+        return commit(self, ref, target, message=message, created_by=created_by, compression=compression,
                       mount_points=_mount_points(config))
 
     # -- limits, stats, logs -------------------------------------------------------------------------------------

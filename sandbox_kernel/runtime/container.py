@@ -145,7 +145,7 @@ def _argv(image: Image, spec: ContainerSpec) -> list[str]:
     return argv
 
 
-def _mount_points(config: dict[str, Any]) -> set[str]:
+def mount_points(config: dict[str, Any]) -> set[str]:
     """What the runtime mounts over in a container's root (relative paths): not the container's changes."""
     spec = ContainerSpec.from_dict(config["spec"])
     return {f"etc/{name}" for name in ETC_FILES} | {m.target.strip("/") for m in spec.mounts}
@@ -644,16 +644,14 @@ class Containers:
 
         cdir = self._find(ref)
         config = cdir.read_config()
-        return diff(cdir.path / "upper", [Path(p) for p in config["lowerdirs"]], _mount_points(config))
+        return diff(cdir.path / "upper", [Path(p) for p in config["lowerdirs"]], mount_points(config))
 
     def commit(self, ref: str, target: str | None = None, *, message: str | None = None,
                created_by: str | None = None, compression: Compression = "gzip") -> Image:
         """The container's changes as a new image (one layer over its image), tagged ``target``."""
         from .snapshot import commit
 
-        config = self._find(ref).read_config()
-        return commit(self, ref, target, message=message, created_by=created_by, compression=compression,
-                      mount_points=_mount_points(config))
+        return commit(self, ref, target, message=message, created_by=created_by, compression=compression)
 
     # -- limits, stats, logs -------------------------------------------------------------------------------------
 

@@ -132,9 +132,10 @@ def _frozen(containers: Containers, ref: str, running: bool) -> Iterator[None]:
 
 
 def commit(containers: Containers, ref: str, target: str | None = None, *, message: str | None = None,
-           created_by: str | None = None, compression: Compression = "gzip",
-           mount_points: frozenset[str] | set[str] = frozenset()) -> Image:
+           created_by: str | None = None, compression: Compression = "gzip") -> Image:
     """Make an image of container ``ref``'s changes over its image, tagged ``target`` if given."""
+    from .container import mount_points
+
     store: Store = containers.store
     if target is not None:
         parse_reference(target)  # a bad name is refused before anything is written
@@ -151,7 +152,7 @@ def commit(containers: Containers, ref: str, target: str | None = None, *, messa
             with _frozen(containers, ref, running=info.state.status == RUNNING):
                 with open(tmp, "wb") as out:
                     written = write_layer(upper, out, compression=compression, epoch=None, clamp=epoch,
-                                          overlay_lowers=lowers, skip=_skipper(lowers, mount_points))
+                                          overlay_lowers=lowers, skip=_skipper(lowers, mount_points(config)))
                     out.flush()
                     os.fsync(out.fileno())
             store.adopt(tmp, written.digest)  # hashed while written: moved in, not copied

@@ -160,6 +160,23 @@ class _Tee(io.RawIOBase):
             pass
 
 
+def _readlink(path: Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:  # gone (prune removes the links of layers it removes)
+        return None
+
+
+def _publish_dir(tmp: Path, target: Path) -> None:
+    """An unpacked layer becomes visible by rename; if another process got there first, ours goes."""
+    try:
+        os.rename(tmp, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        remove_quietly(tmp)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -183,6 +200,7 @@ class Store:
         self.root = Path(root) if root is not None else default_root()
         self._images: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {}
         self._tags_cache: tuple[tuple[int, int, int], dict[str, str]] | None = None
+        self._links: dict[str, str] = {}  # layer dir name -> its short link's name (short_links)
         try:
             for sub in ("blobs/sha256", "layers", "tmp", "locks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -340,12 +358,7 @@ class Store:
                 os.fsync(out.fileno())
             os.rename(tmp_blob, self.blob_path(digest))
             if tmp_layer.exists():
-                try:
-                    os.rename(tmp_layer, target)
-                except OSError as exc:
-                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                        raise
-                    remove_quietly(tmp_layer)  # another process won the race
+                _publish_dir(tmp_layer, target)
         except OSError as exc:
             raise _store_error(exc, f"cannot store layer {digest[:19]}") from None
         finally:
@@ -593,10 +606,14 @@ class Store:
         over 200 (a deep chain of snapshots).
         """
         links = self.root / "l"
-        links.mkdir(exist_ok=True)
         names = []
         for layer in layer_dirs:
             target = f"../layers/{Path(layer).name}"
+            known = self._links.get(Path(layer).name)
+            if known is not None and _readlink(links / known) == target:  # one syscall on a start's path
+                names.append(known)
+                continue
+            links.mkdir(exist_ok=True)
             for length in (16, 24, 32, 64 + 8):
                 name = Path(layer).name[:length]
                 link = links / name
@@ -608,6 +625,7 @@ class Store:
                 except OSError as exc:
                     raise _store_error(exc, "cannot link a layer") from None
                 names.append(name)
+                self._links[Path(layer).name] = name
                 break
         return links, tuple(names)
 
@@ -627,12 +645,7 @@ class Store:
             with self.open_blob(desc["digest"]) as fh:
                 result = extract_layer(fh, tmp, expected_diff_id=diff_id, trusted=trusted,
                                        limits=limits or ExtractLimits())
-            try:
-                os.rename(tmp, target)
-            except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                remove_quietly(tmp)  # another process won the race
+            _publish_dir(tmp, target)
         except OSError as exc:
             remove_quietly(tmp)
             raise _store_error(exc, f"cannot unpack layer {desc['digest'][:19]}") from None

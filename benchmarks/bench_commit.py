@@ -45,8 +45,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from benchlib import Peer, cache_parent, clean_env, measure, mounts, our_cli, populated, remove_tree, snapshot
 
 from sandbox_kernel.runtime import Containers, ContainerSpec, Store, build
 
@@ -75,11 +76,9 @@ EXPECTED = {
 TARGET_MS = 20.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_NAMES = ("libpod_parent", "sandbox-kernel")  # podman's (with cgroupfs) and ours
-PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 # What podman creates on the host whatever --root says (here under tmpfs mounts of its own namespace).
 HOST_PATHS = ("/run/runc", "/run/containers", "/run/libpod", "/dev/shm/libpod_lock")
 HOST_TREES = ("/var/lib/containers", "/etc/containers")  # compared file by file
-SNAPSHOT_LIMIT = 10000  # entries of a host tree compared at most
 # In podman's namespace, on its /run tmpfs: --runroot must be at most 50 characters.
 PODMAN_RUNROOT = "/run/sk-bench-commit/run"
 PODMAN_TMPDIR = "/run/sk-bench-commit/tmp"
@@ -110,26 +109,6 @@ if [ -n "$CHECK" ]; then "$@" run --rm $RUN_FLAGS "$TARGET" sh -c "$CHECK" | sed
 """
 
 
-@dataclass
-class Peer:
-    """One way to commit; ``start`` makes the change, commits it and returns the commit's seconds."""
-
-    name: str
-    start: Callable[[], float]
-    times: list[float] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def median_ms(self) -> float:
-        return statistics.median(self.times) * 1000
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARIABLES}
-    env.update(extra)
-    return env
-
-
 def run(argv: list[str], env: dict[str, str] | None = None, what: str | None = None) -> subprocess.CompletedProcess:
     """Run ``argv`` (stdin on /dev/null, output kept); raise with its last stderr line if it fails."""
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -153,11 +132,6 @@ def timed_command(argv: list[str], what: str) -> float:
 
 def sync() -> None:
     subprocess.run(["sync"], check=True)
-
-
-def our_cli() -> list[str]:
-    script = Path(sys.executable).parent / "sandbox-kernel"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "sandbox_kernel"]
 
 
 def _fs_type(path: Path) -> str:
@@ -250,11 +224,6 @@ class Ours:
 # --- podman -----------------------------------------------------------------------------------------------------
 
 
-def cache_parent() -> str:
-    """Where podman's blob-info cache goes (/var/lib/containers/cache): the tmpfs goes on the deepest existing dir."""
-    return "/var/lib/containers" if os.path.isdir("/var/lib/containers") else "/var/lib"
-
-
 class Podman:
     """podman with a private store under ``work``; each call runs in a fresh mount and PID namespace."""
 
@@ -333,24 +302,6 @@ def choose_driver(exe: str, work: Path, archive: Path) -> tuple[Podman | None, s
 # --- leaving nothing behind ---------------------------------------------------------------------------------------
 
 
-def mounts() -> set[tuple[str, str]]:
-    """(mount point, file system type) of every mount this process sees."""
-    found = set()
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            fields = line.split()
-            found.add((fields[4], fields[fields.index("-") + 1]))
-    return found
-
-
-def remove_tree(path: Path) -> None:
-    """Remove ``path``, never through a mount point (a peer's mount left there is unmounted first)."""
-    for point in sorted((p for p, _ in mounts() if p == str(path) or p.startswith(f"{path}/")), reverse=True):
-        print(f"cleanup: unmounting {point}, left by a peer", file=sys.stderr)
-        subprocess.run(["umount", "-l", point], check=False)
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def peer_cgroups() -> set[Path]:
     """Every cgroup under the top-level ones of podman and ours."""
     found: set[Path] = set()
@@ -365,15 +316,6 @@ def peer_cgroups() -> set[Path]:
     return found
 
 
-def populated(cgroup: Path) -> bool:
-    """Whether a process is in ``cgroup`` or below it."""
-    for procs in (cgroup / "cgroup.procs", *cgroup.rglob("*/cgroup.procs")):
-        with contextlib.suppress(OSError):
-            if procs.read_text().strip():
-                return True
-    return False
-
-
 def podman_processes() -> set[tuple[int, str]]:
     """(pid, name) of every podman and conmon process on the host."""
     found = set()
@@ -383,24 +325,6 @@ def podman_processes() -> set[tuple[int, str]]:
                 name = (entry / "comm").read_text().strip()
                 if name in ("podman", "conmon"):
                     found.add((int(entry.name), name))
-    return found
-
-
-def snapshot(tree: str) -> dict[str, tuple[int, int, int]]:
-    """path -> (mode, size, mtime) of ``tree`` and what is below it (empty when it does not exist)."""
-    found: dict[str, tuple[int, int, int]] = {}
-    if not os.path.lexists(tree):
-        return found
-    st = os.lstat(tree)
-    found[tree] = (st.st_mode, st.st_size, st.st_mtime_ns)
-    for dirpath, dirnames, filenames in os.walk(tree):
-        for name in dirnames + filenames:
-            if len(found) >= SNAPSHOT_LIMIT:
-                return found
-            path = os.path.join(dirpath, name)
-            with contextlib.suppress(OSError):
-                st = os.lstat(path)
-                found[path] = (st.st_mode, st.st_size, st.st_mtime_ns)
     return found
 
 
@@ -459,21 +383,6 @@ class HostCheck:
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
-
-
-def measure(peers: list[Peer], runs: int, warmup: int) -> None:
-    for round_ in range(warmup + runs):
-        for peer in peers:
-            if peer.error is not None:
-                continue
-            try:
-                elapsed = peer.start()
-            except Exception as exc:  # a peer that fails is reported and left out, the others go on
-                peer.error = f"{type(exc).__name__}: {exc}"
-                print(f"{peer.name}: failed in round {round_ + 1}: {peer.error}", file=sys.stderr)
-                continue
-            if round_ >= warmup:
-                peer.times.append(elapsed)
 
 
 def row(peer: Peer | None, name: str, skipped: str | None = None, ours: tuple[tuple[str, Peer], ...] = (),

@@ -50,6 +50,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchlib import cache_parent, clean_env, mounts, our_cli, remove_tree, snapshot
+
 from sandbox_kernel.runtime import Store, build, write_layer
 from sandbox_kernel.runtime.image.pull import pull
 from sandbox_kernel.runtime.image.push import push
@@ -69,11 +71,9 @@ EXTRA_LAYERS = (
 )
 REGISTRY_BIN = "/usr/bin/docker-registry"
 PODMAN_RUNROOT = "/run/sk-bench-podman"  # in podman's namespace, where /run is a tmpfs of its own
-PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 # What podman creates on the host whatever --root says (here under tmpfs mounts of its own namespace).
 HOST_PATHS = ("/run/containers", "/run/libpod", "/dev/shm/libpod_lock")
 HOST_TREES = ("/var/lib/containers",)  # its blob-info cache lives here: compared file by file
-SNAPSHOT_LIMIT = 10000  # entries of a host tree compared at most
 # podman's namespace: tmpfs over where it writes whatever its options say. Argument 1 is the work dir;
 # when a tmpfs hides it (--dir /dev/shm), it is bound back from the shell's working directory.
 PODMAN_NS_SCRIPT = """set -e
@@ -100,13 +100,6 @@ class Peer:
         return statistics.median(self.times) * 1000
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without proxy settings (nothing may leave 127.0.0.1), plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARIABLES}
-    env.update(extra)
-    return env
-
-
 def run(argv: list[str], env: dict[str, str] | None = None, what: str | None = None) -> float:
     """Run ``argv`` with stdio on /dev/null (stderr kept for the error); its wall-clock seconds. Raises if it fails."""
     start = time.perf_counter()
@@ -117,11 +110,6 @@ def run(argv: list[str], env: dict[str, str] | None = None, what: str | None = N
         lines = proc.stderr.decode(errors="replace").strip().splitlines() or ["(nothing on stderr)"]
         raise RuntimeError(f"{what or Path(argv[0]).name}: exit {proc.returncode}: {lines[-1][-500:]}")
     return elapsed
-
-
-def our_cli() -> list[str]:
-    script = Path(sys.executable).parent / "sandbox-kernel"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "sandbox_kernel"]
 
 
 class RunDirs:
@@ -162,14 +150,6 @@ def _fs_type(path: Path) -> str:
             if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
                 best, kind = point, fields[2]
     return kind
-
-
-def remove_tree(path: Path) -> None:
-    """Remove ``path``, never through a mount point (a peer's mount left there is unmounted first)."""
-    for point in sorted((p for p, _ in mounts() if p == str(path) or p.startswith(f"{path}/")), reverse=True):
-        print(f"cleanup: unmounting {point}, left by a peer", file=sys.stderr)
-        subprocess.run(["umount", "-l", point], check=False)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def synced(fn: Callable[[], float | dict[str, float]]) -> Callable[[], float | dict[str, float]]:
@@ -357,11 +337,6 @@ def ours_api(dirs: RunDirs, ref: str) -> Callable[[], float]:
     return start
 
 
-def cache_parent() -> str:
-    """Where podman's blob-info cache goes (/var/lib/containers/cache): the tmpfs goes on the deepest existing dir."""
-    return "/var/lib/containers" if os.path.isdir("/var/lib/containers") else "/var/lib"
-
-
 def in_podman_namespace(work: Path, argv: list[str]) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", PODMAN_NS_SCRIPT, "sh",
             str(work), *argv]
@@ -441,34 +416,6 @@ def skopeo_umoci(skopeo: str, umoci: str, dirs: RunDirs, ref: str) -> Callable[[
 
 
 # --- leaving nothing behind -------------------------------------------------------------------------------------
-
-
-def mounts() -> set[tuple[str, str]]:
-    """(mount point, file system type) of every mount this process sees."""
-    found = set()
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            fields = line.split()
-            found.add((fields[4], fields[fields.index("-") + 1]))
-    return found
-
-
-def snapshot(tree: str) -> dict[str, tuple[int, int, int]]:
-    """path -> (mode, size, mtime) of ``tree`` and what is below it (empty when it does not exist)."""
-    found: dict[str, tuple[int, int, int]] = {}
-    if not os.path.lexists(tree):
-        return found
-    st = os.lstat(tree)
-    found[tree] = (st.st_mode, st.st_size, st.st_mtime_ns)
-    for dirpath, dirnames, filenames in os.walk(tree):
-        for name in dirnames + filenames:
-            if len(found) >= SNAPSHOT_LIMIT:
-                return found
-            path = os.path.join(dirpath, name)
-            with contextlib.suppress(OSError):
-                st = os.lstat(path)
-                found[path] = (st.st_mode, st.st_size, st.st_mtime_ns)
-    return found
 
 
 class HostCheck:

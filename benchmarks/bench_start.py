@@ -27,15 +27,15 @@ import contextlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from benchlib import Peer, measure, mounts, our_cli, populated
 
 from sandbox_kernel.runtime import Containers, ContainerSpec, Store, launcher
 
@@ -52,20 +52,6 @@ BLOB_INFO_CACHE_PARENT = Path("/var/lib/containers")
 PODMAN_RUNTIME_FLAGS = ("--cgroup-manager=cgroupfs", "--runtime=runc")
 PODMAN_RUN_FLAGS = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096")
 CGROUP_NAMES = ("libpod_parent", "sandbox-kernel")  # podman's and ours; runc's are named after the container id
-
-
-@dataclass
-class Peer:
-    """One way to start a container; ``start`` runs one and returns its wall-clock seconds."""
-
-    name: str
-    start: Callable[[], float]
-    times: list[float] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def median_ms(self) -> float:
-        return statistics.median(self.times) * 1000
 
 
 @contextlib.contextmanager
@@ -96,11 +82,6 @@ def timed_command(argv: list[str], env: dict[str, str] | None = None) -> float:
         lines = proc.stderr.decode(errors="replace").strip().splitlines() or ["(nothing on stderr)"]
         raise RuntimeError(f"exit {proc.returncode}: {lines[-1][-500:]}")
     return elapsed
-
-
-def our_cli() -> list[str]:
-    script = Path(sys.executable).parent / "sandbox-kernel"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "sandbox_kernel"]
 
 
 # --- the peers -------------------------------------------------------------------------------------------------
@@ -279,16 +260,6 @@ def _mem_available_kb() -> int:
 # --- leaving nothing behind ------------------------------------------------------------------------------------
 
 
-def mounts() -> set[tuple[str, str]]:
-    """(mount point, file system type) of every mount this process sees."""
-    found = set()
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            fields = line.split()
-            found.add((fields[4], fields[fields.index("-") + 1]))
-    return found
-
-
 def peer_cgroups() -> set[Path]:
     """Every cgroup under the top-level ones of podman, ours and the runc containers of this run."""
     found: set[Path] = set()
@@ -300,15 +271,6 @@ def peer_cgroups() -> set[Path]:
                 found.add(top)
                 found.update(p for p in top.rglob("*") if p.is_dir())
     return found
-
-
-def populated(cgroup: Path) -> bool:
-    """Whether a process is in ``cgroup`` or below it."""
-    for procs in (cgroup / "cgroup.procs", *cgroup.rglob("*/cgroup.procs")):
-        with contextlib.suppress(OSError):
-            if procs.read_text().strip():
-                return True
-    return False
 
 
 class HostCheck:
@@ -375,21 +337,6 @@ def prepare_bundle(umoci: str, archive: Path, work: Path) -> Path:
     config["process"]["terminal"] = False
     config_path.write_text(json.dumps(config))
     return bundle
-
-
-def measure(peers: list[Peer], runs: int, warmup: int) -> None:
-    for round_ in range(warmup + runs):
-        for peer in peers:
-            if peer.error is not None:
-                continue
-            try:
-                elapsed = peer.start()
-            except Exception as exc:  # a peer that fails is reported and left out, the others go on
-                peer.error = f"{type(exc).__name__}: {exc}"
-                print(f"{peer.name}: failed in round {round_ + 1}: {peer.error}", file=sys.stderr)
-                continue
-            if round_ >= warmup:
-                peer.times.append(elapsed)
 
 
 def row(peer: Peer | None, name: str, skipped: str | None = None, versus: Peer | None = None, what: str = "",

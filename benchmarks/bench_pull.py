@@ -33,13 +33,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import os
 import random
-import secrets
 import shutil
-import socket
 import statistics
 import string
 import subprocess
@@ -50,7 +47,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' registry and skopeo set-up
 from benchlib import cache_parent, clean_env, mounts, our_cli, remove_tree, snapshot
+from registry_infra import REGISTRY_BIN, running_registry, skopeo_env
 
 from sandbox_kernel.runtime import Store, build, write_layer
 from sandbox_kernel.runtime.image.pull import pull
@@ -69,7 +68,6 @@ EXTRA_LAYERS = (
     {"random": [30 << 10] * 200, "text": (1000, 8 << 10)},  # a source tree
     {"random": [4 << 10] * 500, "text": (3000, 1 << 10)},  # many small files
 )
-REGISTRY_BIN = "/usr/bin/docker-registry"
 PODMAN_RUNROOT = "/run/sk-bench-podman"  # in podman's namespace, where /run is a tmpfs of its own
 # What podman creates on the host whatever --root says (here under tmpfs mounts of its own namespace).
 HOST_PATHS = ("/run/containers", "/run/libpod", "/dev/shm/libpod_lock")
@@ -160,91 +158,6 @@ def synced(fn: Callable[[], float | dict[str, float]]) -> Callable[[], float | d
         return fn()
 
     return start
-
-
-# --- the registry (the part of tests/registry_infra.py that a plain http registry needs) -----------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _registry_config(port: int, data_dir: Path) -> dict:
-    return {
-        "version": 0.1,
-        "log": {"level": "warn", "formatter": "text", "accesslog": {"disabled": True}},
-        "storage": {
-            "filesystem": {"rootdirectory": str(data_dir)},
-            "delete": {"enabled": True},
-            "maintenance": {"uploadpurging": {"enabled": False}},
-        },
-        "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16),
-                 "headers": {"X-Content-Type-Options": ["nosniff"]}},
-        "health": {"storagedriver": {"enabled": False}},
-    }
-
-
-def _answers(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/v2/")
-        return conn.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
-
-
-@contextlib.contextmanager
-def running_registry(workdir: Path) -> Iterator[str]:
-    """``docker-registry serve`` on 127.0.0.1 with its storage in ``workdir``; yields ``127.0.0.1:PORT``.
-
-    Stopped by its PID on exit (SIGTERM, then SIGKILL); ``setpriv --pdeathsig`` ends it with us if we die.
-    """
-    workdir.mkdir()
-    data_dir = workdir / "data"
-    data_dir.mkdir()
-    log_file = workdir / "registry.log"
-    env = {k: v for k, v in clean_env().items() if not k.startswith("REGISTRY_")}  # those override the config
-    setpriv = shutil.which("setpriv")
-    for attempt in range(3):  # a free port can be taken between the probe and the registry's bind
-        port = free_port()
-        config_file = workdir / "config.yml"
-        config_file.write_text(json.dumps(_registry_config(port, data_dir), indent=1))  # JSON is YAML
-        argv = [REGISTRY_BIN, "serve", str(config_file)]
-        with open(log_file, "wb") as log:
-            proc = subprocess.Popen([setpriv, "--pdeathsig", "KILL", *argv] if setpriv else argv,
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=workdir)
-        try:
-            deadline = time.monotonic() + 20
-            while proc.poll() is None and time.monotonic() < deadline and not _answers(port):
-                time.sleep(0.02)
-            if proc.poll() is None and _answers(port):
-                break
-            text = log_file.read_text(errors="replace")
-            if "address already in use" not in text or attempt == 2:
-                raise RuntimeError(f"docker-registry did not start:\n{text}")
-        except BaseException:
-            stop_process(proc)
-            raise
-        stop_process(proc)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop_process(proc)
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 # --- the images -------------------------------------------------------------------------------------------------
@@ -376,28 +289,6 @@ class Podman:
                        what="unshare true")
 
         return start
-
-
-def skopeo_env(tmp: Path) -> dict[str, str]:
-    """skopeo reading and writing only under ``tmp`` (as tests/registry_infra.py ``_skopeo_env``).
-
-    As root containers/image keeps its blob-info cache in /var/lib/containers/cache unless
-    ``_CONTAINERS_ROOTLESS_UID`` is set to a non-zero uid: then under ``$XDG_DATA_HOME``.
-    """
-    for sub in ("home", "data", "config", "run", "tmp", "registries.d"):
-        (tmp / sub).mkdir(mode=0o700, exist_ok=True)
-    (tmp / "auth.json").write_text('{"auths": {}}')
-    env = {k: v for k, v in clean_env().items() if not k.startswith(("REGISTRY_", "CONTAINERS_", "DOCKER_"))}
-    env.update({
-        "HOME": str(tmp / "home"),
-        "XDG_DATA_HOME": str(tmp / "data"),
-        "XDG_CONFIG_HOME": str(tmp / "config"),
-        "XDG_RUNTIME_DIR": str(tmp / "run"),
-        "TMPDIR": str(tmp / "tmp"),
-        "REGISTRY_AUTH_FILE": str(tmp / "auth.json"),
-        "_CONTAINERS_ROOTLESS_UID": str(os.getuid() or 65534),
-    })
-    return env
 
 
 def skopeo_umoci(skopeo: str, umoci: str, dirs: RunDirs, ref: str) -> Callable[[], dict[str, float]]:
@@ -533,7 +424,8 @@ def main() -> int:
         make_five_layer_image(source, work)
         made = time.monotonic() - made
         options = RegistryOptions(insecure=True)
-        with running_registry(work / "registry") as host:
+        with running_registry("plain", parent=work) as registry:
+            host = registry.host
             refs = {"debian-python (1 layer)": (DEBIAN, f"{host}/bench/debian-python:1"),
                     "five layers (busybox + 4)": (FIVE, f"{host}/bench/five-layers:1")}
             for local, remote in refs.values():

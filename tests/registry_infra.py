@@ -882,7 +882,7 @@ class _ProxyHandler(_QuietHandler):
 # skopeo
 
 
-def _skopeo_env(tmp: Path) -> dict[str, str]:
+def skopeo_env(tmp: Path) -> dict[str, str]:
     """An environment in which skopeo reads and writes only under ``tmp``.
 
     As root, containers/image keeps its blob-info cache in /var/lib/containers/cache; with
@@ -927,7 +927,7 @@ def _skopeo_registry_options(registry: RunningRegistry, tmp: Path, side: Literal
 def _run_skopeo(args: list[str], tmp: Path, timeout: float) -> subprocess.CompletedProcess:
     argv = [SKOPEO_BIN, "--insecure-policy", f"--tmpdir={tmp / 'tmp'}", f"--registries.d={tmp / 'registries.d'}",
             *args]
-    proc = subprocess.run(argv, env=_skopeo_env(tmp), cwd=tmp, capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run(argv, env=skopeo_env(tmp), cwd=tmp, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise SkopeoError(f"skopeo {args[0]} failed (exit {proc.returncode}): {' '.join(argv)}\n{proc.stderr}")

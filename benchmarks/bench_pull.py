@@ -18,8 +18,9 @@ file system (``--dir``), after ``sync``:
 - ``skopeo copy docker://REF oci:DIR:bench`` then ``umoci unpack --image DIR:bench BUNDLE`` (as root:
   owners kept), skopeo with its cache, auth file and temporary files under the run's directory.
 
-Each round runs every peer once, in turn, so drift hits all alike; the first ``--warmup`` rounds are
-not counted. Prints the medians, the ratios (target: ours at most 0.5x podman pull) and the image
+Each round runs every peer once, in turn, so drift hits all alike, and starts one peer later than
+the round before, so no peer always runs right after the same one; the first ``--warmup`` rounds
+are not counted. Prints the medians, the ratios (target: ours at most 0.5x podman pull) and the image
 sizes. Needs root (podman's namespace, umoci's owners).
 
     .venv/bin/python benchmarks/bench_pull.py [--runs 5] [--warmup 1] [--dir /var/tmp]
@@ -344,7 +345,10 @@ class HostCheck:
 
 def measure(peers: list[Peer], runs: int, warmup: int) -> None:
     for round_ in range(warmup + runs):
-        for peer in peers:
+        # Each round starts one peer later: no peer always follows the same one (whose writeback, even
+        # after sync, and page-cache state it would inherit every time).
+        shift = round_ % len(peers)
+        for peer in peers[shift:] + peers[:shift]:
             if peer.error is not None:
                 continue
             try:

@@ -1,17 +1,145 @@
-"""IPython magics. For now ``%container images|inspect REF``; the ``%%container``
-cell magic arrives with the engine (see the magics issue)."""
+"""IPython magics: ``%%container`` runs a cell in a container, ``%container ...`` mirrors the CLI.
+
+``%%container [NAME] [--image REF] [--memory 256m] ...``: the first cell of a NAME
+creates its container (pulling or building the image if needed) with the agent
+as its main process; later cells reuse it, so variables, imports and files
+persist. Output streams as it comes, rich output is displayed (cleaned unless
+``--trust-output``), errors show the container's traceback once, Ctrl-C
+interrupts the cell (and kills it, and restarts the agent, if it does not stop),
+and a limit that ends a cell is said in one sentence. Containers made here are
+removed when the kernel exits (``--keep`` keeps them); the next kernel removes
+what a dead kernel left.
+"""
 
 from __future__ import annotations
 
-import json
+import atexit
+import contextlib
+import html
+import os
 import shlex
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from . import format as fmt
-from .runtime import SandboxError, Store
+from . import sanitize, values
+from .runtime import (
+    ContainerNotFound,
+    Containers,
+    ContainerSpec,
+    ImageNotFound,
+    Limits,
+    Mount,
+    NetSpec,
+    SandboxError,
+    Store,
+    parse_cpus,
+    parse_size,
+)
+from .session import (
+    AGENT_ARGV,
+    AGENT_DIR,
+    AGENT_MOUNT,
+    GRACE,
+    SHELL_IDLE,
+    CellError,
+    CellKilled,
+    Session,
+    has_python,
+)
+
+DEFAULT_IMAGE = "localhost/debian-python:latest"
+OWNER_LABEL = "sandbox-kernel.owner"
+KEEP_LABEL = "sandbox-kernel.keep"
+
+
+def _owner_id() -> str:
+    """This process, as ``PID:START`` (a recycled pid is another owner)."""
+    with open(f"/proc/{os.getpid()}/stat") as fh:
+        start = fh.read().rsplit(")", 1)[1].split()[19]
+    return f"{os.getpid()}:{start}"
+
+
+def _owner_alive(owner: str) -> bool:
+    pid, _, start = owner.partition(":")
+    try:
+        with open(f"/proc/{int(pid)}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19] == start
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+class Table:
+    """Rows that render as an HTML table in a notebook and as text elsewhere."""
+
+    def __init__(self, rows: list[dict[str, Any]], columns: list[str] | None = None):
+        self.rows = rows
+        self.columns = columns or (list(rows[0]) if rows else [])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+    def _cells(self) -> list[list[str]]:
+        return [["" if row.get(c) is None else str(row.get(c)) for c in self.columns] for row in self.rows]
+
+    def __repr__(self) -> str:
+        if not self.rows:
+            return "(none)"
+        return fmt.table(self._cells(), [c.upper() for c in self.columns])
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in self._cells())
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class Bundle:
+    """The last expression of a container cell: IPython displays it as the cell's Out[]."""
+
+    def __init__(self, data: dict[str, Any], metadata: dict[str, Any]):
+        self.data, self.metadata = data, metadata
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        return self.data, self.metadata
+
+    def __repr__(self) -> str:
+        return str(self.data.get("text/plain", ""))
+
+
+class NotebookSink:
+    """A cell's output into the notebook: streams to sys.stdout/err, displays through IPython (cleaned)."""
+
+    def __init__(self, trusted: bool):
+        self.trusted = trusted
+
+    def stream(self, name: str, text: str) -> None:
+        out = sys.stderr if name == "stderr" else sys.stdout
+        out.write(text)
+        out.flush()
+
+    def display(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+        from IPython.display import publish_display_data
+
+        data, metadata = sanitize.sanitize(data, metadata, self.trusted)
+        publish_display_data(data, metadata)
+
+
+def _size_text(value: int | None) -> str:
+    """Bytes as a limit is usually written: 64 MiB, 1.5 GiB."""
+    if value is None:
+        return "no limit"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value} B"
 
 
 @magics_class
@@ -19,6 +147,15 @@ class ContainerMagics(Magics):
     def __init__(self, shell: Any, store: Store | None = None):
         super().__init__(shell)
         self._store = store
+        self._containers: Containers | None = None
+        self.sessions: dict[str, Session] = {}
+        self.keep: set[str] = set()
+        self.cells: dict[str, list[str]] = {}  # each container's cell sources since its last commit
+        self.owner = _owner_id()
+        self.default_name = f"notebook-{os.getpid()}"
+        self.sink_factory: Callable[[bool], Any] = NotebookSink
+        self._closed = False
+        atexit.register(self.shutdown)
 
     @property
     def store(self) -> Store:
@@ -26,22 +163,425 @@ class ContainerMagics(Magics):
             self._store = Store()
         return self._store
 
-    @line_magic
-    def container(self, line: str) -> None:
-        """``%container images`` lists images; ``%container inspect REF`` shows one."""
-        words = shlex.split(line)
-        if not words:
-            raise UsageError("usage: %container images | inspect REF")
+    @property
+    def containers(self) -> Containers:
+        if self._containers is None:
+            self._containers = Containers(self.store)
+            self.reconcile()
+        return self._containers
+
+    # -- life cycle ----------------------------------------------------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Remove containers that a kernel now gone made without ``--keep``; their names."""
+        removed = []
+        assert self._containers is not None
+        for info in self._containers.list(all=True):
+            labels = dict(info.spec.labels)
+            owner = labels.get(OWNER_LABEL)
+            if owner is None or owner == self.owner or labels.get(KEEP_LABEL) == "1" or _owner_alive(owner):
+                continue
+            with contextlib.suppress(SandboxError):
+                self._containers.remove(info.id, force=True)
+                removed.append(info.name)
+        return removed
+
+    def shutdown(self) -> None:
+        """Stop this kernel's containers; remove those not made with ``--keep``."""
+        if self._closed:
+            return
+        self._closed = True
+        for name, session in list(self.sessions.items()):
+            with contextlib.suppress(Exception):
+                session.close()
+            if name not in self.keep and session.cid:
+                with contextlib.suppress(Exception):
+                    self.containers.remove(session.cid, force=True)
+        self.sessions.clear()
+
+    # -- %%container ---------------------------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("name", nargs="?", help="the container (made on first use; default: this notebook's)")
+    @argument("--image", help=f"image of a new container (default {DEFAULT_IMAGE})")
+    @argument("--memory", "-m", help="memory limit, e.g. 256m")
+    @argument("--cpus", help="CPU limit, e.g. 1.5")
+    @argument("--pids-limit", type=int, help="most processes at once")
+    @argument("--network", default=None, choices=["none", "bridge"], help="network of a new container")
+    @argument("-v", "--volume", action="append", default=[], help="SRC:DST[:ro] bind mount (new container)")
+    @argument("--timeout", type=float, help="interrupt the cell after this many seconds")
+    @argument("--in", dest="inputs", default="", help="notebook variables to copy in, a,b")
+    @argument("--out", dest="outputs", default="", help="container variables to copy back, c,d")
+    @argument("--shell", action="store_true", help="run the cell with /bin/sh")
+    @argument("--stats", action="store_true", help="print wall time, CPU time and peak memory")
+    @argument("--keep", action="store_true", help="keep the container when the kernel exits")
+    @argument("--trust-output", action="store_true", help="show the container's HTML as it is (no cleaning)")
+    @cell_magic("container")
+    def container_cell(self, line: str, cell: str) -> Any:
+        """Run the cell in a container."""
+        args = parse_argstring(self.container_cell, line)
+        if args.timeout is not None and args.timeout <= 0:
+            raise UsageError("--timeout must be a positive number of seconds")
+        inputs_names = [n.strip() for n in args.inputs.split(",") if n.strip()]
+        outputs_names = [n.strip() for n in args.outputs.split(",") if n.strip()]
+        for name in inputs_names + outputs_names:
+            if not name.isidentifier():
+                raise UsageError(f"{name!r} is not a variable name")
+        missing = [n for n in inputs_names if n not in self.shell.user_ns]
+        if missing:
+            raise UsageError(f"--in: no variable named {missing[0]!r} in the notebook")
+        inputs = {n: values.encode(n, self.shell.user_ns[n]) for n in inputs_names}
         try:
-            if words[0] == "images":
-                print(fmt.images_table(self.store))
-            elif words[0] == "inspect" and len(words) == 2:
-                print(json.dumps([fmt.inspect_image(self.store.resolve(words[1]))], indent=2))
-            else:
-                raise UsageError(f"%container: unknown subcommand {line!r}; try 'images' or 'inspect REF'")
+            session = self._session(args)
+            return self._run_cell(session, args, cell, inputs, outputs_names)
+        except CellError:
+            raise
         except SandboxError as exc:
             raise UsageError(str(exc)) from None
 
+    def _limits(self, args: Any, base: Limits | None = None) -> Limits | None:
+        if args.memory is None and args.cpus is None and args.pids_limit is None:
+            return None
+        base = base or Limits()
+        changes: dict[str, Any] = {}
+        if args.memory is not None:
+            changes["memory"] = parse_size(args.memory, "--memory")
+        if args.cpus is not None:
+            changes["cpus"] = parse_cpus(args.cpus)
+        if args.pids_limit is not None:
+            changes["pids"] = args.pids_limit
+        from dataclasses import replace
 
-def register(ipython: Any) -> None:
-    ipython.register_magics(ContainerMagics(ipython))
+        return replace(base, **changes)
+
+    def _image(self, ref: str) -> Any:
+        """The image ``ref``: from the store, built from a local recipe, or pulled (progress printed)."""
+        try:
+            return self.store.resolve(ref)
+        except ImageNotFound:
+            pass
+        from .runtime import RECIPES, build, parse_reference, pull
+
+        for recipe in RECIPES.values():
+            if parse_reference(recipe.ref) == parse_reference(ref):
+                print(f"Building base image {recipe.name}...", file=sys.stderr)
+                return build(self.store, recipe.name)
+        print(f"Pulling {ref}...", file=sys.stderr)
+
+        def progress(event: Any) -> None:
+            if event.status in ("complete", "exists"):
+                print(f"  {event.digest.split(':', 1)[-1][:12]}: {event.status}", file=sys.stderr)
+
+        return pull(self.store, ref, progress=progress).image
+
+    def _session(self, args: Any) -> Session:
+        name = args.name or self.default_name
+        session = self.sessions.get(name)
+        if session is not None and session.alive:
+            limits = self._limits(args, self.containers.get(name).spec.limits)
+            if limits is not None:
+                self.containers.update(name, limits)
+            if args.image or args.volume or args.network:
+                print(f"(container {name} exists: --image, -v and --network apply to new containers only)",
+                      file=sys.stderr)
+            return session
+        if session is not None:
+            with contextlib.suppress(Exception):
+                session.close()
+            del self.sessions[name]
+        session = Session(self.containers, name)
+        try:
+            info = self.containers.get(name)
+        except ContainerNotFound:
+            info = None
+        if info is not None:
+            if info.running:
+                raise UsageError(f"container {name} is running outside this notebook; stop it first "
+                                 f"(%container stop {name})")
+            if tuple(info.command) not in (AGENT_ARGV, SHELL_IDLE):
+                raise UsageError(f"container {name} was not made by %%container; pick another name")
+            limits = self._limits(args, info.spec.limits)
+            if limits is not None:
+                self.containers.update(name, limits)
+            session.start(None, python=tuple(info.command) == AGENT_ARGV)
+        else:
+            image = self._image(args.image or DEFAULT_IMAGE)
+            python = has_python([str(p) for p in reversed(self.store.unpack(image))])
+            mounts = (Mount(str(AGENT_DIR), AGENT_MOUNT, True), *(Mount.parse(v) for v in args.volume))
+            spec = ContainerSpec(
+                image=args.image or DEFAULT_IMAGE,
+                command=AGENT_ARGV if python else SHELL_IDLE,
+                entrypoint=(),
+                name=name,
+                limits=self._limits(args) or Limits(),
+                mounts=mounts,
+                network=NetSpec(args.network or "none"),
+                env=(("PYTHONUNBUFFERED", "1"),),
+                labels=((OWNER_LABEL, self.owner), (KEEP_LABEL, "1" if args.keep else "0")),
+            )
+            session.start(spec, python)
+        if args.keep:
+            self.keep.add(name)
+        self.sessions[name] = session
+        return session
+
+    def _run_cell(self, session: Session, args: Any, cell: str, inputs: dict[str, Any], outputs: list[str]) -> Any:
+        if (args.shell or inputs or outputs) and not session.python:
+            if inputs or outputs:
+                raise UsageError(f"container {session.name} has no python3: --in and --out need it")
+        cid = session.cid or session.name
+        before = self.containers.stats(cid).usage if args.stats else None
+        if args.stats:
+            with contextlib.suppress(Exception):
+                self.containers.reset_peak(cid)
+        sink = self.sink_factory(args.trust_output)
+        result = session.execute(cell, sink, shell=args.shell, inputs=inputs, outputs=outputs,
+                                 timeout=args.timeout)
+        self.cells.setdefault(session.name, []).append(cell if not args.shell else f"# shell\n{cell}")
+        if args.stats:
+            self._print_stats(cid, result, before)
+        problem = self._limit_sentence(session, args, result)
+        if result.status == "ok":
+            for name, item in result.outputs.items():
+                if name in outputs:
+                    self.shell.user_ns[name] = values.decode(name, item)
+            if result.result is not None:
+                return Bundle(*sanitize.sanitize(*result.result, args.trust_output))
+            return None
+        if problem is not None and result.status in ("killed", "timeout") and result.error is None:
+            raise CellKilled(problem)
+        error = result.error or CellError("Error", "the cell failed", [])
+        if problem is not None:
+            error.lines.append(problem)
+        raise error
+
+    def _limit_sentence(self, session: Session, args: Any, result: Any) -> str | None:
+        """One plain sentence for a cell that a limit, a timeout or an interrupt ended; None otherwise."""
+        if result.status == "ok":
+            return None
+        lost = "The container's Python process was restarted: variables are lost, files are kept."
+        usage = None
+        with contextlib.suppress(Exception):
+            stats = self.containers.stats(session.cid or session.name)
+            usage, limits = stats.usage, stats.limits
+        if result.died is not None:
+            if usage is not None and usage.oom_kills > session.oom_seen:
+                session.oom_seen = usage.oom_kills
+                return (f"The cell ran out of memory: the container's limit is {_size_text(limits.memory)} "
+                        f"and the kernel's OOM killer ended it. {lost}")
+            if result.status == "timeout":
+                return f"The cell ran past --timeout {args.timeout:g} s and did not stop when interrupted. {lost}"
+            if result.died.get("reason") == "killed":
+                return f"The cell did not stop within {GRACE:g} s of the interrupt and was killed. {lost}"
+            sig = result.died.get("signal")
+            how = f"killed by signal {sig}" if sig else f"exited with status {result.died.get('code')}"
+            return f"The cell's Python process was {how}. {lost}"
+        if result.status == "timeout":
+            return f"The cell ran past --timeout {args.timeout:g} s and was interrupted."
+        if usage is not None and usage.pids_limit_hits > session.pids_seen:
+            session.pids_seen = usage.pids_limit_hits
+            return (f"The container reached its process limit (--pids-limit {limits.pids}): "
+                    "new processes were refused.")
+        return None
+
+    def _print_stats(self, cid: str, result: Any, before: Any) -> None:
+        peak = None
+        with contextlib.suppress(Exception):
+            peak = self.containers.stats(cid).usage.memory_peak
+        print(f"wall {result.wall * 1000:.1f} ms, CPU {result.cpu * 1000:.1f} ms, "
+              f"peak memory {_size_text(peak) if peak is not None else 'unknown'}")
+
+    # -- %container ----------------------------------------------------------------------------------------------
+
+    @line_magic("container")
+    def container_line(self, line: str) -> Any:
+        """``%container pull|images|ps|run|exec|stop|rm|commit|diff|history|limits|stats|push ...``"""
+        words = shlex.split(line)
+        if not words:
+            raise UsageError("usage: %container pull|images|ps|run|exec|stop|rm|commit|diff|history|limits|"
+                             "stats|push ... (see %container? )")
+        command, rest = words[0], words[1:]
+        handler = getattr(self, f"_cmd_{command}", None)
+        if handler is None:
+            raise UsageError(f"%container: unknown subcommand {command!r}")
+        try:
+            return handler(rest)
+        except SandboxError as exc:
+            raise UsageError(str(exc)) from None
+
+    @staticmethod
+    def _parser(prog: str) -> Any:
+        import argparse
+
+        class Parser(argparse.ArgumentParser):
+            def error(self, message: str) -> Any:
+                raise UsageError(f"%container {prog}: {message}")
+
+            def exit(self, status: int = 0, message: str | None = None) -> Any:
+                raise UsageError(message or f"%container {prog}")
+
+        return Parser(prog=f"%container {prog}", add_help=False)
+
+    def _cmd_images(self, argv: list[str]) -> Table:
+        rows = fmt.image_rows(self.store, argv[0] if argv else None)
+        return Table([{"repository": r["Repository"], "tag": r["Tag"], "id": r["Id"].split(":", 1)[1][:12],
+                       "created": fmt.time_ago(r["Created"]), "size": fmt.human_size(r["Size"])} for r in rows],
+                     ["repository", "tag", "id", "created", "size"])
+
+    def _cmd_inspect(self, argv: list[str]) -> Any:
+        if len(argv) != 1:
+            raise UsageError("usage: %container inspect REF")
+        return fmt.inspect_image(self.store.resolve(argv[0]))
+
+    def _cmd_pull(self, argv: list[str]) -> str:
+        parser = self._parser("pull")
+        parser.add_argument("reference")
+        parser.add_argument("--platform")
+        parser.add_argument("--insecure", action="store_true")
+        args = parser.parse_args(argv)
+        from .runtime import RegistryOptions, pull
+
+        def progress(event: Any) -> None:
+            if event.status in ("complete", "exists"):
+                print(f"{event.digest.split(':', 1)[-1][:12]}: {event.status}")
+
+        result = pull(self.store, args.reference, platform=args.platform,
+                      options=RegistryOptions(insecure=args.insecure), progress=progress)
+        print(f"Digest: {result.digest}")
+        return str(result.reference)
+
+    def _cmd_push(self, argv: list[str]) -> str:
+        parser = self._parser("push")
+        parser.add_argument("source")
+        parser.add_argument("destination", nargs="?")
+        parser.add_argument("--insecure", action="store_true")
+        args = parser.parse_args(argv)
+        from .runtime import RegistryOptions, push
+
+        result = push(self.store, args.source, args.destination, options=RegistryOptions(insecure=args.insecure))
+        return f"{result.reference}@{result.digest}"
+
+    def _cmd_ps(self, argv: list[str]) -> Table:
+        infos = self.containers.list(all="-a" in argv or "--all" in argv)
+        return Table([{"id": i.short_id, "name": i.name, "image": i.image, "status": fmt.container_status(i)}
+                      for i in infos], ["id", "name", "image", "status"])
+
+    def _cmd_run(self, argv: list[str]) -> int:
+        parser = self._parser("run")
+        parser.add_argument("--rm", action="store_true")
+        parser.add_argument("--name")
+        parser.add_argument("--memory", "-m")
+        parser.add_argument("--cpus")
+        parser.add_argument("--pids-limit", type=int)
+        parser.add_argument("-e", "--env", action="append", default=[])
+        parser.add_argument("-v", "--volume", action="append", default=[])
+        parser.add_argument("image")
+        parser.add_argument("command", nargs="...")
+        args = parser.parse_args(argv)
+        from .runtime import parse_env
+
+        self._image(args.image)
+        spec = ContainerSpec(image=args.image, command=tuple(args.command), name=args.name, remove=args.rm,
+                             env=parse_env(args.env), mounts=tuple(Mount.parse(v) for v in args.volume),
+                             limits=self._limits(args) or Limits())
+        sink = self.sink_factory(False)
+        result = self.containers.run(spec, stdin=None,
+                                     stdout=lambda d: sink.stream("stdout", d.decode(errors="replace")),
+                                     stderr=lambda d: sink.stream("stderr", d.decode(errors="replace")))
+        if result.message:
+            print(result.message, file=sys.stderr)
+        return result.exit_code
+
+    def _cmd_exec(self, argv: list[str]) -> int:
+        if len(argv) < 2:
+            raise UsageError("usage: %container exec NAME COMMAND...")
+        sink = self.sink_factory(False)
+        return self.containers.exec(argv[0], argv[1:], stdin=None,
+                                    stdout=lambda d: sink.stream("stdout", d.decode(errors="replace")),
+                                    stderr=lambda d: sink.stream("stderr", d.decode(errors="replace")))
+
+    def _forget(self, ref: str) -> None:
+        with contextlib.suppress(SandboxError):
+            info = self.containers.get(ref)
+            session = self.sessions.pop(info.name, None)
+            if session is not None:
+                session.close()
+
+    def _cmd_stop(self, argv: list[str]) -> None:
+        if not argv:
+            raise UsageError("usage: %container stop NAME...")
+        for ref in argv:
+            self._forget(ref)
+            with contextlib.suppress(SandboxError):  # (it may have stopped with its agent)
+                self.containers.stop(ref)
+            print(ref)
+
+    def _cmd_rm(self, argv: list[str]) -> None:
+        force = "-f" in argv or "--force" in argv
+        names = [a for a in argv if a not in ("-f", "--force")]
+        if not names:
+            raise UsageError("usage: %container rm [-f] NAME...")
+        for ref in names:
+            if force:
+                self._forget(ref)
+            print(self.containers.remove(ref, force=force))
+
+    def _cmd_commit(self, argv: list[str]) -> str:
+        parser = self._parser("commit")
+        parser.add_argument("container")
+        parser.add_argument("reference", nargs="?")
+        parser.add_argument("-m", "--message")
+        args = parser.parse_args(argv)
+        name = self.containers.get(args.container).name
+        cells = self.cells.get(name, [])
+        created_by = "%%container\n" + "\n# ---\n".join(cells) if cells else None
+        image = self.containers.commit(args.container, args.reference, message=args.message, created_by=created_by)
+        self.cells[name] = []
+        return image.id
+
+    def _cmd_diff(self, argv: list[str]) -> Table:
+        if len(argv) != 1:
+            raise UsageError("usage: %container diff NAME")
+        return Table([{"kind": c.kind, "path": c.path} for c in self.containers.diff(argv[0])], ["kind", "path"])
+
+    def _cmd_history(self, argv: list[str]) -> Table:
+        if len(argv) != 1:
+            raise UsageError("usage: %container history IMAGE")
+        rows = fmt.history_rows(self.store.resolve(argv[0]))
+        return Table([{"created": fmt.time_ago(r["Created"]), "created by": r["CreatedBy"],
+                       "size": fmt.human_size(r["Size"]), "comment": r["Comment"]} for r in rows],
+                     ["created", "created by", "size", "comment"])
+
+    def _cmd_limits(self, argv: list[str]) -> Table:
+        parser = self._parser("limits")
+        parser.add_argument("container")
+        parser.add_argument("--memory", "-m")
+        parser.add_argument("--cpus")
+        parser.add_argument("--pids-limit", type=int)
+        args = parser.parse_args(argv)
+        info = self.containers.get(args.container)
+        limits = self._limits(args, info.spec.limits)
+        if limits is not None:
+            self.containers.update(args.container, limits)
+        else:
+            limits = info.spec.limits
+        return Table([{"container": info.name, "memory": _size_text(limits.memory),
+                       "cpus": "no limit" if limits.cpus is None else f"{limits.cpus:g}",
+                       "pids": "no limit" if limits.pids is None else limits.pids}])
+
+    def _cmd_stats(self, argv: list[str]) -> Table:
+        names = argv or [i.id for i in self.containers.list()]
+        rows = []
+        for ref in names:
+            s = self.containers.stats(ref)
+            rows.append({"container": s.name, "memory": _size_text(s.usage.memory_current),
+                         "limit": _size_text(s.limits.memory),
+                         "cpu": "" if s.usage.cpu_ns is None else f"{s.usage.cpu_ns / 1e9:.2f} s",
+                         "pids": s.usage.pids, "oom kills": s.usage.oom_kills})
+        return Table(rows, ["container", "memory", "limit", "cpu", "pids", "oom kills"])
+
+
+def register(ipython: Any) -> ContainerMagics:
+    magics = ContainerMagics(ipython)
+    ipython.register_magics(magics)
+    return magics

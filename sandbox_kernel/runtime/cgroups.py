@@ -189,6 +189,10 @@ class Cgroup:
     def oom_kills(self) -> int:
         return self.stats().oom_kills
 
+    def reset_peak(self) -> bool:
+        """Start the memory peak over (cgroup v1); False where it cannot be (v2's memory.peak resets per open file)."""
+        return False
+
     def kill(self, timeout: float = 5.0) -> None:
         """SIGKILL every process in the cgroup, frozen first so none can fork away."""
         self.freeze()
@@ -300,6 +304,13 @@ class CgroupV1(Cgroup):
             oom_kills=oom.get("oom_kill", 0),
             pids_limit_hits=pid_events.get("max", 0),
         )
+
+    def reset_peak(self) -> bool:
+        memory = self._dir("memory")
+        if memory is None:
+            return False
+        self._write(memory / "memory.max_usage_in_bytes", "0")
+        return True
 
     def oom_kills(self) -> int:
         memory = self._dir("memory")

@@ -456,12 +456,30 @@ class Containers:
             if slot is not None:
                 launcher.drop(slot)
             raise
-        cdir = ContainerDir(self.root / cid)
+        return self._foreground(ContainerDir(self.root / cid), (spec, config), slot, key, stdin, stdout, stderr,
+                                on_start)
+
+    def start_attached(self, ref: str, *, stdin: int | None = 0, stdout: Output = 1, stderr: Output = 2,
+                       on_start: Callable[[str], None] | None = None) -> ContainerResult:
+        """``start -a``: start a created or exited container in the foreground, as :meth:`run` does."""
+        cdir = self._find(ref)
+        state = self._reconcile(cdir)
+        if state is not None and state.status in (RUNNING, PAUSED):
+            raise ContainerError(f"container {ref} is already running")
+        return self._foreground(cdir, None, None, None, stdin, stdout, stderr, on_start)
+
+    def _foreground(self, cdir: ContainerDir, created: tuple[ContainerSpec, dict[str, Any]] | None,
+                    slot: Any, key: tuple[str, ...] | None, stdin: int | None, stdout: Output, stderr: Output,
+                    on_start: Callable[[str], None] | None) -> ContainerResult:
+        """Start ``cdir`` (just ``created``, or made earlier) with the caller's stdio and wait for its exit."""
+        cid = cdir.id
+        remove = created[0].remove if created is not None else False
         with Relay(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
             try:
                 if on_start is not None:
                     on_start(cid)
-                job, _ = self._job(cdir, detached=False, created=(spec, config))
+                job, spec = self._job(cdir, detached=False, created=created)
+                remove = spec.remove
                 known = slot.pid1 if slot is not None else None  # PID 1, named by a ready slot
                 if known is not None:
                     job = replace(job, announce=False)
@@ -470,7 +488,7 @@ class Containers:
             except BaseException:  # the container never ran: as if it had not been made
                 if slot is not None:
                     launcher.drop(slot)
-                if spec.remove:
+                if remove and created is not None:
                     with contextlib.suppress(ContainerError):
                         self.remove(cid, force=True)
                 raise
@@ -486,7 +504,8 @@ class Containers:
             finally:
                 os.close(status_r)
                 launcher.reap()
-            if event.get("event") == "exited":  # the next start's slot (not while this one ran: one CPU less)
+            if event.get("event") == "exited" and created is not None:
+                # the next start's slot (not while this one ran: one CPU less)
                 self._warm_next(spec, key, job.plan.lowerdirs)
         _raise_for(event, cdir)
         exit_code = int(event.get("exit_code", 137))
@@ -674,6 +693,11 @@ class Containers:
         config = cdir.read_config()
         usage = open_cgroup(config["cgroup"]).stats()
         return ContainerStats(cdir.id, config["name"], usage, ContainerSpec.from_dict(config["spec"]).limits)
+
+    def reset_peak(self, ref: str) -> bool:
+        """Start the container's memory peak over (for a cell's peak); False where the cgroup cannot."""
+        cdir, _state = self._running(ref)
+        return open_cgroup(cdir.read_config()["cgroup"]).reset_peak()
 
     def logs(self, ref: str, follow: bool = False) -> Iterator[tuple[int, bytes]]:
         """(stream, data) records of a detached container's output; stream 1 is stdout, 2 stderr.

@@ -148,6 +148,7 @@ class ContainerSpec:
     remove: bool = False  # --rm
     ulimits: tuple[tuple[str, int, int], ...] = DEFAULT_ULIMITS  # later entries win over earlier ones
     log_size: int = DEFAULT_LOG_SIZE
+    labels: tuple[tuple[str, str], ...] = ()  # docker's --label KEY=VALUE: the runtime only keeps them
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContainerSpec:
@@ -157,7 +158,7 @@ class ContainerSpec:
         values["limits"] = Limits(**data.get("limits", {}))
         values["mounts"] = tuple(Mount(**m) for m in data.get("mounts", ()))
         values["network"] = NetSpec(**data.get("network", {}))
-        for key in ("command", "env", "ulimits"):
+        for key in ("command", "env", "ulimits", "labels"):
             if key in values:
                 values[key] = tuple(tuple(v) if isinstance(v, list) else v for v in values[key])
         if values.get("entrypoint") is not None:

@@ -1,0 +1,372 @@
+"""One ``%%container`` container as the notebook sees it: its agent, and cells run through it.
+
+The container's main process is the agent (``sandbox_kernel/agent/agent.py``, run
+by the image's ``python3``), started in the foreground by a thread of this process
+(:meth:`Containers.run` / :meth:`Containers.start_attached`), so the container
+dies with the kernel. Requests go to the agent's stdin as length-prefixed JSON;
+its replies come back on its stdout and are queued for the cell that waits.
+Images without ``python3`` get a shell container: a sleeping ``/bin/sh`` as main
+process and every cell an ``exec`` of ``/bin/sh -c``.
+
+Everything that comes back is data: JSON frames of a bounded size, values in
+and out as JSON, bytes or ``.npy`` (never pickle), see :mod:`sandbox_kernel.values`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .runtime import ContainerError, Containers, ContainerSpec, SandboxError
+
+AGENT_DIR = Path(__file__).resolve().parent / "agent"
+AGENT_MOUNT = "/.sandbox-kernel"
+AGENT_ARGV = ("python3", f"{AGENT_MOUNT}/agent.py")
+SHELL_IDLE = ("/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done")
+HEADER = struct.Struct(">I")
+MAX_FRAME = 64 << 20  # one reply from the container; more ends the session (a container cannot fill our memory)
+MAX_PENDING = 16 << 20  # output between cells kept for the next one
+START_TIMEOUT = 60.0
+GRACE = 3.0  # seconds between the interrupt and the kill of a cell that ignores it
+POLL = 0.1
+PYTHONS = ("usr/bin/python3", "usr/local/bin/python3", "bin/python3")
+
+
+class Sink(Protocol):
+    """Where a cell's output goes (the notebook, or a test)."""
+
+    def stream(self, name: str, text: str) -> None: ...
+    def display(self, data: dict[str, Any], metadata: dict[str, Any]) -> None: ...
+
+
+class CellError(SandboxError):
+    """A cell failed inside the container: the traceback is the container's, shown once."""
+
+    def __init__(self, ename: str, evalue: str, traceback: list[str], note: str | None = None):
+        super().__init__(evalue if note is None else note)
+        self.ename = ename
+        self.evalue = evalue
+        self.lines = "".join(traceback).rstrip("\n").split("\n") if traceback else []
+        if note:
+            self.lines.append(note)
+
+    def _render_traceback_(self) -> list[str]:
+        return self.lines or [f"{self.ename}: {self.evalue}"]
+
+
+class CellKilled(CellError):
+    """The cell's process was killed (a limit, a timeout, an ignored interrupt): one plain sentence."""
+
+    def __init__(self, sentence: str):
+        super().__init__("CellKilled", sentence, [], sentence)
+
+
+@dataclass
+class CellResult:
+    status: str = "ok"
+    result: tuple[dict[str, Any], dict[str, Any]] | None = None  # the last expression's bundle
+    outputs: dict[str, Any] = field(default_factory=dict)  # --out values, still encoded
+    wall: float = 0.0
+    cpu: float = 0.0
+    error: CellError | None = None
+    interrupted: bool = False
+    died: dict[str, Any] | None = None  # the agent's "died" reply, when the cell's process was killed
+
+
+def has_python(lowerdirs: list[str]) -> bool:
+    """Whether the image has a ``python3`` for the agent (looked up in its layers, top first)."""
+    for layer in lowerdirs:
+        for rel in PYTHONS:
+            if os.path.lexists(os.path.join(layer, rel)):
+                return True
+    return False
+
+
+class Session:
+    """The agent (or shell) of one running container, and the queue of what it says."""
+
+    def __init__(self, containers: Containers, name: str):
+        self.containers = containers
+        self.name = name
+        self.cid: str | None = None
+        self.python = True
+        self.queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.stdin_w = -1
+        self.exited: Any = None
+        self.stderr_tail = b""
+        self.pending: list[tuple[str, Any]] = []
+        self.counter = 0
+        self.oom_seen = 0  # the cgroup's OOM kills and refused forks already reported
+        self.pids_seen = 0
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+
+    # -- start and stop ------------------------------------------------------------------------------------------
+
+    def start(self, spec: ContainerSpec | None, python: bool) -> None:
+        """Run ``spec`` (a new container), or start the existing container ``self.name`` when ``spec`` is None."""
+        self.python = python
+        stdin_r, self.stdin_w = os.pipe()
+        started = threading.Event()
+
+        def on_start(cid: str) -> None:
+            self.cid = cid
+            started.set()
+
+        def main() -> None:
+            try:
+                kwargs: dict[str, Any] = {"stdin": stdin_r, "stdout": self._on_stdout, "stderr": self._on_stderr,
+                                          "on_start": on_start}
+                if spec is not None:
+                    result = self.containers.run(spec, **kwargs)
+                else:
+                    result = self.containers.start_attached(self.name, **kwargs)
+                self.exited = result
+                self.queue.put(("exit", result))
+            except BaseException as exc:  # reported to whoever waits
+                self.exited = exc
+                self.queue.put(("failed", exc))
+            finally:
+                started.set()
+                os.close(stdin_r)
+
+        self.thread = threading.Thread(target=main, name=f"sandbox-kernel {self.name}", daemon=True)
+        self.thread.start()
+        if python:
+            self._wait_ready()
+        else:
+            started.wait(START_TIMEOUT)
+            self._wait_running()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            kind, value = self._get(deadline)
+            if kind == "msg" and value.get("type") == "ready":
+                return
+            if kind == "timeout":
+                self.close()
+                raise ContainerError(f"container {self.name}: its agent did not start within {START_TIMEOUT:.0f} s")
+            if kind in ("exit", "failed"):
+                raise self._gone_error(value)
+            self.pending.append((kind, value))
+
+    def _wait_running(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.exited is not None:
+                raise self._gone_error(self.exited)
+            with contextlib.suppress(SandboxError):
+                if self.cid and self.containers.get(self.cid).running:
+                    return
+            time.sleep(0.005)
+        raise ContainerError(f"container {self.name} did not start within {START_TIMEOUT:.0f} s")
+
+    def _gone_error(self, value: Any) -> BaseException:
+        if isinstance(value, BaseException):
+            return value
+        said = self.stderr_tail.decode(errors="replace").strip().splitlines()
+        why = f": {said[-1]}" if said else ""
+        return ContainerError(f"container {self.name} exited with status {value.exit_code}{why}")
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive() and self.exited is None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the agent (its stdin closes, it exits, the container stops)."""
+        if self.stdin_w >= 0:
+            with contextlib.suppress(OSError):
+                if self.python:
+                    self._send({"op": "shutdown"})
+            with contextlib.suppress(OSError):
+                os.close(self.stdin_w)
+            self.stdin_w = -1
+        if self.thread is not None and self.thread.is_alive() and self.cid:
+            if not self.python:
+                with contextlib.suppress(SandboxError):
+                    self.containers.stop(self.cid, timeout=timeout)
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                with contextlib.suppress(SandboxError):
+                    self.containers.kill(self.cid)
+                self.thread.join(timeout)
+
+    # -- the channel ---------------------------------------------------------------------------------------------
+
+    def _send(self, message: dict[str, Any]) -> None:
+        body = json.dumps(message, separators=(",", ":")).encode()
+        data = memoryview(HEADER.pack(len(body)) + body)
+        while data:
+            data = data[os.write(self.stdin_w, data):]
+
+    def _on_stdout(self, data: bytes) -> None:
+        """In the container's thread: frames out of the agent's stdout, onto the queue."""
+        self._buf += data
+        while len(self._buf) >= 4:
+            (size,) = HEADER.unpack_from(self._buf)
+            if size > MAX_FRAME:
+                self._buf.clear()
+                self.queue.put(("bad", f"the agent sent a message of {size} bytes (more than {MAX_FRAME})"))
+                return
+            if len(self._buf) < 4 + size:
+                return
+            body = bytes(self._buf[4:4 + size])
+            del self._buf[:4 + size]
+            try:
+                message = json.loads(body)
+            except ValueError:
+                self.queue.put(("bad", "the agent sent a message that is not JSON"))
+                continue
+            if isinstance(message, dict):
+                self.queue.put(("msg", message))
+
+    def _on_stderr(self, data: bytes) -> None:
+        self.stderr_tail = (self.stderr_tail + data)[-4096:]
+        self.queue.put(("agent-stderr", data.decode(errors="replace")))
+
+    def _get(self, deadline: float | None) -> tuple[str, Any]:
+        if self.pending:
+            return self.pending.pop(0)
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return ("timeout", None)
+            try:  # in slices: an interrupt that is only a flag (_thread.interrupt_main) is seen too
+                return self.queue.get(timeout=POLL if left is None else min(left, POLL))
+            except queue.Empty:
+                continue
+
+    def _note_pending(self, sink: Sink) -> None:
+        """Output that came between cells (a background thread's prints) goes out first."""
+        kept = 0
+        while True:
+            try:
+                kind, value = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self.pending.append((kind, value))
+            if kind == "msg" and value.get("type") == "stream":
+                kept += len(value.get("text", ""))
+            if kept > MAX_PENDING:
+                self.pending = [(k, v) for k, v in self.pending if not (k == "msg" and v.get("type") == "stream")]
+                sink.stream("stderr", "[output from between cells dropped: more than 16 MiB]\n")
+                kept = 0
+
+    # -- cells ---------------------------------------------------------------------------------------------------
+
+    def execute(self, code: str, sink: Sink, *, shell: bool = False, inputs: dict[str, Any] | None = None,
+                outputs: list[str] | None = None, timeout: float | None = None,
+                on_interrupt: Callable[[], None] | None = None) -> CellResult:
+        """Run one cell; its output goes to ``sink`` as it comes. Ctrl-C (KeyboardInterrupt) interrupts it."""
+        if not self.alive:
+            raise ContainerError(f"container {self.name} is not running")
+        if not self.python:
+            return self._execute_shell(code, sink, timeout)
+        self._note_pending(sink)
+        self.counter += 1
+        self._send({"op": "execute", "id": self.counter, "code": code, "shell": shell,
+                    "inputs": inputs or {}, "outputs": outputs or []})
+        result = CellResult()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        kill_at: float | None = None
+        while True:
+            try:
+                kind, value = self._get(min(d for d in (deadline, kill_at) if d is not None)
+                                        if deadline is not None or kill_at is not None else None)
+            except KeyboardInterrupt:
+                result.interrupted = True
+                if kill_at is None:
+                    self._send({"op": "interrupt"})
+                    kill_at = time.monotonic() + GRACE
+                    if on_interrupt is not None:
+                        on_interrupt()
+                else:  # a second Ctrl-C: no more grace
+                    kill_at = time.monotonic()
+                continue
+            if kind == "timeout":
+                now = time.monotonic()
+                if kill_at is not None and now >= kill_at:
+                    self._send({"op": "kill"})
+                    kill_at = float("inf")
+                    result.status = "killed"
+                elif deadline is not None and now >= deadline and kill_at is None:
+                    result.status = "timeout"
+                    self._send({"op": "interrupt"})
+                    kill_at = now + GRACE
+                    deadline = None
+                continue
+            if kind == "msg":
+                what = value.get("type")
+                if what == "stream":
+                    sink.stream("stderr" if value.get("name") == "stderr" else "stdout", str(value.get("text", "")))
+                elif what == "display":
+                    sink.display(_dict(value.get("data")), _dict(value.get("metadata")))
+                elif what == "result":
+                    result.result = (_dict(value.get("data")), _dict(value.get("metadata")))
+                elif what == "error":
+                    tb = value.get("traceback")
+                    result.error = CellError(str(value.get("ename", "Error")), str(value.get("evalue", "")),
+                                             [str(line) for line in tb] if isinstance(tb, list) else [])
+                elif what == "done":
+                    if result.status not in ("timeout", "killed"):
+                        result.status = "error" if value.get("status") == "error" else "ok"
+                    result.outputs = _dict(value.get("outputs"))
+                    result.wall = float(value.get("wall") or 0)
+                    result.cpu = float(value.get("cpu") or 0)
+                    return result
+                elif what == "died":
+                    result.died = value
+                    if result.status != "timeout":
+                        result.status = "killed"
+                    return result
+            elif kind == "agent-stderr":
+                sink.stream("stderr", value)
+            elif kind == "bad":
+                self.close()
+                raise ContainerError(f"container {self.name}: {value}; the container was stopped")
+            elif kind in ("exit", "failed"):
+                raise self._gone_error(value)
+
+    def _execute_shell(self, code: str, sink: Sink, timeout: float | None) -> CellResult:
+        """A cell in a container without python3: ``/bin/sh -c CODE`` through ``exec``."""
+        assert self.cid is not None
+        result = CellResult()
+        began = time.monotonic()
+        timer = None
+        if timeout is not None:
+            def expire() -> None:
+                result.status = "timeout"
+                import _thread
+
+                _thread.interrupt_main()
+
+            timer = threading.Timer(timeout, expire)
+            timer.start()
+        try:
+            code_ = self.containers.exec(self.cid, ["/bin/sh", "-c", code], stdin=None,
+                                         stdout=lambda d: sink.stream("stdout", d.decode(errors="replace")),
+                                         stderr=lambda d: sink.stream("stderr", d.decode(errors="replace")))
+        finally:
+            if timer is not None:
+                timer.cancel()
+        result.wall = time.monotonic() - began
+        if code_ and result.status == "ok":
+            result.status = "error"
+            result.error = CellError("ShellError", f"the shell exited with status {code_}",
+                                     [f"the shell exited with status {code_}\n"])
+        return result
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

@@ -230,8 +230,8 @@ class ContainerMagics(Magics):
         missing = [n for n in inputs_names if n not in self.shell.user_ns]
         if missing:
             raise UsageError(f"--in: no variable named {missing[0]!r} in the notebook")
-        inputs = {n: values.encode(n, self.shell.user_ns[n]) for n in inputs_names}
         try:
+            inputs = {n: values.encode(n, self.shell.user_ns[n]) for n in inputs_names}
             session = self._session(args)
             return self._run_cell(session, args, cell, inputs, outputs_names)
         except CellError:
@@ -303,6 +303,8 @@ class ContainerMagics(Magics):
             limits = self._limits(args, info.spec.limits)
             if limits is not None:
                 self.containers.update(name, limits)
+            if dict(info.spec.labels).get(KEEP_LABEL) == "1":
+                self.keep.add(name)  # made with --keep: it stays kept
             session.start(None, python=tuple(info.command) == AGENT_ARGV)
         else:
             image = self._image(args.image or DEFAULT_IMAGE)
@@ -352,7 +354,7 @@ class ContainerMagics(Magics):
             raise CellKilled(problem)
         error = result.error or CellError("Error", "the cell failed", [])
         if problem is not None:
-            error.lines.append(problem)
+            error.add_sentence(problem)
         raise error
 
     def _limit_sentence(self, session: Session, args: Any, result: Any) -> str | None:

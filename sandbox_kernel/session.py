@@ -59,6 +59,11 @@ class CellError(SandboxError):
         if note:
             self.lines.append(note)
 
+    def add_sentence(self, sentence: str) -> None:
+        """A plain last line (a limit, a timeout): also the exception's message."""
+        self.lines.append(sentence)
+        self.args = (sentence,)
+
     def _render_traceback_(self) -> list[str]:
         return self.lines or [f"{self.ename}: {self.evalue}"]
 
@@ -299,7 +304,8 @@ class Session:
                 if kill_at is not None and now >= kill_at:
                     self._send({"op": "kill"})
                     kill_at = float("inf")
-                    result.status = "killed"
+                    if result.status != "timeout":
+                        result.status = "killed"
                 elif deadline is not None and now >= deadline and kill_at is None:
                     result.status = "timeout"
                     self._send({"op": "interrupt"})

@@ -134,11 +134,17 @@ def encode_value(name, value):
 
 
 class Out(io.TextIOBase):
-    """sys.stdout/sys.stderr: every write goes to the fd at once (the cell streams, partial lines too)."""
+    """sys.stdout/sys.stderr: every write is a stream frame at once (the cell streams, partial lines too).
 
-    def __init__(self, fd, name):
+    Frames, not the fd: they keep their order with display frames. What other processes
+    (or C code) write to fds 1 and 2 comes through the pipes the supervisor reads.
+    """
+
+    def __init__(self, fd, name, channel):
         self.fd = fd
         self._name = name
+        self.channel = channel
+        self.stream = "stderr" if fd == 2 else "stdout"
         self.buffer = _Bytes(fd)
 
     @property
@@ -161,7 +167,9 @@ class Out(io.TextIOBase):
     def write(self, text):
         if not isinstance(text, str):
             raise TypeError("write() argument must be str, not %s" % type(text).__name__)
-        write_all(self.fd, text.encode("utf-8", "surrogateescape"))
+        for start in range(0, len(text), 1 << 20):  # bounded frames, however big the print
+            send(self.channel.fileno(), {"type": "stream", "name": self.stream,
+                                         "text": text[start:start + (1 << 20)]})
         return len(text)
 
     def flush(self):
@@ -389,7 +397,7 @@ def worker_main(channel, out_w, err_w, supervisor_pid):
     for fd in (null, out_w, err_w):
         if fd > 2:
             os.close(fd)
-    sys.stdout, sys.stderr = Out(1, "<stdout>"), Out(2, "<stderr>")
+    sys.stdout, sys.stderr = Out(1, "<stdout>", channel), Out(2, "<stderr>", channel)
     sys.stdin = open(os.devnull)
     sys.path[0] = ""  # the cwd, as in an interactive python; not the agent's directory
     sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # the matplotlib backend module

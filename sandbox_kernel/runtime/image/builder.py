@@ -31,6 +31,7 @@ CREATED = "1970-01-01T00:00:00Z"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("python3",)
+SCIENCE_PACKAGES = ("python3", "python3-numpy", "python3-matplotlib")  # plots and arrays in cells
 BUSYBOX_BINARY = "/bin/busybox"
 
 
@@ -116,13 +117,13 @@ def _busybox_rootfs(root: Path) -> None:
     (root / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
 
 
-def _debian_rootfs(root: Path) -> None:
+def _debian_rootfs(root: Path, packages: tuple[str, ...] = DEBIAN_PACKAGES) -> None:
     mmdebstrap = _require("mmdebstrap", "mmdebstrap")
     sources = _host_sources()
     cmd = [
         mmdebstrap,
         "--variant=minbase",
-        "--include=" + ",".join(DEBIAN_PACKAGES),
+        "--include=" + ",".join(packages),
         "--format=directory",
         "--skip=output/dev",
         "--dpkgopt=path-exclude=/usr/share/doc/*",
@@ -170,6 +171,17 @@ RECIPES: dict[str, Recipe] = {
             "packages": ",".join(DEBIAN_PACKAGES),
         },
         _debian_rootfs,
+    ),
+    "debian-science": Recipe(
+        "debian-science",
+        "localhost/debian-science:latest",
+        ("python3",),
+        lambda: {
+            "mmdebstrap": _tool_version("mmdebstrap"),
+            "suite": DEBIAN_SUITE,
+            "packages": ",".join(SCIENCE_PACKAGES),
+        },
+        lambda root: _debian_rootfs(root, SCIENCE_PACKAGES),
     ),
 }
 

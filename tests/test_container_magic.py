@@ -1,0 +1,375 @@
+"""``%%container`` through IPython's InteractiveShell: state, streaming, rich output, errors, interrupts, limits.
+
+Real containers from the project's own images (debian-python for Python cells,
+busybox for a shell-only container, debian-science for numpy and matplotlib).
+Every container a test makes is removed at the end (the magics' shutdown).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython import get_ipython
+from IPython.core.error import UsageError
+from IPython.testing.globalipapp import start_ipython
+
+from sandbox_kernel.magics import ContainerMagics, Table
+from sandbox_kernel.runtime import Containers, Store, build
+from sandbox_kernel.session import CellError, CellKilled
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+
+
+class Recorder:
+    """A sink that keeps what a cell sent, with the time each piece came."""
+
+    def __init__(self, trusted: bool = False):
+        from sandbox_kernel import sanitize
+
+        self.trusted = trusted
+        self.sanitize = sanitize
+        self.events: list[tuple[float, str, Any]] = []
+
+    def stream(self, name: str, text: str) -> None:
+        self.events.append((time.monotonic(), name, text))
+
+    def display(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+        self.events.append((time.monotonic(), "display", self.sanitize.sanitize(data, metadata, self.trusted)[0]))
+
+    def text(self, name: str = "stdout") -> str:
+        return "".join(e[2] for e in self.events if e[1] == name)
+
+    def displays(self) -> list[dict[str, Any]]:
+        return [e[2] for e in self.events if e[1] == "display"]
+
+
+@pytest.fixture(scope="module")
+def magic_store(tmp_path_factory) -> Store:
+    store = Store(tmp_path_factory.mktemp("magic") / "store")
+    build(store, "busybox")
+    build(store, "debian-python")
+    return store
+
+
+@pytest.fixture
+def ip(magic_store):
+    shell = start_ipython() or get_ipython()
+    magics = ContainerMagics(shell, store=magic_store)
+    shell.register_magics(magics)
+    recorders: list[Recorder] = []
+
+    def factory(trusted: bool) -> Recorder:
+        recorders.append(Recorder(trusted))
+        return recorders[-1]
+
+    magics.sink_factory = factory
+    shell.recorders = recorders
+    shell.sk = magics
+    yield shell
+    magics.shutdown()
+    left = [i.name for i in Containers(magic_store).list(all=True)]
+    assert left == [], f"containers left: {left}"
+
+
+def run(ip, line: str, cell: str) -> Any:
+    return ip.run_cell_magic("container", line, cell)
+
+
+def last(ip) -> Recorder:
+    return ip.recorders[-1]
+
+
+def interrupt_after(seconds: float) -> threading.Timer:
+    """A real SIGINT to this process, as the notebook's interrupt sends one to the kernel."""
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_state_persists_and_last_value_is_the_result(ip):
+    assert run(ip, "a", "x = 41\nimport json") is None
+    value = run(ip, "a", "x + 1")
+    assert value.data["text/plain"] == "42"
+    assert run(ip, "a", "json.dumps([x]);") is None  # a trailing ; hides the value, as in IPython
+    run(ip, "a", "open('/tmp/kept', 'w').write('files stay')")
+    assert run(ip, "a", "open('/tmp/kept').read()").data["text/plain"] == "'files stay'"
+
+
+def test_streams_arrive_before_the_cell_ends(ip):
+    run(ip, "s", "pass")
+    began = time.monotonic()
+    run(ip, "s", "import sys, time\nprint('first', flush=True)\nsys.stdout.write('partial')\ntime.sleep(1.5)\n"
+                 "print(' line')\nimport subprocess; subprocess.run(['echo', 'from a child'])\n"
+                 "print('to stderr', file=sys.stderr)")
+    ended = time.monotonic()
+    rec = last(ip)
+    first = next(t for t, name, text in rec.events if "first" in text)
+    partial = next(t for t, name, text in rec.events if "partial" in text)
+    assert first - began < 1.0 and partial - began < 1.0 and ended - partial > 1.0
+    assert rec.text() == "first\npartial line\nfrom a child\n"
+    assert rec.text("stderr") == "to stderr\n"
+
+
+def test_output_keeps_its_order_around_display(ip):
+    run(ip, "o", "print('a')\ndisplay(1)\nprint('b')")
+    kinds: list[tuple[str, str]] = []
+    for _, name, text in last(ip).events:  # (print writes the text and the newline apart)
+        text = text if name != "display" else text["text/plain"]
+        if kinds and name == "stdout" == kinds[-1][0]:
+            kinds[-1] = (name, kinds[-1][1] + text)
+        else:
+            kinds.append((name, text))
+    assert kinds == [("stdout", "a\n"), ("display", "1"), ("stdout", "b\n")]
+
+
+def test_rich_display_types(ip):
+    cell = '''
+class Rich:
+    def _repr_html_(self): return "<b>bold</b><script>alert(1)</script><img src=x onerror=alert(2)>"
+    def _repr_markdown_(self): return "**md**"
+    def _repr_svg_(self): return "<svg xmlns='http://www.w3.org/2000/svg'><script>alert(3)</script></svg>"
+    def _repr_png_(self): return b"\\x89PNG fake"
+    def __repr__(self): return "Rich()"
+display(Rich())
+Rich()
+'''
+    value = run(ip, "r", cell)
+    shown = last(ip).displays()[0]
+    assert shown["text/plain"] == "Rich()"
+    assert "<b>bold</b>" in shown["text/html"] and "script" not in shown["text/html"]
+    assert "onerror" not in shown["text/html"]
+    assert "**md**" in shown["text/markdown"]
+    assert base64.b64decode(shown["image/png"]) == b"\x89PNG fake"
+    assert "image/svg+xml" not in shown  # an SVG comes back only as an <img> (text/html here already)
+    assert "script" not in value.data["text/html"]
+    trusted = run(ip, "r --trust-output", "Rich()")
+    assert "<script>alert(1)</script>" in trusted.data["text/html"]
+
+
+def test_svg_alone_becomes_an_image(ip):
+    value = run(ip, "v", "class S:\n    def _repr_svg_(self): return '<svg onload=\"alert(1)\"></svg>'\nS()")
+    assert value.data["text/html"].startswith('<img src="data:image/svg+xml;base64,')
+    assert "image/svg+xml" not in value.data
+
+
+def test_traceback_is_the_containers_and_shown_once(ip):
+    with pytest.raises(CellError) as info:
+        run(ip, "e", "def f():\n    return 1 / 0\n\nf()")
+    lines = info.value._render_traceback_()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[-1] == "ZeroDivisionError: division by zero"
+    assert any('File "<cell-' in line and "line 2, in f" in line for line in lines)
+    assert "agent.py" not in "\n".join(lines)
+    assert sum("ZeroDivisionError" in line for line in lines) == 1
+    with pytest.raises(CellError, match=r"invalid syntax|was never closed"):
+        run(ip, "e", "def (:")
+    assert run(ip, "e", "1 + 1").data["text/plain"] == "2"  # the container goes on
+
+
+def test_interrupt_stops_sleep_and_child_processes(ip):
+    run(ip, "i", "import subprocess, time")
+    timer = interrupt_after(1.0)
+    began = time.monotonic()
+    with pytest.raises(CellError) as info:
+        run(ip, "i", "child = subprocess.Popen(['sleep', '100'])\ntime.sleep(100)")
+    timer.cancel()
+    assert time.monotonic() - began < 5
+    assert info.value._render_traceback_()[-1] == "KeyboardInterrupt"
+    # the cell's child is gone, the state is not
+    assert run(ip, "i", "child.wait(timeout=5)").data["text/plain"] in ("-2", "-9")
+    assert run(ip, "i", "time.__name__").data["text/plain"] == "'time'"
+
+
+def test_a_cell_that_ignores_sigint_is_killed_and_the_agent_restarted(ip):
+    run(ip, "k", "x = 1")
+    timer = interrupt_after(1.0)
+    began = time.monotonic()
+    with pytest.raises(CellKilled, match=r"did not stop within 3 s .* variables are lost, files are kept"):
+        run(ip, "k", "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                     "open('/tmp/file', 'w').write('kept')\nwhile True:\n    time.sleep(0.05)")
+    timer.cancel()
+    assert time.monotonic() - began < 10
+    with pytest.raises(CellError, match="name 'x' is not defined"):
+        run(ip, "k", "x")
+    assert run(ip, "k", "open('/tmp/file').read()").data["text/plain"] == "'kept'"
+
+
+def test_timeout(ip):
+    began = time.monotonic()
+    with pytest.raises(CellError, match=r"ran past --timeout 1 s and was interrupted"):
+        run(ip, "t --timeout 1", "import time\ntime.sleep(60)")
+    assert time.monotonic() - began < 5
+    with pytest.raises(CellKilled, match=r"ran past --timeout 1 s and did not stop"):
+        run(ip, "t --timeout 1", "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                                  "while True: time.sleep(0.05)")
+
+
+def test_oom_is_one_sentence_with_the_limit(ip):
+    run(ip, "m --memory 64m", "x = 1")
+    with pytest.raises(CellKilled) as info:
+        run(ip, "m", "hog = []\nwhile True:\n    hog.append(bytearray(1 << 20))")
+    text = str(info.value)
+    assert text.startswith("The cell ran out of memory: the container's limit is 64 MiB")
+    assert info.value._render_traceback_() == [text]
+    assert run(ip, "m", "'alive'").data["text/plain"] == "'alive'"
+
+
+def test_pids_limit_is_said(ip):
+    run(ip, "p --pids-limit 12", "import subprocess")
+    with pytest.raises(CellError) as info:
+        run(ip, "p", "procs = [subprocess.Popen(['sleep', '3']) for _ in range(30)]")
+    lines = info.value._render_traceback_()
+    assert lines[-1] == ("The container reached its process limit (--pids-limit 12): new processes were refused.")
+
+
+def test_stats_line(ip, capsys):
+    run(ip, "st --stats", "s = sum(range(3_000_000))")
+    out = capsys.readouterr().out
+    assert out.startswith("wall ") and " ms, CPU " in out and "peak memory" in out
+
+
+def test_limits_change_live(ip):
+    run(ip, "l --memory 128m", "x = 1")
+    run(ip, "l --memory 96m --pids-limit 50", "x")
+    table = ip.run_line_magic("container", "limits l")
+    assert table[0]["memory"] == "96 MiB" and table[0]["pids"] == 50
+    assert "<table>" in table._repr_html_()
+
+
+def test_values_in_and_out(ip):
+    ip.user_ns.update(numbers=[1, 2.5, {"k": None}], blob=b"\x00\xffbytes")
+    run(ip, "io --in numbers,blob --out total,back", "total = len(numbers) + len(blob)\nback = blob[::-1]")
+    assert ip.user_ns["total"] == 10 and ip.user_ns["back"] == b"setyb\xff\x00"
+    with pytest.raises(UsageError, match="no variable named 'nothere'"):
+        run(ip, "io --in nothere", "pass")
+    ip.user_ns["func"] = len
+    with pytest.raises(UsageError, match="a builtin_function_or_method cannot go into a container"):
+        run(ip, "io --in func", "pass")
+    with pytest.raises(CellError, match="only JSON values, bytes and numpy arrays can leave"):
+        run(ip, "io --out obj", "obj = object()")
+
+
+def test_a_crafted_pickle_from_the_container_does_nothing(ip, tmp_path):
+    """The container replaces the agent's encoder and sends a pickle (as a kind, and inside a .npy)."""
+    marker = tmp_path / "pwned"
+    evil = f'''
+import base64, io, pickle, struct, sys
+class Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch {marker}",))
+payload = pickle.dumps(Evil())
+header = "{{'descr': '|O', 'fortran_order': False, 'shape': (1,), }}"
+header = header + " " * (118 - len(header)) + "\\n"
+npy = b"\\x93NUMPY\\x01\\x00" + struct.pack("<H", len(header)) + header.encode() + pickle.dumps([Evil()])
+agent = sys.modules["sk_agent"]
+kinds = iter(["pickle", "npy"])
+def encode_value(name, value):
+    kind = next(kinds)
+    return {{"kind": kind, "b64": base64.b64encode(payload if kind == "pickle" else npy).decode()}}
+agent.encode_value = encode_value
+c = 1
+'''
+    run(ip, "evil", evil)
+    with pytest.raises(UsageError, match="kind 'pickle'"):
+        run(ip, "evil --out c", "c")
+    pytest.importorskip("numpy")
+    with pytest.raises(UsageError, match=r"array of objects .* refused"):
+        run(ip, "evil --out c", "c")
+    assert not marker.exists()
+    assert "c" not in ip.user_ns
+
+
+def test_print_of_10_mb_does_not_hang(ip):
+    began = time.monotonic()
+    run(ip, "big", "print('x' * (10 << 20))")
+    assert len(last(ip).text()) == (10 << 20) + 1
+    assert time.monotonic() - began < 60
+
+
+def test_shell_cells_and_a_shell_only_image(ip):
+    run(ip, "sh", "x = 1")
+    run(ip, "sh --shell", "echo from sh; echo err >&2")
+    assert last(ip).text() == "from sh\n" and last(ip).text("stderr") == "err\n"
+    with pytest.raises(CellError, match="the shell exited with status 3"):
+        run(ip, "sh --shell", "exit 3")
+    run(ip, "bb --image localhost/busybox", "echo busybox here; cat /etc/hostname > /dev/null")
+    assert last(ip).text() == "busybox here\n"
+    with pytest.raises(UsageError, match="has no python3"):
+        run(ip, "bb --out x", "x=1")
+
+
+def test_line_magics(ip, capsys):
+    run(ip, "lm", "open('/root/made.txt', 'w').write('hi')")
+    images = ip.run_line_magic("container", "images")
+    assert isinstance(images, Table) and any(r["repository"] == "localhost/busybox" for r in images.rows)
+    ps = ip.run_line_magic("container", "ps")
+    assert any(r["name"] == "lm" for r in ps.rows)
+    diff = ip.run_line_magic("container", "diff lm")
+    assert {"kind": "A", "path": "/root/made.txt"} in diff.rows
+    image_id = ip.run_line_magic("container", "commit lm localhost/lm-snap:1 -m first")
+    assert image_id.startswith("sha256:")
+    history = ip.run_line_magic("container", "history localhost/lm-snap:1")
+    assert "open('/root/made.txt', 'w')" in history[0]["created by"] and history[0]["comment"] == "first"
+    assert ip.run_line_magic("container", "exec lm cat /root/made.txt") == 0
+    assert last(ip).text() == "hi"
+    code = ip.run_line_magic("container", "run --rm localhost/lm-snap:1 cat /root/made.txt")
+    assert code == 0 and last(ip).text() == "hi"
+    stats = ip.run_line_magic("container", "stats lm")
+    assert stats[0]["container"] == "lm"
+    with pytest.raises(UsageError, match="unknown subcommand"):
+        ip.run_line_magic("container", "frob")
+    with pytest.raises(UsageError, match="no such container"):
+        ip.run_line_magic("container", "diff nothere")
+    ip.run_line_magic("container", "rm -f lm")
+    with pytest.raises(UsageError, match="no such container"):
+        ip.run_line_magic("container", "diff lm")
+    ip.sk.store.remove_image("localhost/lm-snap:1")
+
+
+def test_bad_options_are_usage_errors(ip):
+    with pytest.raises(UsageError):
+        run(ip, "--frob", "pass")
+    with pytest.raises(UsageError, match="timeout"):
+        run(ip, "x --timeout -1", "pass")
+    with pytest.raises(UsageError, match=r"invalid --memory|memory"):
+        run(ip, "x --memory lots", "pass")
+    with pytest.raises(UsageError, match=r"no such image|not found|cannot"):
+        run(ip, "x --image localhost/nothere:1", "pass")
+
+
+def test_kernel_exit_removes_containers_and_the_next_kernel_reconciles(magic_store, tmp_path):
+    shell = start_ipython() or get_ipython()
+    first = ContainerMagics(shell, store=magic_store)
+    first.sink_factory = Recorder
+    shell.register_magics(first)
+    run(shell, "gone", "x = 1")
+    run(shell, "kept --keep", "x = 1")
+    first.shutdown()
+    names = {i.name for i in Containers(magic_store).list(all=True)}
+    assert names == {"kept"}
+    # a container whose kernel died without cleaning up (a made-up owner that is not running)
+    containers = Containers(magic_store)
+    from sandbox_kernel.magics import KEEP_LABEL, OWNER_LABEL
+    from sandbox_kernel.runtime import ContainerSpec
+
+    containers.create(ContainerSpec(image="localhost/busybox", name="orphan",
+                                    labels=((OWNER_LABEL, "999999999:1"), (KEEP_LABEL, "0"))))
+    second = ContainerMagics(shell, store=magic_store)
+    second.sink_factory = Recorder
+    assert second.containers is not None
+    names = {i.name for i in Containers(magic_store).list(all=True)}
+    assert names == {"kept"}
+    # the kept container comes back with its files in the next kernel
+    shell.register_magics(second)
+    run(shell, "kept", "y = 2")
+    second.shutdown()
+    Containers(magic_store).remove("kept", force=True)
+    assert Path(magic_store.root).exists()

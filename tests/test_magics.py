@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 from IPython.core.error import UsageError
+from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 
 
 @pytest.fixture(scope="module")
 def shell():
-    return start_ipython()
+    return start_ipython() or get_ipython()
 
 
 @pytest.fixture
@@ -21,15 +22,14 @@ def ip(shell, base_store, monkeypatch):
     return shell
 
 
-def test_container_images(ip, capsys):
-    ip.run_line_magic("container", "images")
-    out = capsys.readouterr().out
-    assert "localhost/busybox" in out and "REPOSITORY" in out
+def test_container_images(ip):
+    table = ip.run_line_magic("container", "images")
+    assert "localhost/busybox" in repr(table) and "REPOSITORY" in repr(table)
+    assert "<td>localhost/busybox</td>" in table._repr_html_()
 
 
-def test_container_inspect_and_errors(ip, capsys):
-    ip.run_line_magic("container", "inspect localhost/busybox")
-    assert '"Cmd"' in capsys.readouterr().out
+def test_container_inspect_and_errors(ip):
+    assert "Cmd" in ip.run_line_magic("container", "inspect localhost/busybox")["Config"]
     with pytest.raises(UsageError, match="no such image"):
         ip.run_line_magic("container", "inspect nothere")
     with pytest.raises(UsageError, match="unknown subcommand"):

@@ -9,8 +9,13 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def cgroups() -> set[Path]:
-    found = {p for p in CGROUP_ROOT.glob("*/sandbox-kernel/*") if p.is_dir()}
-    return found | {p for p in CGROUP_ROOT.glob("sandbox-kernel/*") if p.is_dir()}
+    """The containers' cgroups now (a parent removed while we list it is listed again)."""
+    while True:
+        try:
+            found = {p for p in CGROUP_ROOT.glob("*/sandbox-kernel/*") if p.is_dir()}
+            return found | {p for p in CGROUP_ROOT.glob("sandbox-kernel/*") if p.is_dir()}
+        except FileNotFoundError:
+            continue
 
 
 def assert_nothing_left(store_root: Path, before: set[Path], wait: float = 3.0) -> None:

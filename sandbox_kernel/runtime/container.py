@@ -376,10 +376,7 @@ class Containers:
 
     def _warm_next(self, spec: ContainerSpec, key: tuple[str, ...] | None, lowers: tuple[str, ...]) -> None:
         """Leave a warm slot for the next foreground start; one that builds this start's rootfs again if it can."""
-        if not self.warm_slots or not launcher.WARM_SLOTS or key is None:
-            # key None (volumes): no slot. A plain slot (processes without a rootfs) that waits more
-            # than a moment fails its job ("monitor died before the container started"; seen from
-            # %%container, whose containers mount the agent): cold until that is found.
+        if not self.warm_slots or not launcher.WARM_SLOTS:
             return
         speculation = None
         if key is not None:  # the slot's monitor makes the directory and the cgroup, and builds the rootfs

@@ -147,12 +147,18 @@ def take_spare(key: tuple[str, ...] | None) -> Slot | None:
     a plain one is taken. None when no live slot waits.
     """
     slot = _take_spare()
-    if slot is not None and slot.speculation is not None:
-        # Its container directory must exist before a container takes it: wait for the slot to be
-        # ready (it started warming after the previous start; waiting is quicker than starting cold).
-        if slot.speculation.key != key or not _wait_ready(slot, 2.0):
-            _drop(slot)
-            return None
+    if slot is None:
+        return None
+    if slot.speculation is not None and slot.speculation.key != key:
+        _drop(slot)
+        return None
+    # Wait for the slot to be ready (it started warming after the previous start; waiting is
+    # quicker than starting cold). Its "ready" must be read: a speculation's directory must exist
+    # before a container takes it, and a slot whose "ready" is still unread when the job is sent and
+    # the socket closed gets ECONNRESET instead of the job (AF_UNIX resets on close with unread data).
+    if not _wait_ready(slot, 2.0):
+        _drop(slot)
+        return None
     return slot
 
 

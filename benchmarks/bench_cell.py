@@ -1,0 +1,162 @@
+"""A ``%%container`` cell: its round trip vs a native cell and vs ``podman exec``; the first cell of a container.
+
+In one IPython shell (InteractiveShell, as a kernel runs cells), on the debian-python image:
+
+- a native ``pass`` cell (``run_cell("pass")``);
+- ``run_cell("%%container bench\\npass")`` in a running container (the agent keeps it);
+- ``podman exec CONTAINER python3 -c pass`` in a running podman container of the same image
+  (loaded from our archive into a private podman store, run with ``sleep infinity``);
+- the first cell of a new container: ``%%container NAME`` with ``pass``, a new NAME each time
+  (create, start, agent ready, the cell), each container removed after (untimed).
+
+Prints the medians, the overhead over native (target: at most 1 ms), the ratio to podman exec
+(target: at least 100x faster) and the first cell (target: at most 50 ms). Needs root.
+
+    .venv/bin/python benchmarks/bench_cell.py [--runs 300] [--first 15]
+
+Nothing is left behind: our containers are removed, podman's store is removed with its temporary
+directory, and the run ends by checking that no new mount or cgroup is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_start import PODMAN_RUN_FLAGS, HostCheck, Podman
+from benchlib import remove_tree
+
+from sandbox_kernel.runtime import Store, build, save
+
+IMAGE = "localhost/debian-python:latest"
+
+
+def timed(fn, runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        begin = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - begin)
+    return out
+
+
+def ms(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:8.3f} ms  (min {min(values) * 1000:.3f}, max {max(values) * 1000:.3f})"
+
+
+class Silent:
+    """The cells' output goes nowhere (it is ``pass``)."""
+
+    def __init__(self, trusted: bool = False):
+        pass
+
+    def stream(self, name: str, text: str) -> None:
+        pass
+
+    def display(self, data: dict, metadata: dict) -> None:
+        pass
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=300, help="pass cells of each kind (default 300)")
+    parser.add_argument("--first", type=int, default=15, help="new containers for the first-cell figure")
+    parser.add_argument("--podman-runs", type=int, default=20, help="podman execs (default 20)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_cell.py needs root (containers, podman)", file=sys.stderr)
+        return 1
+    from IPython.testing.globalipapp import start_ipython
+
+    from sandbox_kernel.magics import ContainerMagics
+
+    check = HostCheck()
+    began = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="sk-bench-cell-", dir="/var/tmp"))
+    magics = None
+    podman = None
+    try:
+        store = Store(work / "store")
+        build(store, "debian-python")
+        shell = start_ipython()
+        magics = ContainerMagics(shell, store=store)
+        magics.sink_factory = Silent
+        shell.register_magics(magics)
+
+        shell.run_cell("%%container bench\npass", store_history=False)
+        timed(lambda: shell.run_cell("pass", store_history=False), 50)  # warm-up
+        timed(lambda: shell.run_cell("%%container bench\npass", store_history=False), 50)
+        native: list[float] = []
+        ours: list[float] = []
+        for _ in range(args.runs):  # interleaved
+            native += timed(lambda: shell.run_cell("pass", store_history=False), 1)
+            ours += timed(lambda: shell.run_cell("%%container bench\npass", store_history=False), 1)
+
+        firsts = []
+        for number in range(args.first + 1):
+            name = f"first{number}"
+            time.sleep(0.3)  # the warm slot the last start left gets ready, as between a user's cells
+            begin = time.perf_counter()
+            shell.run_cell(f"%%container {name}\npass", store_history=False)
+            elapsed = time.perf_counter() - begin
+            if number:
+                firsts.append(elapsed)
+            magics._forget(name)  # (untimed) the container goes, as `%container rm -f` does
+            magics.containers.remove(name, force=True)
+
+        podman_times: list[float] = []
+        podman_note = ""
+        exe = shutil.which("podman")
+        if exe is None:
+            podman_note = "podman is not installed (run scripts/setup.sh)"
+        else:
+            archive = work / "image.tar"
+            save(store, [IMAGE], archive)
+            podman = Podman(exe, work / "podman")
+            podman.load(archive)
+            cid = podman("run", "-d", "--network=none", *PODMAN_RUN_FLAGS, IMAGE, "sleep", "infinity").stdout.strip()
+            argv = [*podman.argv, "exec", cid, "python3", "-c", "pass"]
+            for _ in range(args.podman_runs + 2):
+                begin = time.perf_counter()
+                subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True, env=podman.env)
+                podman_times.append(time.perf_counter() - begin)
+            podman_times = podman_times[2:]
+
+        overhead = (statistics.median(ours) - statistics.median(native)) * 1000
+        print(f"a pass cell, median of {args.runs} (interleaved), image {IMAGE}")
+        print(f"  native cell (run_cell('pass'))                     {ms(native)}")
+        print(f"  %%container cell, running container               {ms(ours)}")
+        print(f"    overhead over native: {overhead:.3f} ms  (target <= 1 ms: {'met' if overhead <= 1 else 'NOT met'})")
+        if podman_times:
+            ratio = statistics.median(podman_times) / statistics.median(ours)
+            print(f"  podman exec CONTAINER python3 -c pass ({args.podman_runs})      {ms(podman_times)}")
+            verdict = "met" if ratio >= 100 else "NOT met"
+            print(f"    podman exec / %%container: {ratio:.0f}x  (target >= 100x: {verdict})")
+        else:
+            print(f"  podman exec: skipped: {podman_note}")
+        first = statistics.median(firsts) * 1000
+        print(f"first cell of a new container (create + start + agent + pass), median of {args.first}")
+        print(f"  %%container NEW                                   {ms(firsts)}")
+        print(f"    target <= 50 ms: {'met' if first <= 50 else 'NOT met'}")
+    finally:
+        if magics is not None:
+            magics.shutdown()
+        if podman is not None:
+            for problem in podman.clean():
+                print(f"podman clean-up: {problem}", file=sys.stderr)
+        remove_tree(work)
+        check.clean_and_report(work)
+    print(f"benchmark took {time.monotonic() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -126,7 +126,8 @@ def test_interrupt_sleep_and_a_sigint_ignoring_loop(kernel):
 
 
 def test_oom_in_a_kernel_is_a_sentence_not_a_dead_kernel(kernel):
-    reply, messages = kernel.execute("%%container m --memory 48m\nhog = []\nwhile True: hog.append(bytearray(1 << 20))")
+    reply, messages = kernel.execute("%%container m --memory 48m\n"
+                                     "hog = []\nwhile True: hog.append(bytearray(1 << 20))")
     assert reply["status"] == "error"
     assert of(messages, "error")[0]["traceback"] == [
         "The cell ran out of memory: the container's limit is 48 MiB and the kernel's OOM killer ended it. "

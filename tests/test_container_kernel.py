@@ -117,7 +117,8 @@ def test_interrupt_sleep_and_a_sigint_ignoring_loop(kernel):
     reply, messages = kernel.execute("%%container k\ny")
     assert of(messages, "execute_result")[0]["data"]["text/plain"] == "5"
     reply, messages = kernel.execute(
-        "%%container k\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: time.sleep(0.05)",
+        "%%container k\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "while True: time.sleep(0.05)",
         interrupt_after=1.5)
     assert reply["status"] == "error"
     assert "did not stop within 3 s of the interrupt" in of(messages, "error")[0]["traceback"][-1]

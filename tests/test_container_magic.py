@@ -373,3 +373,27 @@ def test_kernel_exit_removes_containers_and_the_next_kernel_reconciles(magic_sto
     second.shutdown()
     Containers(magic_store).remove("kept", force=True)
     assert Path(magic_store.root).exists()
+
+
+def test_a_container_that_forges_the_channel_is_stopped_not_believed(ip):
+    """A cell (root in its container) writes a forged, oversized frame header into the supervisor's
+    channel to the kernel: the kernel refuses it, stops the container, and says so in one line."""
+    run(ip, "forge", "x = 1")
+    forge = '''
+import os
+sup = os.getppid()
+for fd in os.listdir("/proc/%d/fd" % sup):
+    target = "/proc/%d/fd/%s" % (sup, fd)
+    if os.readlink(target).startswith("pipe:"):
+        try:
+            w = os.open(target, os.O_WRONLY | os.O_NONBLOCK)
+            os.write(w, b"\\xff\\xff\\xff\\xf0" + b"junk" * 100)
+            os.close(w)
+        except OSError:
+            pass
+import time
+time.sleep(5)
+'''
+    with pytest.raises(UsageError, match=r"the agent sent a message of \d+ bytes .*the container was stopped"):
+        run(ip, "forge", forge)
+    assert not ip.sk.sessions["forge"].alive

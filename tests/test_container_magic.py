@@ -397,3 +397,48 @@ time.sleep(5)
     with pytest.raises(UsageError, match=r"the agent sent a message of \d+ bytes .*the container was stopped"):
         run(ip, "forge", forge)
     assert not ip.sk.sessions["forge"].alive
+
+
+@pytest.fixture(scope="module")
+def science_store(tmp_path_factory) -> Store:
+    """debian-science: python3 with numpy and matplotlib (mmdebstrap, about a minute the first time)."""
+    store = Store(tmp_path_factory.mktemp("science") / "store")
+    build(store, "debian-science")
+    return store
+
+
+@pytest.fixture
+def sci(science_store):
+    shell = start_ipython() or get_ipython()
+    magics = ContainerMagics(shell, store=science_store)
+    shell.register_magics(magics)
+    recorders: list[Recorder] = []
+    magics.sink_factory = lambda trusted: recorders.append(Recorder(trusted)) or recorders[-1]
+    shell.recorders = recorders
+    yield shell
+    magics.shutdown()
+    assert Containers(science_store).list(all=True) == []
+
+
+def test_numpy_arrays_in_and_out(sci):
+    numpy = pytest.importorskip("numpy")
+    sci.user_ns["grid"] = numpy.arange(12, dtype=numpy.float32).reshape(3, 4)
+    run(sci, "np --image localhost/debian-science --in grid --out doubled,total",
+        "import numpy as np\ndoubled = grid * 2\ntotal = float(grid.sum())")
+    doubled = sci.user_ns["doubled"]
+    assert isinstance(doubled, numpy.ndarray) and doubled.dtype == numpy.float32 and doubled.shape == (3, 4)
+    assert (doubled == sci.user_ns["grid"] * 2).all() and sci.user_ns["total"] == 66.0
+    with pytest.raises(CellError, match="array of objects: only plain dtypes can leave"):
+        run(sci, "np --out objs", "objs = np.array([object()])")
+
+
+def test_matplotlib_figures_are_images(sci):
+    run(sci, "plot --image localhost/debian-science",
+        "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('shown')\nplt.show()\n"
+        "fig = plt.figure()\nplt.bar([1, 2], [3, 4])")
+    figures = [d for d in last(sci).displays() if "image/png" in d]
+    assert len(figures) == 2  # plt.show() and the figure still open at the end of the cell
+    for shown in figures:
+        assert base64.b64decode(shown["image/png"]).startswith(b"\x89PNG\r\n\x1a\n")
+    run(sci, "plot", "plt.get_fignums()")  # figures were closed once shown
+    assert not [d for d in last(sci).displays() if "image/png" in d]

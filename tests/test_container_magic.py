@@ -25,6 +25,7 @@ from sandbox_kernel.runtime import Containers, Store, build
 from sandbox_kernel.session import CellError, CellKilled
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+pytest_plugins = ["registry_infra"]
 
 
 class Recorder:
@@ -442,3 +443,18 @@ def test_matplotlib_figures_are_images(sci):
         assert base64.b64decode(shown["image/png"]).startswith(b"\x89PNG\r\n\x1a\n")
     run(sci, "plot", "plt.get_fignums()")  # figures were closed once shown
     assert not [d for d in last(sci).displays() if "image/png" in d]
+
+
+def test_pull_and_push_line_magics(ip, plain_registry, capsys):
+    """%container push/pull against a real registry (Debian's docker-registry on 127.0.0.1)."""
+    remote = plain_registry.ref("magic/busybox:1")
+    pushed = ip.run_line_magic("container", f"push localhost/busybox {remote} --insecure")
+    assert pushed.startswith(remote + "@sha256:")
+    image = ip.sk.store.resolve("localhost/busybox")
+    fresh = ContainerMagics(ip, store=Store(ip.sk.store.root.parent / "fresh-store"))
+    ref = fresh._cmd_pull([remote, "--insecure"])
+    out = capsys.readouterr().out
+    assert ref == remote and f"Digest: {image.manifest_digest}" in out and ": complete" in out
+    assert fresh.store.resolve(remote).id == image.id
+    with pytest.raises(UsageError, match="cannot reach registry"):
+        ip.run_line_magic("container", "pull 127.0.0.1:9/nothing:1 --insecure")

@@ -332,16 +332,16 @@ class ContainerMagics(Magics):
             if inputs or outputs:
                 raise UsageError(f"container {session.name} has no python3: --in and --out need it")
         cid = session.cid or session.name
-        before = self.containers.stats(cid).usage if args.stats else None
+        peak_reset = False
         if args.stats:
-            with contextlib.suppress(Exception):
-                self.containers.reset_peak(cid)
+            with contextlib.suppress(SandboxError, OSError):
+                peak_reset = self.containers.reset_peak(cid)
         sink = self.sink_factory(args.trust_output)
         result = session.execute(cell, sink, shell=args.shell, inputs=inputs, outputs=outputs,
                                  timeout=args.timeout)
         self.cells.setdefault(session.name, []).append(cell if not args.shell else f"# shell\n{cell}")
         if args.stats:
-            self._print_stats(cid, result, before)
+            self._print_stats(cid, result, peak_reset)
         problem = self._limit_sentence(session, args, result)
         if result.status == "ok":
             for name, item in result.outputs.items():
@@ -386,12 +386,14 @@ class ContainerMagics(Magics):
                     "new processes were refused.")
         return None
 
-    def _print_stats(self, cid: str, result: Any, before: Any) -> None:
+    def _print_stats(self, cid: str, result: Any, peak_reset: bool) -> None:
+        """One line: the cell's wall and CPU time (the agent's), the container's memory peak (its cgroup)."""
         peak = None
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(SandboxError, OSError):
             peak = self.containers.stats(cid).usage.memory_peak
+        since = "" if peak_reset else " (since the container started: this cgroup cannot reset it)"
         print(f"wall {result.wall * 1000:.1f} ms, CPU {result.cpu * 1000:.1f} ms, "
-              f"peak memory {_size_text(peak) if peak is not None else 'unknown'}")
+              f"peak memory {_size_text(peak) if peak is not None else 'unknown'}{since}")
 
     # -- %container ----------------------------------------------------------------------------------------------
 

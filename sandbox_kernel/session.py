@@ -286,9 +286,24 @@ class Session:
         deadline = None if timeout is None else time.monotonic() + timeout
         kill_at: float | None = None
         while True:
-            try:
+            try:  # Ctrl-C may come while we wait or while we publish what came
                 kind, value = self._get(min(d for d in (deadline, kill_at) if d is not None)
                                         if deadline is not None or kill_at is not None else None)
+                if kind == "timeout":
+                    now = time.monotonic()
+                    if kill_at is not None and now >= kill_at:
+                        self._send({"op": "kill"})
+                        kill_at = float("inf")
+                        if result.status != "timeout":
+                            result.status = "killed"
+                    elif deadline is not None and now >= deadline and kill_at is None:
+                        result.status = "timeout"
+                        self._send({"op": "interrupt"})
+                        kill_at = now + GRACE
+                        deadline = None
+                    continue
+                if self._handle(kind, value, result, sink):
+                    return result
             except KeyboardInterrupt:
                 result.interrupted = True
                 if kill_at is None:
@@ -298,51 +313,43 @@ class Session:
                         on_interrupt()
                 else:  # a second Ctrl-C: no more grace
                     kill_at = time.monotonic()
-                continue
-            if kind == "timeout":
-                now = time.monotonic()
-                if kill_at is not None and now >= kill_at:
-                    self._send({"op": "kill"})
-                    kill_at = float("inf")
-                    if result.status != "timeout":
-                        result.status = "killed"
-                elif deadline is not None and now >= deadline and kill_at is None:
-                    result.status = "timeout"
-                    self._send({"op": "interrupt"})
-                    kill_at = now + GRACE
-                    deadline = None
-                continue
-            if kind == "msg":
-                what = value.get("type")
-                if what == "stream":
-                    sink.stream("stderr" if value.get("name") == "stderr" else "stdout", str(value.get("text", "")))
-                elif what == "display":
-                    sink.display(_dict(value.get("data")), _dict(value.get("metadata")))
-                elif what == "result":
-                    result.result = (_dict(value.get("data")), _dict(value.get("metadata")))
-                elif what == "error":
-                    tb = value.get("traceback")
-                    result.error = CellError(str(value.get("ename", "Error")), str(value.get("evalue", "")),
-                                             [str(line) for line in tb] if isinstance(tb, list) else [])
-                elif what == "done":
-                    if result.status not in ("timeout", "killed"):
-                        result.status = "error" if value.get("status") == "error" else "ok"
-                    result.outputs = _dict(value.get("outputs"))
-                    result.wall = float(value.get("wall") or 0)
-                    result.cpu = float(value.get("cpu") or 0)
-                    return result
-                elif what == "died":
-                    result.died = value
-                    if result.status != "timeout":
-                        result.status = "killed"
-                    return result
-            elif kind == "agent-stderr":
-                sink.stream("stderr", value)
-            elif kind == "bad":
-                self.close()
-                raise ContainerError(f"container {self.name}: {value}; the container was stopped")
-            elif kind in ("exit", "failed"):
-                raise self._gone_error(value)
+
+    def _handle(self, kind: str, value: Any, result: CellResult, sink: Sink) -> bool:
+        """One thing the container said during a cell; True once the cell is over."""
+        if kind == "msg":
+            what = value.get("type")
+            if what == "stream":
+                sink.stream("stderr" if value.get("name") == "stderr" else "stdout", str(value.get("text", "")))
+            elif what == "display":
+                sink.display(_dict(value.get("data")), _dict(value.get("metadata")))
+            elif what == "result":
+                result.result = (_dict(value.get("data")), _dict(value.get("metadata")))
+            elif what == "error":
+                tb = value.get("traceback")
+                result.error = CellError(str(value.get("ename", "Error")), str(value.get("evalue", "")),
+                                         [str(line) for line in tb] if isinstance(tb, list) else [])
+            elif what == "done":
+                if value.get("id") != self.counter:  # an earlier cell's, left behind when its wait broke off
+                    return False
+                if result.status not in ("timeout", "killed"):
+                    result.status = "error" if value.get("status") == "error" else "ok"
+                result.outputs = _dict(value.get("outputs"))
+                result.wall = float(value.get("wall") or 0)
+                result.cpu = float(value.get("cpu") or 0)
+                return True
+            elif what == "died":
+                result.died = value
+                if result.status != "timeout":
+                    result.status = "killed"
+                return True
+        elif kind == "agent-stderr":
+            sink.stream("stderr", value)
+        elif kind == "bad":
+            self.close()
+            raise ContainerError(f"container {self.name}: {value}; the container was stopped")
+        elif kind in ("exit", "failed"):
+            raise self._gone_error(value)
+        return False
 
     def _execute_shell(self, code: str, sink: Sink, timeout: float | None) -> CellResult:
         """A cell in a container without python3: ``/bin/sh -c CODE`` through ``exec``."""

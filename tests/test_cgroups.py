@@ -228,6 +228,9 @@ def test_v2_stats_and_oom(tmp_path):
     assert (stats.memory_current, stats.memory_peak, stats.cpu_ns, stats.pids) == (1 << 20, 64 << 20, 1_500_000, 3)
     assert stats.oom_kills == 1 and stats.pids_limit_hits == 7
     assert cg.oom_kills() == 1
+    # v2's memory.peak resets only for the open file that wrote to it: no reset, and nothing written
+    before = dict(fake.files)
+    assert cg.reset_peak() is False and fake.files == before
 
 
 def test_v2_kill_and_remove_with_cgroup_kill(tmp_path):
@@ -424,3 +427,20 @@ def test_real_stats_and_freeze(real_cgroup):
     finally:
         real_cgroup.kill()
         proc.wait(timeout=5)
+
+
+def test_real_memory_peak_resets_on_v1(real_cgroup):
+    if not isinstance(real_cgroup, CgroupV1):
+        pytest.skip("the memory peak can be reset on cgroup v1 only")
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline(); b = b'x' * (64 << 20)"],
+                            stdin=subprocess.PIPE, text=True)
+    try:
+        real_cgroup.add(proc.pid)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        proc.wait(timeout=30)
+        assert (real_cgroup.stats().memory_peak or 0) >= 64 << 20
+        assert real_cgroup.reset_peak() is True
+        assert (real_cgroup.stats().memory_peak or 0) < 32 << 20
+    finally:
+        real_cgroup.kill()

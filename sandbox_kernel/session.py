@@ -358,11 +358,11 @@ class Session:
         began = time.monotonic()
         timer = None
         if timeout is not None:
-            def expire() -> None:
+            def expire() -> None:  # a real SIGINT to the main thread: it wakes the exec's wait, as Ctrl-C does
                 result.status = "timeout"
-                import _thread
+                import signal
 
-                _thread.interrupt_main()
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
             timer = threading.Timer(timeout, expire)
             timer.start()

@@ -458,3 +458,21 @@ def test_pull_and_push_line_magics(ip, plain_registry, capsys):
     assert fresh.store.resolve(remote).id == image.id
     with pytest.raises(UsageError, match="cannot reach registry"):
         ip.run_line_magic("container", "pull 127.0.0.1:9/nothing:1 --insecure")
+
+
+def test_shell_only_container_interrupt_and_timeout(ip):
+    run(ip, "bbi --image localhost/busybox", "echo ready")
+    timer = interrupt_after(1.0)
+    began = time.monotonic()
+    try:
+        with pytest.raises(CellError):
+            run(ip, "bbi", "sleep 100; echo not reached")
+    finally:
+        timer.cancel()
+    assert time.monotonic() - began < 10 and "not reached" not in last(ip).text()
+    began = time.monotonic()
+    with pytest.raises(CellError, match=r"ran past --timeout 1 s"):
+        run(ip, "bbi --timeout 1", "sleep 100")
+    assert time.monotonic() - began < 10
+    run(ip, "bbi", "echo still here")
+    assert last(ip).text() == "still here\n"

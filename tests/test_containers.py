@@ -487,3 +487,27 @@ def test_a_plain_warm_slot_that_has_waited_runs_the_next_container(root, tmp_pat
         assert result.exit_code == 0
         time.sleep(0.5)  # the slot gets ready meanwhile (not asked: wait_warm would read its "ready")
     assert b"".join(seen) == b"from the volume\n" * 3
+
+
+def test_exec_from_a_threaded_caller_leaks_no_fd_and_is_interruptible(root):
+    """A threaded caller (a kernel) forks exec's helper through the fork server: the fds it sends over
+    must not reach the command (the error pipe did, so Ctrl-C waited for the command to end)."""
+    containers = Containers(Store(root))
+    cid = containers.run_detached(ContainerSpec(image="localhost/busybox", command=("sleep", "1000")))
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)  # now this process has two threads
+    other.start()
+    try:
+        seen: list[bytes] = []
+        assert containers.exec(cid, ["ls", "/proc/self/fd"], stdin=None, stdout=seen.append, stderr=None) == 0
+        assert b"".join(seen).split() == [b"0", b"1", b"2", b"3"]  # stdio, and ls's own directory
+        timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        began = time.monotonic()
+        code = containers.exec(cid, ["sh", "-c", "sleep 30; echo not reached"], stdin=None,
+                               stdout=seen.append, stderr=None)
+        assert code == 130 and time.monotonic() - began < 10
+    finally:
+        stop.set()
+        other.join()
+        containers.remove(cid, force=True)

@@ -416,7 +416,9 @@ def serve(fd: int) -> None:
     me = os.getpid()
     while True:
         try:
-            data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 16)
+            # close-on-exec, as the caller's own pipes are: an fd that must cross an exec is dup2'ed
+            # (stdio); any other would leak into the container's command (exec's err_w did).
+            data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 16, socket.MSG_CMSG_CLOEXEC)
         except InterruptedError:
             continue
         except OSError:  # ECONNRESET: the caller went with replies unread

@@ -126,12 +126,21 @@ def _find_executable(name: str, env: dict[str, str]) -> str:
     raise FileNotFoundError("executable file not found in $PATH")
 
 
-def _forward_signals(child: int) -> None:
-    """Pass the signals a user sends (stop, Ctrl-C, kill -s) on to ``child``."""
+def _forward_signals(child: int, group: bool = False) -> None:
+    """Pass the signals a user sends (stop, Ctrl-C, kill -s) on to ``child``.
+
+    ``group`` (exec): to its process group. The exec'd command leads its own session, so the
+    group is the command and what it started, as a terminal's Ctrl-C reaches a shell's
+    foreground job (``sh -c 'sleep 100'`` stops at once, not after the sleep). PID 1 passes
+    signals to the main process only, as docker's ``kill -s`` does.
+    """
 
     def forward(signum: int, _frame: object) -> None:
         try:
-            os.kill(child, signum)
+            if group:
+                os.killpg(child, signum)
+            else:
+                os.kill(child, signum)
         except ProcessLookupError:
             pass
 
@@ -168,7 +177,9 @@ def exec_command(proc: ProcessPlan, err_w: int, seccomp: security.Prepared | Non
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
         executable = _find_executable(proc.argv[0], env)
         (seccomp or security.Prepared()).install()  # as close to exec as possible: close_range, execve follow
-        # No host file descriptor survives into the container: only stdio and err_w (close-on-exec).
+        # No host file descriptor survives into the container: only stdio and err_w (close-on-exec,
+        # made sure of here: a caller that passed it over a socket may not have said so).
+        os.set_inheritable(err_w, False)
         sc.close_range(3, err_w - 1)
         sc.close_range(err_w + 1)
         os.execve(executable, list(proc.argv), env)
@@ -523,7 +534,7 @@ def join_and_exec(pidfd: int, proc: ProcessPlan, go_r: int, err_w: int, status_w
         _report(err_w, f"cannot join the container: {_error_line(exc)}")
         os._exit(125)
     os.close(err_w)
-    _forward_signals(child)
+    _forward_signals(child, group=True)
     code = wait(child)
     _report(status_w, str(code))
     os._exit(code)

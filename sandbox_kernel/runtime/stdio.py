@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 Output = int | Callable[[bytes], None] | None  # an fd, a callback for each chunk, or None to discard
 CHUNK = 65536
+SLICE_MS = 200
 _IN = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
@@ -98,7 +99,9 @@ class Relay:
                     poller.register(self.stdin_w, select.POLLOUT | select.POLLERR)
                 elif self.source is not None:
                     poller.register(self.source, _IN)
-            ready = dict(poller.poll())
+            # In slices: a Python signal handler (Ctrl-C) runs only between calls, and the signal
+            # may have been delivered to another thread (an IPython kernel has several).
+            ready = dict(poller.poll(SLICE_MS))
             for r in [r for r in ready if r in self.readers]:
                 self._copy_out(r)
             if self.source is not None and self.source in ready:

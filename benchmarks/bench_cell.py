@@ -21,6 +21,7 @@ directory, and the run ends by checking that no new mount or cgroup is left.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -30,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_start import PODMAN_RUN_FLAGS, HostCheck, Podman
+from bench_start import PODMAN_RUN_FLAGS, HostCheck, Podman, _mem_available_kb, _memory_kb
 from benchlib import remove_tree
 
 from sandbox_kernel.runtime import Store, build, save
@@ -64,11 +65,54 @@ class Silent:
         pass
 
 
+def measure_idle(shell, magics, count: int) -> str:
+    """``count`` containers with their agent, idle after one cell: memory per container.
+
+    A container is its monitor on the host, PID 1, the agent's supervisor and its worker; the
+    figure sums their Pss (shared pages divided among the processes sharing them) per container.
+    """
+    if count <= 0:
+        return ""
+    names = [f"idle{number}" for number in range(count)]
+    available = _mem_available_kb()
+    began = time.monotonic()
+    try:
+        for name in names:
+            shell.run_cell(f"%%container {name}\nx = 1", store_history=False)
+        started = time.monotonic() - began
+        time.sleep(1.0)
+        pss = rss = processes = 0
+        for name in names:
+            cid = magics.sessions[name].cid
+            state = (magics.store.root / "containers" / cid / "state.json").read_text()
+            import json
+
+            pids = {json.loads(state)["monitor_pid"]}
+            cgroup = next(iter(Path("/sys/fs/cgroup").glob(f"*/sandbox-kernel/{cid[:32]}/cgroup.procs")), None)
+            if cgroup is not None:
+                pids |= {int(p) for p in cgroup.read_text().split()}
+            for pid in pids:
+                r, p = _memory_kb(pid)
+                rss, pss, processes = rss + r, pss + p, processes + 1
+        drop = (available - _mem_available_kb()) / count / 1024
+        verdict = "met" if pss / count / 1024 <= 12 else "NOT met"
+        return (f"idle containers with the agent: {count} made in {started:.1f} s, "
+                f"{processes / count:.0f} processes each\n"
+                f"  per container: Pss {pss / count / 1024:.2f} MB, Rss {rss / count / 1024:.2f} MB, "
+                f"MemAvailable drop {drop:.2f} MB  (target <= 12 MB: {verdict})")
+    finally:
+        for name in names:
+            with contextlib.suppress(Exception):
+                magics._forget(name)
+                magics.containers.remove(name, force=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300, help="pass cells of each kind (default 300)")
     parser.add_argument("--first", type=int, default=15, help="new containers for the first-cell figure")
     parser.add_argument("--podman-runs", type=int, default=20, help="podman execs (default 20)")
+    parser.add_argument("--idle", type=int, default=200, help="idle %%%%container containers for the memory figure")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_cell.py needs root (containers, podman)", file=sys.stderr)
@@ -111,6 +155,8 @@ def main() -> int:
             magics._forget(name)  # (untimed) the container goes, as `%container rm -f` does
             magics.containers.remove(name, force=True)
 
+        idle = measure_idle(shell, magics, args.idle)
+
         podman_times: list[float] = []
         podman_note = ""
         exe = shutil.which("podman")
@@ -145,6 +191,8 @@ def main() -> int:
         print(f"first cell of a new container (create + start + agent + pass), median of {args.first}")
         print(f"  %%container NEW                                   {ms(firsts)}")
         print(f"    target <= 50 ms: {'met' if first <= 50 else 'NOT met'}")
+        if idle:
+            print(idle)
     finally:
         if magics is not None:
             magics.shutdown()

@@ -208,6 +208,7 @@ class ContainerMagics(Magics):
     @argument("--cpus", help="CPU limit, e.g. 1.5")
     @argument("--pids-limit", type=int, help="most processes at once")
     @argument("--network", default=None, choices=["none", "bridge"], help="network of a new container")
+    @argument("--hostname", help="hostname of a new container (default: its short id)")
     @argument("-v", "--volume", action="append", default=[], help="SRC:DST[:ro] bind mount (new container)")
     @argument("--timeout", type=float, help="interrupt the cell after this many seconds")
     @argument("--in", dest="inputs", default="", help="notebook variables to copy in, a,b")
@@ -281,9 +282,9 @@ class ContainerMagics(Magics):
             limits = self._limits(args, self.containers.get(name).spec.limits)
             if limits is not None:
                 self.containers.update(name, limits)
-            if args.image or args.volume or args.network:
-                print(f"(container {name} exists: --image, -v and --network apply to new containers only)",
-                      file=sys.stderr)
+            if args.image or args.volume or args.network or args.hostname:
+                print(f"(container {name} exists: --image, -v, --network and --hostname apply to new containers "
+                      "only)", file=sys.stderr)
             return session
         if session is not None:
             with contextlib.suppress(Exception):
@@ -318,6 +319,7 @@ class ContainerMagics(Magics):
                 limits=self._limits(args) or Limits(),
                 mounts=mounts,
                 network=NetSpec(args.network or "none"),
+                hostname=args.hostname,
                 env=(("PYTHONUNBUFFERED", "1"),),
                 labels=((OWNER_LABEL, self.owner), (KEEP_LABEL, "1" if args.keep else "0")),
             )
@@ -492,8 +494,9 @@ class ContainerMagics(Magics):
         result = self.containers.run(spec, stdin=None,
                                      stdout=lambda d: sink.stream("stdout", d.decode(errors="replace")),
                                      stderr=lambda d: sink.stream("stderr", d.decode(errors="replace")))
-        if result.message:
-            print(result.message, file=sys.stderr)
+        message = result.message()
+        if message:
+            print(message, file=sys.stderr)
         return result.exit_code
 
     def _cmd_exec(self, argv: list[str]) -> int:

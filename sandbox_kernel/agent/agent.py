@@ -36,6 +36,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 import traceback
 import types
@@ -43,6 +44,9 @@ import types
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 << 20
 WORKER = None  # the worker's Worker, in the worker
+SEND_LOCK = threading.RLock()  # the worker's channel: frames from the cell and from the flusher thread
+SENDING = 0  # frames being written by the worker's main thread
+FLUSH_EVERY = 0.05  # a partial line (print(..., end="")) is sent at most this late
 CHUNK = 65536
 TEXT_MIMES = (
     ("_repr_html_", "text/html"),
@@ -67,8 +71,20 @@ def write_all(fd, data):
 
 
 def send(fd, message):
+    """One frame. A Ctrl-C that comes while the worker's main thread writes one waits until it is whole."""
+    global SENDING
     body = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
-    write_all(fd, HEADER.pack(len(body)) + body)
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        SENDING += 1
+    try:
+        write_all(fd, HEADER.pack(len(body)) + body)
+    finally:
+        if main:
+            SENDING -= 1
+    if main and not SENDING and WORKER is not None and WORKER.deferred:
+        WORKER.deferred = False
+        raise KeyboardInterrupt
 
 
 class Frames:
@@ -146,6 +162,7 @@ class Out(io.TextIOBase):
         self.channel = channel
         self.stream = "stderr" if fd == 2 else "stdout"
         self.buffer = _Bytes(fd)
+        self.pending = []  # text of the line being written (print writes its pieces one by one)
 
     @property
     def name(self):
@@ -167,13 +184,24 @@ class Out(io.TextIOBase):
     def write(self, text):
         if not isinstance(text, str):
             raise TypeError("write() argument must be str, not %s" % type(text).__name__)
-        for start in range(0, len(text), 1 << 20):  # bounded frames, however big the print
-            send(self.channel.fileno(), {"type": "stream", "name": self.stream,
-                                         "text": text[start:start + (1 << 20)]})
+        with SEND_LOCK:
+            self.pending.append(text)
+            if "\n" in text or sum(map(len, self.pending)) >= CHUNK:
+                self._flush()
         return len(text)
 
     def flush(self):
-        pass
+        with SEND_LOCK:
+            self._flush()
+
+    def _flush(self):
+        """Send what is pending (the caller holds SEND_LOCK): a whole line is one frame, not its pieces."""
+        if not self.pending:
+            return
+        text, self.pending = "".join(self.pending), []
+        for start in range(0, len(text), 1 << 20):  # bounded frames, however big the print
+            send(self.channel.fileno(), {"type": "stream", "name": self.stream,
+                                         "text": text[start:start + (1 << 20)]})
 
 
 class _Bytes:
@@ -244,6 +272,7 @@ class Worker:
         self.supervisor_pid = supervisor_pid
         self.count = 0
         self.running = False
+        self.deferred = False
         # The cells' namespace is a fresh __main__ (pickle, multiprocessing and `import __main__` find it);
         # this module stays importable as sk_agent (the matplotlib backend uses it).
         sys.modules["sk_agent"] = sys.modules[__name__]
@@ -257,6 +286,7 @@ class Worker:
 
     def run(self):
         signal.signal(signal.SIGINT, self.on_sigint)
+        threading.Thread(target=self.flusher, name="sk-flush", daemon=True).start()
         frames = Frames()
         while True:
             data = self.channel.recv(CHUNK)
@@ -268,10 +298,26 @@ class Worker:
 
     def on_sigint(self, signum, frame):
         if self.running:
-            raise KeyboardInterrupt
+            if SENDING:
+                self.deferred = True  # raised once the frame is out (send)
+            else:
+                raise KeyboardInterrupt
 
     def send(self, message):
-        send(self.channel.fileno(), message)
+        with SEND_LOCK:
+            for out in (sys.stdout, sys.stderr):  # what was printed before comes before
+                if isinstance(out, Out):
+                    out._flush()
+            send(self.channel.fileno(), message)
+
+    def flusher(self):
+        """Partial lines reach the notebook while the cell runs, not only when a newline comes."""
+        while True:
+            time.sleep(FLUSH_EVERY)
+            with SEND_LOCK:
+                for out in (sys.stdout, sys.stderr):
+                    if isinstance(out, Out) and out.pending:
+                        out._flush()
 
     def display(self, *objs, **kwargs):
         for obj in objs:
@@ -292,6 +338,7 @@ class Worker:
         except BaseException as exc:  # the cell's error, reported as a traceback from in here
             status = "error"
             self.report(exc)
+        self.deferred = False  # (a Ctrl-C after the cell's end is not for the next cell)
         self.flush_figures()
         if status == "ok":
             try:

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check sandbox_kernel tests benchmarks
+.venv/bin/ruff check sandbox_kernel tests benchmarks scripts
 exec .venv/bin/python -m pytest "$@"

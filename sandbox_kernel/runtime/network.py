@@ -1,0 +1,305 @@
+"""User-defined networks: a Linux bridge each, a veth pair per container, addresses from a small IPAM on disk.
+
+Everything is netlink through pyroute2 (no ``ip`` command). The bridges and the host
+ends of the veth pairs live in the *host network namespace*: the caller's own, or the
+one named by ``$SANDBOX_KERNEL_NETNS`` (a name under /run/netns or a path), which is
+how the tests keep every bridge off the real host's interfaces.
+
+On disk, under ``ROOT/networks/``::
+
+    NAME/network.json            {name, subnet, gateway, bridge, mtu, created}
+    NAME/endpoints/CID.json      {container, name, address, host_ifname}
+    .lock                        flock: one allocation at a time, across processes
+
+An address is taken by writing its endpoint file under the lock, so concurrent
+connects never get the same address. A record is written before its link is made and
+removed after the link is deleted, so only links this store recorded are ever deleted
+(another store's bridges on the same host are not ours), and :meth:`Networks.reconcile`
+removes what dead containers left: their endpoints and veths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ContainerError, UsageError
+
+POOL = ipaddress.ip_network("10.89.0.0/16")  # networks without --subnet get the first free /24 of it
+DEFAULT_MTU = 1500
+NETNS_ENV = "SANDBOX_KERNEL_NETNS"
+BRIDGE_PREFIX = "skbr"
+VETH_PREFIX = "skv"
+HOSTS_HEADER = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+class NetworkError(ContainerError):
+    """A network operation that could not be done (netlink said no, the network is in use, ...)."""
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    subnet: str
+    gateway: str
+    bridge: str
+    mtu: int = DEFAULT_MTU
+    created: float = 0.0
+
+    @property
+    def prefixlen(self) -> int:
+        return ipaddress.ip_network(self.subnet).prefixlen
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    network: str
+    container: str  # the container's id
+    name: str  # the container's name: what the others on the network call it
+    address: str
+    host_ifname: str
+
+
+def _check_name(name: str) -> None:
+    if not name or len(name) > 64 or not name[0].isalnum() or not all(c.isalnum() or c in "_.-" for c in name):
+        raise UsageError(f"invalid network name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]* (64 at most)")
+    if name in ("none", "host", "bridge"):
+        raise UsageError(f"{name!r} is a network mode, not a network name")
+
+
+def _ifname(prefix: str, key: str) -> str:
+    """An interface name (15 bytes at most) for ``key``: the prefix and a hash."""
+    return prefix + hashlib.sha256(key.encode()).hexdigest()[: 15 - len(prefix)]
+
+
+def _host_netns() -> str | None:
+    return os.environ.get(NETNS_ENV) or None
+
+
+class Networks:
+    def __init__(self, root: Path, host_netns: str | None = None):
+        self.root = Path(root) / "networks"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.host_netns = host_netns if host_netns is not None else _host_netns()
+
+    # -- the host side, over netlink ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _ipr(self, netns: str | None = None) -> Iterator[Any]:
+        from pyroute2 import IPRoute
+
+        target = netns if netns is not None else self.host_netns
+        try:
+            ipr = IPRoute(netns=target) if target else IPRoute()
+        except OSError as exc:
+            raise NetworkError(f"cannot open the network namespace {target or '(this one)'}: {exc.strerror or exc}"
+                               ) from None
+        try:
+            yield ipr
+        finally:
+            ipr.close()
+
+    def _ensure_bridge(self, net: Network) -> int:
+        with self._ipr() as ipr:
+            found = ipr.link_lookup(ifname=net.bridge)
+            if not found:
+                try:
+                    ipr.link("add", ifname=net.bridge, kind="bridge")
+                except Exception as exc:
+                    raise NetworkError(f"network {net.name}: cannot create bridge {net.bridge}: {exc}") from None
+                found = ipr.link_lookup(ifname=net.bridge)
+            index = found[0]
+            ipr.link("set", index=index, mtu=net.mtu)
+            have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index)}
+            if net.gateway not in have:
+                ipr.addr("add", index=index, address=net.gateway, prefixlen=net.prefixlen)
+            ipr.link("set", index=index, state="up")
+            return index
+
+    def _delete_link(self, ifname: str) -> None:
+        with self._ipr() as ipr:
+            for index in ipr.link_lookup(ifname=ifname):
+                with contextlib.suppress(Exception):
+                    ipr.link("del", index=index)
+
+    # -- the store ------------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _dir(self, name: str) -> Path:
+        _check_name(name)
+        return self.root / name
+
+    def get(self, name: str) -> Network:
+        path = self._dir(name) / "network.json"
+        try:
+            return Network(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise NetworkError(f"no such network: {name}") from None
+
+    def list(self) -> list[Network]:
+        out = []
+        for path in sorted(self.root.glob("*/network.json")):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                out.append(Network(**json.loads(path.read_text())))
+        return out
+
+    def endpoints(self, name: str) -> list[Endpoint]:
+        out = []
+        for path in sorted((self._dir(name) / "endpoints").glob("*.json")):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                out.append(Endpoint(**json.loads(path.read_text())))
+        return out
+
+    def _free_subnet(self, taken: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
+        for candidate in POOL.subnets(new_prefix=24):
+            if not any(candidate.overlaps(other) for other in taken):
+                return candidate
+        raise NetworkError(f"no free /24 left in {POOL}: remove a network or give --subnet")
+
+    def create(self, name: str, subnet: str | None = None, mtu: int = DEFAULT_MTU) -> Network:
+        """``network create NAME [--subnet CIDR]``: the record, and its bridge in the host namespace."""
+        path = self._dir(name)
+        if not 576 <= mtu <= 65535:
+            raise UsageError(f"invalid --mtu {mtu}: 576 to 65535")
+        with self._locked():
+            if (path / "network.json").exists():
+                raise NetworkError(f"network {name} already exists")
+            taken = [ipaddress.ip_network(n.subnet) for n in self.list()]
+            if subnet is None:
+                net_ip = self._free_subnet(taken)
+            else:
+                try:
+                    net_ip = ipaddress.ip_network(subnet, strict=True)
+                except ValueError as exc:
+                    raise UsageError(f"invalid --subnet {subnet!r}: {exc}") from None
+                if net_ip.version != 4 or net_ip.prefixlen > 29:
+                    raise UsageError(f"invalid --subnet {subnet!r}: an IPv4 network of /29 or larger")
+                clash = [str(t) for t in taken if t.overlaps(net_ip)]
+                if clash:
+                    raise NetworkError(f"subnet {subnet} overlaps network subnet {clash[0]}")
+            network = Network(name=name, subnet=str(net_ip), gateway=str(next(net_ip.hosts())),
+                              bridge=_ifname(BRIDGE_PREFIX, f"{self.root}/{name}"), mtu=mtu, created=time.time())
+            (path / "endpoints").mkdir(parents=True)
+            try:
+                tmp = path / "network.json.tmp"  # the record first: a crash leaves a record, not a stray bridge
+                tmp.write_text(json.dumps(asdict(network)))
+                os.replace(tmp, path / "network.json")
+                self._ensure_bridge(network)
+            except BaseException:
+                (path / "network.json").unlink(missing_ok=True)
+                self._delete_link(network.bridge)
+                with contextlib.suppress(OSError):
+                    (path / "endpoints").rmdir()
+                    path.rmdir()
+                raise
+        return network
+
+    def remove(self, name: str) -> None:
+        """``network rm NAME``: refused while containers are on it."""
+        network = self.get(name)
+        with self._locked():
+            users = [e.name for e in self.endpoints(name)]
+            if users:
+                raise NetworkError(f"network {name} is in use by container(s) {', '.join(users)}")
+            self._delete_link(network.bridge)
+            path = self._dir(name)
+            (path / "network.json").unlink()
+            with contextlib.suppress(OSError):
+                (path / "endpoints").rmdir()
+                path.rmdir()
+
+    # -- containers on a network ----------------------------------------------------------------------------------
+
+    def connect(self, name: str, container: str, container_name: str, netns: str) -> Endpoint:
+        """Give the container whose network namespace is ``netns`` (a path) an ``eth0`` on network ``name``:
+        an address, a default route through the bridge, the bridge's MTU."""
+        network = self.get(name)
+        subnet = ipaddress.ip_network(network.subnet)
+        host_ifname = _ifname(VETH_PREFIX, f"{self.root}/{name}/{container}")
+        with self._locked():
+            used = {e.address for e in self.endpoints(name)} | {network.gateway}
+            address = next((str(a) for a in subnet.hosts() if str(a) not in used), None)
+            if address is None:
+                raise NetworkError(f"network {name} has no free address left in {network.subnet}")
+            endpoint = Endpoint(name, container, container_name, address, host_ifname)
+            record = self._dir(name) / "endpoints" / f"{container}.json"
+            if record.exists():
+                raise NetworkError(f"container {container_name} is already on network {name}")
+            record.write_text(json.dumps(asdict(endpoint)))
+        try:
+            self._plug(network, endpoint, netns)
+        except BaseException:
+            self._delete_link(host_ifname)
+            record.unlink(missing_ok=True)
+            raise
+        return endpoint
+
+    def _plug(self, network: Network, endpoint: Endpoint, netns: str) -> None:
+        bridge = self._ensure_bridge(network)
+        try:
+            ns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise NetworkError(f"container {endpoint.name}: its network namespace is gone ({exc.strerror})") from None
+        try:
+            with self._ipr() as ipr:
+                try:
+                    ipr.link("add", ifname=endpoint.host_ifname, kind="veth", mtu=network.mtu,
+                             peer={"ifname": "eth0", "net_ns_fd": ns_fd, "mtu": network.mtu})
+                except Exception as exc:
+                    raise NetworkError(f"container {endpoint.name}: cannot add its veth pair: {exc}") from None
+                index = ipr.link_lookup(ifname=endpoint.host_ifname)[0]
+                ipr.link("set", index=index, master=bridge, state="up")
+        finally:
+            os.close(ns_fd)
+        with self._ipr(netns) as ipr:
+            for lo in ipr.link_lookup(ifname="lo"):
+                ipr.link("set", index=lo, state="up")
+            eth0 = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=eth0, address=endpoint.address, prefixlen=network.prefixlen)
+            ipr.link("set", index=eth0, state="up")
+            ipr.route("add", dst="0.0.0.0/0", gateway=network.gateway)
+
+    def disconnect(self, name: str, container: str) -> None:
+        """Take the container off the network: its veth goes (the peer with it), its address is free again."""
+        record = self._dir(name) / "endpoints" / f"{container}.json"
+        try:
+            endpoint = Endpoint(**json.loads(record.read_text()))
+        except FileNotFoundError:
+            return
+        self._delete_link(endpoint.host_ifname)
+        with self._locked():
+            record.unlink(missing_ok=True)
+
+    def hosts(self, name: str) -> str:
+        """/etc/hosts for a container on network ``name``: every container on it, by name."""
+        lines = [HOSTS_HEADER] + [f"{e.address}\t{e.name}\n" for e in self.endpoints(name)]
+        return "".join(lines)
+
+    def reconcile(self, alive: Callable[[str], bool]) -> list[str]:
+        """Remove what dead containers left: the endpoints (address and veth) of containers that are not
+        running. Returns what went. (Only links this store recorded are ever deleted: the record is
+        written before a link is made and removed after it is deleted, so a crash leaves a record.)"""
+        gone = []
+        for network in self.list():
+            for endpoint in self.endpoints(network.name):
+                if not alive(endpoint.container):
+                    self.disconnect(network.name, endpoint.container)
+                    gone.append(f"endpoint {endpoint.name} on {network.name}")
+        return gone

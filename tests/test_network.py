@@ -1,0 +1,177 @@
+"""Networks (runtime/network.py) against real bridges and veths, all inside namespaces the tests make.
+
+Each test makes its own "host" network namespace (where the bridges go, as
+``$SANDBOX_KERNEL_NETNS`` would say) and a namespace per "container", and removes
+them at the end: the real host's interfaces are never touched (checked).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sandbox_kernel.runtime.errors import UsageError
+from sandbox_kernel.runtime.network import BRIDGE_PREFIX, VETH_PREFIX, NetworkError, Networks
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+
+def _host_links() -> set[str]:
+    return set(os.listdir("/sys/class/net"))
+
+
+@pytest.fixture
+def namespaces():
+    """Named network namespaces made on demand, all removed at the end; the host's links unchanged."""
+    from pyroute2 import netns
+
+    before = _host_links()
+    made: list[str] = []
+
+    def make(role: str) -> str:
+        name = f"sk-test-{role}-{uuid.uuid4().hex[:8]}"
+        netns.create(name)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        netns.remove(name)
+    assert _host_links() == before, "the real host's interfaces changed"
+
+
+@pytest.fixture
+def nets(tmp_path, namespaces) -> Networks:
+    return Networks(tmp_path, host_netns=namespaces("host"))
+
+
+def links_in(netns_name: str) -> dict[str, dict]:
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=netns_name) as ipr:
+        out = {}
+        for link in ipr.get_links():
+            index = link["index"]
+            out[link.get_attr("IFLA_IFNAME")] = {
+                "mtu": link.get_attr("IFLA_MTU"),
+                "up": bool(link["flags"] & 1),
+                "addresses": [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=socket.AF_INET)],
+            }
+        return out
+
+
+def in_netns(netns_name: str, code: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    """Run Python in a network namespace (as a container's process would)."""
+    return subprocess.run(["nsenter", f"--net=/run/netns/{netns_name}", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_create_list_remove(nets):
+    network = nets.create("web")
+    assert network.subnet == "10.89.0.0/24" and network.gateway == "10.89.0.1"
+    assert network.bridge.startswith(BRIDGE_PREFIX) and len(network.bridge) <= 15
+    bridge = links_in(nets.host_netns)[network.bridge]
+    assert bridge["up"] and bridge["addresses"] == ["10.89.0.1"] and bridge["mtu"] == 1500
+    other = nets.create("db", subnet="172.30.5.0/24", mtu=1400)
+    assert other.gateway == "172.30.5.1" and links_in(nets.host_netns)[other.bridge]["mtu"] == 1400
+    assert [n.name for n in nets.list()] == ["db", "web"]
+    assert nets.create("third").subnet == "10.89.1.0/24"
+    with pytest.raises(NetworkError, match="already exists"):
+        nets.create("web")
+    with pytest.raises(NetworkError, match="overlaps"):
+        nets.create("clash", subnet="10.89.0.0/16")
+    with pytest.raises(UsageError, match="invalid --subnet"):
+        nets.create("bad", subnet="10.0.0.1/24")
+    with pytest.raises(UsageError, match="network mode"):
+        nets.create("host")
+    nets.remove("web")
+    assert network.bridge not in links_in(nets.host_netns)
+    with pytest.raises(NetworkError, match="no such network"):
+        nets.get("web")
+
+
+def test_two_containers_reach_each_other_and_another_network_does_not(nets, namespaces):
+    nets.create("app")
+    nets.create("other")
+    server_ns, client_ns, stranger_ns = namespaces("server"), namespaces("client"), namespaces("stranger")
+    server = nets.connect("app", "c" * 64, "server", f"/run/netns/{server_ns}")
+    client = nets.connect("app", "d" * 64, "client", f"/run/netns/{client_ns}")
+    nets.connect("other", "e" * 64, "stranger", f"/run/netns/{stranger_ns}")
+    assert (server.address, client.address) == ("10.89.0.2", "10.89.0.3")
+    eth0 = links_in(server_ns)["eth0"]
+    assert eth0["up"] and eth0["addresses"] == ["10.89.0.2"] and eth0["mtu"] == 1500
+    assert "10.89.0.2\tserver\n10.89.0.3\tclient\n" in nets.hosts("app")
+
+    listener = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{server_ns}", sys.executable, "-c",
+         "import socket\ns = socket.socket(); s.bind(('0.0.0.0', 8080)); s.listen()\nprint('up', flush=True)\n"
+         "while True:\n    c, _ = s.accept(); c.sendall(b'hello from server'); c.close()"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "up"
+        fetch = ("import socket\ns = socket.create_connection(('10.89.0.2', 8080), timeout=3)\n"
+                 "print(s.recv(100).decode())")
+        done = in_netns(client_ns, fetch)
+        assert done.stdout.strip() == "hello from server", done.stderr
+        blocked = in_netns(stranger_ns, fetch)
+        assert blocked.returncode != 0 and "hello" not in blocked.stdout
+    finally:
+        listener.kill()
+        listener.wait()
+
+
+def test_twenty_concurrent_connects_get_distinct_addresses(nets, namespaces, tmp_path):
+    nets.create("busy")
+    spaces = [namespaces(f"c{i}") for i in range(20)]
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def connect(i: int) -> None:
+        try:  # each thread its own Networks (its own lock fd), as separate processes would have
+            mine = Networks(tmp_path, host_netns=nets.host_netns)
+            results.append(mine.connect("busy", f"{i:064x}", f"c{i}", f"/run/netns/{spaces[i]}").address)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=connect, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(set(results)) == 20 and "10.89.0.1" not in results
+    assert len([n for n in links_in(nets.host_netns) if n.startswith(VETH_PREFIX)]) == 20
+
+
+def test_disconnect_remove_in_use_and_reconcile_after_a_crash(nets, namespaces):
+    nets.create("net")
+    a, b = namespaces("a"), namespaces("b")
+    first = nets.connect("net", "a" * 64, "a", f"/run/netns/{a}")
+    second = nets.connect("net", "b" * 64, "b", f"/run/netns/{b}")
+    with pytest.raises(NetworkError, match="in use by container"):
+        nets.remove("net")
+    nets.disconnect("net", "a" * 64)
+    assert first.host_ifname not in links_in(nets.host_netns) and "eth0" not in links_in(a)
+    # the address is free again
+    assert nets.connect("net", "c" * 64, "c", f"/run/netns/{a}").address == first.address
+    # "b" dies without a disconnect (its caller was killed): the next reconcile cleans up after it
+    gone = nets.reconcile(alive=lambda cid: cid != "b" * 64)
+    assert gone == ["endpoint b on net"]
+    assert second.host_ifname not in links_in(nets.host_netns)
+    assert [e.name for e in nets.endpoints("net")] == ["c"]
+
+
+def test_a_connect_that_fails_leaves_nothing(nets, namespaces):
+    nets.create("net")
+    with pytest.raises(NetworkError, match="network namespace is gone"):
+        nets.connect("net", "f" * 64, "ghost", "/run/netns/does-not-exist")
+    assert nets.endpoints("net") == []
+    assert not [n for n in links_in(nets.host_netns) if n.startswith(VETH_PREFIX)]
+    assert Path(nets.root / "net" / "endpoints").is_dir()

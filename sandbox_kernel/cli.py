@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--tag", help="name for the image (default localhost/NAME:latest)")
     p.add_argument("--rebuild", action="store_true", help="ignore the cache")
     p.set_defaults(func=cmd_image_build)
+    from .cli_networks import add_network_commands
+
+    add_network_commands(sub, _Parser)
     return parser
 
 

@@ -54,8 +54,6 @@ def _limits(args: argparse.Namespace, base: Limits | None = None) -> Limits:
 
 
 def _spec(args: argparse.Namespace) -> ContainerSpec:
-    if args.network != "none":
-        raise UsageError(f"--network {args.network} is not available yet; only none")
     return ContainerSpec(
         image=args.image,
         command=tuple(args.command),
@@ -226,7 +224,7 @@ def _add_create_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-swap", help="memory + swap limit (-1: unlimited swap)")
     p.add_argument("--cpus", help="CPU limit in cores, e.g. 0.5")
     p.add_argument("--pids-limit", type=int, help="process limit (default 2048)")
-    p.add_argument("--network", default="none", help="none (default), bridge or host")
+    p.add_argument("--network", default="none", help="none (default), bridge, or a network made with network create")
     p.add_argument("-v", "--volume", action="append", default=[], help="SRC:DST[:ro]")
     p.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE")
     p.add_argument("-w", "--workdir", help="working directory in the container")

@@ -207,7 +207,7 @@ class ContainerMagics(Magics):
     @argument("--memory", "-m", help="memory limit, e.g. 256m")
     @argument("--cpus", help="CPU limit, e.g. 1.5")
     @argument("--pids-limit", type=int, help="most processes at once")
-    @argument("--network", default=None, choices=["none", "bridge"], help="network of a new container")
+    @argument("--network", default=None, help="network of a new container: none, bridge or a network's name")
     @argument("--hostname", help="hostname of a new container (default: its short id)")
     @argument("-v", "--volume", action="append", default=[], help="SRC:DST[:ro] bind mount (new container)")
     @argument("--timeout", type=float, help="interrupt the cell after this many seconds")

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -175,3 +176,87 @@ def test_a_connect_that_fails_leaves_nothing(nets, namespaces):
     assert nets.endpoints("net") == []
     assert not [n for n in links_in(nets.host_netns) if n.startswith(VETH_PREFIX)]
     assert Path(nets.root / "net" / "endpoints").is_dir()
+
+
+# -- containers on networks ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def net_containers(debian_store, namespaces, monkeypatch):
+    """Containers of the debian-python store whose bridges go into a namespace of the test."""
+    from sandbox_kernel.runtime import Containers
+
+    host = namespaces("host")
+    monkeypatch.setenv("SANDBOX_KERNEL_NETNS", host)
+    containers = Containers(debian_store)
+    networks = Networks(debian_store.root)
+    yield containers, networks, host
+    for info in containers.list(all=True):
+        containers.remove(info.id, force=True)
+    for network in networks.list():
+        networks.remove(network.name)
+    assert not [n for n in links_in(host) if n.startswith((VETH_PREFIX, BRIDGE_PREFIX))]
+
+
+def test_containers_reach_each_other_by_name_and_not_across_networks(net_containers):
+    from sandbox_kernel.runtime import ContainerSpec
+
+    containers, networks, host = net_containers
+    networks.create("tier")
+    networks.create("elsewhere")
+    containers.run_detached(ContainerSpec(image="localhost/debian-python", name="web", network=_net("tier"),
+                                          command=("python3", "-m", "http.server", "8000")))
+    fetch = ("import time, urllib.request\n"
+             "for _ in range(50):\n"
+             "    try:\n"
+             "        print(urllib.request.urlopen('http://web:8000/', timeout=2).status); break\n"
+             "    except OSError as exc:\n"
+             "        error = exc; time.sleep(0.1)\n"
+             "else:\n"
+             "    print('failed', error)\n")
+    seen: list[bytes] = []
+    result = containers.run(ContainerSpec(image="localhost/debian-python", name="client", network=_net("tier"),
+                                          command=("python3", "-c", fetch), remove=True),
+                            stdin=None, stdout=seen.append, stderr=seen.append)
+    assert result.exit_code == 0 and b"".join(seen).strip() == b"200", b"".join(seen)
+    web = next(e for e in networks.endpoints("tier") if e.name == "web")
+    seen.clear()
+    probe = (f"import socket\ntry:\n    socket.create_connection(('{web.address}', 8000), timeout=2)\n"
+             "    print('reached')\nexcept OSError as exc:\n    print('unreachable')\n")
+    containers.run(ContainerSpec(image="localhost/debian-python", network=_net("elsewhere"), remove=True,
+                                 command=("python3", "-c", probe)), stdin=None, stdout=seen.append, stderr=None)
+    assert b"".join(seen).strip() == b"unreachable"
+    # the client is gone: its name left the others' /etc/hosts, its address is free
+    assert [e.name for e in networks.endpoints("tier")] == ["web"]
+    hosts = (containers.root / web.container / "hosts").read_text()
+    assert f"{web.address}\tweb" in hosts and "client" not in hosts
+
+
+def test_a_killed_caller_leaves_no_veth_behind(net_containers, debian_store):
+    containers, networks, host = net_containers
+    networks.create("doomed")
+    script = ("import sys\nfrom sandbox_kernel.runtime import Containers, ContainerSpec, NetSpec, Store\n"
+              f"c = Containers(Store({str(debian_store.root)!r}))\n"
+              "c.run(ContainerSpec(image='localhost/debian-python', name='victim', network=NetSpec('doomed'),"
+              " command=('sleep', '100')), stdin=None, stdout=None, stderr=None)\n")
+    caller = subprocess.Popen([sys.executable, "-c", script], env={**os.environ})
+    deadline = time.monotonic() + 30
+    while not networks.endpoints("doomed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [e.name for e in networks.endpoints("doomed")] == ["victim"]
+    caller.kill()  # kill -9: no clean-up of its own
+    caller.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        containers.list(all=True)  # the next call reconciles
+        if not networks.endpoints("doomed") and not [n for n in links_in(host) if n.startswith(VETH_PREFIX)]:
+            break
+        time.sleep(0.1)
+    assert networks.endpoints("doomed") == []
+    assert not [n for n in links_in(host) if n.startswith(VETH_PREFIX)]
+
+
+def _net(name: str):
+    from sandbox_kernel.runtime import NetSpec
+
+    return NetSpec(name)

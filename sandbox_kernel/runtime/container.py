@@ -31,7 +31,15 @@ from typing import TYPE_CHECKING, Any
 from . import logs
 from . import users as users_mod
 from .cgroups import CgroupStats, open_cgroup, remove_empty_parents
-from .errors import CgroupError, ContainerError, ContainerNotFound, ExecError, ImageNotFound, UsageError
+from .errors import (
+    CgroupError,
+    ContainerError,
+    ContainerNotFound,
+    ExecError,
+    ImageNotFound,
+    SandboxError,
+    UsageError,
+)
 from .fsutil import remove_quietly
 from .image.store import Image, Store
 from .rootfs import RootfsPlan
@@ -308,11 +316,22 @@ class Containers:
             state.error = state.error or "its monitor process died (killed?); the container was stopped"
             state.pid = state.pid_start = state.monitor_pid = state.monitor_start = 0
             state.finished_at = time.time()
-            remove = ContainerSpec.from_dict(config["spec"]).remove
+            spec = ContainerSpec.from_dict(config["spec"])
+            remove = spec.remove
+        if spec.network.network is not None:  # its address and veth, which its monitor did not get to free
+            self._disconnect(cdir, spec.network.network)
         if remove:
             self._delete(cdir, config["name"])
             return None
         return state
+
+    def _disconnect(self, cdir: ContainerDir, network: str) -> None:
+        from .network import NETNS_ENV, Networks
+
+        networks = Networks(self.store.root, host_netns=os.environ.get(NETNS_ENV) or "")
+        with contextlib.suppress(SandboxError, OSError):
+            networks.disconnect(network, cdir.id)
+            networks.write_hosts(network, self.root)
 
     def _drop_stray_cgroup(self, cdir: ContainerDir) -> None:
         """A created container has no cgroup, but one whose warm-slot monitor died as it started may
@@ -423,8 +442,30 @@ class Containers:
 
         job = Job(cdir=str(path), name=config["name"], plan=plan, hostname=config["hostname"],
                   proc=_process_plan(config["process"], spec), cgroup=config["cgroup"], limits=spec.limits,
-                  detached=detached, remove=spec.remove, log_max=spec.log_size, fresh=created is not None)
+                  detached=detached, remove=spec.remove, log_max=spec.log_size, fresh=created is not None,
+                  network=self._net_job(cdir, spec, config))
         return job, spec
+
+    def _net_job(self, cdir: ContainerDir, spec: ContainerSpec, config: dict[str, Any]) -> Any:
+        """The network part of a job: None (loopback only), or the network to join (made for ``bridge``)."""
+        if spec.network.mode == "host":
+            raise UsageError("--network host is not available yet: none, bridge or a network's name")
+        name = spec.network.network
+        if name is None:
+            return None
+        from .monitor import NetJob
+        from .network import NETNS_ENV, NetworkError, Networks
+
+        networks = Networks(self.store.root)
+        try:
+            networks.get(name)
+        except NetworkError:
+            if name != "default":
+                raise NetworkError(f"no such network: {name} (sandbox-kernel network create {name})") from None
+            with contextlib.suppress(NetworkError):  # another process may make it at the same time
+                networks.create("default")
+        return NetJob(str(self.store.root), name, cdir.id, config["name"], config["hostname"],
+                      os.environ.get(NETNS_ENV) or None)
 
     def start(self, ref: str) -> ContainerInfo:
         """Start a created (or exited) container detached: its output goes to its log. Returns once it runs."""

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import process
 from . import syscalls as sc
@@ -80,6 +80,35 @@ class Job:
     log_max: int
     fresh: bool = False  # created by the caller for this start: no other process can have started it
     announce: bool = True  # send "started"; a foreground caller that had PID 1 with "ready" needs no such event
+    network: NetJob | None = None  # a user-defined network to put the container on before its command runs
+
+
+@dataclass(frozen=True)
+class NetJob:
+    """Where the container goes: network ``name`` of the store at ``root``, bridges in ``host_netns``."""
+
+    root: str
+    name: str
+    container: str
+    container_name: str
+    hostname: str
+    host_netns: str | None = None
+
+    def networks(self) -> Any:
+        from .network import Networks
+
+        return Networks(Path(self.root), host_netns=self.host_netns or "")
+
+    def connect(self, pid1: int) -> None:
+        networks = self.networks()
+        networks.connect(self.name, self.container, self.container_name, f"/proc/{pid1}/ns/net",
+                         hostname=self.hostname)
+        networks.write_hosts(self.name, Path(self.root) / "containers")
+
+    def disconnect(self) -> None:
+        networks = self.networks()
+        networks.disconnect(self.name, self.container)
+        networks.write_hosts(self.name, Path(self.root) / "containers")
 
 
 def _send(fd: int | None, **event: object) -> None:
@@ -269,7 +298,12 @@ def _run(job: Job, warm: process.Warm, refs: tuple[ProcRef | None, ProcRef | Non
             if ready is None:
                 cgroup.add(warm.pid1)
                 cgroup.add(warm.command)
+            if job.network is not None:  # before the command runs, as docker's CNI does
+                job.network.connect(warm.pid1)
         except BaseException as exc:
+            if job.network is not None:
+                with contextlib.suppress(Exception):
+                    job.network.disconnect()
             process.abort(warm, exc)
         process.go(warm, job.proc, (stdio[0], stdio[1], stdio[2]))
     except BaseException as exc:
@@ -364,6 +398,9 @@ def _finish(job: Job, cdir: ContainerDir, cgroup: Cgroup, exit_code: int, oom: b
         Names(cdir.path.parent / "names").release(job.name, cdir.id)
     if reap is not None:
         reap()  # PID 1 and its namespaces go (a moment's work for the kernel, after the caller knows)
+    if job.network is not None:  # its address is free again, the others' /etc/hosts forget it
+        with contextlib.suppress(Exception):
+            job.network.disconnect()
     try:
         cgroup.remove()
     except SandboxError as exc:

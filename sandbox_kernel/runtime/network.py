@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import syscalls as sc
 from .errors import ContainerError, UsageError
 
 POOL = ipaddress.ip_network("10.89.0.0/16")  # networks without --subnet get the first free /24 of it
@@ -67,12 +68,13 @@ class Endpoint:
     name: str  # the container's name: what the others on the network call it
     address: str
     host_ifname: str
+    hostname: str = ""  # its own hostname, which its /etc/hosts maps to its address too
 
 
 def _check_name(name: str) -> None:
     if not name or len(name) > 64 or not name[0].isalnum() or not all(c.isalnum() or c in "_.-" for c in name):
         raise UsageError(f"invalid network name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]* (64 at most)")
-    if name in ("none", "host", "bridge"):
+    if name in ("none", "host", "bridge"):  # (``bridge`` is the network called default)
         raise UsageError(f"{name!r} is a network mode, not a network name")
 
 
@@ -95,14 +97,35 @@ class Networks:
 
     @contextlib.contextmanager
     def _ipr(self, netns: str | None = None) -> Iterator[Any]:
+        """A netlink socket in ``netns`` (a path or a name under /run/netns; default the host namespace).
+
+        This thread joins the namespace, makes the socket (a socket stays in the namespace it was
+        made in) and comes back. Not pyroute2's own netns support: it forks a helper, and a monitor
+        whose container's PID 1 has exited can no longer fork (ENOMEM), nor start a thread.
+        """
         from pyroute2 import IPRoute
 
         target = netns if netns is not None else self.host_netns
-        try:
-            ipr = IPRoute(netns=target) if target else IPRoute()
-        except OSError as exc:
-            raise NetworkError(f"cannot open the network namespace {target or '(this one)'}: {exc.strerror or exc}"
-                               ) from None
+        if not target:
+            ipr = IPRoute()
+        else:
+            path = target if target.startswith("/") else f"/run/netns/{target}"
+            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise NetworkError(f"cannot open the network namespace {target}: {exc.strerror}") from None
+                try:
+                    sc.setns(fd, sc.CLONE_NEWNET)
+                finally:
+                    os.close(fd)
+                try:
+                    ipr = IPRoute()
+                finally:
+                    sc.setns(home, sc.CLONE_NEWNET)
+            finally:
+                os.close(home)
         try:
             yield ipr
         finally:
@@ -227,7 +250,7 @@ class Networks:
 
     # -- containers on a network ----------------------------------------------------------------------------------
 
-    def connect(self, name: str, container: str, container_name: str, netns: str) -> Endpoint:
+    def connect(self, name: str, container: str, container_name: str, netns: str, hostname: str = "") -> Endpoint:
         """Give the container whose network namespace is ``netns`` (a path) an ``eth0`` on network ``name``:
         an address, a default route through the bridge, the bridge's MTU."""
         network = self.get(name)
@@ -238,7 +261,7 @@ class Networks:
             address = next((str(a) for a in subnet.hosts() if str(a) not in used), None)
             if address is None:
                 raise NetworkError(f"network {name} has no free address left in {network.subnet}")
-            endpoint = Endpoint(name, container, container_name, address, host_ifname)
+            endpoint = Endpoint(name, container, container_name, address, host_ifname, hostname)
             record = self._dir(name) / "endpoints" / f"{container}.json"
             if record.exists():
                 raise NetworkError(f"container {container_name} is already on network {name}")
@@ -287,10 +310,32 @@ class Networks:
         with self._locked():
             record.unlink(missing_ok=True)
 
-    def hosts(self, name: str) -> str:
-        """/etc/hosts for a container on network ``name``: every container on it, by name."""
-        lines = [HOSTS_HEADER] + [f"{e.address}\t{e.name}\n" for e in self.endpoints(name)]
+    def hosts(self, name: str, own: Endpoint | None = None) -> str:
+        """/etc/hosts for a container on network ``name``: every container on it by name (and the
+        container ``own`` by its hostname too)."""
+        lines = [HOSTS_HEADER]
+        for e in self.endpoints(name):
+            names = [e.name] + ([e.hostname] if own is not None and e.container == own.container
+                                and e.hostname and e.hostname != e.name else [])
+            lines.append(f"{e.address}\t{' '.join(names)}\n")
         return "".join(lines)
+
+    def write_hosts(self, name: str, containers: Path) -> None:
+        """Bring the /etc/hosts of every container on network ``name`` up to date (``containers``: the
+        store's containers directory; each has its ``hosts`` file bind-mounted, so it is rewritten in
+        place: a rename would leave the container with the old file)."""
+        for endpoint in self.endpoints(name):
+            path = containers / endpoint.container / "hosts"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue  # removed meanwhile
+            try:
+                data = self.hosts(name, endpoint).encode()
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, data, 0)
+            finally:
+                os.close(fd)
 
     def reconcile(self, alive: Callable[[str], bool]) -> list[str]:
         """Remove what dead containers left: the endpoints (address and veth) of containers that are not

@@ -95,13 +95,21 @@ class Mount:
 
 @dataclass(frozen=True)
 class NetSpec:
-    """``none`` (loopback only, the default), ``bridge`` or ``host``."""
+    """``none`` (loopback only, the default), ``bridge`` (the network called default), a network's name, or ``host``."""
 
     mode: str = "none"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("none", "bridge", "host"):
-            raise UsageError(f"invalid --network {self.mode!r}: none, bridge or host")
+        name_ok = bool(self.mode) and self.mode[0].isalnum() and all(c.isalnum() or c in "_.-" for c in self.mode)
+        if self.mode not in ("none", "bridge", "host") and not name_ok:
+            raise UsageError(f"invalid --network {self.mode!r}: none, bridge, host or a network's name")
+
+    @property
+    def network(self) -> str | None:
+        """The user-defined network to join (``bridge`` is the one called ``default``); None for none/host."""
+        if self.mode in ("none", "host"):
+            return None
+        return "default" if self.mode == "bridge" else self.mode
 
 
 def parse_ulimit(text: str) -> tuple[str, int, int]:

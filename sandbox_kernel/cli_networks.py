@@ -1,0 +1,60 @@
+"""``network create|ls|rm``: user-defined networks (a bridge each; containers on one reach each other by name)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .runtime import Store
+
+
+def _networks(args: argparse.Namespace) -> Any:
+    from .runtime.network import Networks
+
+    return Networks(Store(args.root).root)
+
+
+def cmd_network_create(args: argparse.Namespace) -> int:
+    network = _networks(args).create(args.name, subnet=args.subnet, mtu=args.mtu)
+    print(network.name)
+    return 0
+
+
+def cmd_network_ls(args: argparse.Namespace) -> int:
+    from . import format as fmt
+
+    networks = _networks(args)
+    rows = [{"Name": n.name, "Subnet": n.subnet, "Gateway": n.gateway, "Bridge": n.bridge, "MTU": n.mtu,
+             "Containers": [e.name for e in networks.endpoints(n.name)]} for n in networks.list()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(fmt.table([[r["Name"], r["Subnet"], r["Gateway"], r["Bridge"], str(r["MTU"]), ",".join(r["Containers"])]
+                         for r in rows], ["NAME", "SUBNET", "GATEWAY", "BRIDGE", "MTU", "CONTAINERS"]))
+    return 0
+
+
+def cmd_network_rm(args: argparse.Namespace) -> int:
+    networks = _networks(args)
+    for name in args.names:
+        networks.remove(name)
+        print(name)
+    return 0
+
+
+def add_network_commands(sub: Any, parser_class: Any) -> None:
+    network = sub.add_parser("network", help="user-defined networks")
+    network_sub = network.add_subparsers(dest="network_command", metavar="COMMAND", parser_class=parser_class)
+    network_sub.required = True
+    p = network_sub.add_parser("create", help="make a network: a bridge, a subnet, names between containers")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--subnet", metavar="CIDR", help="its IPv4 subnet (default: a free /24 of 10.89.0.0/16)")
+    p.add_argument("--mtu", type=int, default=1500, help="the MTU of its bridge and veths (default 1500)")
+    p.set_defaults(func=cmd_network_create)
+    p = network_sub.add_parser("ls", help="list networks")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_network_ls)
+    p = network_sub.add_parser("rm", help="remove networks (none of their containers may run)")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.set_defaults(func=cmd_network_rm)

@@ -201,7 +201,7 @@ def net_containers(debian_store, namespaces, monkeypatch):
 def test_containers_reach_each_other_by_name_and_not_across_networks(net_containers):
     from sandbox_kernel.runtime import ContainerSpec
 
-    containers, networks, host = net_containers
+    containers, networks, _host = net_containers
     networks.create("tier")
     networks.create("elsewhere")
     containers.run_detached(ContainerSpec(image="localhost/debian-python", name="web", network=_net("tier"),

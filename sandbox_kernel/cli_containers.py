@@ -24,6 +24,7 @@ from .runtime import (
     parse_size,
     parse_ulimit,
 )
+from .runtime.proxy import parse_publish
 from .runtime.spec import DEFAULT_ULIMITS
 
 if TYPE_CHECKING:  # the engine is imported by the commands that use it (pull, images... do not)
@@ -66,6 +67,7 @@ def _spec(args: argparse.Namespace) -> ContainerSpec:
         limits=_limits(args),
         mounts=tuple(Mount.parse(v) for v in args.volume),
         network=NetSpec(args.network),
+        ports=tuple(parse_publish(p) for p in args.publish),
         remove=args.rm,
         ulimits=DEFAULT_ULIMITS + tuple(parse_ulimit(u) for u in args.ulimit),
         log_size=parse_size(args.log_size, "--log-size") if args.log_size else ContainerSpec.log_size,
@@ -225,6 +227,8 @@ def _add_create_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus", help="CPU limit in cores, e.g. 0.5")
     p.add_argument("--pids-limit", type=int, help="process limit (default 2048)")
     p.add_argument("--network", default="none", help="none (default), bridge, or a network made with network create")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="HOST:CONTAINER",
+                   help="publish a container port on 127.0.0.1 of the host (needs a network)")
     p.add_argument("-v", "--volume", action="append", default=[], help="SRC:DST[:ro]")
     p.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE")
     p.add_argument("-w", "--workdir", help="working directory in the container")

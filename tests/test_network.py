@@ -37,9 +37,13 @@ def namespaces():
     made: list[str] = []
 
     def make(role: str) -> str:
+        from pyroute2 import IPRoute
+
         name = f"sk-test-{role}-{uuid.uuid4().hex[:8]}"
         netns.create(name)
         made.append(name)
+        with IPRoute(netns=name) as ipr:  # as on a real host: 127.0.0.1 works
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         return name
 
     yield make
@@ -260,3 +264,39 @@ def _net(name: str):
     from sandbox_kernel.runtime import NetSpec
 
     return NetSpec(name)
+
+
+def test_a_published_port_is_reachable_on_127_0_0_1_of_the_host_namespace_and_gone_after_rm(net_containers):
+    from sandbox_kernel.runtime import ContainerSpec
+
+    containers, networks, host = net_containers
+    networks.create("pub")
+    cid = containers.run_detached(ContainerSpec(
+        image="localhost/debian-python", name="site", network=_net("pub"), ports=((18080, 8000),),
+        command=("python3", "-c", "import http.server, socketserver\n"
+                 "class H(http.server.BaseHTTPRequestHandler):\n"
+                 "    def do_GET(self):\n"
+                 "        self.send_response(200); self.end_headers(); self.wfile.write(b'published')\n"
+                 "http.server.HTTPServer(('0.0.0.0', 8000), H).serve_forever()\n")))
+    fetch = ("import time, urllib.request\n"
+             "for _ in range(100):\n"
+             "    try:\n"
+             "        print(urllib.request.urlopen('http://127.0.0.1:18080/', timeout=2).read().decode()); break\n"
+             "    except OSError as exc:\n"
+             "        time.sleep(0.1)\n"
+             "else:\n"
+             "    print('failed')\n")
+    assert in_netns(host, fetch).stdout.strip() == "published"
+    with pytest.raises(NetworkError, match="cannot publish port 18080 on 127.0.0.1"):
+        containers.run_detached(ContainerSpec(image="localhost/debian-python", network=_net("pub"),
+                                              ports=((18080, 80),), command=("true",)))
+    containers.remove(cid, force=True)
+    probe = ("import socket\ntry:\n    socket.create_connection(('127.0.0.1', 18080), timeout=2)\n"
+             "    print('still there')\nexcept OSError:\n    print('gone')\n")
+    deadline = time.monotonic() + 10
+    while in_netns(host, probe).stdout.strip() != "gone" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert in_netns(host, probe).stdout.strip() == "gone"
+    assert not subprocess.run(["pgrep", "-x", "sandbox-proxy"], capture_output=True).stdout
+    with pytest.raises(UsageError, match="-p needs a network"):
+        ContainerSpec(image="localhost/debian-python", ports=((1, 2),))

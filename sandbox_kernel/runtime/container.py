@@ -446,6 +446,43 @@ class Containers:
                   network=self._net_job(cdir, spec, config))
         return job, spec
 
+    def _listeners(self, spec: ContainerSpec) -> list[tuple[Any, int]]:
+        """``-p``: the listening sockets on 127.0.0.1, bound before the container starts (a port in use fails it)."""
+        if not spec.ports:
+            return []
+        from .network import Networks
+
+        networks = Networks(self.store.root)
+        out: list[tuple[Any, int]] = []
+        try:
+            for host_port, container_port in spec.ports:
+                out.append((networks.listener(host_port), container_port))
+        except BaseException:
+            for sock, _port in out:
+                sock.close()
+            raise
+        return out
+
+    def _publish(self, cdir: ContainerDir, spec: ContainerSpec, pid1: ProcRef, listeners: list[tuple[Any, int]]
+                 ) -> None:
+        """Hand each listener to a proxy process that lives as long as the container's PID 1; ours are closed."""
+        from .network import NETNS_ENV
+
+        try:
+            for sock, container_port in listeners:
+                pidfd = _pidfd(pid1)
+                if pidfd is None:
+                    return  # it is over already
+                try:
+                    launcher.start_proxy((str(self.store.root), spec.network.network, cdir.id, container_port,
+                                          os.environ.get(NETNS_ENV) or None), sock.fileno(), pidfd)
+                finally:
+                    os.close(pidfd)
+        finally:
+            for sock, _port in listeners:
+                sock.close()
+            listeners.clear()
+
     def _net_job(self, cdir: ContainerDir, spec: ContainerSpec, config: dict[str, Any]) -> Any:
         """The network part of a job: None (loopback only), or the network to join (made for ``bridge``)."""
         if spec.network.mode == "host":
@@ -471,13 +508,20 @@ class Containers:
         """Start a created (or exited) container detached: its output goes to its log. Returns once it runs."""
         cdir = self._find(ref)
         self._reconcile(cdir)
-        job, _spec = self._job(cdir, detached=True)
-        status_r = launcher.start_monitor(job, None, use_server=self.warm_slots)
+        job, spec = self._job(cdir, detached=True)
+        listeners = self._listeners(spec)
         try:
-            event = _Events(status_r).next()
+            status_r = launcher.start_monitor(job, None, use_server=self.warm_slots)
+            try:
+                event = _Events(status_r).next()
+            finally:
+                os.close(status_r)
+            _raise_for(event, cdir)
+            if event.get("event") == "started":
+                self._publish(cdir, spec, ProcRef(int(event["pid"]), int(event["pid_start"])), listeners)
         finally:
-            os.close(status_r)
-        _raise_for(event, cdir)
+            for sock, _port in listeners:
+                sock.close()
         return self.get(cdir.id)
 
     def run(self, spec: ContainerSpec, *, stdin: int | None = 0, stdout: Output = 1, stderr: Output = 2,
@@ -515,18 +559,24 @@ class Containers:
         """Start ``cdir`` (just ``created``, or made earlier) with the caller's stdio and wait for its exit."""
         cid = cdir.id
         remove = created[0].remove if created is not None else False
+        listeners: list[tuple[Any, int]] = []
         with Relay(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
             try:
                 if on_start is not None:
                     on_start(cid)
                 job, spec = self._job(cdir, detached=False, created=created)
                 remove = spec.remove
+                listeners = self._listeners(spec)
                 known = slot.pid1 if slot is not None else None  # PID 1, named by a ready slot
                 if known is not None:
                     job = replace(job, announce=False)
                     interrupts.target(lambda signum: _send_signal(known, signum))
                 status_r = launcher.start_monitor(job, stdio.child_fds, slot, use_server=self.warm_slots)
+                if known is not None:
+                    self._publish(cdir, spec, known, listeners)
             except BaseException:  # the container never ran: as if it had not been made
+                for sock, _port in listeners:
+                    sock.close()
                 if slot is not None:
                     launcher.drop(slot)
                 if remove and created is not None:
@@ -540,6 +590,7 @@ class Containers:
                 if event.get("event") == "started":
                     pid1 = ProcRef(int(event["pid"]), int(event["pid_start"]))
                     interrupts.target(lambda signum: _send_signal(pid1, signum))
+                    self._publish(cdir, spec, pid1, listeners)
                     event = _next_event(events, stdio, interrupts)
                 stdio.drain()
             finally:

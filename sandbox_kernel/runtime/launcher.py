@@ -88,6 +88,10 @@ def _run_child(kind: str, args: tuple[Any, ...], fds: list[int], parent: int) ->
     try:
         if kind == "monitor":
             _child_monitor(bool(args[0]), args[1], fds, parent)
+        elif kind == "proxy":
+            from .proxy import run_proxy
+
+            run_proxy(args, fds)  # type: ignore[arg-type]
         else:
             _child_exec(args[0], fds)
     finally:
@@ -342,6 +346,11 @@ def start_exec(pidfd: int, plan: process.ProcessPlan, stdio: tuple[int, int, int
         for fd in (go_r, err_w, status_w):
             os.close(fd)
     return pid, go_w, err_r, status_r
+
+
+def start_proxy(args: tuple[Any, ...], listener: int, pidfd: int) -> None:
+    """A ``-p`` proxy for a running container (see :mod:`.proxy`); it outlives the caller, not the container."""
+    _fork("proxy", args, [listener, pidfd], reap_now=True)
 
 
 def reap() -> None:

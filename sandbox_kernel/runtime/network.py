@@ -26,6 +26,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -108,6 +109,9 @@ class Networks:
         target = netns if netns is not None else self.host_netns
         if not target:
             ipr = IPRoute()
+        elif netns is None:
+            with self._in_host_netns():
+                ipr = IPRoute()
         else:
             path = target if target.startswith("/") else f"/run/netns/{target}"
             home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -130,6 +134,43 @@ class Networks:
             yield ipr
         finally:
             ipr.close()
+
+    @contextlib.contextmanager
+    def _in_host_netns(self) -> Iterator[None]:
+        """This thread in the host network namespace for a moment (sockets made now stay there)."""
+        if not self.host_netns:
+            yield
+            return
+        path = self.host_netns if self.host_netns.startswith("/") else f"/run/netns/{self.host_netns}"
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise NetworkError(f"cannot open the network namespace {self.host_netns}: {exc.strerror}") from None
+            try:
+                sc.setns(fd, sc.CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            try:
+                yield
+            finally:
+                sc.setns(home, sc.CLONE_NEWNET)
+        finally:
+            os.close(home)
+
+    def listener(self, port: int) -> socket.socket:
+        """A listening TCP socket on 127.0.0.1:``port`` of the host namespace (``-p``); a clear error if taken."""
+        with self._in_host_netns():
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            raise NetworkError(f"cannot publish port {port} on 127.0.0.1: {exc.strerror}") from None
+        return sock
 
     def _ensure_bridge(self, net: Network) -> int:
         with self._ipr() as ipr:

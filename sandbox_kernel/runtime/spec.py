@@ -157,6 +157,11 @@ class ContainerSpec:
     ulimits: tuple[tuple[str, int, int], ...] = DEFAULT_ULIMITS  # later entries win over earlier ones
     log_size: int = DEFAULT_LOG_SIZE
     labels: tuple[tuple[str, str], ...] = ()  # docker's --label KEY=VALUE: the runtime only keeps them
+    ports: tuple[tuple[int, int], ...] = ()  # -p HOST:CONTAINER, published on 127.0.0.1 (needs a network)
+
+    def __post_init__(self) -> None:
+        if self.ports and self.network.network is None:
+            raise UsageError("-p needs a network: add --network bridge (or a network's name)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContainerSpec:
@@ -166,7 +171,7 @@ class ContainerSpec:
         values["limits"] = Limits(**data.get("limits", {}))
         values["mounts"] = tuple(Mount(**m) for m in data.get("mounts", ()))
         values["network"] = NetSpec(**data.get("network", {}))
-        for key in ("command", "env", "ulimits", "labels"):
+        for key in ("command", "env", "ulimits", "labels", "ports"):
             if key in values:
                 values[key] = tuple(tuple(v) if isinstance(v, list) else v for v in values[key])
         if values.get("entrypoint") is not None:

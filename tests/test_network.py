@@ -287,7 +287,7 @@ def test_a_published_port_is_reachable_on_127_0_0_1_of_the_host_namespace_and_go
              "else:\n"
              "    print('failed')\n")
     assert in_netns(host, fetch).stdout.strip() == "published"
-    with pytest.raises(NetworkError, match="cannot publish port 18080 on 127.0.0.1"):
+    with pytest.raises(NetworkError, match=r"cannot publish port 18080 on 127\.0\.0\.1"):
         containers.run_detached(ContainerSpec(image="localhost/debian-python", network=_net("pub"),
                                               ports=((18080, 80),), command=("true",)))
     containers.remove(cid, force=True)
@@ -298,5 +298,5 @@ def test_a_published_port_is_reachable_on_127_0_0_1_of_the_host_namespace_and_go
         time.sleep(0.1)
     assert in_netns(host, probe).stdout.strip() == "gone"
     assert not subprocess.run(["pgrep", "-x", "sandbox-proxy"], capture_output=True).stdout
-    with pytest.raises(UsageError, match="-p needs a network"):
+    with pytest.raises(UsageError, match=r"-p needs a network"):
         ContainerSpec(image="localhost/debian-python", ports=((1, 2),))

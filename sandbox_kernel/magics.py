@@ -401,7 +401,7 @@ class ContainerMagics(Magics):
 
     @line_magic("container")
     def container_line(self, line: str) -> Any:
-        """``%container pull|images|ps|run|exec|stop|rm|commit|diff|history|limits|stats|push ...``"""
+        """``%container pull|images|ps|run|exec|stop|rm|commit|diff|history|limits|stats|push|network ...``"""
         words = shlex.split(line)
         if not words:
             raise UsageError("usage: %container pull|images|ps|run|exec|stop|rm|commit|diff|history|limits|"
@@ -575,6 +575,28 @@ class ContainerMagics(Magics):
         return Table([{"container": info.name, "memory": _size_text(limits.memory),
                        "cpus": "no limit" if limits.cpus is None else f"{limits.cpus:g}",
                        "pids": "no limit" if limits.pids is None else limits.pids}])
+
+    def _cmd_network(self, argv: list[str]) -> Any:
+        """``%container network create NAME [--subnet CIDR] | ls | rm NAME...``"""
+        from .runtime.network import Networks
+
+        networks = Networks(self.store.root)
+        if argv[:1] == ["create"]:
+            parser = self._parser("network create")
+            parser.add_argument("name")
+            parser.add_argument("--subnet")
+            args = parser.parse_args(argv[1:])
+            network = networks.create(args.name, subnet=args.subnet)
+            return Table([{"name": network.name, "subnet": network.subnet, "gateway": network.gateway}])
+        if argv[:1] == ["ls"]:
+            return Table([{"name": n.name, "subnet": n.subnet, "gateway": n.gateway,
+                           "containers": ", ".join(e.name for e in networks.endpoints(n.name))}
+                          for n in networks.list()], ["name", "subnet", "gateway", "containers"])
+        if argv[:1] == ["rm"] and len(argv) > 1:
+            for name in argv[1:]:
+                networks.remove(name)
+            return None
+        raise UsageError("usage: %container network create NAME [--subnet CIDR] | ls | rm NAME...")
 
     def _cmd_stats(self, argv: list[str]) -> Table:
         names = argv or [i.id for i in self.containers.list()]

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import ipaddress
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -82,6 +84,36 @@ def _check_name(name: str) -> None:
 def _ifname(prefix: str, key: str) -> str:
     """An interface name (15 bytes at most) for ``key``: the prefix and a hash."""
     return prefix + hashlib.sha256(key.encode()).hexdigest()[: 15 - len(prefix)]
+
+
+def _off_the_loop(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``method`` in a thread of its own when this thread runs an asyncio loop (an IPython kernel's cells):
+    pyroute2's blocking calls drive an event loop of their own, which cannot run inside a running one. (A
+    monitor, which may not start threads, never runs a loop.)"""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import asyncio
+
+        if asyncio._get_running_loop() is None:
+            return method(*args, **kwargs)
+        result: list[Any] = []
+
+        def run() -> None:
+            try:
+                result.append((True, method(*args, **kwargs)))
+            except BaseException as exc:
+                result.append((False, exc))
+
+        thread = threading.Thread(target=run, name="sk-netlink")
+        thread.start()
+        thread.join()
+        ok, value = result[0]
+        if not ok:
+            raise value
+        return value
+
+    return call
 
 
 def _host_netns() -> str | None:
@@ -237,6 +269,7 @@ class Networks:
                 return candidate
         raise NetworkError(f"no free /24 left in {POOL}: remove a network or give --subnet")
 
+    @_off_the_loop
     def create(self, name: str, subnet: str | None = None, mtu: int = DEFAULT_MTU) -> Network:
         """``network create NAME [--subnet CIDR]``: the record, and its bridge in the host namespace."""
         path = self._dir(name)
@@ -260,7 +293,7 @@ class Networks:
                     raise NetworkError(f"subnet {subnet} overlaps network subnet {clash[0]}")
             network = Network(name=name, subnet=str(net_ip), gateway=str(next(net_ip.hosts())),
                               bridge=_ifname(BRIDGE_PREFIX, f"{self.root}/{name}"), mtu=mtu, created=time.time())
-            (path / "endpoints").mkdir(parents=True)
+            (path / "endpoints").mkdir(parents=True, exist_ok=True)  # (left by a create that failed: no record)
             try:
                 tmp = path / "network.json.tmp"  # the record first: a crash leaves a record, not a stray bridge
                 tmp.write_text(json.dumps(asdict(network)))
@@ -268,13 +301,15 @@ class Networks:
                 self._ensure_bridge(network)
             except BaseException:
                 (path / "network.json").unlink(missing_ok=True)
-                self._delete_link(network.bridge)
+                with contextlib.suppress(Exception):
+                    self._delete_link(network.bridge)
                 with contextlib.suppress(OSError):
                     (path / "endpoints").rmdir()
                     path.rmdir()
                 raise
         return network
 
+    @_off_the_loop
     def remove(self, name: str) -> None:
         """``network rm NAME``: refused while containers are on it."""
         network = self.get(name)
@@ -291,6 +326,7 @@ class Networks:
 
     # -- containers on a network ----------------------------------------------------------------------------------
 
+    @_off_the_loop
     def connect(self, name: str, container: str, container_name: str, netns: str, hostname: str = "") -> Endpoint:
         """Give the container whose network namespace is ``netns`` (a path) an ``eth0`` on network ``name``:
         an address, a default route through the bridge, the bridge's MTU."""
@@ -340,6 +376,7 @@ class Networks:
             ipr.link("set", index=eth0, state="up")
             ipr.route("add", dst="0.0.0.0/0", gateway=network.gateway)
 
+    @_off_the_loop
     def disconnect(self, name: str, container: str) -> None:
         """Take the container off the network: its veth goes (the peer with it), its address is free again."""
         record = self._dir(name) / "endpoints" / f"{container}.json"
@@ -355,7 +392,7 @@ class Networks:
         """/etc/hosts for a container on network ``name``: every container on it by name (and the
         container ``own`` by its hostname too)."""
         lines = [HOSTS_HEADER]
-        for e in self.endpoints(name):
+        for e in sorted(self.endpoints(name), key=lambda e: (e.name, e.container)):
             names = [e.name] + ([e.hostname] if own is not None and e.container == own.container
                                 and e.hostname and e.hostname != e.name else [])
             lines.append(f"{e.address}\t{' '.join(names)}\n")
@@ -378,6 +415,7 @@ class Networks:
             finally:
                 os.close(fd)
 
+    @_off_the_loop
     def reconcile(self, alive: Callable[[str], bool]) -> list[str]:
         """Remove what dead containers left: the endpoints (address and veth) of containers that are not
         running. Returns what went. (Only links this store recorded are ever deleted: the record is

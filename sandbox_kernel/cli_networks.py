@@ -26,7 +26,7 @@ def cmd_network_ls(args: argparse.Namespace) -> int:
 
     networks = _networks(args)
     rows = [{"Name": n.name, "Subnet": n.subnet, "Gateway": n.gateway, "Bridge": n.bridge, "MTU": n.mtu,
-             "Containers": [e.name for e in networks.endpoints(n.name)]} for n in networks.list()]
+             "Containers": sorted(e.name for e in networks.endpoints(n.name))} for n in networks.list()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

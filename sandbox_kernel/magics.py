@@ -590,7 +590,7 @@ class ContainerMagics(Magics):
             return Table([{"name": network.name, "subnet": network.subnet, "gateway": network.gateway}])
         if argv[:1] == ["ls"]:
             return Table([{"name": n.name, "subnet": n.subnet, "gateway": n.gateway,
-                           "containers": ", ".join(e.name for e in networks.endpoints(n.name))}
+                           "containers": ", ".join(sorted(e.name for e in networks.endpoints(n.name)))}
                           for n in networks.list()], ["name", "subnet", "gateway", "containers"])
         if argv[:1] == ["rm"] and len(argv) > 1:
             for name in argv[1:]:

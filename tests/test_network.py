@@ -112,7 +112,7 @@ def test_two_containers_reach_each_other_and_another_network_does_not(nets, name
     assert (server.address, client.address) == ("10.89.0.2", "10.89.0.3")
     eth0 = links_in(server_ns)["eth0"]
     assert eth0["up"] and eth0["addresses"] == ["10.89.0.2"] and eth0["mtu"] == 1500
-    assert "10.89.0.2\tserver\n10.89.0.3\tclient\n" in nets.hosts("app")
+    assert "10.89.0.3\tclient\n10.89.0.2\tserver\n" in nets.hosts("app")  # by name
 
     listener = subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{server_ns}", sys.executable, "-c",

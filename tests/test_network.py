@@ -300,3 +300,30 @@ def test_a_published_port_is_reachable_on_127_0_0_1_of_the_host_namespace_and_go
     assert not subprocess.run(["pgrep", "-x", "sandbox-proxy"], capture_output=True).stdout
     with pytest.raises(UsageError, match=r"-p needs a network"):
         ContainerSpec(image="localhost/debian-python", ports=((1, 2),))
+
+
+def test_network_host_shares_the_callers_namespace(debian_store, namespaces):
+    """``--network host``: the container sees its caller's interfaces (here a namespace of the test, entered
+    by the CLI with nsenter, holding a veth pair) and exec joins the same; the default sees only lo."""
+    from pyroute2 import IPRoute
+
+    ns = namespaces("caller")
+    with IPRoute(netns=ns) as ipr:
+        ipr.link("add", ifname="sk-a", kind="veth", peer="sk-b")
+    cli = ["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m", "sandbox_kernel", "--root",
+           str(debian_store.root)]
+    show = ("python3", "-c", "import os; print(sorted(os.listdir('/sys/class/net')))")
+    shared = subprocess.run([*cli, "run", "--rm", "--network", "host", "localhost/debian-python", *show],
+                            capture_output=True, text=True, timeout=60)
+    assert shared.stdout.strip() == "['lo', 'sk-a', 'sk-b']", shared.stderr
+    alone = subprocess.run([*cli, "run", "--rm", "localhost/debian-python", *show], capture_output=True, text=True,
+                           timeout=60)
+    assert alone.stdout.strip() == "['lo']", alone.stderr
+    started = subprocess.run([*cli, "run", "-d", "--network", "host", "localhost/debian-python", "sleep", "60"],
+                             capture_output=True, text=True, timeout=60)
+    cid = started.stdout.strip()
+    try:
+        inside = subprocess.run([*cli, "exec", cid, *show], capture_output=True, text=True, timeout=60)
+        assert inside.stdout.strip() == "['lo', 'sk-a', 'sk-b']", inside.stderr
+    finally:
+        subprocess.run([*cli, "rm", "-f", cid], capture_output=True, timeout=60)

@@ -443,7 +443,7 @@ class Containers:
         job = Job(cdir=str(path), name=config["name"], plan=plan, hostname=config["hostname"],
                   proc=_process_plan(config["process"], spec), cgroup=config["cgroup"], limits=spec.limits,
                   detached=detached, remove=spec.remove, log_max=spec.log_size, fresh=created is not None,
-                  network=self._net_job(cdir, spec, config))
+                  network=self._net_job(cdir, spec, config), host_network=spec.network.mode == "host")
         return job, spec
 
     def _listeners(self, spec: ContainerSpec) -> list[tuple[Any, int]]:
@@ -485,8 +485,6 @@ class Containers:
 
     def _net_job(self, cdir: ContainerDir, spec: ContainerSpec, config: dict[str, Any]) -> Any:
         """The network part of a job: None (loopback only), or the network to join (made for ``bridge``)."""
-        if spec.network.mode == "host":
-            raise UsageError("--network host is not available yet: none, bridge or a network's name")
         name = spec.network.network
         if name is None:
             return None
@@ -534,7 +532,8 @@ class Containers:
         """
         image = self.store.resolve(spec.image)
         key = _warm_key(image, spec)
-        slot = launcher.take_spare(key)
+        # (a warm slot has a network namespace of its own: a host-network container gets a slot made for it)
+        slot = launcher.take_spare(key) if spec.network.mode != "host" else None
         try:
             cid, config = self._create(spec, image, slot.speculation if slot is not None else None)
         except BaseException:

@@ -61,7 +61,8 @@ def single_threaded() -> bool:
 
 # -- what the forked child runs ---------------------------------------------------------------------------------
 
-def _child_monitor(tied: bool, speculation: Speculation | None, fds: list[int], parent: int) -> None:
+def _child_monitor(tied: bool, speculation: Speculation | None, fds: list[int], parent: int,
+                   share_net: bool = False) -> None:
     sc.close_all_but(fds)  # e.g. the caller's end of a stdin pipe: held here, a container never sees EOF
     null = os.open("/dev/null", os.O_RDWR)  # nor the caller's stdio: a container's comes with its job
     for target in (0, 1, 2):
@@ -69,7 +70,7 @@ def _child_monitor(tied: bool, speculation: Speculation | None, fds: list[int], 
     os.close(null)
     if not tied and os.fork() != 0:
         os._exit(0)  # the monitor is a grandchild: nobody has to reap it, it outlives its caller
-    monitor_main(fds[0], tied, parent, speculation)
+    monitor_main(fds[0], tied, parent, speculation, share_net)
 
 
 def _child_exec(plan: process.ProcessPlan, fds: list[int]) -> None:
@@ -87,7 +88,7 @@ def _child_exec(plan: process.ProcessPlan, fds: list[int]) -> None:
 def _run_child(kind: str, args: tuple[Any, ...], fds: list[int], parent: int) -> None:
     try:
         if kind == "monitor":
-            _child_monitor(bool(args[0]), args[1], fds, parent)
+            _child_monitor(bool(args[0]), args[1], fds, parent, bool(args[2]) if len(args) > 2 else False)
         elif kind == "proxy":
             from .proxy import run_proxy
 
@@ -127,15 +128,17 @@ class Slot:
     pid1: ProcRef | None = None  # the container's PID 1, which its monitor names when it is ready
 
 
-def _new_slot(tied: bool, speculation: Speculation | None = None, *, ahead: bool = False) -> Slot:
+def _new_slot(tied: bool, speculation: Speculation | None = None, *, ahead: bool = False,
+              share_net: bool = False) -> Slot:
     """A monitor waiting for its job. ``ahead``: made before it is needed, so the fork server
-    forks it (a small process, and not this caller's time) and this caller does not wait."""
+    forks it (a small process, and not this caller's time) and this caller does not wait.
+    ``share_net``: the container keeps the caller's network namespace (``--network host``)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         if ahead:
-            pid = _get_server().request("monitor", (tied, speculation), [theirs.fileno()], wait=False)
+            pid = _get_server().request("monitor", (tied, speculation, share_net), [theirs.fileno()], wait=False)
         else:
-            pid = _fork("monitor", (tied, speculation), [theirs.fileno()], reap_now=not tied)
+            pid = _fork("monitor", (tied, speculation, share_net), [theirs.fileno()], reap_now=not tied)
     except BaseException:
         ours.close()
         raise
@@ -226,7 +229,7 @@ def start_monitor(job: Job, stdio: tuple[int, int, int] | None, slot: Slot | Non
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     try:
         for candidate in (slot, None):
-            candidate = candidate or _new_slot(tied, ahead=use_server)
+            candidate = candidate or _new_slot(tied, ahead=use_server, share_net=job.host_network)
             try:
                 socket.send_fds(candidate.sock, [pickle.dumps(job)], [status_w, *(stdio or ())])
                 break

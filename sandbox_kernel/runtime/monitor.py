@@ -81,6 +81,7 @@ class Job:
     fresh: bool = False  # created by the caller for this start: no other process can have started it
     announce: bool = True  # send "started"; a foreground caller that had PID 1 with "ready" needs no such event
     network: NetJob | None = None  # a user-defined network to put the container on before its command runs
+    host_network: bool = False  # --network host: the caller's network namespace (a slot made for it)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ def _nice(value: int) -> bool:
     return True
 
 
-def monitor_main(sock: int, tied: bool, caller: int, speculation: Speculation | None = None) -> NoReturn:
+def monitor_main(sock: int, tied: bool, caller: int, speculation: Speculation | None = None,
+                 share_net: bool = False) -> NoReturn:
     """Run in a freshly forked process; never returns.
 
     ``sock`` is the slot's socket: the job comes on it (with the status pipe
@@ -174,13 +176,14 @@ def monitor_main(sock: int, tied: bool, caller: int, speculation: Speculation | 
     """
     code = 0
     try:
-        _monitor(sock, tied, caller, speculation)
+        _monitor(sock, tied, caller, speculation, share_net)
     except BaseException:
         code = 1
     os._exit(code)
 
 
-def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | None) -> None:
+def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | None, share_net: bool = False
+             ) -> None:
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTSTP):
         signal.signal(sig, signal.SIG_IGN)  # the caller forwards what the user types
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -198,7 +201,7 @@ def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | N
         sock_fd = _detach(sock_fd)
     slot = socket.socket(fileno=sock_fd)
     niced = tied and _nice(WARM_NICE)  # a slot warms at a low priority, not to slow a running start
-    warm = process.warm_up()  # ahead of the job when this is a warm slot
+    warm = process.warm_up(share_net)  # ahead of the job when this is a warm slot
     refs = ProcRef.me(), ProcRef.of(warm.pid1)  # the state names both; asked now, not on the start's time
     cgroup = None
     if speculation is not None:

@@ -234,7 +234,8 @@ def _spawn_helper(helper: str, cmd_sock: socket.socket, err_w: int) -> int:
             os.close(fd)
 
 
-def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int, exit_w: int, helper: str | None) -> None:
+def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int, exit_w: int, helper: str | None,
+               share_net: bool = False) -> None:
     """PID 1 of a warm slot. Never returns.
 
     Before a job comes: dies with the monitor, becomes non-dumpable, leaves
@@ -255,8 +256,11 @@ def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int, exit_w:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         _rename_self()
         os.setsid()
-        sc.unshare(NAMESPACES & ~sc.CLONE_NEWCGROUP)
-        _loopback_up()
+        if share_net:  # --network host: the caller's interfaces, documented as unsafe for untrusted code
+            sc.unshare(NAMESPACES & ~sc.CLONE_NEWCGROUP & ~sc.CLONE_NEWNET)
+        else:
+            sc.unshare(NAMESPACES & ~sc.CLONE_NEWCGROUP)
+            _loopback_up()
         os.chdir("/")  # the old root: pivot_root moves a cwd that is there, and only that
         if helper is not None:
             child = _spawn_helper(helper, cmd_sock, err_w)
@@ -380,7 +384,7 @@ def preload() -> str | None:
     return exec_helper.path()
 
 
-def warm_up() -> Warm:
+def warm_up(share_net: bool = False) -> Warm:
     """In the monitor: fork PID 1 of a new pid namespace, which forks the command's process.
 
     Call at most once per process: the new pid namespace is for this
@@ -402,7 +406,7 @@ def warm_up() -> Warm:
             os.close(exit_r)
         except BaseException:
             os._exit(125)
-        _warm_init(pid1_end, cmd_end, err_w, exit_w, helper)
+        _warm_init(pid1_end, cmd_end, err_w, exit_w, helper, share_net)
     pid1_end.close()
     cmd_end.close()
     os.close(err_w)

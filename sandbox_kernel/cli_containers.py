@@ -226,8 +226,9 @@ def _add_create_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-swap", help="memory + swap limit (-1: unlimited swap)")
     p.add_argument("--cpus", help="CPU limit in cores, e.g. 0.5")
     p.add_argument("--pids-limit", type=int, help="process limit (default 2048)")
-    p.add_argument("--network", default="none", help="none (default), bridge, a network made with network create, or host (unsafe: "
-                   "the caller's interfaces)")
+    p.add_argument("--network", default="none",
+                   help="none (default), bridge, a network made with network create, or host (unsafe: the "
+                   "caller's interfaces)")
     p.add_argument("-p", "--publish", action="append", default=[], metavar="HOST:CONTAINER",
                    help="publish a container port on 127.0.0.1 of the host (needs a network)")
     p.add_argument("-v", "--volume", action="append", default=[], help="SRC:DST[:ro]")

@@ -327,3 +327,29 @@ def test_network_host_shares_the_callers_namespace(debian_store, namespaces):
         assert inside.stdout.strip() == "['lo', 'sk-a', 'sk-b']", inside.stderr
     finally:
         subprocess.run([*cli, "rm", "-f", cid], capture_output=True, timeout=60)
+
+
+def test_twenty_containers_started_at_once_on_one_network_get_distinct_addresses(net_containers):
+    from sandbox_kernel.runtime import ContainerSpec
+
+    containers, networks, host = net_containers
+    networks.create("crowd")
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def start(i: int) -> None:
+        try:
+            ids.append(containers.run_detached(ContainerSpec(image="localhost/debian-python", name=f"crowd{i}",
+                                                             network=_net("crowd"), command=("sleep", "60"))))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(ids) == 20
+    addresses = [e.address for e in networks.endpoints("crowd")]
+    assert len(addresses) == 20 and len(set(addresses)) == 20
+    assert len([n for n in links_in(host) if n.startswith(VETH_PREFIX)]) == 20

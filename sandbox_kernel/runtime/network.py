@@ -116,6 +116,38 @@ def _off_the_loop(method: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def netns_path(netns: str) -> str:
+    """A network namespace as a path: itself, or a name under /run/netns."""
+    return netns if netns.startswith("/") else f"/run/netns/{netns}"
+
+
+@contextlib.contextmanager
+def joined(netns: str | None) -> Iterator[None]:
+    """This thread in network namespace ``netns`` for the block (none given: where it is); then back.
+
+    setns changes only the calling thread's network namespace, so other threads are not affected.
+    """
+    if not netns:
+        yield
+        return
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise NetworkError(f"cannot open the network namespace {netns}: {exc.strerror}") from None
+        try:
+            sc.setns(fd, sc.CLONE_NEWNET)
+        finally:
+            os.close(fd)
+        try:
+            yield
+        finally:
+            sc.setns(home, sc.CLONE_NEWNET)
+    finally:
+        os.close(home)
+
+
 def _host_netns() -> str | None:
     return os.environ.get(NETNS_ENV) or None
 
@@ -132,64 +164,22 @@ class Networks:
     def _ipr(self, netns: str | None = None) -> Iterator[Any]:
         """A netlink socket in ``netns`` (a path or a name under /run/netns; default the host namespace).
 
-        This thread joins the namespace, makes the socket (a socket stays in the namespace it was
-        made in) and comes back. Not pyroute2's own netns support: it forks a helper, and a monitor
-        whose container's PID 1 has exited can no longer fork (ENOMEM), nor start a thread.
+        Made while this thread is in that namespace (a socket stays in the namespace it was made in).
+        Not pyroute2's own netns support: it forks a helper, and a monitor whose container's PID 1 has
+        exited can no longer fork (ENOMEM), nor start a thread.
         """
         from pyroute2 import IPRoute
 
-        target = netns if netns is not None else self.host_netns
-        if not target:
+        with joined(netns if netns is not None else self.host_netns):
             ipr = IPRoute()
-        elif netns is None:
-            with self._in_host_netns():
-                ipr = IPRoute()
-        else:
-            path = target if target.startswith("/") else f"/run/netns/{target}"
-            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except OSError as exc:
-                    raise NetworkError(f"cannot open the network namespace {target}: {exc.strerror}") from None
-                try:
-                    sc.setns(fd, sc.CLONE_NEWNET)
-                finally:
-                    os.close(fd)
-                try:
-                    ipr = IPRoute()
-                finally:
-                    sc.setns(home, sc.CLONE_NEWNET)
-            finally:
-                os.close(home)
         try:
             yield ipr
         finally:
             ipr.close()
 
-    @contextlib.contextmanager
-    def _in_host_netns(self) -> Iterator[None]:
+    def _in_host_netns(self) -> contextlib.AbstractContextManager[None]:
         """This thread in the host network namespace for a moment (sockets made now stay there)."""
-        if not self.host_netns:
-            yield
-            return
-        path = self.host_netns if self.host_netns.startswith("/") else f"/run/netns/{self.host_netns}"
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise NetworkError(f"cannot open the network namespace {self.host_netns}: {exc.strerror}") from None
-            try:
-                sc.setns(fd, sc.CLONE_NEWNET)
-            finally:
-                os.close(fd)
-            try:
-                yield
-            finally:
-                sc.setns(home, sc.CLONE_NEWNET)
-        finally:
-            os.close(home)
+        return joined(self.host_netns)
 
     def listener(self, port: int) -> socket.socket:
         """A listening TCP socket on 127.0.0.1:``port`` of the host namespace (``-p``); a clear error if taken."""

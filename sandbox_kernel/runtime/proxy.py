@@ -125,7 +125,7 @@ def run_proxy(args: tuple[str, str, str, int, str | None], fds: list[int]) -> No
     from pathlib import Path
 
     from . import syscalls as sc
-    from .network import Networks
+    from .network import Networks, netns_path
 
     root, network, container, port, host_netns = args
     sc.close_all_but(fds)
@@ -138,8 +138,7 @@ def run_proxy(args: tuple[str, str, str, int, str | None], fds: list[int]) -> No
         os._exit(0)  # a grandchild: nobody has to reap it, it goes with the container
     networks = Networks(Path(root), host_netns=host_netns or "")
     if host_netns:  # the bridge is there: so must this process be, to reach the container
-        path = host_netns if host_netns.startswith("/") else f"/run/netns/{host_netns}"
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(netns_path(host_netns), os.O_RDONLY | os.O_CLOEXEC)
         sc.setns(fd, sc.CLONE_NEWNET)
         os.close(fd)
     known: list[tuple[str, int]] = []

@@ -11,7 +11,6 @@ import base64
 import binascii
 import io
 import json
-import sys
 from typing import Any
 
 from .runtime import UsageError
@@ -24,23 +23,16 @@ class ValueRefused(UsageError):
 
 
 def encode(name: str, value: Any) -> dict[str, Any]:
-    """A notebook value for ``--in``; a clear error for what cannot go."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"kind": "bytes", "b64": base64.b64encode(bytes(value)).decode()}
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(value, numpy.ndarray):
-        buf = io.BytesIO()
-        try:
-            numpy.save(buf, value, allow_pickle=False)
-        except ValueError:
-            raise UsageError(f"--in {name}: an array of Python objects cannot go into a container") from None
-        return {"kind": "npy", "b64": base64.b64encode(buf.getvalue()).decode()}
+    """A notebook value for ``--in`` (by the agent's own rule, :func:`wire_value`); a clear error for what cannot go."""
+    from .agent.agent import NotData, wire_value
+
     try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        raise UsageError(f"--in {name}: a {type(value).__name__} cannot go into a container "
+        return wire_value(value)
+    except NotData as exc:
+        if exc.kind == "objects":
+            raise UsageError(f"--in {name}: an array of Python objects cannot go into a container") from None
+        raise UsageError(f"--in {name}: a {exc.kind} cannot go into a container "
                          "(JSON values, bytes and numpy arrays can)") from None
-    return {"kind": "json", "value": value}
 
 
 def decode(name: str, item: Any) -> Any:

@@ -126,7 +126,17 @@ def decode_value(item):
     raise ValueError("unknown value kind %r" % (kind,))
 
 
-def encode_value(name, value):
+class NotData(TypeError):
+    """A value that cannot cross the boundary: ``kind`` is "objects" (a numpy array of objects) or its type."""
+
+    def __init__(self, kind):
+        TypeError.__init__(self, kind)
+        self.kind = kind
+
+
+def wire_value(value):
+    """``value`` as it crosses the container's boundary (either way): JSON, bytes or .npy; else NotData.
+    (The kernel's --in uses this too, so both sides agree on what is data.)"""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"kind": "bytes", "b64": base64.b64encode(bytes(value)).decode()}
     numpy = sys.modules.get("numpy")
@@ -135,15 +145,24 @@ def encode_value(name, value):
         try:
             numpy.save(buf, value, allow_pickle=False)
         except ValueError:
-            raise TypeError("%s is a numpy array of objects: only plain dtypes can leave the container"
-                            % name) from None
+            raise NotData("objects") from None
         return {"kind": "npy", "b64": base64.b64encode(buf.getvalue()).decode()}
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
-        raise TypeError("%s is a %s: only JSON values, bytes and numpy arrays can leave the container"
-                        % (name, type(value).__name__)) from None
+        raise NotData(type(value).__name__) from None
     return {"kind": "json", "value": value}
+
+
+def encode_value(name, value):
+    try:
+        return wire_value(value)
+    except NotData as exc:
+        if exc.kind == "objects":
+            raise TypeError("%s is a numpy array of objects: only plain dtypes can leave the container"
+                            % name) from None
+        raise TypeError("%s is a %s: only JSON values, bytes and numpy arrays can leave the container"
+                        % (name, exc.kind)) from None
 
 
 # -- the worker -------------------------------------------------------------------------------------------------

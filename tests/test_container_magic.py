@@ -59,10 +59,11 @@ def magic_store(tmp_path_factory) -> Store:
     return store
 
 
-@pytest.fixture
-def ip(magic_store):
+def recorded_shell(store: Store):
+    """IPython's shell with fresh container magics on ``store`` whose cells' output is recorded
+    (``shell.recorders``); at the end the magics shut down and no container of ``store`` is left."""
     shell = start_ipython() or get_ipython()
-    magics = ContainerMagics(shell, store=magic_store)
+    magics = ContainerMagics(shell, store=store)
     shell.register_magics(magics)
     recorders: list[Recorder] = []
 
@@ -75,8 +76,13 @@ def ip(magic_store):
     shell.sk = magics
     yield shell
     magics.shutdown()
-    left = [i.name for i in Containers(magic_store).list(all=True)]
+    left = [i.name for i in Containers(store).list(all=True)]
     assert left == [], f"containers left: {left}"
+
+
+@pytest.fixture
+def ip(magic_store):
+    yield from recorded_shell(magic_store)
 
 
 def run(ip, line: str, cell: str) -> Any:
@@ -410,15 +416,7 @@ def science_store(tmp_path_factory) -> Store:
 
 @pytest.fixture
 def sci(science_store):
-    shell = start_ipython() or get_ipython()
-    magics = ContainerMagics(shell, store=science_store)
-    shell.register_magics(magics)
-    recorders: list[Recorder] = []
-    magics.sink_factory = lambda trusted: recorders.append(Recorder(trusted)) or recorders[-1]
-    shell.recorders = recorders
-    yield shell
-    magics.shutdown()
-    assert Containers(science_store).list(all=True) == []
+    yield from recorded_shell(science_store)
 
 
 def test_numpy_arrays_in_and_out(sci):

@@ -57,6 +57,24 @@ def nets(tmp_path, namespaces) -> Networks:
     return Networks(tmp_path, host_netns=namespaces("host"))
 
 
+def at_once(task, count: int) -> list[BaseException]:
+    """``task(i)`` for i in range(count), all in threads at once; the exceptions they raised."""
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            task(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
 def links_in(netns_name: str) -> dict[str, dict]:
     from pyroute2 import IPRoute
 
@@ -136,21 +154,12 @@ def test_twenty_concurrent_connects_get_distinct_addresses(nets, namespaces, tmp
     nets.create("busy")
     spaces = [namespaces(f"c{i}") for i in range(20)]
     results: list[str] = []
-    errors: list[BaseException] = []
 
-    def connect(i: int) -> None:
-        try:  # each thread its own Networks (its own lock fd), as separate processes would have
-            mine = Networks(tmp_path, host_netns=nets.host_netns)
-            results.append(mine.connect("busy", f"{i:064x}", f"c{i}", f"/run/netns/{spaces[i]}").address)
-        except BaseException as exc:
-            errors.append(exc)
+    def connect(i: int) -> None:  # each thread its own Networks (its own lock fd), as separate processes would have
+        mine = Networks(tmp_path, host_netns=nets.host_netns)
+        results.append(mine.connect("busy", f"{i:064x}", f"c{i}", f"/run/netns/{spaces[i]}").address)
 
-    threads = [threading.Thread(target=connect, args=(i,)) for i in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    assert not at_once(connect, 20)
     assert len(set(results)) == 20 and "10.89.0.1" not in results
     assert len([n for n in links_in(nets.host_netns) if n.startswith(VETH_PREFIX)]) == 20
 
@@ -335,21 +344,12 @@ def test_twenty_containers_started_at_once_on_one_network_get_distinct_addresses
     containers, networks, host = net_containers
     networks.create("crowd")
     ids: list[str] = []
-    errors: list[BaseException] = []
 
     def start(i: int) -> None:
-        try:
-            ids.append(containers.run_detached(ContainerSpec(image="localhost/debian-python", name=f"crowd{i}",
-                                                             network=_net("crowd"), command=("sleep", "60"))))
-        except BaseException as exc:
-            errors.append(exc)
+        ids.append(containers.run_detached(ContainerSpec(image="localhost/debian-python", name=f"crowd{i}",
+                                                         network=_net("crowd"), command=("sleep", "60"))))
 
-    threads = [threading.Thread(target=start, args=(i,)) for i in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors and len(ids) == 20
+    assert not at_once(start, 20) and len(ids) == 20
     addresses = [e.address for e in networks.endpoints("crowd")]
     assert len(addresses) == 20 and len(set(addresses)) == 20
     assert len([n for n in links_in(host) if n.startswith(VETH_PREFIX)]) == 20

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +17,7 @@ import pytest
 from leftovers import assert_nothing_left, cgroups
 
 from sandbox_kernel.runtime import Containers, ContainerSpec, ExecError, Limits, Mount, Store, UsageError, launcher
+from sandbox_kernel.runtime.monitor import Job
 
 pytestmark = pytest.mark.root
 
@@ -436,6 +439,28 @@ def test_a_dropped_warm_slot_removes_what_it_made(root):
     launcher.drop_spare()
     assert [p.name for p in (root / "containers").iterdir() if p.name not in ("names",)
             and not p.name.startswith(".gone-")] == []
+
+
+def test_a_job_reaches_a_monitor_that_said_ready_before_it_came():
+    """A monitor says "ready" before it reads its job; closing with that unread resets the socket.
+
+    The monitor then got ECONNRESET instead of the job queued for it and the
+    container never started ("its monitor died before the container
+    started", one start in ten when twenty started at once).
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.send(b"ready 1 0")  # what a monitor says once its processes are forked
+    job = Job(cdir="/nonexistent", name="n", plan=None, hostname="h", proc=None,  # type: ignore[arg-type]
+              cgroup="", limits=Limits(), detached=True, remove=False, log_max=0)
+    status_r = launcher.start_monitor(job, None, launcher.Slot(ours, 0, tied=False))
+    try:
+        data, fds, _, _ = socket.recv_fds(theirs, 1 << 20, 4)
+        assert pickle.loads(data).name == "n" and len(fds) == 1
+        for fd in fds:
+            os.close(fd)
+    finally:
+        os.close(status_r)
+        theirs.close()
 
 
 def test_an_image_stays_while_a_container_uses_it(root):

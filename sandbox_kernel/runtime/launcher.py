@@ -232,6 +232,10 @@ def start_monitor(job: Job, stdio: tuple[int, int, int] | None, slot: Slot | Non
             candidate = candidate or _new_slot(tied, ahead=use_server, share_net=job.host_network)
             try:
                 socket.send_fds(candidate.sock, [pickle.dumps(job)], [status_w, *(stdio or ())])
+                # Closing with the monitor's "ready" unread would reset the connection, and the
+                # monitor would get ECONNRESET instead of the job queued for it: read it first (it
+                # comes before the monitor reads the job; EOF at once if the monitor died).
+                _wait_ready(candidate, None)
                 break
             except OSError as exc:  # the slot's monitor died: a cold one does the same job
                 if candidate is not slot:
@@ -273,7 +277,7 @@ def wait_warm(timeout: float = 5.0) -> bool:
     return _spare is not None and _wait_ready(_spare, timeout)
 
 
-def _wait_ready(slot: Slot, timeout: float) -> bool:
+def _wait_ready(slot: Slot, timeout: float | None) -> bool:
     if not slot.ready:
         slot.sock.settimeout(timeout)
         try:

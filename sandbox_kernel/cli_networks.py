@@ -16,7 +16,7 @@ def _networks(args: argparse.Namespace) -> Any:
 
 
 def cmd_network_create(args: argparse.Namespace) -> int:
-    network = _networks(args).create(args.name, subnet=args.subnet, mtu=args.mtu)
+    network = _networks(args).create(args.name, subnet=args.subnet, mtu=args.mtu, nat=args.nat)
     print(network.name)
     return 0
 
@@ -26,19 +26,23 @@ def cmd_network_ls(args: argparse.Namespace) -> int:
 
     networks = _networks(args)
     rows = [{"Name": n.name, "Subnet": n.subnet, "Gateway": n.gateway, "Bridge": n.bridge, "MTU": n.mtu,
-             "Containers": sorted(e.name for e in networks.endpoints(n.name))} for n in networks.list()]
+             "NAT": n.nat, "Containers": sorted(e.name for e in networks.endpoints(n.name))} for n in networks.list()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(fmt.table([[r["Name"], r["Subnet"], r["Gateway"], r["Bridge"], str(r["MTU"]), ",".join(r["Containers"])]
-                         for r in rows], ["NAME", "SUBNET", "GATEWAY", "BRIDGE", "MTU", "CONTAINERS"]))
+        print(fmt.table([[r["Name"], r["Subnet"], r["Gateway"], r["Bridge"], str(r["MTU"]),
+                          "yes" if r["NAT"] else "no", ",".join(r["Containers"])]
+                         for r in rows], ["NAME", "SUBNET", "GATEWAY", "BRIDGE", "MTU", "NAT", "CONTAINERS"]))
     return 0
 
 
 def cmd_network_rm(args: argparse.Namespace) -> int:
+    from .runtime import Containers
+
     networks = _networks(args)
+    containers = Containers(Store(args.root))
     for name in args.names:
-        networks.remove(name)
+        networks.remove(name, running=containers.running)
         print(name)
     return 0
 
@@ -51,6 +55,9 @@ def add_network_commands(sub: Any, parser_class: Any) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--subnet", metavar="CIDR", help="its IPv4 subnet (default: a free /24 of 10.89.0.0/16)")
     p.add_argument("--mtu", type=int, default=1500, help="the MTU of its bridge and veths (default 1500)")
+    p.add_argument("--nat", action="store_true",
+                   help="outbound NAT: its containers reach what the host reaches (an nftables masquerade rule "
+                        "and IPv4 forwarding on the host; off by default)")
     p.set_defaults(func=cmd_network_create)
     p = network_sub.add_parser("ls", help="list networks")
     p.add_argument("--json", action="store_true", help="print JSON")

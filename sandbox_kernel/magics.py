@@ -577,7 +577,7 @@ class ContainerMagics(Magics):
                        "pids": "no limit" if limits.pids is None else limits.pids}])
 
     def _cmd_network(self, argv: list[str]) -> Any:
-        """``%container network create NAME [--subnet CIDR] | ls | rm NAME...``"""
+        """``%container network create NAME [--subnet CIDR] [--nat] | ls | rm NAME...``"""
         from .runtime.network import Networks
 
         networks = Networks(self.store.root)
@@ -585,18 +585,20 @@ class ContainerMagics(Magics):
             parser = self._parser("network create")
             parser.add_argument("name")
             parser.add_argument("--subnet")
+            parser.add_argument("--nat", action="store_true")
             args = parser.parse_args(argv[1:])
-            network = networks.create(args.name, subnet=args.subnet)
-            return Table([{"name": network.name, "subnet": network.subnet, "gateway": network.gateway}])
+            network = networks.create(args.name, subnet=args.subnet, nat=args.nat)
+            return Table([{"name": network.name, "subnet": network.subnet, "gateway": network.gateway,
+                           "nat": "yes" if network.nat else "no"}])
         if argv[:1] == ["ls"]:
-            return Table([{"name": n.name, "subnet": n.subnet, "gateway": n.gateway,
+            return Table([{"name": n.name, "subnet": n.subnet, "gateway": n.gateway, "nat": "yes" if n.nat else "no",
                            "containers": ", ".join(sorted(e.name for e in networks.endpoints(n.name)))}
-                          for n in networks.list()], ["name", "subnet", "gateway", "containers"])
+                          for n in networks.list()], ["name", "subnet", "gateway", "nat", "containers"])
         if argv[:1] == ["rm"] and len(argv) > 1:
             for name in argv[1:]:
-                networks.remove(name)
+                networks.remove(name, running=self.containers.running)
             return None
-        raise UsageError("usage: %container network create NAME [--subnet CIDR] | ls | rm NAME...")
+        raise UsageError("usage: %container network create NAME [--subnet CIDR] [--nat] | ls | rm NAME...")
 
     def _cmd_stats(self, argv: list[str]) -> Table:
         names = argv or [i.id for i in self.containers.list()]

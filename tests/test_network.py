@@ -7,6 +7,7 @@ them at the end: the real host's interfaces are never touched (checked).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from sandbox_kernel.runtime.errors import UsageError
-from sandbox_kernel.runtime.network import BRIDGE_PREFIX, VETH_PREFIX, NetworkError, Networks
+from sandbox_kernel.runtime.network import BRIDGE_PREFIX, VETH_PREFIX, NetworkError, Networks, joined
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -180,6 +181,11 @@ def test_disconnect_remove_in_use_and_reconcile_after_a_crash(nets, namespaces):
     assert gone == ["endpoint b on net"]
     assert second.host_ifname not in links_in(nets.host_netns)
     assert [e.name for e in nets.endpoints("net")] == ["c"]
+    # rm with a view of what runs: a running container holds the network, a stopped one's endpoint goes
+    with pytest.raises(NetworkError, match=r"in use by container\(s\) c$"):
+        nets.remove("net", running=lambda cid: cid == "c" * 64)
+    nets.remove("net", running=lambda cid: False)
+    assert not [n for n in links_in(nets.host_netns) if n.startswith((VETH_PREFIX, BRIDGE_PREFIX))]
 
 
 def test_a_connect_that_fails_leaves_nothing(nets, namespaces):
@@ -189,6 +195,75 @@ def test_a_connect_that_fails_leaves_nothing(nets, namespaces):
     assert nets.endpoints("net") == []
     assert not [n for n in links_in(nets.host_netns) if n.startswith(VETH_PREFIX)]
     assert Path(nets.root / "net" / "endpoints").is_dir()
+
+
+OUTSIDE_SERVER = ("import socket\ns = socket.socket(); s.bind(('0.0.0.0', 9000)); s.listen()\nprint('up', flush=True)\n"
+                  "while True:\n    c, peer = s.accept(); c.sendall(peer[0].encode()); c.close()")
+ASK_OUTSIDE = ("import socket\ntry:\n    s = socket.create_connection(('192.0.2.2', 9000), timeout=3)\n"
+               "    print('seen as', s.recv(100).decode())\nexcept OSError as exc:\n    print('unreachable')\n")
+
+
+@pytest.fixture
+def outside(namespaces):
+    """An "outside world" for a test's host namespace: a namespace behind a veth pair (192.0.2.1 on the
+    host's side, 192.0.2.2 outside) with no route back to any container subnet, and a server there that
+    answers with the address it sees. ``outside(host)`` links them and starts the server."""
+    from pyroute2 import IPRoute
+
+    servers: list[subprocess.Popen] = []
+
+    def make(host: str) -> None:
+        world = namespaces("outside")
+        fd = os.open(f"/run/netns/{world}", os.O_RDONLY)
+        try:
+            with IPRoute(netns=host) as ipr:
+                ipr.link("add", ifname="sk-up", kind="veth", peer={"ifname": "sk-world", "net_ns_fd": fd})
+                index = ipr.link_lookup(ifname="sk-up")[0]
+                ipr.addr("add", index=index, address="192.0.2.1", prefixlen=24)
+                ipr.link("set", index=index, state="up")
+        finally:
+            os.close(fd)
+        with IPRoute(netns=world) as ipr:
+            index = ipr.link_lookup(ifname="sk-world")[0]
+            ipr.addr("add", index=index, address="192.0.2.2", prefixlen=24)
+            ipr.link("set", index=index, state="up")
+        server = subprocess.Popen(["nsenter", f"--net=/run/netns/{world}", sys.executable, "-c", OUTSIDE_SERVER],
+                                  stdout=subprocess.PIPE, text=True)
+        servers.append(server)
+        assert server.stdout.readline().strip() == "up"
+
+    yield make
+    for server in servers:
+        server.kill()
+        server.wait()
+
+
+def test_a_nat_network_reaches_outside_with_the_hosts_address_and_a_plain_one_does_not(nets, namespaces, outside):
+    from sandbox_kernel.runtime import nat
+
+    outside(nets.host_netns)
+    natted = nets.create("natted", nat=True)
+    plain = nets.create("plain")
+    assert natted.nat and not plain.nat and nets.get("natted").nat
+    a, b = namespaces("a"), namespaces("b")
+    nets.connect("natted", "a" * 64, "a", f"/run/netns/{a}")
+    nets.connect("plain", "b" * 64, "b", f"/run/netns/{b}")
+    assert in_netns(a, ASK_OUTSIDE).stdout.strip() == "seen as 192.0.2.1", "masqueraded behind the host's address"
+    assert in_netns(b, ASK_OUTSIDE).stdout.strip() == "unreachable", "no NAT: the outside cannot answer"
+    assert in_netns(nets.host_netns, f"print(open('{nat.IP_FORWARD}').read().strip())").stdout.strip() == "1"
+    assert nets.nat_active("natted") and not nets.nat_active("plain")
+    # a NAT table that lost its rule (a crash between two messages) is made again by the next connect
+    with joined(nets.host_netns), nat._nft() as nft:
+        nft.rule("del", table=nat.table_name(natted.bridge), chain=nat.CHAIN)
+    assert not nets.nat_active("natted")
+    nets.disconnect("natted", "a" * 64)
+    nets.connect("natted", "a" * 64, "a", f"/run/netns/{a}")
+    assert nets.nat_active("natted")
+    assert in_netns(a, ASK_OUTSIDE).stdout.strip() == "seen as 192.0.2.1"
+    nets.disconnect("natted", "a" * 64)
+    nets.remove("natted")
+    with joined(nets.host_netns), nat._nft() as nft:
+        assert not [t for t in nft.get_tables() if t.get_attr("NFTA_TABLE_NAME").startswith(nat.TABLE_PREFIX)]
 
 
 # -- containers on networks ---------------------------------------------------------------------------------------
@@ -353,3 +428,28 @@ def test_twenty_containers_started_at_once_on_one_network_get_distinct_addresses
     addresses = [e.address for e in networks.endpoints("crowd")]
     assert len(addresses) == 20 and len(set(addresses)) == 20
     assert len([n for n in links_in(host) if n.startswith(VETH_PREFIX)]) == 20
+
+
+def test_cli_nat_network_takes_a_container_outside_and_rm_removes_its_rule(debian_store, namespaces, outside):
+    from sandbox_kernel.runtime import nat
+
+    host = namespaces("host")
+    outside(host)
+    env = {**os.environ, "SANDBOX_KERNEL_NETNS": host}
+    cli = [sys.executable, "-m", "sandbox_kernel", "--root", str(debian_store.root)]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=60, env=env)
+
+    assert run("network", "create", "--nat", "out").returncode == 0
+    try:
+        listed = json.loads(run("network", "ls", "--json").stdout)
+        assert [(n["Name"], n["NAT"]) for n in listed] == [("out", True)]
+        assert "yes" in run("network", "ls").stdout.splitlines()[1].split()
+        fetched = run("run", "--rm", "--network", "out", "localhost/debian-python", "python3", "-c", ASK_OUTSIDE)
+        assert fetched.stdout.strip() == "seen as 192.0.2.1", fetched.stderr
+    finally:
+        removed = run("network", "rm", "out")
+    assert removed.returncode == 0, removed.stderr
+    with joined(host), nat._nft() as nft:
+        assert not [t for t in nft.get_tables() if t.get_attr("NFTA_TABLE_NAME").startswith(nat.TABLE_PREFIX)]

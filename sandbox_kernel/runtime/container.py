@@ -240,6 +240,13 @@ class Containers:
             raise ContainerNotFound(f"no such container: {ref}")
         return self._info(cdir, state)
 
+    def running(self, ref: str) -> bool:
+        """Whether container ``ref`` exists and is running (or starting, or paused); reconciled first."""
+        try:
+            return self.get(ref).state.status in ACTIVE
+        except (ContainerNotFound, OSError):
+            return False
+
     def list(self, all: bool = False) -> list[ContainerInfo]:
         """Running containers (every container with ``all``), newest first, each reconciled."""
         out = []

@@ -7,9 +7,10 @@ how the tests keep every bridge off the real host's interfaces.
 
 On disk, under ``ROOT/networks/``::
 
-    NAME/network.json            {name, subnet, gateway, bridge, mtu, created}
+    NAME/network.json            {name, subnet, gateway, bridge, mtu, created, nat}
     NAME/endpoints/CID.json      {container, name, address, host_ifname}
     .lock                        flock: one allocation at a time, across processes
+    .nat.lock                    flock: one NAT set-up at a time (runtime/nat.py: ``--nat`` networks)
 
 An address is taken by writing its endpoint file under the lock, so concurrent
 connects never get the same address. A record is written before its link is made and
@@ -58,6 +59,7 @@ class Network:
     bridge: str
     mtu: int = DEFAULT_MTU
     created: float = 0.0
+    nat: bool = False  # outbound NAT (runtime/nat.py): its containers reach what the host reaches
 
     @property
     def prefixlen(self) -> int:
@@ -209,7 +211,34 @@ class Networks:
             if net.gateway not in have:
                 ipr.addr("add", index=index, address=net.gateway, prefixlen=net.prefixlen)
             ipr.link("set", index=index, state="up")
-            return index
+        if net.nat:
+            self._ensure_nat(net)
+        return index
+
+    def _ensure_nat(self, net: Network) -> None:
+        from . import nat
+
+        try:  # (its own lock: create() holds the IPAM lock here, and concurrent connects must not both add)
+            with self._locked(".nat.lock"), self._in_host_netns():
+                nat.ensure(net.subnet, net.bridge)
+        except nat.NatError as exc:
+            raise NetworkError(f"network {net.name}: cannot set up outbound NAT: {exc}") from None
+
+    def _remove_nat(self, net: Network) -> None:
+        from . import nat
+
+        try:
+            with self._in_host_netns():
+                nat.remove(net.bridge)
+        except nat.NatError as exc:
+            raise NetworkError(f"network {net.name}: cannot remove its NAT rule: {exc}") from None
+
+    def nat_active(self, name: str) -> bool:
+        """Whether network ``name``'s outbound NAT rule is in place in the host namespace."""
+        from . import nat
+
+        with self._in_host_netns():
+            return nat.present(self.get(name).bridge)
 
     def _delete_link(self, ifname: str) -> None:
         with self._ipr() as ipr:
@@ -220,8 +249,8 @@ class Networks:
     # -- the store ------------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    def _locked(self, name: str = ".lock") -> Iterator[None]:
+        fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -260,8 +289,9 @@ class Networks:
         raise NetworkError(f"no free /24 left in {POOL}: remove a network or give --subnet")
 
     @_off_the_loop
-    def create(self, name: str, subnet: str | None = None, mtu: int = DEFAULT_MTU) -> Network:
-        """``network create NAME [--subnet CIDR]``: the record, and its bridge in the host namespace."""
+    def create(self, name: str, subnet: str | None = None, mtu: int = DEFAULT_MTU, nat: bool = False) -> Network:
+        """``network create NAME [--subnet CIDR] [--nat]``: the record, and its bridge in the host namespace
+        (with ``nat``, its outbound NAT rule there too)."""
         path = self._dir(name)
         if not 576 <= mtu <= 65535:
             raise UsageError(f"invalid --mtu {mtu}: 576 to 65535")
@@ -282,7 +312,8 @@ class Networks:
                 if clash:
                     raise NetworkError(f"subnet {subnet} overlaps network subnet {clash[0]}")
             network = Network(name=name, subnet=str(net_ip), gateway=str(next(net_ip.hosts())),
-                              bridge=_ifname(BRIDGE_PREFIX, f"{self.root}/{name}"), mtu=mtu, created=time.time())
+                              bridge=_ifname(BRIDGE_PREFIX, f"{self.root}/{name}"), mtu=mtu, created=time.time(),
+                              nat=nat)
             (path / "endpoints").mkdir(parents=True, exist_ok=True)  # (left by a create that failed: no record)
             try:
                 tmp = path / "network.json.tmp"  # the record first: a crash leaves a record, not a stray bridge
@@ -292,6 +323,8 @@ class Networks:
             except BaseException:
                 (path / "network.json").unlink(missing_ok=True)
                 with contextlib.suppress(Exception):
+                    if nat:
+                        self._remove_nat(network)
                     self._delete_link(network.bridge)
                 with contextlib.suppress(OSError):
                     (path / "endpoints").rmdir()
@@ -300,13 +333,21 @@ class Networks:
         return network
 
     @_off_the_loop
-    def remove(self, name: str) -> None:
-        """``network rm NAME``: refused while containers are on it."""
+    def remove(self, name: str, running: Callable[[str], bool] | None = None) -> None:
+        """``network rm NAME``: refused while containers are on it. With ``running`` (is this container
+        id running?), what containers that are not left behind goes first: a ``run --rm`` that has just
+        returned, whose monitor is still taking it off the network, does not hold the network."""
         network = self.get(name)
+        if running is not None:
+            for endpoint in self.endpoints(name):
+                if not running(endpoint.container):
+                    self.disconnect(name, endpoint.container)
         with self._locked():
             users = [e.name for e in self.endpoints(name)]
             if users:
                 raise NetworkError(f"network {name} is in use by container(s) {', '.join(users)}")
+            if network.nat:
+                self._remove_nat(network)
             self._delete_link(network.bridge)
             path = self._dir(name)
             (path / "network.json").unlink()

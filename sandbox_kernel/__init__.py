@@ -1,6 +1,7 @@
 """sandbox-kernel: real Linux containers inside Jupyter.
 
-``%load_ext sandbox_kernel`` registers the ``%container`` magics.
+``%load_ext sandbox_kernel`` registers the ``%container`` magics;
+``sandbox_kernel.Panel()`` is the widget panel (images, containers, limits).
 """
 
 from __future__ import annotations
@@ -8,6 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Panel":  # (ipywidgets is imported only by those who ask for the panel)
+        from .widgets import Panel
+
+        return Panel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython: Any) -> None:

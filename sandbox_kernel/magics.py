@@ -401,11 +401,11 @@ class ContainerMagics(Magics):
 
     @line_magic("container")
     def container_line(self, line: str) -> Any:
-        """``%container pull|images|ps|run|exec|stop|rm|commit|diff|history|limits|stats|push|network ...``"""
+        """``%container pull|images|ps|run|exec|stop|rm|commit|diff|history|limits|stats|push|network|panel ...``"""
         words = shlex.split(line)
         if not words:
             raise UsageError("usage: %container pull|images|ps|run|exec|stop|rm|commit|diff|history|limits|"
-                             "stats|push ... (see %container? )")
+                             "stats|push|network|panel ... (see %container? )")
         command, rest = words[0], words[1:]
         handler = getattr(self, f"_cmd_{command}", None)
         if handler is None:
@@ -427,6 +427,16 @@ class ContainerMagics(Magics):
                 raise UsageError(message or f"%container {prog}")
 
         return Parser(prog=f"%container {prog}", add_help=False)
+
+    def _cmd_panel(self, argv: list[str]) -> Any:
+        """``%container panel [--refresh SECONDS]``: the widget panel on this kernel's store."""
+        parser = self._parser("panel")
+        parser.add_argument("--refresh", type=float, default=2.0)
+        args = parser.parse_args(argv)
+        from .client import LocalClient
+        from .widgets import Panel
+
+        return Panel(LocalClient(self.store), refresh=args.refresh)
 
     def _cmd_images(self, argv: list[str]) -> Table:
         rows = fmt.image_rows(self.store, argv[0] if argv else None)

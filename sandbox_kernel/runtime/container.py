@@ -773,7 +773,13 @@ class Containers:
     # -- limits, stats, logs -------------------------------------------------------------------------------------
 
     def update(self, ref: str, limits: Limits) -> Limits:
-        """Change the limits of a container (applied at once if it runs, kept for its next start)."""
+        """Change the limits of a container (applied at once if it runs, kept for its next start).
+
+        Refused (UsageError, nothing changed) above what the host has, or, for a
+        running container, below what it uses now (runtime/host.py).
+        """
+        from .host import check_limits
+
         cdir = self._find(ref)
         state = self._reconcile(cdir)
         if state is None:
@@ -781,7 +787,12 @@ class Containers:
         config = cdir.read_config()
         spec = replace(ContainerSpec.from_dict(config["spec"]), limits=limits)
         if state.status in (RUNNING, PAUSED):
-            open_cgroup(config["cgroup"]).apply(limits)
+            cgroup = open_cgroup(config["cgroup"])
+            usage = cgroup.stats()
+            check_limits(limits, usage.memory_current, usage.pids)
+            cgroup.apply(limits)
+        else:
+            check_limits(limits)
         config["spec"] = asdict(spec)
         cdir.write_config(config)
         return limits

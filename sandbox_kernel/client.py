@@ -1,0 +1,266 @@
+"""One API for the frontends that show state and act on it: the panel, the REST server, remote magics.
+
+:class:`LocalClient` runs it on this machine's runtime; the server extension
+serves the same calls over HTTP (``sandbox_kernel/server``), and
+:class:`~sandbox_kernel.remote.RemoteClient` makes them against such a server, so
+the panel and the line magics have one code path whichever is behind them
+(docker's client/daemon split, without the daemon). Everything a call returns is
+a plain dataclass of JSON values, so that the server can send it as it is.
+
+Errors are the runtime's (:class:`~sandbox_kernel.runtime.SandboxError` and
+below): one line each, for a panel's error line or the server's JSON reply.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from .runtime import Containers, ContainerSpec, Limits, Store
+from .runtime.host import HostCapacity, capacity
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    ref: str  # repository:tag, docker's short form
+    id: str  # sha256:... of the config
+    digest: str  # the manifest's
+    size: int  # bytes, compressed layers
+    created: str | None  # RFC 3339, from the image config
+
+
+@dataclass(frozen=True)
+class ContainerRow:
+    id: str
+    name: str
+    image: str
+    status: str  # created, running, paused, exited
+    created_at: float
+    started_at: float | None
+    exit_code: int | None
+    cpu_percent: float | None  # of one CPU, since the previous listing (None: first look, or not running)
+    memory: int | None  # bytes used now
+    memory_limit: int | None
+    cpus: float | None
+    pids: int | None
+    pids_limit: int | None
+
+    @property
+    def uptime(self) -> float | None:
+        return time.time() - self.started_at if self.status in ("running", "paused") and self.started_at else None
+
+
+@dataclass(frozen=True)
+class LimitsRow:
+    memory: int | None
+    cpus: float | None
+    pids: int | None
+
+
+@dataclass
+class Progress:
+    """A pull as it goes: bytes per layer and in all; ``fraction`` is what a bar shows."""
+
+    reference: str
+    layers: dict[str, list[int]] = field(default_factory=dict)  # digest -> [done, total]
+    finished: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> int:
+        return sum(d for d, _ in self.layers.values())
+
+    @property
+    def total(self) -> int:
+        return sum(t for _, t in self.layers.values())
+
+    @property
+    def fraction(self) -> float:
+        if self.finished:
+            return 1.0
+        return self.done / self.total if self.total else 0.0
+
+    @property
+    def speed(self) -> float:
+        """Bytes per second so far."""
+        return self.done / max(time.monotonic() - self.started, 1e-6)
+
+    def update(self, status: str, digest: str, done: int, total: int) -> None:
+        if status in ("waiting", "downloading"):
+            self.layers[digest] = [done, total]
+        elif status in ("complete", "exists"):
+            size = max(total, self.layers.get(digest, [0, 0])[1])
+            self.layers[digest] = [size, size]
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Client(Protocol):
+    """What the panel, the server and the magics' line commands may ask."""
+
+    def host(self) -> HostCapacity: ...
+    def images(self) -> list[ImageRow]: ...
+    def pull(self, reference: str, *, platform: str | None = None, insecure: bool = False,
+             progress: ProgressCallback | None = None) -> str: ...
+    def remove_image(self, reference: str, force: bool = False) -> list[str]: ...
+    def history(self, reference: str) -> list[dict[str, Any]]: ...
+    def containers(self, all: bool = True) -> list[ContainerRow]: ...
+    def create(self, image: str, *, name: str | None = None, command: tuple[str, ...] = (),
+               limits: LimitsRow | None = None, start: bool = True) -> str: ...
+    def start(self, ref: str) -> None: ...
+    def stop(self, ref: str, timeout: float = 10.0) -> None: ...
+    def remove(self, ref: str, force: bool = False) -> str: ...
+    def commit(self, ref: str, target: str | None = None, message: str | None = None) -> str: ...
+    def limits(self, ref: str) -> LimitsRow: ...
+    def set_limits(self, ref: str, limits: LimitsRow) -> LimitsRow: ...
+    def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None]) -> int: ...
+
+
+def limits_row(limits: Limits) -> LimitsRow:
+    return LimitsRow(memory=limits.memory, cpus=limits.cpus, pids=limits.pids)
+
+
+def to_limits(row: LimitsRow, base: Limits | None = None) -> Limits:
+    """A runtime Limits from a row (memory_swap kept from ``base`` while it still fits)."""
+    swap = base.memory_swap if base is not None else None
+    if swap is not None and (row.memory is None or swap < row.memory):
+        swap = None
+    return Limits(memory=row.memory, memory_swap=swap, cpus=row.cpus, pids=row.pids)
+
+
+class LocalClient:
+    """The client API on this machine's runtime (the store at ``store``'s root)."""
+
+    def __init__(self, store: Store | None = None):
+        self.store = store or Store()
+        self._containers: Containers | None = None
+        self._cpu: dict[str, tuple[float, int]] = {}  # container id -> (when, cpu ns) of the last listing
+        self._lock = threading.Lock()
+
+    @property
+    def runtime(self) -> Containers:
+        if self._containers is None:
+            self._containers = Containers(self.store)
+        return self._containers
+
+    def host(self) -> HostCapacity:
+        return capacity()
+
+    # -- images ---------------------------------------------------------------------------------------------------
+
+    def images(self) -> list[ImageRow]:
+        from . import format as fmt
+
+        return [ImageRow(ref=f"{r['Repository']}:{r['Tag']}" if r["Tag"] else r["Repository"], id=r["Id"],
+                         digest=r["Digest"], size=r["Size"], created=r["Created"])
+                for r in fmt.image_rows(self.store)]
+
+    def pull(self, reference: str, *, platform: str | None = None, insecure: bool = False,
+             progress: ProgressCallback | None = None) -> str:
+        from .runtime import RegistryOptions, pull
+
+        state = Progress(reference)
+
+        def on_event(event: Any) -> None:
+            state.update(event.status, event.digest, event.done, event.total)
+            if progress is not None and event.status != "resolved":
+                progress(state)
+
+        result = pull(self.store, reference, platform=platform, options=RegistryOptions(insecure=insecure),
+                      progress=on_event)
+        state.finished = True
+        if progress is not None:
+            progress(state)
+        return result.digest
+
+    def remove_image(self, reference: str, force: bool = False) -> list[str]:
+        tags, image = self.store.remove_image(reference, force=force)
+        if image.manifest_digest not in self.store.tags().values():
+            self.store.prune()
+        return tags
+
+    def history(self, reference: str) -> list[dict[str, Any]]:
+        from . import format as fmt
+
+        return fmt.history_rows(self.store.resolve(reference))
+
+    # -- containers -----------------------------------------------------------------------------------------------
+
+    def containers(self, all: bool = True) -> list[ContainerRow]:
+        from .runtime import SandboxError
+
+        rows = []
+        now = time.monotonic()
+        seen = set()
+        for info in self.runtime.list(all=all):
+            limits = info.spec.limits
+            usage = None
+            if info.state.status in ("running", "paused"):
+                try:
+                    usage = self.runtime.stats(info.id).usage
+                except SandboxError:
+                    usage = None
+            cpu_percent = None
+            if usage is not None and usage.cpu_ns is not None:
+                seen.add(info.id)
+                with self._lock:
+                    before = self._cpu.get(info.id)
+                    self._cpu[info.id] = (now, usage.cpu_ns)
+                if before is not None and now > before[0]:
+                    cpu_percent = max(0.0, (usage.cpu_ns - before[1]) / 1e9 / (now - before[0]) * 100)
+            rows.append(ContainerRow(
+                id=info.id, name=info.name, image=info.image, status=info.state.status,
+                created_at=info.state.created_at, started_at=info.state.started_at, exit_code=info.state.exit_code,
+                cpu_percent=cpu_percent, memory=usage.memory_current if usage else None,
+                memory_limit=limits.memory, cpus=limits.cpus, pids=usage.pids if usage else None,
+                pids_limit=limits.pids))
+        with self._lock:
+            for gone in set(self._cpu) - seen:
+                del self._cpu[gone]
+        return rows
+
+    def create(self, image: str, *, name: str | None = None, command: tuple[str, ...] = (),
+               limits: LimitsRow | None = None, start: bool = True) -> str:
+        self.store.resolve(image)  # a clear error for an image that is not here, before anything is made
+        spec = ContainerSpec(image=image, name=name, command=tuple(command),
+                             limits=to_limits(limits) if limits is not None else Limits())
+        if start:
+            return self.runtime.run_detached(spec)
+        return self.runtime.create(spec)
+
+    def start(self, ref: str) -> None:
+        self.runtime.start(ref)
+
+    def stop(self, ref: str, timeout: float = 10.0) -> None:
+        self.runtime.stop(ref, timeout=timeout)
+
+    def remove(self, ref: str, force: bool = False) -> str:
+        return self.runtime.remove(ref, force=force)
+
+    def commit(self, ref: str, target: str | None = None, message: str | None = None) -> str:
+        return self.runtime.commit(ref, target, message=message).id
+
+    def limits(self, ref: str) -> LimitsRow:
+        return limits_row(self.runtime.get(ref).spec.limits)
+
+    def set_limits(self, ref: str, limits: LimitsRow) -> LimitsRow:
+        current = self.runtime.get(ref).spec.limits
+        return limits_row(self.runtime.update(ref, to_limits(limits, current)))
+
+    def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None]) -> int:
+        return self.runtime.exec(ref, argv, stdin=None,
+                                 stdout=lambda d: output("stdout", d.decode(errors="replace")),
+                                 stderr=lambda d: output("stderr", d.decode(errors="replace")))
+
+
+def as_json(value: Any) -> Any:
+    """A client result as JSON values (dataclasses become dicts)."""
+    if isinstance(value, list):
+        return [as_json(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return value

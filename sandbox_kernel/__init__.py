@@ -19,6 +19,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """``jupyter server extension enable sandbox_kernel``: the REST API lives in sandbox_kernel.server."""
+    return [{"module": "sandbox_kernel.server"}]
+
+
 def load_ipython_extension(ipython: Any) -> None:
     from .magics import register
 

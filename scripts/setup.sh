@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # gcc and libc6-dev: the runtime compiles its small exec helper (sandbox_kernel/runtime/sk_exec.c).
-DEB_PACKAGES=(busybox-static mmdebstrap skopeo umoci zstd podman runc bubblewrap gcc libc6-dev docker-registry)
+# chromium: the panel's browser test drives Debian's chromium with Playwright (no browser download).
+DEB_PACKAGES=(busybox-static mmdebstrap skopeo umoci zstd podman runc bubblewrap gcc libc6-dev docker-registry chromium)
 
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
@@ -31,6 +32,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[test]' </dev/null
   touch "$stamp"
 fi
+# The server extension's jupyter config: a wheel installs it (pyproject's data-files), an editable
+# install does not, so it is put in place here (in the venv only).
+install -D -m 644 jupyter-config/jupyter_server_config.d/sandbox_kernel.json \
+  .venv/etc/jupyter/jupyter_server_config.d/sandbox_kernel.json
 # Bytecode for the package even where PYTHONDONTWRITEBYTECODE is set: every `sandbox-kernel`
 # command would otherwise compile its modules again (tens of milliseconds). Only changed files
 # are recompiled.

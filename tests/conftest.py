@@ -54,6 +54,19 @@ def debian_store(tmp_path_factory) -> Store:
     return store
 
 
+def busybox_copy(base_store: Store, dest: Path) -> Store:
+    """A store of its own at ``dest`` holding localhost/busybox (saved from the session's store, loaded)."""
+    from sandbox_kernel.runtime import load, save
+
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / "busybox.tar"
+    save(base_store, ["localhost/busybox:latest"], archive)
+    store = Store(dest / "store")
+    load(store, archive)
+    archive.unlink()
+    return store
+
+
 @pytest.fixture(scope="session")
 def root(base_store) -> Path:
     """The store of the container tests (the session's busybox store)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import busybox_copy
 from ipywidgets.widgets.tests.utils import setup_test_comm, teardown_test_comm
 
 from sandbox_kernel.client import LimitsRow, LocalClient
@@ -32,12 +33,7 @@ def dummy_comm():
 @pytest.fixture
 def client(tmp_path, base_store) -> LocalClient:
     """A store of the test's own with busybox in it (loaded from the session's store), cleaned up after."""
-    from sandbox_kernel.runtime import load, save
-
-    archive = tmp_path / "busybox.tar"
-    save(base_store, [BUSYBOX], archive)
-    store = Store(tmp_path / "store")
-    load(store, archive)
+    store = busybox_copy(base_store, tmp_path / "copy")
     client = LocalClient(store)
     yield client
     for info in Containers(store).list(all=True):

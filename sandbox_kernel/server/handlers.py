@@ -1,0 +1,364 @@
+"""The REST API under ``/sandbox-kernel/api/``: the client API (client.py) over HTTP.
+
+Every handler is a jupyter_server ``APIHandler`` behind ``@web.authenticated``:
+the server's token (``Authorization: token T``, or its login cookie with the
+``_xsrf`` rules for a browser) or 403. Replies are JSON; errors are
+``{"message": one line}`` with a status that says whose fault it was (400 bad
+input, 404 no such image or container, 409 a state that forbids it, 502 the
+registry). Work that takes time (a pull, an exec) streams server-sent events:
+``progress``/``stdout``/``stderr`` as it goes, then ``done`` or ``error``.
+The runtime's calls block, so they run in worker threads, never on the
+server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from http.client import responses
+from importlib import resources
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from ..client import LimitsRow, LocalClient, Progress, as_json
+from ..runtime import (
+    ContainerNotFound,
+    ImageInUse,
+    ImageNotFound,
+    ReferenceFormatError,
+    RegistryError,
+    SandboxError,
+    UsageError,
+)
+
+BASE = "sandbox-kernel/api"
+PROGRESS_EVERY = 0.1  # seconds between progress events of a pull
+
+
+def _status_for(exc: SandboxError) -> int:
+    if isinstance(exc, ImageNotFound | ContainerNotFound):
+        return 404
+    if isinstance(exc, UsageError | ReferenceFormatError):
+        return 400
+    if isinstance(exc, RegistryError):
+        return 502
+    if isinstance(exc, ImageInUse):
+        return 409
+    return 409  # the container or image is in a state that forbids it (running, stopped, ...)
+
+
+def _http_error(exc: SandboxError) -> web.HTTPError:
+    return web.HTTPError(_status_for(exc), "%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def _bad(message: str) -> web.HTTPError:
+    return web.HTTPError(400, "%s", message)
+
+
+class _Handler(APIHandler):
+    @property
+    def client(self) -> LocalClient:
+        return self.settings["sandbox_kernel_client"]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """``{"message": ...}`` with the error's own words (APIHandler's would show "%s" for an
+        HTTPError made with arguments, and doubles every '%' of one made without)."""
+        exc = (kwargs.get("exc_info") or (None, None, None))[1]
+        if not isinstance(exc, web.HTTPError):
+            super().write_error(status_code, **kwargs)
+            return
+        self.set_header("Content-Type", "application/json")
+        message = exc.get_message() if hasattr(exc, "get_message") else exc.log_message
+        self.finish(json.dumps({"message": message or responses.get(status_code, "Unknown HTTP Error"),
+                                "reason": exc.reason}))
+
+    def body(self) -> dict[str, Any]:
+        """The request's JSON object; 400 for anything else."""
+        if not self.request.body:
+            return {}
+        try:
+            data = json.loads(self.request.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _bad(f"the body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise _bad("the body must be a JSON object")
+        return data
+
+    async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        except SandboxError as exc:
+            raise _http_error(exc) from None
+
+    def reply(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(as_json(value)))
+
+    async def stream(self, work: Callable[[Callable[[str, Any], None]], Any]) -> None:
+        """Run ``work(emit)`` in a thread and send what it emits as server-sent events, then
+        ``done`` (with what it returned) or ``error``."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue()
+
+        def emit(event: str, data: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (event, data))
+
+        def run() -> None:
+            try:
+                emit("done", as_json(work(emit)))
+            except SandboxError as exc:
+                emit("error", {"message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                               "status": _status_for(exc)})
+            except Exception as exc:  # a bug: still one line to the client, and the log has it
+                self.log.exception("sandbox-kernel: %s failed", self.request.path)
+                emit("error", {"message": f"internal error: {type(exc).__name__}", "status": 500})
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        worker = loop.run_in_executor(None, run)
+        connected = True
+        while (item := await queue.get()) is not None:
+            if not connected:
+                continue
+            event, data = item
+            try:
+                self.write(f"event: {event}\ndata: {json.dumps(data)}\n\n")
+                await self.flush()
+            except StreamClosedError:
+                connected = False  # the work goes on to its end (a pull half done is resumed next time)
+        await worker
+        if connected:
+            self.finish()
+
+
+def _ref(path_arg: str) -> str:
+    """A path argument (tornado has already percent-decoded it: an image's '/' comes as %2F)."""
+    ref = path_arg
+    if not ref or "\0" in ref:
+        raise _bad("empty or invalid reference")
+    return ref
+
+
+def _optional(body: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    """``body[key]`` if it is a ``kind`` (never a bool, which JSON's true would pass as an int), None if absent."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise _bad(f"{key}: expected {what}")
+    return value
+
+
+def _limits(body: Any) -> LimitsRow:
+    if not isinstance(body, dict):
+        raise _bad("limits: expected an object")
+    memory = _optional(body, "memory", int, "an integer number of bytes or null")
+    cpus = _optional(body, "cpus", (int, float), "a number of CPUs or null")
+    pids = _optional(body, "pids", int, "an integer or null")
+    if cpus is not None and not 0.01 <= cpus <= 1024:
+        raise _bad("cpus: must be between 0.01 and 1024")
+    if memory is not None and memory < 4 << 20:
+        raise _bad("memory: the minimum is 4 MiB (4194304 bytes)")
+    if pids is not None and pids < 1:
+        raise _bad("pids: must be at least 1")
+    return LimitsRow(memory=memory, cpus=None if cpus is None else float(cpus), pids=pids)
+
+
+def _strings(value: Any, key: str, *, empty: bool = True) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and "\0" not in v for v in value):
+        raise _bad(f"{key}: expected a list of strings")
+    if not empty and not value:
+        raise _bad(f"{key}: must not be empty")
+    return value
+
+
+# -- handlers ------------------------------------------------------------------------------------------------------
+
+class HostHandler(_Handler):
+    @web.authenticated
+    async def get(self) -> None:
+        self.reply(await self.call(self.client.host))
+
+
+class ImagesHandler(_Handler):
+    @web.authenticated
+    async def get(self) -> None:
+        self.reply(await self.call(self.client.images))
+
+
+class PullHandler(_Handler):
+    @web.authenticated
+    async def post(self) -> None:
+        body = self.body()
+        reference = body.get("reference")
+        if not isinstance(reference, str) or not reference:
+            raise _bad("reference: expected an image reference such as registry/name:tag")
+        platform = _optional(body, "platform", str, "a platform such as linux/amd64")
+        insecure = body.get("insecure", False)
+        if not isinstance(insecure, bool):
+            raise _bad("insecure: expected true or false")
+        from ..runtime import parse_reference
+
+        try:
+            parse_reference(reference)
+        except SandboxError as exc:
+            raise _http_error(exc) from None
+
+        def work(emit: Callable[[str, Any], None]) -> dict[str, str]:
+            last = [0.0]
+
+            def progress(state: Progress) -> None:
+                now = time.monotonic()
+                if state.finished or now - last[0] >= PROGRESS_EVERY:
+                    last[0] = now
+                    emit("progress", {"done": state.done, "total": state.total, "fraction": state.fraction,
+                                      "layers": {k: {"done": d, "total": t} for k, (d, t) in state.layers.items()}})
+
+            digest = self.client.pull(reference, platform=platform, insecure=insecure, progress=progress)
+            return {"reference": reference, "digest": digest}
+
+        await self.stream(work)
+
+
+class ImageHandler(_Handler):
+    @web.authenticated
+    async def delete(self, ref: str) -> None:
+        force = self.get_query_argument("force", "0") in ("1", "true")
+        self.reply({"untagged": await self.call(self.client.remove_image, _ref(ref), force)})
+
+
+class HistoryHandler(_Handler):
+    @web.authenticated
+    async def get(self, ref: str) -> None:
+        self.reply(await self.call(self.client.history, _ref(ref)))
+
+
+class ContainersHandler(_Handler):
+    @web.authenticated
+    async def get(self) -> None:
+        all_ = self.get_query_argument("all", "1") not in ("0", "false")
+        self.reply(await self.call(self.client.containers, all_))
+
+    @web.authenticated
+    async def post(self) -> None:
+        body = self.body()
+        image = body.get("image")
+        if not isinstance(image, str) or not image:
+            raise _bad("image: expected an image reference")
+        name = _optional(body, "name", str, "a container name")
+        command = _strings(body.get("command", []), "command")
+        limits = _limits(body["limits"]) if body.get("limits") is not None else None
+        start = body.get("start", True)
+        if not isinstance(start, bool):
+            raise _bad("start: expected true or false")
+        cid = await self.call(self.client.create, image, name=name, command=tuple(command), limits=limits,
+                              start=start)
+        self.reply({"id": cid}, status=201)
+
+
+class ContainerHandler(_Handler):
+    @web.authenticated
+    async def get(self, ref: str) -> None:
+        ref = _ref(ref)
+
+        def find() -> Any:
+            for row in self.client.containers(all=True):
+                if ref in (row.id, row.name) or (len(ref) >= 3 and row.id.startswith(ref)):
+                    return row
+            raise ContainerNotFound(f"no such container: {ref}")
+
+        self.reply(await self.call(find))
+
+    @web.authenticated
+    async def delete(self, ref: str) -> None:
+        force = self.get_query_argument("force", "0") in ("1", "true")
+        self.reply({"id": await self.call(self.client.remove, _ref(ref), force)})
+
+
+class ActionHandler(_Handler):
+    """POST /containers/REF/start|stop."""
+
+    @web.authenticated
+    async def post(self, ref: str, action: str) -> None:
+        ref = _ref(ref)
+        if action == "start":
+            await self.call(self.client.start, ref)
+        else:
+            timeout = self.body().get("timeout", 10)
+            if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 <= timeout <= 3600:
+                raise _bad("timeout: expected seconds, 0 to 3600")
+            await self.call(self.client.stop, ref, float(timeout))
+        self.reply({"id": ref, "action": action})
+
+
+class LimitsHandler(_Handler):
+    @web.authenticated
+    async def get(self, ref: str) -> None:
+        self.reply(await self.call(self.client.limits, _ref(ref)))
+
+    @web.authenticated
+    async def put(self, ref: str) -> None:
+        ref = _ref(ref)
+        self.reply(await self.call(self.client.set_limits, ref, _limits(self.body())))
+
+
+class CommitHandler(_Handler):
+    @web.authenticated
+    async def post(self, ref: str) -> None:
+        body = self.body()
+        target = _optional(body, "reference", str, "an image reference")
+        message = _optional(body, "message", str, "a message")
+        image_id = await self.call(self.client.commit, _ref(ref), target, message)
+        self.reply({"id": image_id, "reference": target}, status=201)
+
+
+class ExecHandler(_Handler):
+    @web.authenticated
+    async def post(self, ref: str) -> None:
+        ref = _ref(ref)
+        argv = _strings(self.body().get("argv"), "argv", empty=False)
+        info = await self.call(self.client.runtime.get, ref)  # 404 before the stream starts
+        if not info.running:
+            raise _http_error(SandboxError(f"container {info.name} is not running"))
+
+        def work(emit: Callable[[str, Any], None]) -> dict[str, int]:
+            return {"exit_code": self.client.exec(ref, argv, lambda stream, text: emit(stream, {"text": text}))}
+
+        await self.stream(work)
+
+
+class OpenAPIHandler(_Handler):
+    @web.authenticated
+    async def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(resources.files(__package__).joinpath("openapi.json").read_text())
+
+
+REF = r"([^/]+)"  # a container name or id, or an image reference with its '/' escaped as %2F
+
+
+def handlers(base_url: str) -> list[tuple[str, type, ...]]:  # type: ignore[misc]
+    routes: list[tuple[str, type]] = [
+        ("host", HostHandler),
+        ("images", ImagesHandler),
+        ("images/pull", PullHandler),
+        (f"images/{REF}/history", HistoryHandler),
+        (f"images/{REF}", ImageHandler),
+        ("containers", ContainersHandler),
+        (f"containers/{REF}/(start|stop)", ActionHandler),
+        (f"containers/{REF}/limits", LimitsHandler),
+        (f"containers/{REF}/commit", CommitHandler),
+        (f"containers/{REF}/exec", ExecHandler),
+        (f"containers/{REF}", ContainerHandler),
+        ("openapi.json", OpenAPIHandler),
+    ]
+    return [(url_path_join(base_url, BASE, path), handler) for path, handler in routes]

@@ -1,0 +1,151 @@
+"""The REST API (sandbox_kernel/server) in a real Jupyter server on 127.0.0.1, over HTTP."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from conftest import busybox_copy
+from jupyter_infra import jupyter_server
+
+from sandbox_kernel.runtime import Containers, ContainerSpec, RegistryOptions, push
+
+pytest_plugins = ["registry_infra"]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+BUSYBOX = "localhost/busybox:latest"
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def served(base_store, tmp_path_factory):
+    """A Jupyter server with the extension on a store of its own holding busybox; its containers go after."""
+    work = tmp_path_factory.mktemp("server")
+    store = busybox_copy(base_store, work / "copy")
+    with jupyter_server(work, store.root) as server:
+        yield server, store
+    containers = Containers(store)
+    for info in containers.list(all=True):
+        containers.remove(info.id, force=True)
+
+
+def quoted(ref: str) -> str:
+    return urllib.parse.quote(ref, safe="")
+
+
+def test_every_route_wants_the_token(served):
+    server, _ = served
+    for method, path, body in [("GET", "images", None), ("GET", "containers", None), ("GET", "host", None),
+                               ("POST", "containers", {"image": BUSYBOX}), ("POST", "images/pull", {"reference": "x"}),
+                               ("PUT", "containers/x/limits", {}), ("DELETE", f"images/{quoted(BUSYBOX)}", None),
+                               ("GET", "openapi.json", None)]:
+        status, reply = server.request(method, path, body, token=False)
+        assert status == 403, (method, path, status, reply)
+    status, _ = server.request("GET", "images", None, token=True)
+    assert status == 200
+
+
+def test_bad_input_is_a_400_with_a_message(served):
+    server, _ = served
+    status, reply = server.request("POST", "containers", raw=b"{not json")
+    assert status == 400 and "not JSON" in reply["message"]
+    status, reply = server.request("POST", "containers", raw=b"[1, 2]")
+    assert status == 400 and "JSON object" in reply["message"]
+    status, reply = server.request("POST", "containers", {"image": BUSYBOX, "command": "echo hi"})
+    assert status == 400 and "command" in reply["message"]
+    status, reply = server.request("POST", "containers", {"image": "Not A Ref!"})
+    assert status == 400, reply
+    status, reply = server.request("POST", "images/pull", {"reference": "not a reference!"})
+    assert status == 400, reply
+    status, reply = server.request("PUT", "containers/nobody/limits", {"memory": "lots"})
+    assert status == 400 and "memory" in reply["message"]
+    status, reply = server.request("GET", "containers/nobody")
+    assert status == 404 and reply["message"] == "no such container: nobody"
+    status, reply = server.request("GET", f"images/{quoted('localhost/none:1')}/history")
+    assert status == 404
+
+
+def test_list_run_exec_streams_limits_commit_stop_rm(served):
+    server, _ = served
+    status, images = server.request("GET", "images")
+    assert status == 200 and [i["ref"] for i in images] == [BUSYBOX]
+    status, host = server.request("GET", "host")
+    assert status == 200 and host["cpus"] >= 1 and host["memory"] > 0
+    status, created = server.request("POST", "containers", {
+        "image": BUSYBOX, "name": "api-web", "command": ["sh", "-c", "echo state > /state; sleep 60"],
+        "limits": {"memory": 64 * MIB, "pids": 100}})
+    assert status == 201, created
+    status, rows = server.request("GET", "containers")
+    row = next(r for r in rows if r["name"] == "api-web")
+    assert row["status"] == "running" and row["memory_limit"] == 64 * MIB and row["pids_limit"] == 100
+    status, one = server.request("GET", "containers/api-web")
+    assert status == 200 and one["id"] == created["id"]
+
+    # exec: output streams as it is written (the first line long before the second)
+    events = list(server.events("containers/api-web/exec",
+                                {"argv": ["sh", "-c", "echo one; sleep 1; echo two >&2; exit 3"]}))
+    kinds = [(e, d) for _, e, d in events]
+    assert kinds == [("stdout", {"text": "one\n"}), ("stderr", {"text": "two\n"}), ("done", {"exit_code": 3})]
+    assert events[1][0] - events[0][0] > 0.5, "the first line came before the command ended"
+    assert server.request("POST", "containers/nobody/exec", {"argv": ["true"]})[0] == 404
+    assert server.request("POST", "containers/api-web/exec", {"argv": []})[0] == 400
+
+    # limits: applied live, and refused (nothing changed) below what it uses or above the host
+    status, limits = server.request("PUT", "containers/api-web/limits", {"memory": 32 * MIB, "cpus": 0.5,
+                                                                           "pids": 50})
+    assert status == 200 and limits == {"memory": 32 * MIB, "cpus": 0.5, "pids": 50}
+    status, reply = server.request("PUT", "containers/api-web/limits", {"memory": host["memory"] + MIB})
+    assert status == 400 and "more than this host has" in reply["message"]
+    assert server.request("GET", "containers/api-web/limits")[1]["memory"] == 32 * MIB
+
+    status, committed = server.request("POST", "containers/api-web/commit", {"reference": "localhost/api:snap"})
+    assert status == 201 and committed["id"].startswith("sha256:")
+    assert "localhost/api:snap" in [i["ref"] for i in server.request("GET", "images")[1]]
+    status, history = server.request("GET", f"images/{quoted('localhost/api:snap')}/history")
+    assert status == 200 and len(history) >= 2
+
+    assert server.request("DELETE", "containers/api-web")[0] == 409  # running: needs force
+    assert server.request("POST", "containers/api-web/stop", {"timeout": 1})[0] == 200
+    assert server.request("GET", "containers/api-web")[1]["status"] == "exited"
+    assert server.request("POST", "containers/api-web/start")[0] == 200
+    assert server.request("DELETE", "containers/api-web?force=1")[0] == 200
+    assert server.request("GET", "containers/api-web")[0] == 404
+    status, removed = server.request("DELETE", f"images/{quoted('localhost/api:snap')}")
+    assert status == 200 and removed["untagged"] == ["localhost/api:snap"]
+
+
+def test_pull_streams_progress_from_the_local_registry(served, plain_registry):
+    server, store = served
+    remote = plain_registry.ref("api/busybox:1")
+    push(store, BUSYBOX, remote, options=RegistryOptions(insecure=True))
+    events = [(e, d) for _, e, d in server.events("images/pull", {"reference": remote, "insecure": True})]
+    progress = [d for e, d in events if e == "progress"]
+    assert progress and progress[-1]["fraction"] == 1.0 and progress[-1]["done"] == progress[-1]["total"] > 0
+    assert [f["fraction"] for f in progress] == sorted(f["fraction"] for f in progress)
+    assert events[-1] == ("done", {"reference": remote, "digest": store.resolve(BUSYBOX).manifest_digest})
+    assert remote in [i["ref"] for i in server.request("GET", "images")[1]]
+    dead = list(server.events("images/pull", {"reference": "127.0.0.1:9/nothing:1", "insecure": True}))
+    assert [e for _, e, _ in dead] == ["error"] and "cannot reach registry" in dead[0][2]["message"]
+
+
+@pytest.mark.timeout(600)
+def test_schemathesis_finds_no_server_error(served, tmp_path):
+    """Generated requests for every operation of the OpenAPI description (but pull, which would go out to
+    registries on the internet for a generated name): none gets a 5xx."""
+    server, store = served
+    schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+    assert schemathesis, "schemathesis is a test dependency"
+    # real things for the path parameters, so that requests reach more than "no such container"
+    Containers(store).run_detached(ContainerSpec(image=BUSYBOX, name="fuzz", command=("sleep", "3600")))
+    (tmp_path / "schemathesis.toml").write_text(
+        '[parameters]\ncontainer = "fuzz"\nimage = "localhost/busybox:latest"\n')
+    run = subprocess.run(
+        [schemathesis, "run", f"{server.url}/sandbox-kernel/api/openapi.json", "--url",
+         f"{server.url}/sandbox-kernel/api", "-H", f"Authorization: token {server.token}",
+         "--checks", "not_a_server_error", "--exclude-path", "/images/pull", "--max-examples", "30",
+         "--phases", "examples,coverage,fuzzing", "--request-timeout", "60", "--no-color"],
+        capture_output=True, text=True, timeout=580, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]

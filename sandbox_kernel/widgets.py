@@ -116,14 +116,17 @@ class Panel(w.VBox):
         ])
 
         # -- limits
+        wide = {"description_width": "7em"}
         memory_max = max(4, host.memory // _MIB)
         pids_max = min(host.pids, 65536)
-        self.limits_target = w.Dropdown(description="For", options=[NEW], value=NEW)
+        self.limits_target = w.Dropdown(description="For", options=[NEW], value=NEW, style=wide)
         self.memory = w.IntSlider(value=memory_max, min=4, max=memory_max, step=4, description="Memory MiB",
-                                  continuous_update=False)
+                                  continuous_update=False, style=wide, layout=w.Layout(width="32em"))
         self.cpus = w.FloatSlider(value=float(host.cpus), min=0.05, max=float(host.cpus), step=0.05,
-                                  description="CPUs", continuous_update=False)
-        self.pids = w.IntSlider(value=pids_max, min=1, max=pids_max, description="PIDs", continuous_update=False)
+                                  description="CPUs", continuous_update=False, style=wide,
+                                  layout=w.Layout(width="32em"))
+        self.pids = w.IntSlider(value=pids_max, min=1, max=pids_max, description="PIDs", continuous_update=False,
+                                style=wide, layout=w.Layout(width="32em"))
         self.limits_note = w.Label(value="")
         limits_tab = w.VBox([self.limits_target, self.memory, self.cpus, self.pids, self.limits_note])
 

@@ -1,0 +1,118 @@
+"""The panel in a real JupyterLab, in headless Chromium (Debian's), driven by Playwright.
+
+JupyterLab on 127.0.0.1 with a token and a store of the test's own; a notebook
+whose one cell shows the panel. The test runs the cell, types a reference of
+the test's registry, clicks Pull, watches the bar reach 100% and the image
+appear in the table, moves the memory slider of a running container (and
+checks its cgroup), and saves a screenshot. It asserts on the DOM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from conftest import busybox_copy
+from jupyter_infra import jupyter_server
+
+from sandbox_kernel.runtime import Containers, ContainerSpec, Limits, RegistryOptions, push
+
+pytest_plugins = ["registry_infra"]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+CHROMIUM = "/usr/bin/chromium"
+BUSYBOX = "localhost/busybox:latest"
+MIB = 1 << 20
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+
+def notebook(source: str) -> dict:
+    return {"cells": [{"cell_type": "code", "execution_count": None, "id": "panel", "metadata": {}, "outputs": [],
+                       "source": source}],
+            "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+@pytest.fixture
+def output_dir(request, tmp_path) -> Path:
+    """Where the screenshot goes: $SANDBOX_KERNEL_TEST_OUTPUT/<test> if set, else the test's temp dir."""
+    base = os.environ.get("SANDBOX_KERNEL_TEST_OUTPUT")
+    out = Path(base) / request.node.name if base else tmp_path / "output"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def test_pull_and_slider_in_jupyterlab(base_store, plain_registry, tmp_path, output_dir):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    store = busybox_copy(base_store, tmp_path / "copy")
+    remote = plain_registry.ref("browser/busybox:1")
+    push(store, BUSYBOX, remote, options=RegistryOptions(insecure=True))
+    containers = Containers(store)
+    containers.run_detached(ContainerSpec(image=BUSYBOX, name="lab-demo", limits=Limits(memory=128 * MIB),
+                                          command=("sleep", "600")))
+    work = tmp_path / "lab"
+    (work / "notebooks").mkdir(parents=True)
+    (work / "notebooks" / "panel.ipynb").write_text(json.dumps(notebook(
+        "import sandbox_kernel\npanel = sandbox_kernel.Panel(refresh=1)\npanel")))
+    try:
+        with jupyter_server(work, store.root, lab=True) as server, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.set_default_timeout(60_000)
+                page.goto(f"{server.url}/lab/tree/panel.ipynb?token={server.token}")
+                cell = page.locator(".jp-CodeCell").first
+                expect(cell).to_be_visible()
+                # the kernel is up and idle (its name and state in the status bar) before the cell runs
+                expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=90_000)
+                cell.locator(".cm-content").click()
+                page.keyboard.press("Shift+Enter")
+                expect(cell.locator(".jp-InputArea-prompt")).to_have_text(re.compile(r"\[1\]"), timeout=90_000)
+                panel = page.locator(".sk-panel")
+                try:
+                    expect(panel).to_be_visible(timeout=60_000)
+                except AssertionError:
+                    page.screenshot(path=str(output_dir / "no-panel.png"), full_page=True)
+                    raise AssertionError(f"no panel; the cell's output: {cell.locator('.jp-OutputArea').inner_text()!r}"
+                                         ) from None
+                expect(panel.locator("table.sk-images")).to_contain_text("localhost/busybox:latest")
+                expect(panel.locator("table.sk-containers")).to_contain_text("lab-demo")
+
+                # Pull: the bar goes to 100% and the image shows up in the table
+                panel.get_by_placeholder("busybox:latest or registry/name:tag").fill(remote)
+                panel.get_by_text("insecure (http)").click()
+                panel.get_by_role("button", name="Pull").click()
+                bar = panel.locator(".sk-pull-bar .progress-bar")
+                expect(bar).to_have_attribute("style", re.compile(r"width:\s*100%"), timeout=60_000)
+                expect(panel.locator("table.sk-images")).to_contain_text(remote)
+                expect(panel.locator(".widget-label", has_text="pulled")).to_be_visible()
+                page.screenshot(path=str(output_dir / "pulled.png"), full_page=True)
+
+                # Limits: pick the running container, set the memory slider to 96 MiB
+                panel.get_by_role("tab", name="Limits").click()
+                panel.locator(".widget-dropdown select").last.select_option("lab-demo")
+                memory = panel.locator(".widget-slider", has_text="Memory MiB")
+                readout = memory.locator(".widget-readout")
+                expect(readout).to_have_text("128")
+                readout.click()
+                page.keyboard.press("Control+A")
+                page.keyboard.type("96")
+                page.keyboard.press("Enter")
+                expect(panel.locator(".widget-label", has_text="applied: memory 96.0 MiB")).to_be_visible()
+                assert containers.get("lab-demo").spec.limits.memory == 96 * MIB
+                assert containers.stats("lab-demo").limits.memory == 96 * MIB
+                expect(panel.locator(".sk-error")).not_to_contain_text("Traceback")
+
+                page.screenshot(path=str(output_dir / "panel.png"), full_page=True)
+                assert (output_dir / "panel.png").stat().st_size > 10_000
+            finally:
+                browser.close()
+    finally:
+        for info in containers.list(all=True):
+            containers.remove(info.id, force=True)

@@ -140,12 +140,15 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Containers for notebooks, with docker's habits.")
     parser.add_argument("--root", help="the store directory (default $SANDBOX_KERNEL_ROOT or /var/lib/sandbox-kernel)")
+    parser.add_argument("-H", "--host", metavar="URL",
+                        help="a Jupyter server with sandbox-kernel's API to work on instead of this machine "
+                        "(default $SANDBOX_KERNEL_HOST; its token in $SANDBOX_KERNEL_TOKEN)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, subcommand=name)  # (not args.command: run's CMD is args.command too)
         return p
 
     p = add("load", cmd_load, "load images from an OCI layout dir, an oci-archive or a docker-archive")
@@ -192,6 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        host = args.host or os.environ.get("SANDBOX_KERNEL_HOST")
+        if host:
+            from .cli_remote import run_remote
+            from .remote import RemoteClient
+
+            return run_remote(getattr(args, "subcommand", None) or args.func.__name__.removeprefix("cmd_"),
+                              RemoteClient(host), args)
         return args.func(args)
     except SandboxError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -40,6 +40,7 @@ class ContainerRow:
     status: str  # created, running, paused, exited
     created_at: float
     started_at: float | None
+    finished_at: float | None
     exit_code: int | None
     cpu_percent: float | None  # of one CPU, since the previous listing (None: first look, or not running)
     memory: int | None  # bytes used now
@@ -114,7 +115,8 @@ class Client(Protocol):
     def start(self, ref: str) -> None: ...
     def stop(self, ref: str, timeout: float = 10.0) -> None: ...
     def remove(self, ref: str, force: bool = False) -> str: ...
-    def commit(self, ref: str, target: str | None = None, message: str | None = None) -> str: ...
+    def commit(self, ref: str, target: str | None = None, message: str | None = None,
+               created_by: str | None = None) -> str: ...
     def limits(self, ref: str) -> LimitsRow: ...
     def set_limits(self, ref: str, limits: LimitsRow) -> LimitsRow: ...
     def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None]) -> int: ...
@@ -135,9 +137,9 @@ def to_limits(row: LimitsRow, base: Limits | None = None) -> Limits:
 class LocalClient:
     """The client API on this machine's runtime (the store at ``store``'s root)."""
 
-    def __init__(self, store: Store | None = None):
+    def __init__(self, store: Store | None = None, containers: Containers | None = None):
         self.store = store or Store()
-        self._containers: Containers | None = None
+        self._containers: Containers | None = containers
         self._cpu: dict[str, tuple[float, int]] = {}  # container id -> (when, cpu ns) of the last listing
         self._lock = threading.Lock()
 
@@ -214,7 +216,8 @@ class LocalClient:
                     cpu_percent = max(0.0, (usage.cpu_ns - before[1]) / 1e9 / (now - before[0]) * 100)
             rows.append(ContainerRow(
                 id=info.id, name=info.name, image=info.image, status=info.state.status,
-                created_at=info.state.created_at, started_at=info.state.started_at, exit_code=info.state.exit_code,
+                created_at=info.state.created_at, started_at=info.state.started_at,
+                finished_at=info.state.finished_at, exit_code=info.state.exit_code,
                 cpu_percent=cpu_percent, memory=usage.memory_current if usage else None,
                 memory_limit=limits.memory, cpus=limits.cpus, pids=usage.pids if usage else None,
                 pids_limit=limits.pids))
@@ -241,8 +244,9 @@ class LocalClient:
     def remove(self, ref: str, force: bool = False) -> str:
         return self.runtime.remove(ref, force=force)
 
-    def commit(self, ref: str, target: str | None = None, message: str | None = None) -> str:
-        return self.runtime.commit(ref, target, message=message).id
+    def commit(self, ref: str, target: str | None = None, message: str | None = None,
+               created_by: str | None = None) -> str:
+        return self.runtime.commit(ref, target, message=message, created_by=created_by).id
 
     def limits(self, ref: str) -> LimitsRow:
         return limits_row(self.runtime.get(ref).spec.limits)

@@ -76,6 +76,12 @@ def image_rows(store: Store, match: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+def split_ref(ref: str) -> tuple[str, str]:
+    """``registry:5000/name:tag`` -> (``registry:5000/name``, ``tag``); no tag -> (ref, "")."""
+    name, _, tag = ref.rpartition(":")
+    return (name, tag) if name and "/" not in tag else (ref, "")
+
+
 def images_table(store: Store, match: str | None = None) -> str:
     rows = [
         [r["Repository"], r["Tag"] or "<none>", r["Id"].split(":", 1)[1][:12], time_ago(r["Created"]),
@@ -156,12 +162,18 @@ def _iso(timestamp: float | None) -> str | None:
 def container_status(info: ContainerInfo, now: float | None = None) -> str:
     """docker ps's STATUS: ``Up 3 minutes``, ``Exited (0) 2 seconds ago``, ``Created``."""
     state = info.state
+    return status_text(state.status, state.created_at, state.started_at, state.finished_at, state.exit_code, now)
+
+
+def status_text(status: str, created_at: float, started_at: float | None, finished_at: float | None,
+                exit_code: int | None, now: float | None = None) -> str:
+    """:func:`container_status` from the parts (what a remote server sends)."""
     now_dt = _dt.datetime.fromtimestamp(now, _dt.UTC) if now else None
-    if state.status in ("running", "paused", "starting"):
-        up = time_ago(_iso(state.started_at or state.created_at), now_dt).removesuffix(" ago")
-        return f"Up {up}" + (" (Paused)" if state.status == "paused" else "")
-    if state.status == "exited":
-        return f"Exited ({state.exit_code}) {time_ago(_iso(state.finished_at), now_dt)}"
+    if status in ("running", "paused", "starting"):
+        up = time_ago(_iso(started_at or created_at), now_dt).removesuffix(" ago")
+        return f"Up {up}" + (" (Paused)" if status == "paused" else "")
+    if status == "exited":
+        return f"Exited ({exit_code}) {time_ago(_iso(finished_at), now_dt)}"
     return "Created"
 
 

@@ -28,6 +28,8 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from . import format as fmt
 from . import sanitize, values
+from .client import Client, ContainerRow, LocalClient, Progress, limits_row
+from .remote import RemoteClient
 from .runtime import (
     ContainerNotFound,
     Containers,
@@ -54,6 +56,9 @@ from .session import (
 )
 
 DEFAULT_IMAGE = "localhost/debian-python:latest"
+# what %container can do against a server (--remote, $SANDBOX_KERNEL_HOST): what its REST API offers
+REMOTE_COMMANDS = frozenset({"images", "pull", "ps", "exec", "stop", "rm", "commit", "history", "limits", "stats",
+                             "panel"})
 OWNER_LABEL = "sandbox-kernel.owner"
 KEEP_LABEL = "sandbox-kernel.keep"
 
@@ -132,6 +137,10 @@ class NotebookSink:
         publish_display_data(data, metadata)
 
 
+def _status_text(row: ContainerRow) -> str:
+    return fmt.status_text(row.status, row.created_at, row.started_at, row.finished_at, row.exit_code)
+
+
 def _size_text(value: int | None) -> str:
     """Bytes as a limit is usually written: 64 MiB, 1.5 GiB."""
     if value is None:
@@ -155,6 +164,8 @@ class ContainerMagics(Magics):
         self.default_name = f"notebook-{os.getpid()}"
         self.sink_factory: Callable[[bool], Any] = NotebookSink
         self._closed = False
+        self._client: Client | None = None
+        self.remote: RemoteClient | None = RemoteClient.from_environment()  # $SANDBOX_KERNEL_HOST
         atexit.register(self.shutdown)
 
     @property
@@ -169,6 +180,15 @@ class ContainerMagics(Magics):
             self._containers = Containers(self.store)
             self.reconcile()
         return self._containers
+
+    @property
+    def client(self) -> Client:
+        """What the line commands talk to: the server of ``--remote`` if one is set, else this machine."""
+        if self.remote is not None:
+            return self.remote
+        if self._client is None:
+            self._client = LocalClient(self.store, self.containers)
+        return self._client
 
     # -- life cycle ----------------------------------------------------------------------------------------------
 
@@ -221,6 +241,9 @@ class ContainerMagics(Magics):
     def container_cell(self, line: str, cell: str) -> Any:
         """Run the cell in a container."""
         args = parse_argstring(self.container_cell, line)
+        if self.remote is not None:
+            raise UsageError(f"%%container cells run on this kernel's machine, not on {self.remote.url}: "
+                             "%container --local first")
         if args.timeout is not None and args.timeout <= 0:
             raise UsageError("--timeout must be a positive number of seconds")
         inputs_names = [n.strip() for n in args.inputs.split(",") if n.strip()]
@@ -406,14 +429,36 @@ class ContainerMagics(Magics):
         if not words:
             raise UsageError("usage: %container pull|images|ps|run|exec|stop|rm|commit|diff|history|limits|"
                              "stats|push|network|panel ... (see %container? )")
+        if words[0] in ("--remote", "--local"):
+            return self._use_remote(words)
         command, rest = words[0], words[1:]
         handler = getattr(self, f"_cmd_{command}", None)
         if handler is None:
             raise UsageError(f"%container: unknown subcommand {command!r}")
+        if self.remote is not None and command not in REMOTE_COMMANDS:
+            raise UsageError(f"%container {command} works on this kernel's machine only, not against "
+                             f"{self.remote.url} (%container --local to come back)")
         try:
             return handler(rest)
         except SandboxError as exc:
             raise UsageError(str(exc)) from None
+
+    def _use_remote(self, words: list[str]) -> str:
+        """``%container --remote URL [--token T]``: line commands go to that server; ``--local``: back here."""
+        if words == ["--local"]:
+            self.remote = None
+            return "local runtime"
+        parser = self._parser("--remote")
+        parser.add_argument("--remote", required=True, metavar="URL")
+        parser.add_argument("--token")
+        args = parser.parse_args(words)
+        remote = RemoteClient(args.remote, args.token)
+        try:
+            remote.host()  # reachable, and the token works
+        except SandboxError as exc:
+            raise UsageError(str(exc)) from None
+        self.remote = remote
+        return f"remote: {remote.url}"
 
     @staticmethod
     def _parser(prog: str) -> Any:
@@ -433,15 +478,15 @@ class ContainerMagics(Magics):
         parser = self._parser("panel")
         parser.add_argument("--refresh", type=float, default=2.0)
         args = parser.parse_args(argv)
-        from .client import LocalClient
         from .widgets import Panel
 
-        return Panel(LocalClient(self.store), refresh=args.refresh)
+        return Panel(self.client, refresh=args.refresh)
 
     def _cmd_images(self, argv: list[str]) -> Table:
-        rows = fmt.image_rows(self.store, argv[0] if argv else None)
-        return Table([{"repository": r["Repository"], "tag": r["Tag"], "id": r["Id"].split(":", 1)[1][:12],
-                       "created": fmt.time_ago(r["Created"]), "size": fmt.human_size(r["Size"])} for r in rows],
+        rows = [r for r in self.client.images() if not argv or argv[0] in (r.ref, fmt.split_ref(r.ref)[0])]
+        return Table([{"repository": fmt.split_ref(r.ref)[0], "tag": fmt.split_ref(r.ref)[1],
+                       "id": r.id.split(":", 1)[1][:12], "created": fmt.time_ago(r.created),
+                       "size": fmt.human_size(r.size)} for r in rows],
                      ["repository", "tag", "id", "created", "size"])
 
     def _cmd_inspect(self, argv: list[str]) -> Any:
@@ -455,16 +500,17 @@ class ContainerMagics(Magics):
         parser.add_argument("--platform")
         parser.add_argument("--insecure", action="store_true")
         args = parser.parse_args(argv)
-        from .runtime import RegistryOptions, pull
+        done: set[str] = set()
 
-        def progress(event: Any) -> None:
-            if event.status in ("complete", "exists"):
-                print(f"{event.digest.split(':', 1)[-1][:12]}: {event.status}")
+        def progress(state: Progress) -> None:
+            for digest, (got, total) in state.layers.items():
+                if total and got >= total and digest not in done:
+                    done.add(digest)
+                    print(f"{digest.split(':', 1)[-1][:12]}: complete")
 
-        result = pull(self.store, args.reference, platform=args.platform,
-                      options=RegistryOptions(insecure=args.insecure), progress=progress)
-        print(f"Digest: {result.digest}")
-        return str(result.reference)
+        digest = self.client.pull(args.reference, platform=args.platform, insecure=args.insecure, progress=progress)
+        print(f"Digest: {digest}")
+        return str(args.reference)
 
     def _cmd_push(self, argv: list[str]) -> str:
         parser = self._parser("push")
@@ -478,9 +524,9 @@ class ContainerMagics(Magics):
         return f"{result.reference}@{result.digest}"
 
     def _cmd_ps(self, argv: list[str]) -> Table:
-        infos = self.containers.list(all="-a" in argv or "--all" in argv)
-        return Table([{"id": i.short_id, "name": i.name, "image": i.image, "status": fmt.container_status(i)}
-                      for i in infos], ["id", "name", "image", "status"])
+        rows = self.client.containers(all="-a" in argv or "--all" in argv)
+        return Table([{"id": r.id[:12], "name": r.name, "image": r.image, "status": _status_text(r)}
+                      for r in rows], ["id", "name", "image", "status"])
 
     def _cmd_run(self, argv: list[str]) -> int:
         parser = self._parser("run")
@@ -513,11 +559,11 @@ class ContainerMagics(Magics):
         if len(argv) < 2:
             raise UsageError("usage: %container exec NAME COMMAND...")
         sink = self.sink_factory(False)
-        return self.containers.exec(argv[0], argv[1:], stdin=None,
-                                    stdout=lambda d: sink.stream("stdout", d.decode(errors="replace")),
-                                    stderr=lambda d: sink.stream("stderr", d.decode(errors="replace")))
+        return self.client.exec(argv[0], argv[1:], sink.stream)
 
     def _forget(self, ref: str) -> None:
+        if self.remote is not None:
+            return
         with contextlib.suppress(SandboxError):
             info = self.containers.get(ref)
             session = self.sessions.pop(info.name, None)
@@ -530,7 +576,7 @@ class ContainerMagics(Magics):
         for ref in argv:
             self._forget(ref)
             with contextlib.suppress(SandboxError):  # (it may have stopped with its agent)
-                self.containers.stop(ref)
+                self.client.stop(ref)
             print(ref)
 
     def _cmd_rm(self, argv: list[str]) -> None:
@@ -541,7 +587,7 @@ class ContainerMagics(Magics):
         for ref in names:
             if force:
                 self._forget(ref)
-            print(self.containers.remove(ref, force=force))
+            print(self.client.remove(ref, force=force))
 
     def _cmd_commit(self, argv: list[str]) -> str:
         parser = self._parser("commit")
@@ -549,12 +595,12 @@ class ContainerMagics(Magics):
         parser.add_argument("reference", nargs="?")
         parser.add_argument("-m", "--message")
         args = parser.parse_args(argv)
-        name = self.containers.get(args.container).name
+        name = args.container if self.remote is not None else self.containers.get(args.container).name
         cells = self.cells.get(name, [])
         created_by = "%%container\n" + "\n# ---\n".join(cells) if cells else None
-        image = self.containers.commit(args.container, args.reference, message=args.message, created_by=created_by)
+        image_id = self.client.commit(args.container, args.reference, args.message, created_by)
         self.cells[name] = []
-        return image.id
+        return image_id
 
     def _cmd_diff(self, argv: list[str]) -> Table:
         if len(argv) != 1:
@@ -564,7 +610,7 @@ class ContainerMagics(Magics):
     def _cmd_history(self, argv: list[str]) -> Table:
         if len(argv) != 1:
             raise UsageError("usage: %container history IMAGE")
-        rows = fmt.history_rows(self.store.resolve(argv[0]))
+        rows = self.client.history(argv[0])
         return Table([{"created": fmt.time_ago(r["Created"]), "created by": r["CreatedBy"],
                        "size": fmt.human_size(r["Size"]), "comment": r["Comment"]} for r in rows],
                      ["created", "created by", "size", "comment"])
@@ -576,13 +622,10 @@ class ContainerMagics(Magics):
         parser.add_argument("--cpus")
         parser.add_argument("--pids-limit", type=int)
         args = parser.parse_args(argv)
-        info = self.containers.get(args.container)
-        limits = self._limits(args, info.spec.limits)
-        if limits is not None:
-            self.containers.update(args.container, limits)
-        else:
-            limits = info.spec.limits
-        return Table([{"container": info.name, "memory": _size_text(limits.memory),
+        current = self.client.limits(args.container)
+        changed = self._limits(args, Limits(memory=current.memory, cpus=current.cpus, pids=current.pids))
+        limits = current if changed is None else self.client.set_limits(args.container, limits_row(changed))
+        return Table([{"container": args.container, "memory": _size_text(limits.memory),
                        "cpus": "no limit" if limits.cpus is None else f"{limits.cpus:g}",
                        "pids": "no limit" if limits.pids is None else limits.pids}])
 
@@ -611,15 +654,14 @@ class ContainerMagics(Magics):
         raise UsageError("usage: %container network create NAME [--subnet CIDR] [--nat] | ls | rm NAME...")
 
     def _cmd_stats(self, argv: list[str]) -> Table:
-        names = argv or [i.id for i in self.containers.list()]
-        rows = []
-        for ref in names:
-            s = self.containers.stats(ref)
-            rows.append({"container": s.name, "memory": _size_text(s.usage.memory_current),
-                         "limit": _size_text(s.limits.memory),
-                         "cpu": "" if s.usage.cpu_ns is None else f"{s.usage.cpu_ns / 1e9:.2f} s",
-                         "pids": s.usage.pids, "oom kills": s.usage.oom_kills})
-        return Table(rows, ["container", "memory", "limit", "cpu", "pids", "oom kills"])
+        rows = [r for r in self.client.containers(all=bool(argv)) if r.status in ("running", "paused")
+                and (not argv or r.name in argv or r.id in argv or any(r.id.startswith(a) for a in argv))]
+        missing = [a for a in argv if not any(a in (r.name, r.id) or r.id.startswith(a) for r in rows)]
+        if missing:
+            raise UsageError(f"no such running container: {missing[0]}")
+        return Table([{"container": r.name, "memory": _size_text(r.memory), "limit": _size_text(r.memory_limit),
+                       "cpu %": "" if r.cpu_percent is None else f"{r.cpu_percent:.1f}", "pids": r.pids}
+                      for r in rows], ["container", "memory", "limit", "cpu %", "pids"])
 
 
 def register(ipython: Any) -> ContainerMagics:

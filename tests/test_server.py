@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,103 @@ def test_pull_streams_progress_from_the_local_registry(served, plain_registry):
     assert [e for _, e, _ in dead] == ["error"] and "cannot reach registry" in dead[0][2]["message"]
 
 
+def test_remote_client_does_what_the_local_one_does(served):
+    from sandbox_kernel.client import LimitsRow, LocalClient
+    from sandbox_kernel.remote import RemoteClient, RemoteError
+    from sandbox_kernel.runtime import ContainerNotFound, ImageNotFound, UsageError
+
+    server, store = served
+    remote, local = RemoteClient(server.url, server.token), LocalClient(store)
+    assert remote.images() == local.images() and remote.host() == local.host()
+    cid = remote.create(BUSYBOX, name="remote-one", command=("sleep", "60"), limits=LimitsRow(64 * MIB, None, 30))
+    assert local.runtime.get("remote-one").id == cid and local.limits(cid) == LimitsRow(64 * MIB, None, 30)
+    chunks: list[tuple[str, str]] = []
+    assert remote.exec("remote-one", ["sh", "-c", "echo out; echo err >&2; exit 4"],
+                       lambda stream, text: chunks.append((stream, text))) == 4
+    assert chunks == [("stdout", "out\n"), ("stderr", "err\n")]
+    assert remote.set_limits("remote-one", LimitsRow(48 * MIB, 1.0, 40)) == LimitsRow(48 * MIB, 1.0, 40)
+    with pytest.raises(UsageError, match="more than this host has"):
+        remote.set_limits("remote-one", LimitsRow(remote.host().memory + MIB, None, None))
+    image_id = remote.commit("remote-one", "localhost/remote:1", "from afar", created_by="echo made")
+    assert store.resolve("localhost/remote:1").id == image_id
+    assert any(h.get("CreatedBy") == "echo made" for h in remote.history("localhost/remote:1"))
+    assert [r.name for r in remote.containers(all=False)] == [r.name for r in local.containers(all=False)]
+    remote.stop("remote-one", timeout=1)
+    assert next(r for r in remote.containers() if r.name == "remote-one").status == "exited"
+    assert remote.remove("remote-one") == cid
+    assert remote.remove_image("localhost/remote:1") == ["localhost/remote:1"]
+    # errors come back as the runtime's, one line each
+    with pytest.raises(ContainerNotFound, match="no such container: remote-one"):
+        remote.start("remote-one")
+    with pytest.raises(ImageNotFound):
+        remote.history("localhost/none:1")
+    with pytest.raises(RemoteError, match="wrong or missing token"):
+        RemoteClient(server.url, "not-the-token").images()
+    with pytest.raises(RemoteError, match=r"cannot reach http://127\.0\.0\.1:9"):
+        RemoteClient("http://127.0.0.1:9", "x").images()
+    with pytest.raises(UsageError, match="invalid remote URL"):
+        RemoteClient("127.0.0.1:8888")
+
+
+def test_magics_and_cli_against_the_server(served, tmp_path, capsys):
+    from IPython.core.error import UsageError as MagicUsageError
+
+    from sandbox_kernel.magics import ContainerMagics
+    from sandbox_kernel.runtime import Store
+
+    server, store = served
+    magics = ContainerMagics(None, store=Store(tmp_path / "empty"))  # nothing here: all of it is there
+    try:
+        assert magics._use_remote(["--remote", server.url, "--token", server.token]) == f"remote: {server.url}"
+        assert "localhost/busybox" in [r["repository"] for r in magics.container_line("images")]
+        Containers(store).run_detached(ContainerSpec(image=BUSYBOX, name="far", command=("sleep", "60")))
+        assert [r["name"] for r in magics.container_line("ps")] == ["far"]
+        seen: list[tuple[str, str]] = []
+
+        class Sink:
+            def __init__(self, trusted: bool):
+                pass
+
+            def stream(self, name: str, text: str) -> None:
+                seen.append((name, text))
+
+        magics.sink_factory = Sink
+        assert magics.container_line("exec far sh -c 'echo over there'") == 0 and seen == [("stdout", "over there\n")]
+        assert magics.container_line("limits far --memory 40m")[0]["memory"] == "40 MiB"
+        assert magics.container_line("stats far")[0]["container"] == "far"
+        with pytest.raises(MagicUsageError, match="works on this kernel's machine only"):
+            magics.container_line("run localhost/busybox true")
+        with pytest.raises(MagicUsageError, match="not on http"):
+            magics.container_cell("", "print(1)")
+        with pytest.raises(MagicUsageError, match="wrong or missing token"):
+            magics._use_remote(["--remote", server.url, "--token", "nope"])
+        magics.container_line("rm -f far")
+        assert magics.container_line("--local") == "local runtime" and len(magics.container_line("images")) == 0
+    finally:
+        magics.shutdown()
+
+    env = {**os.environ, "SANDBOX_KERNEL_HOST": server.url, "SANDBOX_KERNEL_TOKEN": server.token,
+           "SANDBOX_KERNEL_ROOT": str(tmp_path / "empty")}
+    cli = [sys.executable, "-m", "sandbox_kernel"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=60, env=env)
+
+    assert "localhost/busybox" in run("images").stdout
+    started = run("run", "-d", "--name", "cli-far", "-m", "32m", BUSYBOX, "sleep", "60")
+    assert started.returncode == 0, started.stderr
+    assert "cli-far" in run("ps").stdout
+    executed = run("exec", "cli-far", "sh", "-c", "echo from the server; exit 3")
+    assert (executed.returncode, executed.stdout) == (3, "from the server\n")
+    assert run("update", "--memory", "48m", "cli-far").returncode == 0
+    assert Containers(store).get("cli-far").spec.limits.memory == 48 * MIB
+    assert run("rm", "-f", "cli-far").stdout.strip() == "cli-far"
+    refused = run("logs", "cli-far")
+    assert refused.returncode == 2 and "works on this machine only" in refused.stderr
+    assert run("--host", "http://127.0.0.1:9", "ps").stderr.strip().startswith(
+        "sandbox-kernel: error: cannot reach http://127.0.0.1:9")
+
+
 @pytest.mark.timeout(600)
 def test_schemathesis_finds_no_server_error(served, tmp_path):
     """Generated requests for every operation of the OpenAPI description (but pull, which would go out to
@@ -149,3 +247,28 @@ def test_schemathesis_finds_no_server_error(served, tmp_path):
          "--phases", "examples,coverage,fuzzing", "--request-timeout", "60", "--no-color"],
         capture_output=True, text=True, timeout=580, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def test_the_openapi_description_and_the_routes_agree():
+    """Every path and method the description names has a handler that implements it, and no route is undocumented."""
+    import json
+    import re
+    from importlib import resources
+
+    from jupyter_server.base.handlers import APIHandler
+
+    from sandbox_kernel.server.handlers import REF, handlers
+
+    spec = json.loads(resources.files("sandbox_kernel.server").joinpath("openapi.json").read_text())
+    documented = {re.sub(r"\{[a-z]+\}", REF, path): set(ops) for path, ops in spec["paths"].items()}
+    routes: dict[str, type] = {}
+    for pattern, handler in handlers("/"):
+        path = "/" + pattern.removeprefix("/sandbox-kernel/api/")
+        for expanded in ([path.replace("(start|stop)", a) for a in ("start", "stop")] if "(start|stop)" in path
+                         else [path]):
+            routes[expanded] = handler
+    assert set(routes) == set(documented)
+    for path, methods in documented.items():
+        handler = routes[path]
+        for method in methods:
+            assert getattr(handler, method) is not getattr(APIHandler, method), f"{method.upper()} {path}"

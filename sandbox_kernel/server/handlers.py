@@ -54,7 +54,9 @@ def _status_for(exc: SandboxError) -> int:
 
 
 def _http_error(exc: SandboxError) -> web.HTTPError:
-    return web.HTTPError(_status_for(exc), "%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    error = web.HTTPError(_status_for(exc), "%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    error.sandbox_error = type(exc).__name__  # type: ignore[attr-defined]  # (the reply's "error": for clients)
+    return error
 
 
 def _bad(message: str) -> web.HTTPError:
@@ -75,8 +77,10 @@ class _Handler(APIHandler):
             return
         self.set_header("Content-Type", "application/json")
         message = exc.get_message() if hasattr(exc, "get_message") else exc.log_message
-        self.finish(json.dumps({"message": message or responses.get(status_code, "Unknown HTTP Error"),
-                                "reason": exc.reason}))
+        reply = {"message": message or responses.get(status_code, "Unknown HTTP Error"), "reason": exc.reason}
+        if getattr(exc, "sandbox_error", None):
+            reply["error"] = exc.sandbox_error  # the runtime's exception class (RemoteClient raises the same)
+        self.finish(json.dumps(reply))
 
     def body(self) -> dict[str, Any]:
         """The request's JSON object; 400 for anything else."""
@@ -115,7 +119,7 @@ class _Handler(APIHandler):
                 emit("done", as_json(work(emit)))
             except SandboxError as exc:
                 emit("error", {"message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                               "status": _status_for(exc)})
+                               "status": _status_for(exc), "error": type(exc).__name__})
             except Exception as exc:  # a bug: still one line to the client, and the log has it
                 self.log.exception("sandbox-kernel: %s failed", self.request.path)
                 emit("error", {"message": f"internal error: {type(exc).__name__}", "status": 500})
@@ -317,7 +321,8 @@ class CommitHandler(_Handler):
         body = self.body()
         target = _optional(body, "reference", str, "an image reference")
         message = _optional(body, "message", str, "a message")
-        image_id = await self.call(self.client.commit, _ref(ref), target, message)
+        created_by = _optional(body, "created_by", str, "what made the layer (its history entry)")
+        image_id = await self.call(self.client.commit, _ref(ref), target, message, created_by)
         self.reply({"id": image_id, "reference": target}, status=201)
 
 

@@ -1,0 +1,176 @@
+"""The CLI against a server (``--host URL`` or ``$SANDBOX_KERNEL_HOST``, token in ``$SANDBOX_KERNEL_TOKEN``).
+
+The commands that the server's REST API offers run there, through
+:class:`~sandbox_kernel.remote.RemoteClient`, printing what the local commands
+print: images, pull, rmi, history, ps, run -d, start, stop, rm, exec, commit,
+update, stats. Any other command is refused with one line: it needs this
+machine's runtime (files, terminals, networks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+
+from . import format as fmt
+from .client import Client, LimitsRow, Progress
+from .runtime import Limits, SandboxError, UsageError, parse_cpus, parse_size
+
+PROG = "sandbox-kernel"
+
+
+def _images(client: Client, args: argparse.Namespace) -> int:
+    rows = [r for r in client.images() if not args.reference or args.reference in (r.ref, fmt.split_ref(r.ref)[0])]
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+    elif args.quiet:
+        for short in dict.fromkeys(r.id.split(":", 1)[1][:12] for r in rows):
+            print(short)
+    else:
+        print(fmt.table([[fmt.split_ref(r.ref)[0], fmt.split_ref(r.ref)[1] or "<none>", r.id.split(":", 1)[1][:12],
+                          fmt.time_ago(r.created), fmt.human_size(r.size)] for r in rows],
+                        ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]))
+    return 0
+
+
+def _pull(client: Client, args: argparse.Namespace) -> int:
+    done: set[str] = set()
+
+    def progress(state: Progress) -> None:
+        for digest, (got, total) in state.layers.items():
+            if total and got >= total and digest not in done:
+                done.add(digest)
+                if not args.quiet:
+                    print(f"{digest.split(':', 1)[-1][:12]}: Pull complete", flush=True)
+
+    digest = client.pull(args.reference, platform=args.platform, insecure=args.insecure, progress=progress)
+    if not args.quiet:
+        print(f"Digest: {digest}")
+    print(args.reference)
+    return 0
+
+
+def _rmi(client: Client, args: argparse.Namespace) -> int:
+    for ref in args.images:
+        for tag in client.remove_image(ref, force=args.force):
+            print(f"Untagged: {tag}")
+    return 0
+
+
+def _history(client: Client, args: argparse.Namespace) -> int:
+    rows = client.history(args.image)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(fmt.table([[fmt.time_ago(r.get("Created")), (r.get("CreatedBy") or "")[:60],
+                          fmt.human_size(r.get("Size") or 0), r.get("Comment") or ""] for r in rows],
+                        ["CREATED", "CREATED BY", "SIZE", "COMMENT"]))
+    return 0
+
+
+def _ps(client: Client, args: argparse.Namespace) -> int:
+    rows = client.containers(all=args.all)
+    if args.quiet:
+        for row in rows:
+            print(row.id[:12])
+    elif args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+    else:
+        print(fmt.table([[r.id[:12], r.image, fmt.status_text(r.status, r.created_at, r.started_at, r.finished_at,
+                                                               r.exit_code), r.name] for r in rows],
+                        ["CONTAINER ID", "IMAGE", "STATUS", "NAMES"]))
+    return 0
+
+
+def _limits(args: argparse.Namespace) -> LimitsRow | None:
+    if args.memory is None and args.cpus is None and args.pids_limit is None:
+        return None
+    return LimitsRow(memory=parse_size(args.memory, "--memory") if args.memory else None,
+                     cpus=parse_cpus(args.cpus) if args.cpus else None,
+                     pids=args.pids_limit if args.pids_limit is not None else Limits().pids)
+
+
+def _run(client: Client, args: argparse.Namespace) -> int:
+    if not args.detach:
+        raise UsageError("against a remote host, run needs -d (the container runs there; use exec to talk to it)")
+    ignored = [flag for flag, used in (("-v", args.volume), ("-p", args.publish), ("-e", args.env),
+                                       ("--network", args.network != "none"), ("--rm", args.rm)) if used]
+    if ignored:
+        raise UsageError(f"{ignored[0]} is not available against a remote host")
+    print(client.create(args.image, name=args.name, command=tuple(args.command), limits=_limits(args)))
+    return 0
+
+
+def _each(client: Client, args: argparse.Namespace, action: Callable[[str], object]) -> int:
+    status = 0
+    for name in args.containers:
+        try:
+            action(name)
+        except UsageError:
+            raise
+        except SandboxError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(name)
+    return status
+
+
+def _exec(client: Client, args: argparse.Namespace) -> int:
+    if args.env or args.user or args.workdir:
+        raise UsageError("-e, -u and -w are not available against a remote host")
+
+    def output(stream: str, text: str) -> None:
+        out = sys.stdout if stream == "stdout" else sys.stderr
+        out.write(text)
+        out.flush()
+
+    return client.exec(args.container, list(args.command), output)
+
+
+def _commit(client: Client, args: argparse.Namespace) -> int:
+    print(client.commit(args.container, args.reference, args.message))
+    return 0
+
+
+def _update(client: Client, args: argparse.Namespace) -> int:
+    for name in args.containers:
+        current = client.limits(name)
+        client.set_limits(name, LimitsRow(
+            memory=parse_size(args.memory, "--memory") if args.memory else current.memory,
+            cpus=parse_cpus(args.cpus) if args.cpus else current.cpus,
+            pids=args.pids_limit if args.pids_limit is not None else current.pids))
+        print(name)
+    return 0
+
+
+def _stats(client: Client, args: argparse.Namespace) -> int:
+    rows = [r for r in client.containers(all=False)
+            if not args.containers or r.name in args.containers or r.id[:12] in args.containers]
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+    else:
+        print(fmt.table([[r.id[:12], r.name, "-" if r.cpu_percent is None else f"{r.cpu_percent:.1f}%",
+                          f"{fmt.human_size(r.memory or 0)} / "
+                          f"{fmt.human_size(r.memory_limit) if r.memory_limit else 'no limit'}", str(r.pids or 0)]
+                         for r in rows], ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "PIDS"]))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "images": _images, "pull": _pull, "rmi": _rmi, "history": _history, "ps": _ps, "run": _run,
+    "start": lambda c, a: _each(c, a, c.start), "stop": lambda c, a: _each(c, a, lambda n: c.stop(n, a.time)),
+    "rm": lambda c, a: _each(c, a, lambda n: c.remove(n, force=a.force)), "exec": _exec, "commit": _commit,
+    "update": _update, "stats": _stats,
+}
+
+
+def run_remote(command: str, client: Client, args: argparse.Namespace) -> int:
+    handler = COMMANDS.get(command)
+    if handler is None:
+        raise UsageError(f"'{command}' works on this machine only, not against a remote host "
+                         f"(--host / $SANDBOX_KERNEL_HOST); remote: {', '.join(sorted(COMMANDS))}")
+    return handler(client, args)

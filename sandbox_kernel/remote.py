@@ -1,0 +1,196 @@
+"""The client API against a Jupyter server's sandbox-kernel REST API (docker's client/daemon split).
+
+``RemoteClient(url, token)`` has the methods of :class:`~sandbox_kernel.client.LocalClient`
+and makes each one an HTTP request to ``URL/sandbox-kernel/api/``; the magics
+(``%container --remote URL --token T``), the CLI (``--host URL`` or
+``$SANDBOX_KERNEL_HOST`` with ``$SANDBOX_KERNEL_TOKEN``) and the panel use it
+as they use the local one. Errors come back as the runtime's exceptions, with the
+server's one-line message (404 -> ContainerNotFound or ImageNotFound, 502 ->
+RegistryError, other 4xx -> UsageError); a server that cannot be reached is one
+line too. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .client import ContainerRow, ImageRow, LimitsRow, Progress, ProgressCallback
+from .runtime import ContainerNotFound, RegistryError, SandboxError, UsageError, errors
+from .runtime.host import HostCapacity
+
+HOST_ENV = "SANDBOX_KERNEL_HOST"
+TOKEN_ENV = "SANDBOX_KERNEL_TOKEN"
+API = "sandbox-kernel/api"
+
+
+class RemoteError(SandboxError):
+    """The server could not be reached, or answered with something that is not the API."""
+
+
+def _quote(ref: str) -> str:
+    return urllib.parse.quote(ref, safe="")
+
+
+class RemoteClient:
+    """The client API over HTTP, against the server at ``url`` with its ``token``."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 60.0):
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise UsageError(f"invalid remote URL {url!r}: expected http(s)://HOST:PORT[/base]")
+        self.url = url.rstrip("/")
+        self.token = token if token is not None else os.environ.get(TOKEN_ENV, "")
+        self.timeout = timeout
+
+    @classmethod
+    def from_environment(cls) -> RemoteClient | None:
+        """The client that ``$SANDBOX_KERNEL_HOST`` (and ``$SANDBOX_KERNEL_TOKEN``) name, if set."""
+        url = os.environ.get(HOST_ENV)
+        return cls(url) if url else None
+
+    def __repr__(self) -> str:
+        return f"RemoteClient({self.url!r})"
+
+    # -- HTTP -----------------------------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: Any = None, *, stream: bool = False) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.url}/{API}/{path}", data=data, method=method)
+        if self.token:
+            request.add_header("Authorization", f"token {self.token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            reply = urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise self._error(exc.code, exc.read()) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise RemoteError(f"cannot reach {self.url}: {reason}") from None
+        if stream:
+            return reply
+        with reply:
+            text = reply.read()
+        try:
+            return json.loads(text) if text else None
+        except ValueError:
+            raise RemoteError(f"{self.url} did not answer with JSON: is it a sandbox-kernel server?") from None
+
+    def _error(self, status: int, body: bytes) -> SandboxError:
+        """The runtime's exception the server named (its "error"), with the server's message."""
+        try:
+            reply = json.loads(body)
+            message, kind = str(reply.get("message") or ""), str(reply.get("error") or "")
+        except (ValueError, AttributeError):
+            message, kind = "", ""
+        if status == 403:
+            return RemoteError(f"{self.url} refused the request (403): wrong or missing token")
+        message = message or f"the server answered {status}"
+        cls = getattr(errors, kind, None) if kind else None
+        if isinstance(cls, type) and issubclass(cls, SandboxError):
+            return cls(message)
+        if status == 404:
+            return ContainerNotFound(message)
+        if status == 502:
+            return RegistryError(message)
+        if 400 <= status < 500:
+            return UsageError(message)
+        return RemoteError(f"{self.url}: {message}")
+
+    def _events(self, path: str, body: Any) -> Iterator[tuple[str, Any]]:
+        """Server-sent events of a streaming call, as they come."""
+        with self._request("POST", path, body, stream=True) as reply:
+            event = "message"
+            for raw in reply:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    yield event, json.loads(line[6:])
+                    event = "message"
+
+    def _stream_result(self, path: str, body: Any, on_event: Callable[[str, Any], None]) -> Any:
+        for event, data in self._events(path, body):
+            if event == "done":
+                return data
+            if event == "error":
+                raise self._error(int(data.get("status", 500)), json.dumps(data).encode())
+            on_event(event, data)
+        raise RemoteError(f"{self.url}: the stream ended without a result")
+
+    # -- the client API -------------------------------------------------------------------------------------------
+
+    def host(self) -> HostCapacity:
+        return HostCapacity(**self._request("GET", "host"))
+
+    def images(self) -> list[ImageRow]:
+        return [ImageRow(**row) for row in self._request("GET", "images")]
+
+    def pull(self, reference: str, *, platform: str | None = None, insecure: bool = False,
+             progress: ProgressCallback | None = None) -> str:
+        state = Progress(reference)
+
+        def on_event(event: str, data: Any) -> None:
+            if event == "progress":
+                state.layers = {k: [v["done"], v["total"]] for k, v in data["layers"].items()}
+                if progress is not None:
+                    progress(state)
+
+        body: dict[str, Any] = {"reference": reference, "insecure": insecure}
+        if platform:
+            body["platform"] = platform
+        result = self._stream_result("images/pull", body, on_event)
+        state.finished = True
+        if progress is not None:
+            progress(state)
+        return str(result["digest"])
+
+    def remove_image(self, reference: str, force: bool = False) -> list[str]:
+        return list(self._request("DELETE", f"images/{_quote(reference)}?force={int(force)}")["untagged"])
+
+    def history(self, reference: str) -> list[dict[str, Any]]:
+        return list(self._request("GET", f"images/{_quote(reference)}/history"))
+
+    def containers(self, all: bool = True) -> list[ContainerRow]:
+        return [ContainerRow(**row) for row in self._request("GET", f"containers?all={int(all)}")]
+
+    def create(self, image: str, *, name: str | None = None, command: tuple[str, ...] = (),
+               limits: LimitsRow | None = None, start: bool = True) -> str:
+        body: dict[str, Any] = {"image": image, "command": list(command), "start": start}
+        if name:
+            body["name"] = name
+        if limits is not None:
+            body["limits"] = {"memory": limits.memory, "cpus": limits.cpus, "pids": limits.pids}
+        return str(self._request("POST", "containers", body)["id"])
+
+    def start(self, ref: str) -> None:
+        self._request("POST", f"containers/{_quote(ref)}/start")
+
+    def stop(self, ref: str, timeout: float = 10.0) -> None:
+        self._request("POST", f"containers/{_quote(ref)}/stop", {"timeout": timeout})
+
+    def remove(self, ref: str, force: bool = False) -> str:
+        return str(self._request("DELETE", f"containers/{_quote(ref)}?force={int(force)}")["id"])
+
+    def commit(self, ref: str, target: str | None = None, message: str | None = None,
+               created_by: str | None = None) -> str:
+        body = {k: v for k, v in (("reference", target), ("message", message), ("created_by", created_by)) if v}
+        return str(self._request("POST", f"containers/{_quote(ref)}/commit", body)["id"])
+
+    def limits(self, ref: str) -> LimitsRow:
+        return LimitsRow(**self._request("GET", f"containers/{_quote(ref)}/limits"))
+
+    def set_limits(self, ref: str, limits: LimitsRow) -> LimitsRow:
+        return LimitsRow(**self._request("PUT", f"containers/{_quote(ref)}/limits",
+                                         {"memory": limits.memory, "cpus": limits.cpus, "pids": limits.pids}))
+
+    def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None]) -> int:
+        result = self._stream_result(f"containers/{_quote(ref)}/exec", {"argv": list(argv)},
+                                     lambda event, data: output(event, data["text"]))
+        return int(result["exit_code"])

@@ -28,7 +28,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from . import format as fmt
 from . import sanitize, values
-from .client import Client, ContainerRow, LocalClient, Progress, limits_row
+from .client import Client, ContainerRow, LimitsRow, LocalClient, Progress, limits_row, to_limits
 from .remote import RemoteClient
 from .runtime import (
     ContainerNotFound,
@@ -165,6 +165,7 @@ class ContainerMagics(Magics):
         self.sink_factory: Callable[[bool], Any] = NotebookSink
         self._closed = False
         self._client: Client | None = None
+        self.default_limits = Limits()  # of new %%container containers; the panel's Limits tab sets them
         self.remote: RemoteClient | None = RemoteClient.from_environment()  # $SANDBOX_KERNEL_HOST
         atexit.register(self.shutdown)
 
@@ -339,7 +340,7 @@ class ContainerMagics(Magics):
                 command=AGENT_ARGV if python else SHELL_IDLE,
                 entrypoint=(),
                 name=name,
-                limits=self._limits(args) or Limits(),
+                limits=self._limits(args, self.default_limits) or self.default_limits,
                 mounts=mounts,
                 network=NetSpec(args.network or "none"),
                 hostname=args.hostname,
@@ -480,7 +481,11 @@ class ContainerMagics(Magics):
         args = parser.parse_args(argv)
         from .widgets import Panel
 
-        return Panel(self.client, refresh=args.refresh)
+        def use_defaults(row: LimitsRow) -> None:
+            self.default_limits = to_limits(row, self.default_limits)
+
+        return Panel(self.client, refresh=args.refresh, on_defaults=use_defaults,
+                     defaults=limits_row(self.default_limits))
 
     def _cmd_images(self, argv: list[str]) -> Table:
         rows = [r for r in self.client.images() if not argv or argv[0] in (r.ref, fmt.split_ref(r.ref)[0])]

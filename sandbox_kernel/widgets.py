@@ -28,7 +28,8 @@ from typing import Any
 
 import ipywidgets as w
 
-from .client import Client, ContainerRow, LimitsRow, LocalClient, Progress
+from .client import Client, ContainerRow, LimitsRow, LocalClient, Progress, limits_row
+from .runtime import Limits
 
 NEW = "(defaults for new containers)"
 _MIB = 1 << 20
@@ -66,14 +67,19 @@ def _table(css: str, headers: list[str], rows: list[list[str]]) -> str:
 class Panel(w.VBox):
     """Images, containers and limits of a client (this machine's runtime by default)."""
 
-    def __init__(self, client: Client | None = None, refresh: float = 2.0, **kwargs: Any):
+    def __init__(self, client: Client | None = None, refresh: float = 2.0, *,
+                 defaults: LimitsRow | None = None, on_defaults: Callable[[LimitsRow], None] | None = None,
+                 **kwargs: Any):
+        """``defaults``: the limits new containers get, which the Limits tab shows and changes
+        (``on_defaults`` hears each change: ``%container panel`` gives the kernel's new cells them)."""
         self.client: Client = client or LocalClient()
         self.refresh_every = refresh
         self._closed = threading.Event()
         self._busy = threading.Lock()
         self._syncing = False
         self._rows: list[ContainerRow] = []
-        self.defaults = LimitsRow(memory=None, cpus=None, pids=None)
+        self.defaults = defaults or limits_row(Limits())  # (pids are limited by default)
+        self._on_defaults = on_defaults
         host = self.client.host()
         self.host = host
 
@@ -148,6 +154,7 @@ class Panel(w.VBox):
             slider.observe(self._guarded(self._on_slider), names="value")
 
         self._guarded(lambda: self.refresh(images=True))()
+        self._guarded(self._show_limits)()
         self._timer = threading.Thread(target=self._tick, name="sandbox-kernel-panel", daemon=True)
         self._timer.start()
 
@@ -373,6 +380,8 @@ class Panel(w.VBox):
         target = self.limits_target.value
         try:
             if target == NEW or target is None:
+                if self._on_defaults is not None:
+                    self._on_defaults(wanted)  # (a Limits that cannot be: raises, nothing changes)
                 self.defaults = wanted
                 applied = wanted
             else:

@@ -185,12 +185,17 @@ def test_buttons_stop_snapshot_start_remove_and_history(panel, client):
     assert "type a reference" in panel.error.value
 
 
-def test_percent_container_panel_shows_the_kernels_store(client):
+def test_percent_container_panel_shows_the_kernels_store_and_sets_its_defaults(client):
     from sandbox_kernel.magics import ContainerMagics
 
-    shown = ContainerMagics(None, store=client.store)._cmd_panel(["--refresh", "30"])
+    magics = ContainerMagics(None, store=client.store)
+    shown = magics._cmd_panel(["--refresh", "30"])
     try:
         assert isinstance(shown, Panel) and shown.refresh_every == 30
         assert "localhost/busybox:latest" in shown.images_table.value
+        assert shown.limits_target.value == NEW and shown.pids.value == Limits().pids  # the defaults, shown
+        shown.memory.value = 200
+        assert magics.default_limits == Limits(memory=200 * MIB), "new %%container containers get them"
     finally:
         shown.close()
+        magics.shutdown()

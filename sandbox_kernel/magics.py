@@ -166,6 +166,7 @@ class ContainerMagics(Magics):
         self._closed = False
         self._client: Client | None = None
         self.default_limits = Limits()  # of new %%container containers; the panel's Limits tab sets them
+        self.panel: Any = None  # the last %container panel (one at a time: each has a refresh timer)
         self.remote: RemoteClient | None = RemoteClient.from_environment()  # $SANDBOX_KERNEL_HOST
         atexit.register(self.shutdown)
 
@@ -212,6 +213,9 @@ class ContainerMagics(Magics):
         if self._closed:
             return
         self._closed = True
+        if self.panel is not None:
+            with contextlib.suppress(Exception):
+                self.panel.close()
         for name, session in list(self.sessions.items()):
             with contextlib.suppress(Exception):
                 session.close()
@@ -484,8 +488,11 @@ class ContainerMagics(Magics):
         def use_defaults(row: LimitsRow) -> None:
             self.default_limits = to_limits(row, self.default_limits)
 
-        return Panel(self.client, refresh=args.refresh, on_defaults=use_defaults,
-                     defaults=limits_row(self.default_limits))
+        if self.panel is not None:  # the cell ran again: the old panel's timer would poll forever
+            self.panel.close()
+        self.panel = Panel(self.client, refresh=args.refresh, on_defaults=use_defaults,
+                           defaults=limits_row(self.default_limits))
+        return self.panel
 
     def _cmd_images(self, argv: list[str]) -> Table:
         rows = [r for r in self.client.images() if not argv or argv[0] in (r.ref, fmt.split_ref(r.ref)[0])]

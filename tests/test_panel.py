@@ -196,6 +196,8 @@ def test_percent_container_panel_shows_the_kernels_store_and_sets_its_defaults(c
         assert shown.limits_target.value == NEW and shown.pids.value == Limits().pids  # the defaults, shown
         shown.memory.value = 200
         assert magics.default_limits == Limits(memory=200 * MIB), "new %%container containers get them"
+        again = magics._cmd_panel([])
+        assert shown.closed and not again.closed, "running the cell again closes the old panel (and its timer)"
     finally:
         shown.close()
         magics.shutdown()

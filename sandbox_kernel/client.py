@@ -55,6 +55,23 @@ class ContainerRow:
 
 
 @dataclass(frozen=True)
+class StatsRow:
+    """What a running container uses now, against its limits (``docker stats``, one snapshot)."""
+
+    id: str
+    name: str
+    memory: int | None  # bytes
+    memory_peak: int | None  # since it started (v1: or since the last cell's reset)
+    memory_limit: int | None
+    cpu_seconds: float | None  # CPU time used so far
+    cpus: float | None
+    pids: int | None
+    pids_limit: int | None
+    oom_kills: int
+    pids_limit_hits: int
+
+
+@dataclass(frozen=True)
 class LimitsRow:
     memory: int | None
     cpus: float | None
@@ -117,6 +134,7 @@ class Client(Protocol):
     def remove(self, ref: str, force: bool = False) -> str: ...
     def commit(self, ref: str, target: str | None = None, message: str | None = None,
                created_by: str | None = None) -> str: ...
+    def stats(self, ref: str) -> StatsRow: ...
     def limits(self, ref: str) -> LimitsRow: ...
     def set_limits(self, ref: str, limits: LimitsRow) -> LimitsRow: ...
     def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None]) -> int: ...
@@ -247,6 +265,14 @@ class LocalClient:
     def commit(self, ref: str, target: str | None = None, message: str | None = None,
                created_by: str | None = None) -> str:
         return self.runtime.commit(ref, target, message=message, created_by=created_by).id
+
+    def stats(self, ref: str) -> StatsRow:
+        s = self.runtime.stats(ref)
+        u = s.usage
+        return StatsRow(id=s.id, name=s.name, memory=u.memory_current, memory_peak=u.memory_peak,
+                        memory_limit=s.limits.memory, cpu_seconds=None if u.cpu_ns is None else u.cpu_ns / 1e9,
+                        cpus=s.limits.cpus, pids=u.pids, pids_limit=s.limits.pids, oom_kills=u.oom_kills,
+                        pids_limit_hits=u.pids_limit_hits)
 
     def limits(self, ref: str) -> LimitsRow:
         return limits_row(self.runtime.get(ref).spec.limits)

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .client import ContainerRow, ImageRow, LimitsRow, Progress, ProgressCallback
+from .client import ContainerRow, ImageRow, LimitsRow, Progress, ProgressCallback, StatsRow
 from .runtime import ContainerNotFound, RegistryError, SandboxError, UsageError, errors
 from .runtime.host import HostCapacity
 
@@ -182,6 +182,9 @@ class RemoteClient:
                created_by: str | None = None) -> str:
         body = {k: v for k, v in (("reference", target), ("message", message), ("created_by", created_by)) if v}
         return str(self._request("POST", f"containers/{_quote(ref)}/commit", body)["id"])
+
+    def stats(self, ref: str) -> StatsRow:
+        return StatsRow(**self._request("GET", f"containers/{_quote(ref)}/stats"))
 
     def limits(self, ref: str) -> LimitsRow:
         return LimitsRow(**self._request("GET", f"containers/{_quote(ref)}/limits"))

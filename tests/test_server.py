@@ -84,6 +84,8 @@ def test_list_run_exec_streams_limits_commit_stop_rm(served):
     assert row["status"] == "running" and row["memory_limit"] == 64 * MIB and row["pids_limit"] == 100
     status, one = server.request("GET", "containers/api-web")
     assert status == 200 and one["id"] == created["id"]
+    status, stats = server.request("GET", "containers/api-web/stats")
+    assert status == 200 and stats["memory_limit"] == 64 * MIB and stats["pids"] >= 1 and stats["oom_kills"] == 0
 
     # exec: output streams as it is written (the first line long before the second)
     events = list(server.events("containers/api-web/exec",
@@ -111,6 +113,7 @@ def test_list_run_exec_streams_limits_commit_stop_rm(served):
     assert server.request("DELETE", "containers/api-web")[0] == 409  # running: needs force
     assert server.request("POST", "containers/api-web/stop", {"timeout": 1})[0] == 200
     assert server.request("GET", "containers/api-web")[1]["status"] == "exited"
+    assert server.request("GET", "containers/api-web/stats")[0] == 409  # not running
     assert server.request("POST", "containers/api-web/start")[0] == 200
     assert server.request("DELETE", "containers/api-web?force=1")[0] == 200
     assert server.request("GET", "containers/api-web")[0] == 404
@@ -147,6 +150,7 @@ def test_remote_client_does_what_the_local_one_does(served):
                        lambda stream, text: chunks.append((stream, text))) == 4
     assert chunks == [("stdout", "out\n"), ("stderr", "err\n")]
     assert remote.set_limits("remote-one", LimitsRow(48 * MIB, 1.0, 40)) == LimitsRow(48 * MIB, 1.0, 40)
+    assert remote.stats("remote-one").memory_limit == 48 * MIB and remote.stats("remote-one").pids_limit == 40
     with pytest.raises(UsageError, match="more than this host has"):
         remote.set_limits("remote-one", LimitsRow(remote.host().memory + MIB, None, None))
     image_id = remote.commit("remote-one", "localhost/remote:1", "from afar", created_by="echo made")

@@ -315,6 +315,12 @@ class LimitsHandler(_Handler):
         self.reply(await self.call(self.client.set_limits, ref, _limits(self.body())))
 
 
+class StatsHandler(_Handler):
+    @web.authenticated
+    async def get(self, ref: str) -> None:
+        self.reply(await self.call(self.client.stats, _ref(ref)))
+
+
 class CommitHandler(_Handler):
     @web.authenticated
     async def post(self, ref: str) -> None:
@@ -361,6 +367,7 @@ def handlers(base_url: str) -> list[tuple[str, type, ...]]:  # type: ignore[misc
         ("containers", ContainersHandler),
         (f"containers/{REF}/(start|stop)", ActionHandler),
         (f"containers/{REF}/limits", LimitsHandler),
+        (f"containers/{REF}/stats", StatsHandler),
         (f"containers/{REF}/commit", CommitHandler),
         (f"containers/{REF}/exec", ExecHandler),
         (f"containers/{REF}", ContainerHandler),

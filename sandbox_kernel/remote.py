@@ -107,13 +107,16 @@ class RemoteClient:
         """Server-sent events of a streaming call, as they come."""
         with self._request("POST", path, body, stream=True) as reply:
             event = "message"
-            for raw in reply:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    yield event, json.loads(line[6:])
-                    event = "message"
+            try:
+                for raw in reply:  # (the server sends a comment line every 15 s of silence)
+                    line = raw.decode().rstrip("\r\n")
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: "):
+                        yield event, json.loads(line[6:])
+                        event = "message"
+            except OSError as exc:
+                raise RemoteError(f"lost the connection to {self.url}: {exc}") from None
 
     def _stream_result(self, path: str, body: Any, on_event: Callable[[str, Any], None]) -> Any:
         for event, data in self._events(path, body):

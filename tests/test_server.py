@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def served(base_store, tmp_path_factory):
     """A Jupyter server with the extension on a store of its own holding busybox; its containers go after."""
     work = tmp_path_factory.mktemp("server")
     store = busybox_copy(base_store, work / "copy")
-    with jupyter_server(work, store.root) as server:
+    with jupyter_server(work, store.root, env={"SANDBOX_KERNEL_SSE_HEARTBEAT": "0.3"}) as server:
         yield server, store
     containers = Containers(store)
     for info in containers.list(all=True):
@@ -93,6 +94,13 @@ def test_list_run_exec_streams_limits_commit_stop_rm(served):
     kinds = [(e, d) for _, e, d in events]
     assert kinds == [("stdout", {"text": "one\n"}), ("stderr", {"text": "two\n"}), ("done", {"exit_code": 3})]
     assert events[1][0] - events[0][0] > 0.5, "the first line came before the command ended"
+    # a quiet command: the stream says it is alive (a comment line), which clients skip
+    quiet = urllib.request.Request(f"{server.url}/sandbox-kernel/api/containers/api-web/exec", method="POST",
+                                   data=b'{"argv": ["sh", "-c", "sleep 1; echo late"]}',
+                                   headers={"Authorization": f"token {server.token}"})
+    with urllib.request.urlopen(quiet, timeout=30) as reply:
+        raw = reply.read().decode()
+    assert ": still working" in raw and raw.rstrip().endswith('data: {"exit_code": 0}')
     assert server.request("POST", "containers/nobody/exec", {"argv": ["true"]})[0] == 404
     assert server.request("POST", "containers/api-web/exec", {"argv": []})[0] == 400
 
@@ -146,7 +154,7 @@ def test_remote_client_does_what_the_local_one_does(served):
     cid = remote.create(BUSYBOX, name="remote-one", command=("sleep", "60"), limits=LimitsRow(64 * MIB, None, 30))
     assert local.runtime.get("remote-one").id == cid and local.limits(cid) == LimitsRow(64 * MIB, None, 30)
     chunks: list[tuple[str, str]] = []
-    assert remote.exec("remote-one", ["sh", "-c", "echo out; echo err >&2; exit 4"],
+    assert remote.exec("remote-one", ["sh", "-c", "echo out; sleep 1; echo err >&2; exit 4"],
                        lambda stream, text: chunks.append((stream, text))) == 4
     assert chunks == [("stdout", "out\n"), ("stderr", "err\n")]
     assert remote.set_limits("remote-one", LimitsRow(48 * MIB, 1.0, 40)) == LimitsRow(48 * MIB, 1.0, 40)

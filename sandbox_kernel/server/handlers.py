@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
 from http.client import responses
@@ -39,6 +40,8 @@ from ..runtime import (
 
 BASE = "sandbox-kernel/api"
 PROGRESS_EVERY = 0.1  # seconds between progress events of a pull
+# seconds: a stream with nothing to say sends a comment line this often (clients time out after 60 s of silence)
+HEARTBEAT = float(os.environ.get("SANDBOX_KERNEL_SSE_HEARTBEAT", "15"))
 
 
 def _status_for(exc: SandboxError) -> int:
@@ -128,17 +131,26 @@ class _Handler(APIHandler):
 
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
+        async def heartbeat() -> None:  # a comment line now and then: clients' read timeouts stay quiet
+            while True:
+                await asyncio.sleep(HEARTBEAT)
+                queue.put_nowait(("", None))
+
         worker = loop.run_in_executor(None, run)
+        beat = asyncio.ensure_future(heartbeat())
         connected = True
-        while (item := await queue.get()) is not None:
-            if not connected:
-                continue
-            event, data = item
-            try:
-                self.write(f"event: {event}\ndata: {json.dumps(data)}\n\n")
-                await self.flush()
-            except StreamClosedError:
-                connected = False  # the work goes on to its end (a pull half done is resumed next time)
+        try:
+            while (item := await queue.get()) is not None:
+                if not connected:
+                    continue
+                event, data = item
+                try:
+                    self.write(f"event: {event}\ndata: {json.dumps(data)}\n\n" if event else ": still working\n\n")
+                    await self.flush()
+                except StreamClosedError:
+                    connected = False  # the work goes on to its end (a pull half done is resumed next time)
+        finally:
+            beat.cancel()
         await worker
         if connected:
             self.finish()

@@ -80,6 +80,7 @@ class Panel(w.VBox):
         self._rows: list[ContainerRow] = []
         self.defaults = defaults or limits_row(Limits())  # (pids are limited by default)
         self._on_defaults = on_defaults
+        self._pull_thread: threading.Thread | None = None
         host = self.client.host()
         self.host = host
 
@@ -299,7 +300,7 @@ class Panel(w.VBox):
 
     def wait_pull(self, timeout: float = 60.0) -> None:
         """Wait for the pull the Pull button started (for scripts and tests)."""
-        thread = getattr(self, "_pull_thread", None)
+        thread = self._pull_thread
         if thread is not None:
             thread.join(timeout)
 

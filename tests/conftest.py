@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,6 +14,14 @@ import pytest
 from sandbox_kernel.runtime import Store, build
 
 IS_ROOT = os.geteuid() == 0
+
+# IPython's profile (history database), Jupyter's runtime files (kernel connection files): in a
+# directory of the run, not under ~, which a test run leaves as it found it. (Set before any test
+# imports IPython; kernels and servers the tests start inherit them.)
+_RUN_HOME = tempfile.mkdtemp(prefix="sk-test-home-")
+atexit.register(shutil.rmtree, _RUN_HOME, ignore_errors=True)
+os.environ.setdefault("IPYTHONDIR", os.path.join(_RUN_HOME, "ipython"))
+os.environ.setdefault("JUPYTER_RUNTIME_DIR", os.path.join(_RUN_HOME, "jupyter-runtime"))
 
 
 def pytest_collection_modifyitems(config, items):

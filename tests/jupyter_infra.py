@@ -74,6 +74,10 @@ def jupyter_server(workdir: Path, store_root: Path, *, lab: bool = False,
     token = secrets.token_hex(16)
     for sub in ("runtime", "config", "data", "notebooks"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
+    if lab:  # no "get the news?" prompt (and no fetch of it) in the tests' JupyterLab
+        settings = workdir / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+        settings.mkdir(parents=True, exist_ok=True)
+        (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     environment = {**os.environ, "SANDBOX_KERNEL_ROOT": str(store_root),
                    "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"), "JUPYTER_CONFIG_DIR": str(workdir / "config"),
                    "JUPYTER_DATA_DIR": str(workdir / "data"), "JUPYTER_PLATFORM_DIRS": "1", **(env or {})}

@@ -62,7 +62,10 @@ def test_pull_and_slider_in_jupyterlab(base_store, plain_registry, tmp_path, out
         "import sandbox_kernel\npanel = sandbox_kernel.Panel(refresh=1)\npanel")))
     try:
         with jupyter_server(work, store.root, lab=True) as server, sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            home = tmp_path / "browser-home"  # what chromium writes (crash reports, dconf) stays in the test's dir
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, env={
+                **os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"),
+                "XDG_CACHE_HOME": str(home / "cache")})
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.set_default_timeout(60_000)

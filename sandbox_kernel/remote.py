@@ -84,17 +84,21 @@ class RemoteClient:
 
     def _error(self, status: int, body: bytes) -> SandboxError:
         """The runtime's exception the server named (its "error"), with the server's message."""
+        if status == 403:
+            return RemoteError(f"{self.url} refused the request (403): wrong or missing token")
         try:
             reply = json.loads(body)
             message, kind = str(reply.get("message") or ""), str(reply.get("error") or "")
-        except (ValueError, AttributeError):
-            message, kind = "", ""
-        if status == 403:
-            return RemoteError(f"{self.url} refused the request (403): wrong or missing token")
+        except (ValueError, AttributeError):  # not the API's JSON: a Jupyter page, a proxy's, ...
+            return RemoteError(f"{self.url} answered {status} without the sandbox-kernel API's JSON: is the "
+                               "server extension enabled there?")
         message = message or f"the server answered {status}"
         cls = getattr(errors, kind, None) if kind else None
         if isinstance(cls, type) and issubclass(cls, SandboxError):
-            return cls(message)
+            try:
+                return cls(message)
+            except TypeError:  # (one that wants more than a message)
+                pass
         if status == 404:
             return ContainerNotFound(message)
         if status == 502:

@@ -180,6 +180,8 @@ def test_remote_client_does_what_the_local_one_does(served):
         RemoteClient("http://127.0.0.1:9", "x").images()
     with pytest.raises(UsageError, match="invalid remote URL"):
         RemoteClient("127.0.0.1:8888")
+    with pytest.raises(RemoteError, match="without the sandbox-kernel API's JSON"):  # a Jupyter page, not the API
+        RemoteClient(f"{server.url}/elsewhere", server.token).images()
 
 
 def test_magics_and_cli_against_the_server(served, tmp_path, capsys):

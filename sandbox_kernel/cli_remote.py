@@ -2,7 +2,7 @@
 
 The commands that the server's REST API offers run there, through
 :class:`~sandbox_kernel.remote.RemoteClient`, printing what the local commands
-print: images, pull, rmi, history, ps, run -d, start, stop, rm, exec, commit,
+print: images, pull, rmi, history, ps, run, start, stop, rm, exec, logs, commit,
 update, stats. Any other command is refused with one line: it needs this
 machine's runtime (files, terminals, networks).
 """
@@ -93,14 +93,39 @@ def _limits(args: argparse.Namespace) -> LimitsRow | None:
                      pids=args.pids_limit if args.pids_limit is not None else Limits().pids)
 
 
+def _write(stream: str, text: str) -> None:
+    out = sys.stdout if stream == "stdout" else sys.stderr
+    out.write(text)
+    out.flush()
+
+
 def _run(client: Client, args: argparse.Namespace) -> int:
-    if not args.detach:
-        raise UsageError("against a remote host, run needs -d (the container runs there; use exec to talk to it)")
+    """``run -d`` prints the id; ``run`` follows the container's output there and exits with its code
+    (Ctrl-C stops it, as docker's signal proxy would); ``--rm`` removes it after."""
     ignored = [flag for flag, used in (("-v", args.volume), ("-p", args.publish), ("-e", args.env),
-                                       ("--network", args.network != "none"), ("--rm", args.rm)) if used]
+                                       ("--network", args.network != "none")) if used]
     if ignored:
         raise UsageError(f"{ignored[0]} is not available against a remote host")
-    print(client.create(args.image, name=args.name, command=tuple(args.command), limits=_limits(args)))
+    if args.detach and args.rm:
+        raise UsageError("-d and --rm together are not available against a remote host")
+    cid = client.create(args.image, name=args.name, command=tuple(args.command), limits=_limits(args))
+    if args.detach:
+        print(cid)
+        return 0
+    try:
+        try:
+            code = client.logs(cid, _write, follow=True)
+        except KeyboardInterrupt:
+            client.stop(cid, timeout=10)
+            code = client.logs(cid, lambda *_: None)  # (its output was shown; now its exit code)
+    finally:
+        if args.rm:
+            client.remove(cid, force=True)
+    return 1 if code is None else code
+
+
+def _logs(client: Client, args: argparse.Namespace) -> int:
+    client.logs(args.container, _write, follow=args.follow)
     return 0
 
 
@@ -122,13 +147,7 @@ def _each(client: Client, args: argparse.Namespace, action: Callable[[str], obje
 def _exec(client: Client, args: argparse.Namespace) -> int:
     if args.env or args.user or args.workdir:
         raise UsageError("-e, -u and -w are not available against a remote host")
-
-    def output(stream: str, text: str) -> None:
-        out = sys.stdout if stream == "stdout" else sys.stderr
-        out.write(text)
-        out.flush()
-
-    return client.exec(args.container, list(args.command), output)
+    return client.exec(args.container, list(args.command), _write)
 
 
 def _commit(client: Client, args: argparse.Namespace) -> int:
@@ -164,7 +183,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "images": _images, "pull": _pull, "rmi": _rmi, "history": _history, "ps": _ps, "run": _run,
     "start": lambda c, a: _each(c, a, c.start), "stop": lambda c, a: _each(c, a, lambda n: c.stop(n, a.time)),
     "rm": lambda c, a: _each(c, a, lambda n: c.remove(n, force=a.force)), "exec": _exec, "commit": _commit,
-    "update": _update, "stats": _stats,
+    "update": _update, "stats": _stats, "logs": _logs,
 }
 
 

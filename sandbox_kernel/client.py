@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from .runtime import Containers, ContainerSpec, Limits, Store
+from .runtime import ContainerNotFound, Containers, ContainerSpec, Limits, Store
 from .runtime.host import HostCapacity, capacity
 
 
@@ -138,6 +138,7 @@ class Client(Protocol):
     def limits(self, ref: str) -> LimitsRow: ...
     def set_limits(self, ref: str, limits: LimitsRow) -> LimitsRow: ...
     def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None]) -> int: ...
+    def logs(self, ref: str, output: Callable[[str, str], None], follow: bool = False) -> int | None: ...
 
 
 def limits_row(limits: Limits) -> LimitsRow:
@@ -285,6 +286,18 @@ class LocalClient:
         return self.runtime.exec(ref, argv, stdin=None,
                                  stdout=lambda d: output("stdout", d.decode(errors="replace")),
                                  stderr=lambda d: output("stderr", d.decode(errors="replace")))
+
+
+    def logs(self, ref: str, output: Callable[[str, str], None], follow: bool = False) -> int | None:
+        """A detached container's output so far (with ``follow``: then as it comes, until it stops),
+        to ``output(stream, text)``; its exit code if it has exited, else None."""
+        names = {1: "stdout", 2: "stderr"}
+        for stream, data in self.runtime.logs(ref, follow=follow):
+            output(names.get(stream, "stdout"), data.decode(errors="replace"))
+        try:
+            return self.runtime.get(ref).state.exit_code
+        except ContainerNotFound:  # (a --rm container is gone once it stops)
+            return None
 
 
 def as_json(value: Any) -> Any:

@@ -57,8 +57,8 @@ from .session import (
 
 DEFAULT_IMAGE = "localhost/debian-python:latest"
 # what %container can do against a server (--remote, $SANDBOX_KERNEL_HOST): what its REST API offers
-REMOTE_COMMANDS = frozenset({"images", "pull", "ps", "exec", "stop", "rm", "commit", "history", "limits", "stats",
-                             "panel"})
+REMOTE_COMMANDS = frozenset({"images", "pull", "ps", "run", "exec", "stop", "rm", "commit", "history", "limits",
+                             "stats", "panel"})
 OWNER_LABEL = "sandbox-kernel.owner"
 KEEP_LABEL = "sandbox-kernel.keep"
 
@@ -554,6 +554,8 @@ class ContainerMagics(Magics):
         args = parser.parse_args(argv)
         from .runtime import parse_env
 
+        if self.remote is not None:
+            return self._run_remote(args)
         self._image(args.image)
         spec = ContainerSpec(image=args.image, command=tuple(args.command), name=args.name, remove=args.rm,
                              env=parse_env(args.env), mounts=tuple(Mount.parse(v) for v in args.volume),
@@ -566,6 +568,25 @@ class ContainerMagics(Magics):
         if message:
             print(message, file=sys.stderr)
         return result.exit_code
+
+    def _run_remote(self, args: Any) -> int:
+        """``%container run`` on the server: its output streams into the cell; its exit code is the value."""
+        if args.volume or args.env:
+            raise UsageError(f"-v and -e are not available against {self.remote.url if self.remote else ''}")
+        limits = self._limits(args)
+        cid = self.client.create(args.image, name=args.name, command=tuple(args.command),
+                                 limits=limits_row(limits) if limits is not None else None)
+        sink = self.sink_factory(False)
+        try:
+            try:
+                code = self.client.logs(cid, sink.stream, follow=True)
+            except KeyboardInterrupt:
+                self.client.stop(cid, timeout=GRACE)
+                code = self.client.logs(cid, lambda *_: None)
+        finally:
+            if args.rm:
+                self.client.remove(cid, force=True)
+        return 1 if code is None else code
 
     def _cmd_exec(self, argv: list[str]) -> int:
         if len(argv) < 2:

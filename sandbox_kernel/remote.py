@@ -107,9 +107,9 @@ class RemoteClient:
             return UsageError(message)
         return RemoteError(f"{self.url}: {message}")
 
-    def _events(self, path: str, body: Any) -> Iterator[tuple[str, Any]]:
+    def _events(self, path: str, body: Any, method: str = "POST") -> Iterator[tuple[str, Any]]:
         """Server-sent events of a streaming call, as they come."""
-        with self._request("POST", path, body, stream=True) as reply:
+        with self._request(method, path, body, stream=True) as reply:
             event = "message"
             try:
                 for raw in reply:  # (the server sends a comment line every 15 s of silence)
@@ -122,8 +122,9 @@ class RemoteClient:
             except OSError as exc:
                 raise RemoteError(f"lost the connection to {self.url}: {exc}") from None
 
-    def _stream_result(self, path: str, body: Any, on_event: Callable[[str, Any], None]) -> Any:
-        for event, data in self._events(path, body):
+    def _stream_result(self, path: str, body: Any, on_event: Callable[[str, Any], None], method: str = "POST"
+                       ) -> Any:
+        for event, data in self._events(path, body, method):
             if event == "done":
                 return data
             if event == "error":
@@ -199,6 +200,11 @@ class RemoteClient:
     def set_limits(self, ref: str, limits: LimitsRow) -> LimitsRow:
         return LimitsRow(**self._request("PUT", f"containers/{_quote(ref)}/limits",
                                          {"memory": limits.memory, "cpus": limits.cpus, "pids": limits.pids}))
+
+    def logs(self, ref: str, output: Callable[[str, str], None], follow: bool = False) -> int | None:
+        result = self._stream_result(f"containers/{_quote(ref)}/logs?follow={int(follow)}", None,
+                                     lambda event, data: output(event, data["text"]), method="GET")
+        return None if result["exit_code"] is None else int(result["exit_code"])
 
     def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None]) -> int:
         result = self._stream_result(f"containers/{_quote(ref)}/exec", {"argv": list(argv)},

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -165,6 +167,9 @@ def test_remote_client_does_what_the_local_one_does(served):
     assert store.resolve("localhost/remote:1").id == image_id
     assert any(h.get("CreatedBy") == "echo made" for h in remote.history("localhost/remote:1"))
     assert [r.name for r in remote.containers(all=False)] == [r.name for r in local.containers(all=False)]
+    logged: list[tuple[str, str]] = []
+    assert remote.logs("remote-one", lambda stream, text: logged.append((stream, text))) is None  # still running
+    assert logged == []  # (sleep prints nothing)
     remote.stop("remote-one", timeout=1)
     assert next(r for r in remote.containers() if r.name == "remote-one").status == "exited"
     assert remote.remove("remote-one") == cid
@@ -210,8 +215,11 @@ def test_magics_and_cli_against_the_server(served, tmp_path, capsys):
         assert magics.container_line("exec far sh -c 'echo over there'") == 0 and seen == [("stdout", "over there\n")]
         assert magics.container_line("limits far --memory 40m")[0]["memory"] == "40 MiB"
         assert magics.container_line("stats far")[0]["container"] == "far"
+        seen.clear()
+        assert magics.container_line("run --rm localhost/busybox sh -c 'echo ran there; exit 2'") == 2
+        assert seen == [("stdout", "ran there\n")]
         with pytest.raises(MagicUsageError, match="works on this kernel's machine only"):
-            magics.container_line("run localhost/busybox true")
+            magics.container_line("diff far")
         with pytest.raises(MagicUsageError, match="not on http"):
             magics.container_cell("", "print(1)")
         with pytest.raises(MagicUsageError, match="wrong or missing token"):
@@ -237,7 +245,24 @@ def test_magics_and_cli_against_the_server(served, tmp_path, capsys):
     assert run("update", "--memory", "48m", "cli-far").returncode == 0
     assert Containers(store).get("cli-far").spec.limits.memory == 48 * MIB
     assert run("rm", "-f", "cli-far").stdout.strip() == "cli-far"
-    refused = run("logs", "cli-far")
+    # a foreground run there: its output here as it comes, its exit code ours, --rm removes it
+    foreground = run("run", "--rm", "--name", "cli-fg", BUSYBOX, "sh", "-c", "echo a; sleep 1; echo b >&2; exit 5")
+    assert (foreground.returncode, foreground.stdout, foreground.stderr) == (5, "a\n", "b\n")
+    assert "cli-fg" not in run("ps", "-a").stdout
+    # Ctrl-C in a foreground run stops the container there (SIGTERM to its command: 143)
+    interrupted = subprocess.Popen([*cli, "run", "--rm", "--name", "cli-int", BUSYBOX, "sleep", "60"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while "cli-int" not in run("ps").stdout and time.monotonic() < deadline:
+        time.sleep(0.1)
+    interrupted.send_signal(signal.SIGINT)
+    assert interrupted.wait(30) == 143, interrupted.stderr.read()
+    assert "cli-int" not in run("ps", "-a").stdout
+    assert run("run", "-d", "--name", "cli-log", BUSYBOX, "sh", "-c", "echo logged; sleep 60").returncode == 0
+    followed = run("logs", "cli-log")
+    assert (followed.returncode, followed.stdout) == (0, "logged\n"), followed.stderr
+    assert run("rm", "-f", "cli-log").returncode == 0
+    refused = run("diff", "cli-far")
     assert refused.returncode == 2 and "works on this machine only" in refused.stderr
     assert run("--host", "http://127.0.0.1:9", "ps").stderr.strip().startswith(
         "sandbox-kernel: error: cannot reach http://127.0.0.1:9")

@@ -359,6 +359,21 @@ class ExecHandler(_Handler):
         await self.stream(work)
 
 
+class LogsHandler(_Handler):
+    """GET /containers/REF/logs[?follow=1]: the output as server-sent events, then ``done`` with the exit code."""
+
+    @web.authenticated
+    async def get(self, ref: str) -> None:
+        ref = _ref(ref)
+        follow = self.get_query_argument("follow", "0") in ("1", "true")
+        await self.call(self.client.runtime.get, ref)  # 404 before the stream starts
+
+        def work(emit: Callable[[str, Any], None]) -> dict[str, int | None]:
+            return {"exit_code": self.client.logs(ref, lambda stream, text: emit(stream, {"text": text}), follow)}
+
+        await self.stream(work)
+
+
 class OpenAPIHandler(_Handler):
     @web.authenticated
     async def get(self) -> None:
@@ -382,6 +397,7 @@ def handlers(base_url: str) -> list[tuple[str, type, ...]]:  # type: ignore[misc
         (f"containers/{REF}/stats", StatsHandler),
         (f"containers/{REF}/commit", CommitHandler),
         (f"containers/{REF}/exec", ExecHandler),
+        (f"containers/{REF}/logs", LogsHandler),
         (f"containers/{REF}", ContainerHandler),
         ("openapi.json", OpenAPIHandler),
     ]

@@ -268,27 +268,6 @@ def test_magics_and_cli_against_the_server(served, tmp_path, capsys):
         "sandbox-kernel: error: cannot reach http://127.0.0.1:9")
 
 
-@pytest.mark.timeout(600)
-def test_schemathesis_finds_no_server_error(served, tmp_path):
-    """Generated requests for every operation of the OpenAPI description (but pull, which would go out to
-    registries on the internet for a generated name): none gets a 5xx."""
-    server, store = served
-    schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
-    assert schemathesis, "schemathesis is a test dependency"
-    # real things for the path parameters, so that requests reach more than "no such container"
-    Containers(store).run_detached(ContainerSpec(image=BUSYBOX, name="fuzz", command=("sleep", "3600")))
-    (tmp_path / "schemathesis.toml").write_text(
-        '[parameters]\ncontainer = "fuzz"\nimage = "localhost/busybox:latest"\n'
-        'follow = "0"\n')  # (following the logs of a container that sleeps an hour would end in a timeout)
-    run = subprocess.run(
-        [schemathesis, "run", f"{server.url}/sandbox-kernel/api/openapi.json", "--url",
-         f"{server.url}/sandbox-kernel/api", "-H", f"Authorization: token {server.token}",
-         "--checks", "not_a_server_error", "--exclude-path", "/images/pull", "--max-examples", "30",
-         "--phases", "examples,coverage,fuzzing", "--request-timeout", "60", "--no-color"],
-        capture_output=True, text=True, timeout=580, cwd=tmp_path)
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-
-
 def test_the_openapi_description_and_the_routes_agree():
     """Every path and method the description names has a handler that implements it, and no route is undocumented."""
     import json
@@ -312,3 +291,49 @@ def test_the_openapi_description_and_the_routes_agree():
         handler = routes[path]
         for method in methods:
             assert getattr(handler, method) is not getattr(APIHandler, method), f"{method.upper()} {path}"
+
+
+def test_the_panel_works_on_a_remote_client(served):
+    """The panel makes the same calls over HTTP: it lists the server's images and changes a container's limits."""
+    from ipywidgets.widgets.tests.utils import setup_test_comm, teardown_test_comm
+
+    from sandbox_kernel.remote import RemoteClient
+    from sandbox_kernel.widgets import Panel
+
+    server, store = served
+    Containers(store).run_detached(ContainerSpec(image=BUSYBOX, name="panel-far", command=("sleep", "60")))
+    setup_test_comm()
+    try:
+        panel = Panel(RemoteClient(server.url, server.token), refresh=60)
+        try:
+            assert BUSYBOX in panel.images_table.value and "panel-far" in panel.containers_table.value
+            panel.limits_target.value = "panel-far"
+            panel.memory.value = 72
+            assert panel.error.value == "" and Containers(store).get("panel-far").spec.limits.memory == 72 * MIB
+        finally:
+            panel.close()
+    finally:
+        teardown_test_comm()
+        Containers(store).remove("panel-far", force=True)
+
+
+@pytest.mark.timeout(600)
+def test_schemathesis_finds_no_server_error(served, tmp_path):
+    """Generated requests for every operation of the OpenAPI description (but pull, which would go out to
+    registries on the internet for a generated name): none gets a 5xx. Last in the module: it removes what
+    it finds (busybox too)."""
+    server, store = served
+    schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+    assert schemathesis, "schemathesis is a test dependency"
+    # real things for the path parameters, so that requests reach more than "no such container"
+    Containers(store).run_detached(ContainerSpec(image=BUSYBOX, name="fuzz", command=("sleep", "3600")))
+    (tmp_path / "schemathesis.toml").write_text(
+        '[parameters]\ncontainer = "fuzz"\nimage = "localhost/busybox:latest"\n'
+        'follow = "0"\n')  # (following the logs of a container that sleeps an hour would end in a timeout)
+    run = subprocess.run(
+        [schemathesis, "run", f"{server.url}/sandbox-kernel/api/openapi.json", "--url",
+         f"{server.url}/sandbox-kernel/api", "-H", f"Authorization: token {server.token}",
+         "--checks", "not_a_server_error", "--exclude-path", "/images/pull", "--max-examples", "30",
+         "--phases", "examples,coverage,fuzzing", "--request-timeout", "60", "--no-color"],
+        capture_output=True, text=True, timeout=580, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]

@@ -137,6 +137,15 @@ class NotebookSink:
         publish_display_data(data, metadata)
 
 
+class RemoteCellError(CellError):
+    """A remote cell's error: the lines the server rendered (the container's traceback, a limit's sentence)."""
+
+    def __init__(self, ename: str, evalue: str, lines: list[str]):
+        super().__init__(ename, evalue, [])
+        self.lines = lines
+        self.args = (lines[-1] if lines else evalue,)
+
+
 def _status_text(row: ContainerRow) -> str:
     return fmt.status_text(row.status, row.created_at, row.started_at, row.finished_at, row.exit_code)
 
@@ -246,9 +255,6 @@ class ContainerMagics(Magics):
     def container_cell(self, line: str, cell: str) -> Any:
         """Run the cell in a container."""
         args = parse_argstring(self.container_cell, line)
-        if self.remote is not None:
-            raise UsageError(f"%%container cells run on this kernel's machine, not on {self.remote.url}: "
-                             "%container --local first")
         if args.timeout is not None and args.timeout <= 0:
             raise UsageError("--timeout must be a positive number of seconds")
         inputs_names = [n.strip() for n in args.inputs.split(",") if n.strip()]
@@ -261,12 +267,33 @@ class ContainerMagics(Magics):
             raise UsageError(f"--in: no variable named {missing[0]!r} in the notebook")
         try:
             inputs = {n: values.encode(n, self.shell.user_ns[n]) for n in inputs_names}
+            if self.remote is not None:
+                return self._remote_cell(line, cell, args, inputs)
             session = self._session(args)
             return self._run_cell(session, args, cell, inputs, outputs_names)
         except CellError:
             raise
         except SandboxError as exc:
             raise UsageError(str(exc)) from None
+
+    def _remote_cell(self, line: str, cell: str, args: Any, inputs: dict[str, Any]) -> Any:
+        """The cell on the server of ``--remote``: its output cleaned here as a local cell's is."""
+        assert self.remote is not None
+        if args.volume:
+            raise UsageError(f"-v is not available against {self.remote.url}: its paths would be the server's")
+        sink = self.sink_factory(args.trust_output)
+        end = self.remote.cell(line, cell, inputs, sink)
+        self.cells.setdefault(args.name or "remote", []).append(cell)
+        if end.get("status") != "ok":
+            error = end.get("error") or {}
+            raise RemoteCellError(str(error.get("ename", "Error")), str(error.get("evalue", "")),
+                                  [str(line) for line in error.get("lines") or []])
+        for name, item in (end.get("outputs") or {}).items():
+            self.shell.user_ns[name] = values.decode(name, item)
+        if end.get("result"):
+            data, metadata = end["result"]
+            return Bundle(*sanitize.sanitize(dict(data), dict(metadata), args.trust_output))
+        return None
 
     def _limits(self, args: Any, base: Limits | None = None) -> Limits | None:
         if args.memory is None and args.cpus is None and args.pids_limit is None:

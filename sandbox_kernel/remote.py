@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -110,15 +112,8 @@ class RemoteClient:
     def _events(self, path: str, body: Any, method: str = "POST") -> Iterator[tuple[str, Any]]:
         """Server-sent events of a streaming call, as they come."""
         with self._request(method, path, body, stream=True) as reply:
-            event = "message"
             try:
-                for raw in reply:  # (the server sends a comment line every 15 s of silence)
-                    line = raw.decode().rstrip("\r\n")
-                    if line.startswith("event: "):
-                        event = line[7:]
-                    elif line.startswith("data: "):
-                        yield event, json.loads(line[6:])
-                        event = "message"
+                yield from self._parse(reply)  # (the server sends a comment line every 15 s of silence)
             except OSError as exc:
                 raise RemoteError(f"lost the connection to {self.url}: {exc}") from None
 
@@ -131,6 +126,64 @@ class RemoteClient:
                 raise self._error(int(data.get("status", 500)), json.dumps(data).encode())
             on_event(event, data)
         raise RemoteError(f"{self.url}: the stream ended without a result")
+
+    # -- %%container cells, run by the server ---------------------------------------------------------------------
+
+    def cell(self, line: str, cell: str, inputs: dict[str, Any], sink: Any) -> dict[str, Any]:
+        """Run a ``%%container`` cell on the server (server/cells.py): its output to ``sink`` as it comes;
+        the end: ``{"status": "ok", "result", "outputs"}`` or ``{"status": "error", "error"}``.
+
+        Ctrl-C (KeyboardInterrupt) while it runs interrupts the cell there, as it would here; the
+        stream goes on to the cell's end (the server kills a cell that ignores it).
+        """
+        events: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        reply = self._request("POST", "cells", {"line": line, "cell": cell, "inputs": inputs}, stream=True)
+
+        def read() -> None:  # in a thread: a Ctrl-C must never land inside the HTTP parser
+            try:
+                for item in self._parse(reply):
+                    events.put(item)
+            except (OSError, ValueError) as exc:
+                events.put(("lost", str(exc)))
+            finally:
+                events.put(None)
+                reply.close()
+
+        threading.Thread(target=read, name="sandbox-kernel-remote-cell", daemon=True).start()
+        while True:
+            try:
+                try:
+                    item = events.get(timeout=0.1)  # in slices, as the local wait: a Ctrl-C is seen at once
+                except queue.Empty:
+                    continue
+            except KeyboardInterrupt:
+                self._request("POST", "cells/interrupt", {})
+                continue
+            if item is None:
+                raise RemoteError(f"{self.url}: the cell's stream ended without its result")
+            event, data = item
+            if event == "stream":
+                sink.stream(str(data.get("name")), str(data.get("text", "")))
+            elif event == "display":
+                sink.display(dict(data.get("data") or {}), dict(data.get("metadata") or {}))
+            elif event == "done":
+                return dict(data)
+            elif event == "error":
+                raise self._error(int(data.get("status", 500)), json.dumps(data).encode())
+            elif event == "lost":
+                raise RemoteError(f"lost the connection to {self.url}: {data}")
+
+    @staticmethod
+    def _parse(reply: Any) -> Iterator[tuple[str, Any]]:
+        """(event, data) of a server-sent event stream; comment lines (the server's heartbeat) skipped."""
+        event = "message"
+        for raw in reply:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                yield event, json.loads(line[6:])
+                event = "message"
 
     # -- the client API -------------------------------------------------------------------------------------------
 

@@ -358,11 +358,11 @@ class Session:
         began = time.monotonic()
         timer = None
         if timeout is not None:
-            def expire() -> None:  # a real SIGINT to the main thread: it wakes the exec's wait, as Ctrl-C does
-                result.status = "timeout"
-                import signal
+            caller = threading.get_ident()
 
-                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+            def expire() -> None:  # the exec's wait ends as at a Ctrl-C
+                result.status = "timeout"
+                interrupt_thread(caller)
 
             timer = threading.Timer(timeout, expire)
             timer.start()
@@ -379,6 +379,23 @@ class Session:
             result.error = CellError("ShellError", f"the shell exited with status {code_}",
                                      [f"the shell exited with status {code_}\n"])
         return result
+
+
+def interrupt_thread(ident: int) -> None:
+    """KeyboardInterrupt in thread ``ident``, as a Ctrl-C would raise it.
+
+    The main thread gets a real SIGINT (it also breaks a blocking wait); another thread (a cell
+    that a Jupyter server runs for a remote kernel) gets the exception raised in it, which its
+    waits, all in short slices, see at once. Never a SIGINT to a server's main thread.
+    """
+    if ident == threading.main_thread().ident:
+        import signal
+
+        signal.pthread_kill(ident, signal.SIGINT)
+    else:
+        import ctypes
+
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
 
 
 def _dict(value: Any) -> dict[str, Any]:

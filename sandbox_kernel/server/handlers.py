@@ -374,6 +374,38 @@ class LogsHandler(_Handler):
         await self.stream(work)
 
 
+class CellHandler(_Handler):
+    """POST /cells {line, cell, inputs}: a %%container cell of a remote kernel (server/cells.py), as SSE."""
+
+    @web.authenticated
+    async def post(self) -> None:
+        body = self.body()
+        line, cell = body.get("line", ""), body.get("cell")
+        if not isinstance(line, str) or not isinstance(cell, str):
+            raise _bad("line and cell: expected strings (the magic's arguments and the cell's code)")
+        inputs = body.get("inputs", {})
+        if not isinstance(inputs, dict):
+            raise _bad("inputs: expected an object of encoded values")
+        runner = self.cells()
+        await self.stream(lambda emit: runner.run(line, cell, inputs, emit))
+
+    def cells(self) -> Any:
+        runner = self.settings.get("sandbox_kernel_cells")
+        if runner is None:
+            from .cells import CellRunner
+
+            runner = self.settings["sandbox_kernel_cells"] = CellRunner(self.client.store)
+        return runner
+
+
+class InterruptHandler(CellHandler):
+    """POST /cells/interrupt: KeyboardInterrupt in the running cell (as a kernel's interrupt)."""
+
+    @web.authenticated
+    async def post(self) -> None:
+        self.reply({"interrupted": self.cells().interrupt()})
+
+
 class OpenAPIHandler(_Handler):
     @web.authenticated
     async def get(self) -> None:
@@ -399,6 +431,8 @@ def handlers(base_url: str) -> list[tuple[str, type, ...]]:  # type: ignore[misc
         (f"containers/{REF}/exec", ExecHandler),
         (f"containers/{REF}/logs", LogsHandler),
         (f"containers/{REF}", ContainerHandler),
+        ("cells", CellHandler),
+        ("cells/interrupt", InterruptHandler),
         ("openapi.json", OpenAPIHandler),
     ]
     return [(url_path_join(base_url, BASE, path), handler) for path, handler in routes]

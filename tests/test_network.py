@@ -453,3 +453,19 @@ def test_cli_nat_network_takes_a_container_outside_and_rm_removes_its_rule(debia
     assert removed.returncode == 0, removed.stderr
     with joined(host), nat._nft() as nft:
         assert not [t for t in nft.get_tables() if t.get_attr("NFTA_TABLE_NAME").startswith(nat.TABLE_PREFIX)]
+
+
+def test_rm_takes_a_container_off_its_network_before_it_returns(net_containers):
+    """After rm -f, its address and veth are gone already (not when its monitor gets to it): a network rm
+    right after succeeds. (Before, the teardown of another test lost that race in CI.)"""
+    from sandbox_kernel.runtime import ContainerSpec
+
+    containers, networks, host = net_containers
+    for round_ in range(10):
+        networks.create("brief")
+        cid = containers.run_detached(ContainerSpec(image="localhost/debian-python", name=f"brief{round_}",
+                                                    network=_net("brief"), command=("sleep", "60")))
+        containers.remove(cid, force=True)
+        assert networks.endpoints("brief") == [], f"round {round_}"
+        networks.remove("brief")
+    assert not [n for n in links_in(host) if n.startswith((VETH_PREFIX, BRIDGE_PREFIX))]

@@ -836,6 +836,9 @@ class Containers:
                 raise ContainerError(f"container {ref} is {state.status}: stop it first, or use rm -f")
             self.stop(cdir.id, timeout=0)
         config = cdir.read_config()
+        network = ContainerSpec.from_dict(config["spec"]).network.network
+        if network is not None:  # now, not when its monitor gets to it: a network rm right after must work
+            self._disconnect(cdir, network)
         with contextlib.suppress(CgroupError):
             open_cgroup(config["cgroup"]).remove()
         self._delete(cdir, config["name"])

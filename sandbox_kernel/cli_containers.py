@@ -19,7 +19,6 @@ from .runtime import (
     SandboxError,
     Store,
     UsageError,
-    parse_cpus,
     parse_env,
     parse_size,
     parse_ulimit,
@@ -41,17 +40,9 @@ def _containers(args: argparse.Namespace) -> Containers:
 
 
 def _limits(args: argparse.Namespace, base: Limits | None = None) -> Limits:
-    base = base or Limits()
-    memory = parse_size(args.memory, "--memory") if args.memory else base.memory
-    swap = base.memory_swap
-    if getattr(args, "memory_swap", None):
-        swap = None if args.memory_swap == "-1" else parse_size(args.memory_swap, "--memory-swap")
-    return Limits(
-        memory=memory,
-        memory_swap=swap,
-        cpus=parse_cpus(args.cpus) if args.cpus else base.cpus,
-        pids=args.pids_limit if args.pids_limit is not None else base.pids,
-    )
+    """``base`` (default: the defaults) with the limit options given (an empty one keeps the base's)."""
+    return (base or Limits()).with_options(args.memory or None, args.cpus or None, args.pids_limit,
+                                           getattr(args, "memory_swap", None) or None)
 
 
 def _spec(args: argparse.Namespace) -> ContainerSpec:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from . import format as fmt
-from .client import Client, LimitsRow, Progress
-from .runtime import Limits, SandboxError, UsageError, parse_cpus, parse_size
+from .client import Client, LimitsRow, Progress, limits_row, to_limits
+from .runtime import Limits, SandboxError, UsageError
 
 PROG = "sandbox-kernel"
 
@@ -85,12 +85,11 @@ def _ps(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _limits(args: argparse.Namespace) -> LimitsRow | None:
+def _limits(args: argparse.Namespace, base: Limits | None = None) -> LimitsRow | None:
+    """What the limit options say, on ``base`` (default: the defaults); None when none is given."""
     if args.memory is None and args.cpus is None and args.pids_limit is None:
         return None
-    return LimitsRow(memory=parse_size(args.memory, "--memory") if args.memory else None,
-                     cpus=parse_cpus(args.cpus) if args.cpus else None,
-                     pids=args.pids_limit if args.pids_limit is not None else Limits().pids)
+    return limits_row((base or Limits()).with_options(args.memory or None, args.cpus or None, args.pids_limit))
 
 
 def _write(stream: str, text: str) -> None:
@@ -158,10 +157,7 @@ def _commit(client: Client, args: argparse.Namespace) -> int:
 def _update(client: Client, args: argparse.Namespace) -> int:
     for name in args.containers:
         current = client.limits(name)
-        client.set_limits(name, LimitsRow(
-            memory=parse_size(args.memory, "--memory") if args.memory else current.memory,
-            cpus=parse_cpus(args.cpus) if args.cpus else current.cpus,
-            pids=args.pids_limit if args.pids_limit is not None else current.pids))
+        client.set_limits(name, _limits(args, to_limits(current)) or current)
         print(name)
     return 0
 

@@ -40,8 +40,6 @@ from .runtime import (
     NetSpec,
     SandboxError,
     Store,
-    parse_cpus,
-    parse_size,
 )
 from .session import (
     AGENT_ARGV,
@@ -298,17 +296,7 @@ class ContainerMagics(Magics):
     def _limits(self, args: Any, base: Limits | None = None) -> Limits | None:
         if args.memory is None and args.cpus is None and args.pids_limit is None:
             return None
-        base = base or Limits()
-        changes: dict[str, Any] = {}
-        if args.memory is not None:
-            changes["memory"] = parse_size(args.memory, "--memory")
-        if args.cpus is not None:
-            changes["cpus"] = parse_cpus(args.cpus)
-        if args.pids_limit is not None:
-            changes["pids"] = args.pids_limit
-        from dataclasses import replace
-
-        return replace(base, **changes)
+        return (base or Limits()).with_options(args.memory, args.cpus, args.pids_limit)
 
     def _image(self, ref: str) -> Any:
         """The image ``ref``: from the store, built from a local recipe, or pulled (progress printed)."""

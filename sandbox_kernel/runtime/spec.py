@@ -60,6 +60,17 @@ class Limits:
     def cpu_quota_us(self) -> int | None:
         return None if self.cpus is None else max(1000, round(self.cpus * CPU_PERIOD_US))
 
+    def with_options(self, memory: str | None = None, cpus: str | None = None, pids: int | None = None,
+                     memory_swap: str | None = None) -> Limits:
+        """These limits changed by what ``--memory``, ``--cpus``, ``--pids-limit`` and ``--memory-swap``
+        say (None: keep this one; ``--memory-swap -1``: unlimited swap), parsed and checked as every
+        frontend (CLI, magics, remote CLI) does."""
+        swap = self.memory_swap
+        if memory_swap is not None:
+            swap = None if memory_swap == "-1" else parse_size(memory_swap, "--memory-swap")
+        return Limits(memory=self.memory if memory is None else parse_size(memory, "--memory"), memory_swap=swap,
+                      cpus=self.cpus if cpus is None else parse_cpus(cpus), pids=self.pids if pids is None else pids)
+
     def __post_init__(self) -> None:
         if self.memory is not None and self.memory < 4 << 20:
             raise UsageError("invalid --memory: the minimum is 4m")

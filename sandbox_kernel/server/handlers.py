@@ -97,6 +97,14 @@ class _Handler(APIHandler):
             raise _bad("the body must be a JSON object")
         return data
 
+    def flag(self, name: str, default: bool = False) -> bool:
+        """A true/false query argument: ``1``/``true`` turn an off-by-default flag on, ``0``/``false`` turn
+        an on-by-default one off; anything else leaves the default."""
+        value = self.get_query_argument(name, None)
+        if value is None:
+            return default
+        return value not in ("0", "false") if default else value in ("1", "true")
+
     async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return await asyncio.to_thread(function, *args, **kwargs)
@@ -174,6 +182,13 @@ def _optional(body: dict[str, Any], key: str, kind: type | tuple[type, ...], wha
     return value
 
 
+def _boolean(body: dict[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise _bad(f"{key}: expected true or false")
+    return value
+
+
 def _limits(body: Any) -> LimitsRow:
     if not isinstance(body, dict):
         raise _bad("limits: expected an object")
@@ -219,9 +234,7 @@ class PullHandler(_Handler):
         if not isinstance(reference, str) or not reference:
             raise _bad("reference: expected an image reference such as registry/name:tag")
         platform = _optional(body, "platform", str, "a platform such as linux/amd64")
-        insecure = body.get("insecure", False)
-        if not isinstance(insecure, bool):
-            raise _bad("insecure: expected true or false")
+        insecure = _boolean(body, "insecure", False)
         from ..runtime import parse_reference
 
         try:
@@ -248,8 +261,7 @@ class PullHandler(_Handler):
 class ImageHandler(_Handler):
     @web.authenticated
     async def delete(self, ref: str) -> None:
-        force = self.get_query_argument("force", "0") in ("1", "true")
-        self.reply({"untagged": await self.call(self.client.remove_image, _ref(ref), force)})
+        self.reply({"untagged": await self.call(self.client.remove_image, _ref(ref), self.flag("force"))})
 
 
 class HistoryHandler(_Handler):
@@ -261,8 +273,7 @@ class HistoryHandler(_Handler):
 class ContainersHandler(_Handler):
     @web.authenticated
     async def get(self) -> None:
-        all_ = self.get_query_argument("all", "1") not in ("0", "false")
-        self.reply(await self.call(self.client.containers, all_))
+        self.reply(await self.call(self.client.containers, self.flag("all", True)))
 
     @web.authenticated
     async def post(self) -> None:
@@ -273,9 +284,7 @@ class ContainersHandler(_Handler):
         name = _optional(body, "name", str, "a container name")
         command = _strings(body.get("command", []), "command")
         limits = _limits(body["limits"]) if body.get("limits") is not None else None
-        start = body.get("start", True)
-        if not isinstance(start, bool):
-            raise _bad("start: expected true or false")
+        start = _boolean(body, "start", True)
         cid = await self.call(self.client.create, image, name=name, command=tuple(command), limits=limits,
                               start=start)
         self.reply({"id": cid}, status=201)
@@ -287,17 +296,17 @@ class ContainerHandler(_Handler):
         ref = _ref(ref)
 
         def find() -> Any:
+            cid = self.client.runtime.get(ref).id  # the runtime's own rule: name, id or id prefix
             for row in self.client.containers(all=True):
-                if ref in (row.id, row.name) or (len(ref) >= 3 and row.id.startswith(ref)):
+                if row.id == cid:
                     return row
-            raise ContainerNotFound(f"no such container: {ref}")
+            raise ContainerNotFound(f"no such container: {ref}")  # (removed meanwhile)
 
         self.reply(await self.call(find))
 
     @web.authenticated
     async def delete(self, ref: str) -> None:
-        force = self.get_query_argument("force", "0") in ("1", "true")
-        self.reply({"id": await self.call(self.client.remove, _ref(ref), force)})
+        self.reply({"id": await self.call(self.client.remove, _ref(ref), self.flag("force"))})
 
 
 class ActionHandler(_Handler):
@@ -365,7 +374,7 @@ class LogsHandler(_Handler):
     @web.authenticated
     async def get(self, ref: str) -> None:
         ref = _ref(ref)
-        follow = self.get_query_argument("follow", "0") in ("1", "true")
+        follow = self.flag("follow")
         await self.call(self.client.runtime.get, ref)  # 404 before the stream starts
 
         def work(emit: Callable[[str, Any], None]) -> dict[str, int | None]:

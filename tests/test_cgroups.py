@@ -359,6 +359,11 @@ _HOG = textwrap.dedent("""
             made += 1
         print(made, flush=True)
         time.sleep(30)
+    elif mode == "spin":
+        while True:
+            pass
+    elif mode == "64m":
+        b = b"x" * (64 << 20)
 """)
 
 
@@ -409,12 +414,8 @@ def test_real_pids_limit_stops_a_fork_loop(real_cgroup):
 @pytest.mark.root
 def test_real_stats_and_freeze(real_cgroup):
     real_cgroup.apply(Limits(cpus=0.5))
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()\nwhile True: pass"],
-                            stdin=subprocess.PIPE, text=True)
+    proc = _spawn_in(real_cgroup, "spin")
     try:
-        real_cgroup.add(proc.pid)
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
         time.sleep(1.0)
         used = real_cgroup.stats().cpu_ns
         assert used is not None and 0.2e9 < used < 0.8e9, f"--cpus 0.5 over 1 s used {used / 1e9:.2f} s"
@@ -432,12 +433,8 @@ def test_real_stats_and_freeze(real_cgroup):
 def test_real_memory_peak_resets_on_v1(real_cgroup):
     if not isinstance(real_cgroup, CgroupV1):
         pytest.skip("the memory peak can be reset on cgroup v1 only")
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline(); b = b'x' * (64 << 20)"],
-                            stdin=subprocess.PIPE, text=True)
+    proc = _spawn_in(real_cgroup, "64m")
     try:
-        real_cgroup.add(proc.pid)
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
         proc.wait(timeout=30)
         assert (real_cgroup.stats().memory_peak or 0) >= 64 << 20
         assert real_cgroup.reset_peak() is True

@@ -44,6 +44,20 @@ def served(base_store, debian_store, tmp_path_factory):
         containers.remove(info.id, force=True)
 
 
+class Seen(list):
+    """What cells and commands sent, across them: (stream, text) pairs and ("display", html). It is its
+    own sink factory: ``magics.sink_factory = seen``."""
+
+    def __call__(self, trusted: bool) -> Seen:
+        return self
+
+    def stream(self, name: str, text: str) -> None:
+        self.append((name, text))
+
+    def display(self, data: dict, metadata: dict) -> None:
+        self.append(("display", data.get("text/html", "")))
+
+
 def quoted(ref: str) -> str:
     return urllib.parse.quote(ref, safe="")
 
@@ -210,16 +224,7 @@ def test_magics_and_cli_against_the_server(served, tmp_path, capsys):
         assert "localhost/busybox" in [r["repository"] for r in magics.container_line("images")]
         Containers(store).run_detached(ContainerSpec(image=BUSYBOX, name="far", command=("sleep", "60")))
         assert [r["name"] for r in magics.container_line("ps")] == ["far"]
-        seen: list[tuple[str, str]] = []
-
-        class Sink:
-            def __init__(self, trusted: bool):
-                pass
-
-            def stream(self, name: str, text: str) -> None:
-                seen.append((name, text))
-
-        magics.sink_factory = Sink
+        seen = magics.sink_factory = Seen()
         assert magics.container_line("exec far sh -c 'echo over there'") == 0 and seen == [("stdout", "over there\n")]
         assert magics.container_line("limits far --memory 40m")[0]["memory"] == "40 MiB"
         assert magics.container_line("stats far")[0]["container"] == "far"
@@ -287,21 +292,10 @@ def test_container_cells_run_on_the_server(served):
     from sandbox_kernel.runtime import Store
 
     server, store = served
-    seen: list[tuple[str, str]] = []
-
-    class Sink:
-        def __init__(self, trusted: bool):
-            pass
-
-        def stream(self, name: str, text: str) -> None:
-            seen.append((name, text))
-
-        def display(self, data: dict, metadata: dict) -> None:
-            seen.append(("display", data.get("text/html", "")))
-
+    seen = Seen()
     namespace: dict = {}
     magics = ContainerMagics(types.SimpleNamespace(user_ns=namespace), store=Store(store.root.parent / "none"))
-    magics.sink_factory = Sink
+    magics.sink_factory = seen
     try:
         magics._use_remote(["--remote", server.url, "--token", server.token])
         value = magics.container_cell(f"rdemo --image {PYTHON_IMAGE} --memory 128m",

@@ -13,13 +13,14 @@ below): one line each, for a panel's error line or the server's JSON reply.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from .runtime import ContainerNotFound, Containers, ContainerSpec, Limits, Store
+from .runtime import ContainerInfo, ContainerNotFound, Containers, ContainerSpec, Limits, Store
 from .runtime.host import HostCapacity, capacity
 
 
@@ -127,6 +128,7 @@ class Client(Protocol):
     def remove_image(self, reference: str, force: bool = False) -> list[str]: ...
     def history(self, reference: str) -> list[dict[str, Any]]: ...
     def containers(self, all: bool = True) -> list[ContainerRow]: ...
+    def container(self, ref: str) -> ContainerRow: ...
     def create(self, image: str, *, name: str | None = None, command: tuple[str, ...] = (),
                limits: LimitsRow | None = None, start: bool = True) -> str: ...
     def start(self, ref: str) -> None: ...
@@ -212,38 +214,43 @@ class LocalClient:
     # -- containers -----------------------------------------------------------------------------------------------
 
     def containers(self, all: bool = True) -> list[ContainerRow]:
-        from .runtime import SandboxError
-
-        rows = []
-        now = time.monotonic()
-        seen = set()
-        for info in self.runtime.list(all=all):
-            limits = info.spec.limits
-            usage = None
-            if info.state.status in ("running", "paused"):
-                try:
-                    usage = self.runtime.stats(info.id).usage
-                except SandboxError:
-                    usage = None
-            cpu_percent = None
-            if usage is not None and usage.cpu_ns is not None:
-                seen.add(info.id)
-                with self._lock:
-                    before = self._cpu.get(info.id)
-                    self._cpu[info.id] = (now, usage.cpu_ns)
-                if before is not None and now > before[0]:
-                    cpu_percent = max(0.0, (usage.cpu_ns - before[1]) / 1e9 / (now - before[0]) * 100)
-            rows.append(ContainerRow(
-                id=info.id, name=info.name, image=info.image, status=info.state.status,
-                created_at=info.state.created_at, started_at=info.state.started_at,
-                finished_at=info.state.finished_at, exit_code=info.state.exit_code,
-                cpu_percent=cpu_percent, memory=usage.memory_current if usage else None,
-                memory_limit=limits.memory, cpus=limits.cpus, pids=usage.pids if usage else None,
-                pids_limit=limits.pids))
-        with self._lock:
-            for gone in set(self._cpu) - seen:
+        sampled: set[str] = set()
+        rows = [self._row(info, sampled) for info in self.runtime.list(all=all)]
+        with self._lock:  # forget the CPU samples of containers not sampled now (gone, or not running)
+            for gone in set(self._cpu) - sampled:
                 del self._cpu[gone]
         return rows
+
+    def container(self, ref: str) -> ContainerRow:
+        """One container (a name, an id or a unique prefix of one) as :meth:`containers` shows it."""
+        return self._row(self.runtime.get(ref))
+
+    def _row(self, info: ContainerInfo, sampled: set[str] | None = None) -> ContainerRow:
+        """``info`` with its usage now; ``sampled`` gets its id if its CPU time was read."""
+        from .runtime import SandboxError
+
+        limits = info.spec.limits
+        usage = None
+        if info.state.status in ("running", "paused"):
+            with contextlib.suppress(SandboxError):  # (it stopped meanwhile)
+                usage = self.runtime.stats(info.id).usage
+        cpu_percent = None
+        if usage is not None and usage.cpu_ns is not None:
+            now = time.monotonic()
+            if sampled is not None:
+                sampled.add(info.id)
+            with self._lock:
+                before = self._cpu.get(info.id)
+                self._cpu[info.id] = (now, usage.cpu_ns)
+            if before is not None and now > before[0]:
+                cpu_percent = max(0.0, (usage.cpu_ns - before[1]) / 1e9 / (now - before[0]) * 100)
+        return ContainerRow(
+            id=info.id, name=info.name, image=info.image, status=info.state.status,
+            created_at=info.state.created_at, started_at=info.state.started_at,
+            finished_at=info.state.finished_at, exit_code=info.state.exit_code,
+            cpu_percent=cpu_percent, memory=usage.memory_current if usage else None,
+            memory_limit=limits.memory, cpus=limits.cpus, pids=usage.pids if usage else None,
+            pids_limit=limits.pids)
 
     def create(self, image: str, *, name: str | None = None, command: tuple[str, ...] = (),
                limits: LimitsRow | None = None, start: bool = True) -> str:

@@ -221,6 +221,9 @@ class RemoteClient:
     def containers(self, all: bool = True) -> list[ContainerRow]:
         return [ContainerRow(**row) for row in self._request("GET", f"containers?all={int(all)}")]
 
+    def container(self, ref: str) -> ContainerRow:
+        return ContainerRow(**self._request("GET", f"containers/{_quote(ref)}"))
+
     def create(self, image: str, *, name: str | None = None, command: tuple[str, ...] = (),
                limits: LimitsRow | None = None, start: bool = True) -> str:
         body: dict[str, Any] = {"image": image, "command": list(command), "start": start}

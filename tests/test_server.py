@@ -189,6 +189,7 @@ def test_remote_client_does_what_the_local_one_does(served):
     assert store.resolve("localhost/remote:1").id == image_id
     assert any(h.get("CreatedBy") == "echo made" for h in remote.history("localhost/remote:1"))
     assert [r.name for r in remote.containers(all=False)] == [r.name for r in local.containers(all=False)]
+    assert remote.container(cid[:12]).name == "remote-one" == local.container("remote-one").name
     logged: list[tuple[str, str]] = []
     assert remote.logs("remote-one", lambda stream, text: logged.append((stream, text))) is None  # still running
     assert logged == []  # (sleep prints nothing)

@@ -293,16 +293,7 @@ class ContainersHandler(_Handler):
 class ContainerHandler(_Handler):
     @web.authenticated
     async def get(self, ref: str) -> None:
-        ref = _ref(ref)
-
-        def find() -> Any:
-            cid = self.client.runtime.get(ref).id  # the runtime's own rule: name, id or id prefix
-            for row in self.client.containers(all=True):
-                if row.id == cid:
-                    return row
-            raise ContainerNotFound(f"no such container: {ref}")  # (removed meanwhile)
-
-        self.reply(await self.call(find))
+        self.reply(await self.call(self.client.container, _ref(ref)))
 
     @web.authenticated
     async def delete(self, ref: str) -> None:

@@ -40,6 +40,11 @@ install -D -m 644 jupyter-config/jupyter_server_config.d/sandbox_kernel.json \
 # command would otherwise compile its modules again (tens of milliseconds). Only changed files
 # are recompiled.
 .venv/bin/python -m compileall -q sandbox_kernel >/dev/null
+# Containers run in user namespaces: root's get the id range of the system user sandbox-kernel
+# (/etc/subuid, /etc/subgid), made here once, as docker makes dockremap for userns-remap.
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+$sudo .venv/bin/python -m sandbox_kernel.runtime.idmap reserve
 # The compiled command process of a container (runtime/exec_helper.py): built once per source
 # version into ~/.cache/sandbox-kernel/bin; without it containers start through a slower Python path.
 .venv/bin/python -m sandbox_kernel.runtime.exec_helper >/dev/null

@@ -139,7 +139,7 @@ def test_prune_keeps_tagged_and_removes_the_rest(store):
     assert removed["blobs"] == 3 and removed["layers"] == 1 and removed["tmp"] == 1
     assert not store.has_blob(gone.digest)
     assert store.verify() == []
-    assert [p.name for p in (store.root / "layers").iterdir()] == [keep_image.diff_ids[0].split(":")[1]]
+    assert [p.name for p in (store.root / "layers").iterdir()] == [store.layer_dir(keep_image.diff_ids[0]).name]
 
 
 def test_unpack_verifies_diff_id_and_reuses_layers(store):

@@ -19,7 +19,8 @@ message as one line; anything else is a bug and may show a traceback.
     └── ContainerError               container lifecycle
         ├── ContainerNotFound        no container with that name or id
         ├── ExecError                the command could not be executed (CLI exit 126/127, as docker)
-        └── CgroupError              creating, limiting, killing or removing a cgroup
+        ├── CgroupError              creating, limiting, killing or removing a cgroup
+        └── UserNamespaceError       no usable id range for containers' user namespaces
 
 Every message is meant to be read by a person in one line: it says what was
 being done, with which object, and what went wrong.
@@ -115,3 +116,7 @@ class ExecError(ContainerError):
 
 class CgroupError(ContainerError):
     """A cgroup could not be created, limited, read, frozen, killed or removed."""
+
+
+class UserNamespaceError(ContainerError):
+    """Containers' ids cannot be mapped: no id range, or one that overlaps another's."""

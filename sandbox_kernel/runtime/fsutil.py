@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -19,6 +20,82 @@ def cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "sandbox-kernel"
+
+
+def unsafe_ancestor(path: str | os.PathLike[str], *, writable_self: bool = False) -> str | None:
+    """Why another user could replace what ``path`` names, or None when only root or we could.
+
+    Every directory on the way (of the path as given and of the path its
+    symlinks lead to) must belong to root or to us and be writable by nobody
+    else; a sticky directory (``/tmp``) may be, when what we find in it is
+    root's or ours. ``path`` itself must belong to root or us and (unless
+    ``writable_self``: the caller is about to tighten it) be writable by
+    nobody else.
+    """
+    me = os.geteuid()
+    absolute = os.path.abspath(path)
+
+    def others_may_write(st: os.stat_result) -> bool:
+        return bool(st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0))
+
+    for chain in dict.fromkeys((absolute, os.path.realpath(absolute))):
+        parts = [p for p in chain.split("/") if p]
+        current = "/"
+        st = os.lstat(current)
+        for part in [*parts, None]:
+            if st.st_uid not in (0, me):
+                return f"{current} belongs to uid {st.st_uid}"
+            if part is None:
+                if not writable_self and others_may_write(st):
+                    return f"{current} is writable by other users"
+                break
+            child = os.path.join(current, part)
+            try:
+                child_st = os.lstat(child)
+            except FileNotFoundError:
+                child_st = None  # we make it, below: nobody else may be able to make or replace it first
+            if stat.S_ISDIR(st.st_mode) and others_may_write(st):
+                sticky_and_ours = st.st_mode & stat.S_ISVTX and (child_st is None or child_st.st_uid in (0, me))
+                if not sticky_and_ours:
+                    return f"{current} is writable by other users"
+            if child_st is None:
+                break
+            current, st = child, child_st
+    return None
+
+
+def private_dir(path: str | os.PathLike[str]) -> None:
+    """Make ``path`` (and missing parents) a directory only its owner can enter, whatever the umask."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.stat(path)
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
+def write_private(path: str | os.PathLike[str], data: bytes, *, sync: bool = False) -> None:
+    """Write a new file that only its owner may read (0600 whatever the umask), replacing ``path`` atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)  # (a file left by a killed writer may have had another mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def remove_tree(name: str | os.PathLike[str], dir_fd: int | None = None, *, missing_ok: bool = True) -> None:

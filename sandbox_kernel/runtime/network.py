@@ -38,6 +38,7 @@ from typing import Any
 
 from . import syscalls as sc
 from .errors import ContainerError, UsageError
+from .fsutil import private_dir, write_private
 
 POOL = ipaddress.ip_network("10.89.0.0/16")  # networks without --subnet get the first free /24 of it
 DEFAULT_MTU = 1500
@@ -157,7 +158,7 @@ def _host_netns() -> str | None:
 class Networks:
     def __init__(self, root: Path, host_netns: str | None = None):
         self.root = Path(root) / "networks"
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)  # (inside the private store: the store's owner's alone, as all of it)
         self.host_netns = host_netns if host_netns is not None else _host_netns()
 
     # -- the host side, over netlink ------------------------------------------------------------------------------
@@ -317,7 +318,7 @@ class Networks:
             (path / "endpoints").mkdir(parents=True, exist_ok=True)  # (left by a create that failed: no record)
             try:
                 tmp = path / "network.json.tmp"  # the record first: a crash leaves a record, not a stray bridge
-                tmp.write_text(json.dumps(asdict(network)))
+                write_private(tmp, json.dumps(asdict(network)).encode())
                 os.replace(tmp, path / "network.json")
                 self._ensure_bridge(network)
             except BaseException:
@@ -373,7 +374,7 @@ class Networks:
             record = self._dir(name) / "endpoints" / f"{container}.json"
             if record.exists():
                 raise NetworkError(f"container {container_name} is already on network {name}")
-            record.write_text(json.dumps(asdict(endpoint)))
+            write_private(record, json.dumps(asdict(endpoint)).encode())
         try:
             self._plug(network, endpoint, netns)
         except BaseException:

@@ -6,7 +6,8 @@ Each container is a directory ``ROOT/containers/ID/``::
     state.json      status, pids, exit code (replaced atomically, under ``lock``);
                     none yet means created, at config.json's time
     lock            flock'ed by whoever changes state.json
-    upper/ work/    the overlay's writable layer
+    upper/ work/    the overlay's writable layer (upper/ is the container root's: it is the
+                    container's /)
     rootfs/         the mount point (mounted only inside the container's mount namespace)
     hostname hosts resolv.conf    files bind-mounted into the container's /etc
     container.log   output of a detached container (size-capped, see logs.py)
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoreError
-from .fsutil import remove_quietly
+from .fsutil import private_dir, remove_quietly, write_private
 
 CREATED, STARTING, RUNNING, PAUSED, EXITED = "created", "starting", "running", "paused", "exited"
 ACTIVE = (STARTING, RUNNING, PAUSED)  # a monitor owns the container
@@ -125,25 +126,36 @@ class ContainerDir:
         self.path = path
         self.id = path.name
 
-    def make(self, hostname: str, warm_owner: tuple[int, int] | None = None) -> None:
+    def make(self, hostname: str, warm_owner: tuple[int, int] | None = None,
+             root_ids: tuple[int, int] | None = None) -> None:
         """The directory of a container-to-be: overlay dirs and the /etc files.
 
         ``warm_owner`` (pid, start time) marks a directory a warm slot made
         ahead of its container: it is garbage once that process is gone.
+        ``root_ids``: the host ids of the container's root (its user namespace),
+        who owns its / (the upper dir) and its /etc files. The directory itself
+        is 0700, its files 0600 (the /etc files 0644 in the container's view).
         """
-        self.path.mkdir()
+        self.path.mkdir(mode=0o700)
         try:
+            os.chmod(self.path, 0o700)  # whatever the umask
             if warm_owner is not None:  # first: a dir without config and without this is unfinished
-                (self.path / WARM_MARK).write_text(f"{warm_owner[0]} {warm_owner[1]}")
+                write_private(self.path / WARM_MARK, f"{warm_owner[0]} {warm_owner[1]}".encode())
             for sub in ("upper", "work", "rootfs"):
-                (self.path / sub).mkdir()
+                (self.path / sub).mkdir(mode=0o700)
+            os.chmod(self.path / "upper", 0o755)  # the container's /, as an image's root is
+            if root_ids is not None:
+                os.chown(self.path / "upper", *root_ids)
             etc = {
                 "hostname": f"{hostname}\n",
                 "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n",
                 "resolv.conf": "# no network: --network none\n",
             }
             for name, text in etc.items():
-                (self.path / name).write_text(text)
+                write_private(self.path / name, text.encode())
+                os.chmod(self.path / name, 0o644)  # (inside a 0700 directory: for the container's users)
+                if root_ids is not None:
+                    os.chown(self.path / name, *root_ids)
         except BaseException:
             remove_quietly(self.path)
             raise
@@ -192,16 +204,9 @@ class ContainerDir:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        write_private(path, text.encode())
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
@@ -210,7 +215,7 @@ class Names:
 
     def __init__(self, root: Path):
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
 
     def claim(self, name: str, cid: str, exists: Any) -> bool:
         """Claim ``name`` for ``cid``; False when a live container holds it.

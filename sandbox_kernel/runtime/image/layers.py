@@ -22,6 +22,12 @@ appears in the error:
 
 Setuid and setgid bits of non-directories are removed unless ``trusted``;
 ``security.capability`` xattrs likewise; ``trusted.*`` xattrs are never applied.
+
+With an id map (idmap.py) a layer is unpacked as containers with that map
+see it: owner N becomes host id BASE+N (an owner the map does not have is
+refused, rule ``owner``), and directories the layer does not name are made
+for the container's root. Written back (``write_layer`` with the same map),
+owners are the container's again, so a snapshot does not depend on the map.
 """
 
 from __future__ import annotations
@@ -41,11 +47,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO, Literal
+from typing import IO, TYPE_CHECKING, BinaryIO, Literal
 
+from .. import idmap as idmap_mod
 from .. import syscalls
 from ..errors import LayerError
 from ..fsutil import remove_quietly, remove_tree
+
+if TYPE_CHECKING:
+    from ..idmap import IdMap
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
@@ -340,12 +350,14 @@ class _Extractor:
         trusted: bool,
         whiteouts: WhiteoutMode,
         chown: bool,
+        idmap: IdMap | None = None,
     ):
         self.root_fd = root_fd
         self.limits = limits
         self.trusted = trusted
         self.whiteouts = whiteouts
         self.chown = chown
+        self.idmap = idmap if chown else None
         self.in_root = syscalls.have_openat2()
         self.dir_fds: OrderedDict[tuple[str, ...], int] = OrderedDict()
         self.retired: list[int] = []
@@ -430,6 +442,8 @@ class _Extractor:
                     raise LayerError(f"parent {where!r} is a dangling symlink", entry=entry, rule="parent") from None
                 self.created.add(parts[: level + 1])
                 child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
+                if self.idmap is not None:  # a directory the layer does not name is the container root's
+                    os.fchown(child, *self.idmap.root)
                 if owned:
                     os.close(base)  # one fd at a time, however deep: RLIMIT_NOFILE may be 1024
                 base, owned = child, True
@@ -513,6 +527,11 @@ class _Extractor:
         parts = split_name(member.name, entry=entry, limits=self.limits)
         if not (0 <= member.uid < MAX_ID and 0 <= member.gid < MAX_ID):
             raise LayerError(f"owner {member.uid}:{member.gid} is out of range", entry=entry, rule="owner")
+        if self.idmap is not None:  # owners as the host sees them in containers with this map
+            try:
+                member.uid, member.gid = self.idmap.to_host(member.uid, member.gid)
+            except ValueError as exc:
+                raise LayerError(f"{exc}; run it with --userns=host", entry=entry, rule="owner") from None
         if not parts:
             if member.isdir():
                 return  # "./": the layer root itself keeps our mode
@@ -647,6 +666,8 @@ class _Extractor:
             if not allowed:
                 continue
             raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+            if attr == "security.capability" and self.idmap is not None:
+                raw = idmap_mod.caps_to_host(raw, self.idmap)  # honoured for the container's root only
             try:
                 os.setxattr(fd, attr, raw)
             except OSError as exc:
@@ -772,10 +793,11 @@ def _apply_stream(
     trusted: bool,
     whiteouts: WhiteoutMode,
     chown: bool,
+    idmap: IdMap | None = None,
 ) -> ExtractResult:
     prefetch = _Prefetcher(decompressed(src))
     reader = _ForwardReader(prefetch, limits.max_bytes + (1 << 30))
-    extractor = _Extractor(root_fd, limits=limits, trusted=trusted, whiteouts=whiteouts, chown=chown)
+    extractor = _Extractor(root_fd, limits=limits, trusted=trusted, whiteouts=whiteouts, chown=chown, idmap=idmap)
     current = "<header>"
     try:
         try:
@@ -815,10 +837,13 @@ def extract_layer(
     trusted: bool = False,
     whiteouts: WhiteoutMode = "overlay",
     chown: bool | None = None,
+    idmap: IdMap | None = None,
 ) -> ExtractResult:
     """Unpack one layer into the new directory ``target`` (which must not exist).
 
-    On any error ``target`` is removed again, so a rejected layer leaves nothing.
+    ``idmap``: owners as containers with that map see them on the host (only
+    when owners are set at all: ``chown``, by default as root). On any error
+    ``target`` is removed again, so a rejected layer leaves nothing.
     """
     target = Path(target)
     os.mkdir(target, 0o755)
@@ -832,6 +857,7 @@ def extract_layer(
                 trusted=trusted,
                 whiteouts=whiteouts,
                 chown=os.geteuid() == 0 if chown is None else chown,
+                idmap=idmap,
             )
         finally:
             os.close(root_fd)
@@ -983,6 +1009,7 @@ def write_layer(
     skip: Callable[[str, os.stat_result], bool] | None = None,
     clamp: int | None = None,
     overlay_lowers: Sequence[Path] | None = None,
+    idmap: IdMap | None = None,
 ) -> WrittenLayer:
     """Write ``source`` as a reproducible layer tar into ``out``.
 
@@ -995,6 +1022,10 @@ def write_layer(
     dirs (top first), and the layer says what overlay says: a whiteout (a
     0:0 character device) becomes ``.wh.NAME``, an opaque directory gets
     ``.wh..wh..opq`` right after it when a lower layer has that directory.
+
+    ``idmap``: ``source`` holds a container's files as the host sees them;
+    the layer gets the container's own owners (and file capabilities), and an
+    owner outside the map is a :class:`LayerError` (rule ``owner``).
     """
     root = Path(source)
     sink = _HashingWriter(out)
@@ -1009,7 +1040,7 @@ def write_layer(
     background = _Background(compressor) if compressor is not sink else None
     tar_sink = _HashingWriter(background or compressor)
     try:
-        _write_entries(root, tar_sink, epoch, clamp, skip, overlay_lowers)
+        _write_entries(root, tar_sink, epoch, clamp, skip, overlay_lowers, idmap)
     except BaseException:
         if background is not None:
             background.abandon()
@@ -1027,7 +1058,8 @@ def write_layer(
 
 
 def _write_entries(root: Path, tar_sink: IO[bytes], epoch: int | None, clamp: int | None,
-                   skip: Callable[[str, os.stat_result], bool] | None, overlay_lowers: Sequence[Path] | None) -> None:
+                   skip: Callable[[str, os.stat_result], bool] | None, overlay_lowers: Sequence[Path] | None,
+                   idmap: IdMap | None = None) -> None:
     """The tar stream of ``root`` (see :func:`write_layer`)."""
     inodes: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=tar_sink, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
@@ -1046,10 +1078,17 @@ def _write_entries(root: Path, tar_sink: IO[bytes], epoch: int | None, clamp: in
             info = tarfile.TarInfo(rel)
             info.mode = stat.S_IMODE(st.st_mode)
             info.uid, info.gid = st.st_uid, st.st_gid
+            if idmap is not None:
+                try:
+                    info.uid, info.gid = idmap.to_container(st.st_uid, st.st_gid)
+                except ValueError as exc:
+                    raise LayerError(str(exc), entry=rel, rule="owner") from None
             info.uname = info.gname = ""
             info.mtime = mtime
             full = root / rel
-            xattrs = _read_xattrs(full, st)
+            xattrs = _read_xattrs(full, st, idmap)
+            if isinstance(xattrs, str):
+                raise LayerError(xattrs, entry=rel, rule="xattr")
             if xattrs:
                 info.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in xattrs.items()}
             if stat.S_ISDIR(st.st_mode):
@@ -1120,7 +1159,9 @@ def _opaque(path: Path) -> bool:
     return False
 
 
-def _read_xattrs(path: Path, st: os.stat_result) -> dict[str, str]:
+def _read_xattrs(path: Path, st: os.stat_result, idmap: IdMap | None = None) -> dict[str, str] | str:
+    """The xattrs a layer carries (file capabilities as the container's namespace wrote them, see
+    idmap.caps_to_container); a string says why one cannot be carried."""
     if stat.S_ISLNK(st.st_mode):
         return {}
     try:
@@ -1131,7 +1172,13 @@ def _read_xattrs(path: Path, st: os.stat_result) -> dict[str, str]:
     for name in names:
         if (name.startswith("user.") and not name.startswith("user.overlay.")) or name == "security.capability":
             try:
-                out[name] = os.getxattr(path, name, follow_symlinks=False).decode("utf-8", "surrogateescape")
+                raw = os.getxattr(path, name, follow_symlinks=False)
             except OSError:
                 continue
+            if name == "security.capability" and idmap is not None:
+                try:
+                    raw = idmap_mod.caps_to_container(raw, idmap)
+                except ValueError as exc:
+                    return str(exc)
+            out[name] = raw.decode("utf-8", "surrogateescape")
     return out

@@ -5,8 +5,12 @@
                                   (annotation org.opencontainers.image.ref.name
                                   = the full reference, docker.io/library/x:y)
       blobs/sha256/HEX            content-addressed blobs
-      layers/HEX[-trusted]/       each layer unpacked once, an overlay lowerdir
-      l/SHORT -> ../layers/HEX    short names for overlay's options (a deep chain of snapshots)
+      layers/HEX[-trusted][-mUID-GID]/
+                                  each layer unpacked once per id map, an overlay
+                                  lowerdir: with its owners as the host sees them in
+                                  containers whose root is host UID:GID (idmap.py);
+                                  without the suffix, with the layer's own owners
+      l/SHORT -> ../layers/NAME   short names for overlay's options (a deep chain of snapshots)
       tmp/                        writes in flight
       locks/                      flock files
 
@@ -18,6 +22,13 @@ killed at any point leaves at most files in ``tmp/``, which ``prune`` removes.
 
 Concurrency: writers (import, unpack) hold ``locks/gc`` shared, ``prune``
 holds it exclusive; read-modify-write of ``index.json`` holds ``locks/index``.
+
+Privacy: the store is its owner's alone. Every directory is 0700 and every
+file the store writes 0600, whatever the umask; a store an earlier version
+left open is tightened when it is first opened. No other user can list it,
+read a blob or a container's files, run what a container made, or take a
+lock. A store that another user owns, or that a directory another user may
+write could swap, is refused.
 """
 
 from __future__ import annotations
@@ -34,15 +45,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
-from ..errors import BlobError, ImageInUse, ImageNotFound, ReferenceFormatError, StoreError
-from ..fsutil import remove_quietly
+from .. import idmap as idmap_mod
+from ..errors import BlobError, ImageInUse, ImageNotFound, ReferenceFormatError, StoreError, UserNamespaceError
+from ..fsutil import private_dir, remove_quietly, unsafe_ancestor
 from . import media
 
 if TYPE_CHECKING:  # the extractor is imported when a layer is unpacked, not by every command
+    from ..idmap import IdMap
     from .layers import ExtractLimits, ExtractResult
 from .ref import Reference, digest_hex, looks_like_id, parse_reference, validate_digest
 
 CHUNK = 1 << 20
+DEFAULT_MAP = "default"  # the id map of this caller's containers (idmap.default), for layer_dir and unpack
+PRIVATE_DIRS = ("blobs", "blobs/sha256", "layers", "l", "tmp", "locks", "containers", "containers/names",
+                "networks")
 
 
 def default_root() -> Path:
@@ -177,6 +193,40 @@ def _publish_dir(tmp: Path, target: Path) -> None:
         remove_quietly(tmp)
 
 
+def _create_private(path: Path) -> BinaryIO:
+    """A new file only its owner may read or write (0600 whatever the umask), open for writing."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "wb")
+
+
+def _tighten(root: Path) -> None:
+    """Close a store an earlier version left readable by others: directories 0700, files 0600.
+
+    The root is done last, so that an interrupted pass is done again on the next open.
+    """
+    def chmod(path: Path, mode: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if not path.is_symlink():
+                os.chmod(path, mode)
+
+    for sub in PRIVATE_DIRS:
+        chmod(root / sub, 0o700)
+    for name in ("index.json", "oci-layout"):
+        chmod(root / name, 0o600)
+    for folder in ("blobs/sha256", "locks"):
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(root / folder):
+                chmod(Path(entry.path), 0o600)
+    for folder in ("containers", "networks"):
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(root / folder):
+                if entry.is_dir(follow_symlinks=False):
+                    chmod(Path(entry.path), 0o700)
+                    for inner in os.scandir(entry.path):
+                        if inner.is_file(follow_symlinks=False):
+                            chmod(Path(inner.path), 0o600)
+    os.chmod(root, 0o700)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -201,9 +251,11 @@ class Store:
         self._images: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {}
         self._tags_cache: tuple[tuple[int, int, int], dict[str, str]] | None = None
         self._links: dict[str, str] = {}  # layer dir name -> its short link's name (short_links)
+        self._idmap: tuple[IdMap | None] | None = None
         try:
-            for sub in ("blobs/sha256", "layers", "tmp", "locks"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            self._open_private()
+            for sub in ("blobs", "blobs/sha256", "layers", "tmp", "locks"):
+                private_dir(self.root / sub)
             layout = self.root / "oci-layout"
             if not layout.exists():
                 self._atomic_write(layout, b'{"imageLayoutVersion":"1.0.0"}')
@@ -214,11 +266,41 @@ class Store:
         except OSError as exc:
             raise _store_error(exc, f"cannot open the store at {self.root}") from None
 
+    def _open_private(self) -> None:
+        """The root exists, is ours, cannot be swapped by another user, and is 0700 (tightened if it was not)."""
+        why = unsafe_ancestor(self.root, writable_self=True)
+        if why is not None:
+            raise StoreError(f"refusing the store at {self.root}: {why}, so another user could replace it; "
+                             "choose a directory that only you (or root) can change")
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            self.root.mkdir(mode=0o700, parents=True)
+            st = os.stat(self.root)
+        if st.st_uid != os.geteuid():
+            raise StoreError(f"refusing the store at {self.root}: it belongs to uid {st.st_uid}, not to you")
+        if st.st_mode & 0o7777 != 0o700:
+            _tighten(self.root)
+
+    @property
+    def idmap(self) -> IdMap | None:
+        """How the ids of this caller's containers map to host ids (idmap.default), None for host ids.
+
+        What layers are unpacked for by default. Without a range (not set up
+        yet), layers keep their own owners and containers say what is missing.
+        """
+        if self._idmap is None:
+            try:
+                self._idmap = (idmap_mod.default(),)
+            except UserNamespaceError:
+                self._idmap = (None,)
+        return self._idmap[0]
+
     # -- locks and atomic files ---------------------------------------------------
 
     @contextlib.contextmanager
     def _lock(self, name: str, shared: bool = False) -> Iterator[None]:
-        fd = os.open(self.root / "locks" / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.root / "locks" / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
@@ -235,7 +317,7 @@ class Store:
     def _atomic_write(self, path: Path, data: bytes) -> None:
         tmp = self._tmp_path(".w")
         try:
-            with open(tmp, "wb") as fh:
+            with _create_private(tmp) as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -293,7 +375,7 @@ class Store:
         sha = hashlib.sha256()
         size = 0
         try:
-            with open(tmp, "wb") as fh:
+            with _create_private(tmp) as fh:
                 while True:
                     chunk = src.read(CHUNK)
                     if not chunk:
@@ -322,7 +404,8 @@ class Store:
         return digest, size
 
     def ingest_layer(self, src: IO[bytes], digest: str, size: int, diff_id: str, *,
-                     on_bytes: Callable[[int], None] | None = None, limits: ExtractLimits | None = None) -> None:
+                     on_bytes: Callable[[int], None] | None = None, limits: ExtractLimits | None = None,
+                     idmap: IdMap | str | None = DEFAULT_MAP) -> None:
         """Store a layer blob from a stream and unpack it from the same bytes as they come (a pull).
 
         The blob and the unpacked directory become visible only once the
@@ -333,16 +416,18 @@ class Store:
         from .layers import ExtractLimits, extract_layer
 
         validate_digest(digest)
-        target = self.layer_dir(diff_id)
+        mapping = self._map(idmap)
+        target = self.layer_dir(diff_id, idmap=mapping)
         tmp_blob = self._tmp_path(".blob")
         tmp_layer = self._tmp_path(".layer")
         try:
-            with open(tmp_blob, "wb") as out:
+            with _create_private(tmp_blob) as out:
                 tee = _Tee(src, out, size, on_bytes)
                 unpack_error: BaseException | None = None
                 if not target.is_dir():
                     try:
-                        extract_layer(tee, tmp_layer, expected_diff_id=diff_id, limits=limits or ExtractLimits())
+                        extract_layer(tee, tmp_layer, expected_diff_id=diff_id, limits=limits or ExtractLimits(),
+                                      idmap=mapping)
                     except Exception as exc:
                         unpack_error = exc
                 if tee.error is not None:  # the download failed: that is the error, not what it did to the tar
@@ -571,24 +656,32 @@ class Store:
 
     # -- unpacked layers ----------------------------------------------------------
 
-    def layer_dir(self, diff_id: str, trusted: bool = False) -> Path:
-        return self.root / "layers" / (digest_hex(diff_id) + ("-trusted" if trusted else ""))
+    def _map(self, idmap: IdMap | str | None) -> IdMap | None:
+        return self.idmap if idmap == DEFAULT_MAP else idmap  # type: ignore[return-value]
 
-    def unpack(self, image: Image, *, trusted: bool = False, limits: ExtractLimits | None = None) -> list[Path]:
-        """Unpack every layer of ``image`` that is not unpacked yet.
+    def layer_dir(self, diff_id: str, trusted: bool = False, *, idmap: IdMap | str | None = DEFAULT_MAP) -> Path:
+        """Where layer ``diff_id`` is unpacked for containers with ``idmap`` (None: with the layer's own owners)."""
+        mapping = self._map(idmap)
+        suffix = ("-trusted" if trusted else "") + (mapping.suffix if mapping is not None else "")
+        return self.root / "layers" / (digest_hex(diff_id) + suffix)
+
+    def unpack(self, image: Image, *, trusted: bool = False, limits: ExtractLimits | None = None,
+               idmap: IdMap | str | None = DEFAULT_MAP) -> list[Path]:
+        """Unpack every layer of ``image`` that is not unpacked yet for containers with ``idmap``.
 
         Returns the layer directories bottom first (reverse them for overlay's
         ``lowerdir``). Each is verified against the config's diff id.
         """
-        dirs = [self.layer_dir(diff_id, trusted) for diff_id in image.diff_ids]
+        mapping = self._map(idmap)
+        dirs = [self.layer_dir(diff_id, trusted, idmap=mapping) for diff_id in image.diff_ids]
         if all(target.is_dir() for target in dirs):  # a layer dir appears whole (rename): no lock needed to see it
             return dirs
         dirs = []
         with self.writing():
             for desc, diff_id in zip(image.layers, image.diff_ids, strict=True):
-                target = self.layer_dir(diff_id, trusted)
+                target = self.layer_dir(diff_id, trusted, idmap=mapping)
                 if not target.is_dir():
-                    self._unpack_one(desc, diff_id, target, trusted, limits)
+                    self._unpack_one(desc, diff_id, target, trusted, limits, mapping)
                 dirs.append(target)
         return dirs
 
@@ -596,7 +689,7 @@ class Store:
         """Unpack one stored layer blob if its tree is not here yet (call inside :meth:`writing`)."""
         target = self.layer_dir(diff_id)
         if not target.is_dir():
-            self._unpack_one(desc, diff_id, target, False, None)
+            self._unpack_one(desc, diff_id, target, False, None, self.idmap)
 
     def short_links(self, layer_dirs: Iterable[str | os.PathLike[str]]) -> tuple[Path, tuple[str, ...]]:
         """Short names for layer dirs, as symlinks in ``l/`` (docker's overlay2 way): ``(l/, names)``.
@@ -613,9 +706,11 @@ class Store:
             if known is not None and _readlink(links / known) == target:  # one syscall on a start's path
                 names.append(known)
                 continue
-            links.mkdir(exist_ok=True)
-            for length in (16, 24, 32, 64 + 8):
-                name = Path(layer).name[:length]
+            private_dir(links)
+            # (a hash of the whole name: a layer unpacked for several id maps has names that share a prefix)
+            full = hashlib.sha256(Path(layer).name.encode()).hexdigest()
+            for length in (16, 24, 32, 64):
+                name = full[:length]
                 link = links / name
                 try:
                     os.symlink(target, link)
@@ -636,7 +731,8 @@ class Store:
             yield
 
     def _unpack_one(
-        self, desc: dict[str, Any], diff_id: str, target: Path, trusted: bool, limits: ExtractLimits | None
+        self, desc: dict[str, Any], diff_id: str, target: Path, trusted: bool, limits: ExtractLimits | None,
+        idmap: IdMap | None,
     ) -> ExtractResult:
         from .layers import ExtractLimits, extract_layer
 
@@ -644,7 +740,7 @@ class Store:
         try:
             with self.open_blob(desc["digest"]) as fh:
                 result = extract_layer(fh, tmp, expected_diff_id=diff_id, trusted=trusted,
-                                       limits=limits or ExtractLimits())
+                                       limits=limits or ExtractLimits(), idmap=idmap)
             _publish_dir(tmp, target)
         except OSError as exc:
             remove_quietly(tmp)
@@ -689,7 +785,7 @@ class Store:
                     path.unlink()
                     removed["blobs"] += 1
             for path in (self.root / "layers").iterdir():
-                if path.name.removesuffix("-trusted") not in keep_layers:
+                if path.name[:64] not in keep_layers:  # HEX, then -trusted and the id map's suffix
                     remove_quietly(path)
                     removed["layers"] += 1
             if (self.root / "l").is_dir():

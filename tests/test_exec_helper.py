@@ -140,3 +140,32 @@ def test_build_refuses_a_cache_others_can_write(tmp_path):
     built.parent.chmod(0o777)
     with pytest.raises(exec_helper.HelperError, match="writable by another user"):
         exec_helper.build(Path(built.parent))
+
+
+def test_build_refuses_a_helper_below_a_directory_others_can_write(tmp_path):
+    """Anyone who may write a directory above the helper could swap it (rename its parent) before root runs it."""
+    if subprocess.run(["sh", "-c", "command -v cc"], capture_output=True).returncode != 0:
+        pytest.skip("no C compiler")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    built = exec_helper.build(shared / "bin")
+    shared.chmod(0o777)  # not sticky: another user may rename bin/ and put their own in its place
+    with pytest.raises(exec_helper.HelperError, match=f"could be replaced by another user .*{shared} is writable"):
+        exec_helper.build(shared / "bin")
+    shared.chmod(0o1777)  # sticky, and bin/ is ours: nobody else can move it
+    assert exec_helper.build(shared / "bin") == built
+
+
+def test_what_runs_is_a_sealed_copy_not_the_file(helper):
+    """The helper runs from a memfd that no one can write, grow or shrink: swapping or changing the file on
+    disk afterwards changes nothing that runs, and a container never gets a handle on a host file."""
+    import fcntl
+
+    assert helper.startswith("/proc/self/fd/")
+    fd = int(helper.rsplit("/", 1)[1])
+    seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    assert seals & exec_helper.SEALS == exec_helper.SEALS, f"seals {seals:#x}"
+    assert os.readlink(helper).startswith("/memfd:sk-exec")
+    with pytest.raises(PermissionError):
+        os.write(fd, b"x")
+    assert fd >= 64, "above the fds the helper is given (3 and 4)"

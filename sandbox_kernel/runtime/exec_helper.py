@@ -17,15 +17,25 @@ a changed source builds a new helper. Without a compiler the runtime uses
 the Python path (process._warm_command), which does the same with the same
 result, only slower. ``SANDBOX_KERNEL_EXEC_HELPER=0`` forces that path.
 
+Nobody else can swap it: the file, its directory and every directory above
+them must belong to root or to us and be writable by nobody else (a sticky
+``/tmp`` only above something of ours), or it is not used. What passes is
+copied once per process into a sealed memfd (no writes, no resizing, ever),
+and that copy is what runs (``/proc/self/fd/N``): the file can change on disk
+afterwards, the helper that runs cannot, and the container never gets a
+handle on a host file (CVE-2019-5736; runc does the same with itself).
+
     python -m sandbox_kernel.runtime.exec_helper   # build it now (scripts/setup.sh does), print its path
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import os
+import stat
 import struct
 import sys
 from pathlib import Path
@@ -60,6 +70,9 @@ def _check_owned(path: Path) -> None:
     st = path.stat()
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
         raise HelperError(f"{path} is writable by another user or not ours; not running it")
+    why = fsutil.unsafe_ancestor(path)
+    if why is not None:
+        raise HelperError(f"{path} could be replaced by another user ({why}); not running it")
 
 
 def build(directory: Path | None = None) -> Path:
@@ -100,15 +113,76 @@ def build(directory: Path | None = None) -> Path:
     return target
 
 
-@functools.cache
-def path() -> str | None:
-    """The helper to spawn, or None to use the Python path (no compiler, or switched off)."""
-    if os.environ.get(ENV_SWITCH, "1") == "0":
-        return None
+MFD_EXEC = 0x10  # (Linux 6.3: memfds are executable only when asked; older kernels refuse the flag)
+SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+_sealed: dict[str, tuple[int, int, int]] = {}  # the memfd of this process: fd, st_dev, st_ino
+
+
+def sealed_copy(source: Path) -> int:
+    """A close-on-exec memfd holding ``source``'s bytes, sealed against any change."""
+    with open(source, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW | os.O_CLOEXEC)) as fh:
+        st = os.fstat(fh.fileno())
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
+            raise HelperError(f"{source} is writable by another user or not ours; not running it")
+        data = fh.read()
+    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
     try:
-        return str(build())
+        fd = os.memfd_create("sk-exec", flags | MFD_EXEC)
+    except OSError:
+        fd = os.memfd_create("sk-exec", flags)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, 0o500)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        # Above the fds the helper is given (3 and 4: process._spawn_helper moves them there before the exec)
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
+    finally:
+        os.close(fd)
+    return high
+
+
+def path() -> str | None:
+    """What to spawn (a sealed copy, ``/proc/self/fd/N``), or None to use the Python path (no compiler, a
+    helper someone else could have changed, or switched off).
+
+    Made once per process; a forked child that closed the copy's fd (a
+    detached monitor closes everything) gets a new one.
+    """
+    if os.environ.get(ENV_SWITCH, "1") == "0" or _unusable():
+        return None
+    known = _sealed.get("helper")
+    if known is not None:
+        fd, dev, ino = known
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                return f"/proc/self/fd/{fd}"
+        except OSError:
+            pass
+    try:
+        fd = sealed_copy(build())
     except (HelperError, OSError):
         return None
+    st = os.fstat(fd)
+    _sealed["helper"] = (fd, st.st_dev, st.st_ino)
+    return f"/proc/self/fd/{fd}"
+
+
+@functools.cache
+def _unusable() -> bool:
+    """No helper to be had in this process (asked once: building it again on every start would be slow)."""
+    try:
+        build()
+    except (HelperError, OSError):
+        return True
+    return False
+
+
+def kept_fds() -> list[int]:
+    """The fds a forked child that will spawn the helper keeps (so that it need not copy it again)."""
+    return [known[0] for known in _sealed.values()]
 
 
 def encode(argv: tuple[str, ...], env: tuple[tuple[str, str], ...], cwd: str, uid: int, gid: int,

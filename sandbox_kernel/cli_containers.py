@@ -62,6 +62,7 @@ def _spec(args: argparse.Namespace) -> ContainerSpec:
         remove=args.rm,
         ulimits=DEFAULT_ULIMITS + tuple(parse_ulimit(u) for u in args.ulimit),
         log_size=parse_size(args.log_size, "--log-size") if args.log_size else ContainerSpec.log_size,
+        userns=args.userns,
     )
 
 
@@ -230,6 +231,8 @@ def _add_create_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entrypoint")
     p.add_argument("--ulimit", action="append", default=[], help="NAME=SOFT[:HARD], e.g. nofile=1024:4096")
     p.add_argument("--log-size", help="keep at most this much output of a detached container (default 8m)")
+    p.add_argument("--userns", default="", metavar="host",
+                   help="host: no user namespace, container root is host root (trusted tools only)")
     p.add_argument("-i", "--interactive", action="store_true", help="accepted: stdin is always passed")
     p.add_argument("-t", "--tty", action="store_true", help="not supported yet")
     p.add_argument("image", metavar="IMAGE")

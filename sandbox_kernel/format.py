@@ -244,6 +244,7 @@ def inspect_container(info: ContainerInfo) -> dict[str, Any]:
             "NetworkMode": spec.network.mode,
             "Binds": [f"{m.source}:{m.target}{':ro' if m.readonly else ''}" for m in spec.mounts],
             "Ulimits": [{"Name": n, "Soft": s, "Hard": h} for n, s, h in spec.ulimits],
+            "UsernsMode": spec.userns,
         },
     }
 

@@ -173,6 +173,9 @@ class ContainerMagics(Magics):
         self._closed = False
         self._client: Client | None = None
         self.default_limits = Limits()  # of new %%container containers; the panel's Limits tab sets them
+        # "host": new containers without a user namespace (container root is host root). For trusted tools
+        # (the benchmarks compare both); no magic option sets it.
+        self.userns = ""
         self.panel: Any = None  # the last %container panel (one at a time: each has a refresh timer)
         self.remote: RemoteClient | None = RemoteClient.from_environment()  # $SANDBOX_KERNEL_HOST
         atexit.register(self.shutdown)
@@ -365,6 +368,7 @@ class ContainerMagics(Magics):
                 hostname=args.hostname,
                 env=(("PYTHONUNBUFFERED", "1"),),
                 labels=((OWNER_LABEL, self.owner), (KEEP_LABEL, "1" if args.keep else "0")),
+                userns=self.userns,
             )
             session.start(spec, python)
         if args.keep:

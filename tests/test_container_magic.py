@@ -8,6 +8,7 @@ Every container a test makes is removed at the end (the magics' shutdown).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import threading
@@ -383,26 +384,42 @@ def test_kernel_exit_removes_containers_and_the_next_kernel_reconciles(magic_sto
 
 
 def test_a_container_that_forges_the_channel_is_stopped_not_believed(ip):
-    """A cell (root in its container) writes a forged, oversized frame header into the supervisor's
-    channel to the kernel: the kernel refuses it, stops the container, and says so in one line."""
+    """The channel to the kernel is the host's: a cell (root in its container, not on the host) cannot
+    open the supervisor's pipes that the host made, to write into them. Whatever still writes a forged,
+    oversized frame header there (a subverted supervisor; here the test, from the host) is refused: the
+    kernel stops the container and says so in one line."""
     run(ip, "forge", "x = 1")
-    forge = '''
+    probe = '''
 import os
 sup = os.getppid()
+opened = []
 for fd in os.listdir("/proc/%d/fd" % sup):
     target = "/proc/%d/fd/%s" % (sup, fd)
     if os.readlink(target).startswith("pipe:"):
         try:
-            w = os.open(target, os.O_WRONLY | os.O_NONBLOCK)
-            os.write(w, b"\\xff\\xff\\xff\\xf0" + b"junk" * 100)
-            os.close(w)
+            os.close(os.open(target, os.O_WRONLY | os.O_NONBLOCK))
+            opened.append(int(fd))
         except OSError:
             pass
-import time
-time.sleep(5)
-'''
+print(sorted(opened))
+'''  # (a list of ints: its repr is JSON)
+    run(ip, "forge", probe)
+    opened = json.loads(last(ip).text())
+    state = Containers(ip.sk.store).get(ip.sk.sessions["forge"].cid).state
+    [supervisor] = Path(f"/proc/{state.pid}/task/{state.pid}/children").read_text().split()
+    pipes = {int(fd): os.stat(f"/proc/{supervisor}/fd/{fd}").st_uid for fd in os.listdir(f"/proc/{supervisor}/fd")
+             if os.readlink(f"/proc/{supervisor}/fd/{fd}").startswith("pipe:")}
+    hosts = {fd for fd, owner in pipes.items() if owner == 0}
+    assert hosts, f"the channel is pipes the host made: {pipes}"
+    assert not hosts & set(opened), f"a cell opened the host's end of its channel: fds {sorted(hosts & set(opened))}"
+    for fd in pipes:  # what a subverted supervisor could do: a forged frame into every pipe it has
+        pipe = os.open(f"/proc/{supervisor}/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(pipe, b"\xff\xff\xff\xf0" + b"junk" * 100)
+        finally:
+            os.close(pipe)
     with pytest.raises(UsageError, match=r"the agent sent a message of \d+ bytes .*the container was stopped"):
-        run(ip, "forge", forge)
+        run(ip, "forge", "import time; time.sleep(5)")
     assert not ip.sk.sessions["forge"].alive
 
 

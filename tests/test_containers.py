@@ -413,6 +413,7 @@ def test_a_warm_slot_is_only_used_for_the_same_rootfs(root, debian_store, tmp_pa
     containers.run(spec, stdin=None, stdout=out.append)
     first_host = b"".join(out)
     (tmp_path / "f").write_text("from the host\n")
+    tmp_path.chmod(0o755)  # a read-only volume of root's is bound as it is: its files read as others may
     out.clear()
     with_volume = ContainerSpec(image=BUSYBOX, command=("cat", "/v/f"), remove=True,
                                 mounts=(Mount(str(tmp_path), "/v", readonly=True),))
@@ -506,6 +507,7 @@ def test_a_plain_warm_slot_that_has_waited_runs_the_next_container(root, tmp_pat
     spec = ContainerSpec(image="localhost/busybox", command=("cat", "/x/file"), remove=True,
                          mounts=(Mount(str(tmp_path), "/x", True),))
     (tmp_path / "file").write_text("from the volume\n")
+    tmp_path.chmod(0o755)  # a read-only volume of root's is bound as it is: its files read as others may
     seen: list[bytes] = []
     for _ in range(3):
         result = containers.run(spec, stdin=None, stdout=seen.append, stderr=None)

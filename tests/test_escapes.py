@@ -25,6 +25,7 @@ pytestmark = pytest.mark.root
 
 BUSYBOX = "localhost/busybox:latest"
 PYTHON = "localhost/debian-python:latest"
+STUDENT = (4343, 4343)  # the owner of a writable volume (a host user's folder; root's are refused)
 _STORES_USED: set[Path] = set()  # every store a test ran a container from: checked by nothing_left_behind
 
 
@@ -416,6 +417,7 @@ def test_symlinks_in_a_volume_do_not_reach_host_files(bb, tmp_path):
     (victim_dir / "inner").write_text("inner\n")
     vol = tmp_path / "vol"
     vol.mkdir()
+    os.chown(vol, *STUDENT)  # a user's folder: the container's root writes there as that user
     (vol / "planted").symlink_to(victim)  # a host user left this in the shared directory
     before = {p: snapshot(p) for p in (victim, victim_dir)}
     links = {"abs": str(victim), "rel": "../victim", "dir": str(victim_dir), "reldir": "../victim-dir", "root": "/"}
@@ -444,6 +446,8 @@ def test_volume_target_through_a_symlink_is_refused(bb, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     second.mkdir()
+    os.chown(first, *STUDENT)
+    os.chown(second, *STUDENT)
     (second / "payload").write_text("payload\n")
     (first / "abs").symlink_to(victim_dir)  # followed on the host, /data/abs is the host's victim-dir
     (first / "rel").symlink_to("../victim-dir")  # and so is this one
@@ -462,6 +466,7 @@ def test_volume_target_with_dotdot_stays_inside(bb, tmp_path):
     """``..`` in a target clamps at the container's /: a naive join(rootfs, target) would reach the host."""
     src = tmp_path / "src"
     src.mkdir()
+    os.chown(src, *STUDENT)
     (src / "payload").write_text("payload\n")
     before = snapshot(tmp_path)
     escape = tmp_path / "escape"
@@ -618,6 +623,7 @@ def test_a_device_node_in_a_volume_cannot_be_opened(bb, tmp_path):
     """A device node in a volume opens nothing: volumes are nodev, and the device cgroup (v1) denies the rest."""
     devs = tmp_path / "devs"
     devs.mkdir()
+    os.chown(devs, *STUDENT)
     root_dev = os.stat("/").st_dev
     candidates = {  # name: (kind, major, minor); opening any of them read-only changes nothing
         "disk": (stat.S_IFBLK, os.major(root_dev), os.minor(root_dev)),  # the host's root file system

@@ -112,11 +112,13 @@ def test_volumes_read_only_and_read_write(root, tmp_path):
     (data / "in.txt").write_text("from host\n")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
+    os.chown(out_dir, 4343, 4343)  # a user's folder: root's are refused for writing (test_userns.py)
     proc = sh(root, "cat /data/in.txt; echo x > /data/new 2>/dev/null || echo ro-refused;"
                     "mount -o remount,rw /data 2>/dev/null && echo remounted; echo result > /out/file",
               "-v", f"{data}:/data:ro", "-v", f"{out_dir}:/out")
     assert proc.stdout.splitlines() == ["from host", "ro-refused"]
     assert (out_dir / "file").read_text() == "result\n"
+    assert os.stat(out_dir / "file")[4:6] == (4343, 4343), "what the container's root wrote is the folder owner's"
     assert sorted(p.name for p in data.iterdir()) == ["in.txt"]
 
 

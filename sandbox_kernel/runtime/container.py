@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import idmap as idmap_mod
 from . import logs
 from . import users as users_mod
 from .cgroups import CgroupStats, open_cgroup, remove_empty_parents
@@ -40,7 +41,7 @@ from .errors import (
     SandboxError,
     UsageError,
 )
-from .fsutil import remove_quietly
+from .fsutil import private_dir, remove_quietly
 from .image.store import Image, Store
 from .rootfs import RootfsPlan
 from .spec import ContainerSpec, Limits
@@ -163,7 +164,7 @@ def _warm_key(image: Image, spec: ContainerSpec) -> tuple[str, ...] | None:
     """What a warm slot's rootfs depends on; None when it must not be built ahead (volumes: host paths)."""
     if spec.mounts:
         return None
-    return (image.id, spec.hostname or "", _cwd(image, spec))
+    return (image.id, spec.hostname or "", _cwd(image, spec), spec.userns)
 
 
 def _cwd(image: Image, spec: ContainerSpec) -> str:
@@ -180,7 +181,8 @@ def _rlimits(ulimits: tuple[tuple[str, int, int], ...]) -> tuple[tuple[int, int,
     return tuple(out)
 
 
-def _process_plan(proc: dict[str, Any], spec: ContainerSpec) -> process.ProcessPlan:
+def _process_plan(proc: dict[str, Any], spec: ContainerSpec, config: dict[str, Any]) -> process.ProcessPlan:
+    userns = config.get("idmap") is not None
     return process.ProcessPlan(
         argv=tuple(proc["argv"]),
         env=tuple((k, v) for k, v in proc["env"].items()),
@@ -189,7 +191,49 @@ def _process_plan(proc: dict[str, Any], spec: ContainerSpec) -> process.ProcessP
         gid=proc["gid"],
         groups=tuple(proc["groups"]),
         rlimits=_rlimits(spec.ulimits),
+        userns=userns,
+        # a writable volume is a host folder: no setuid or setgid file may appear in it (security.py)
+        no_setid=userns and any(not mount.readonly for mount in spec.mounts),
     )
+
+
+def _idmap(spec: ContainerSpec) -> idmap_mod.IdMap | None:
+    """The user namespace's map of a new container (None: host ids, ``--userns=host``)."""
+    return None if spec.userns == "host" else idmap_mod.default()
+
+
+def _volume_owners(spec: ContainerSpec, idmap: idmap_mod.IdMap | None) -> tuple[tuple[int, int] | None, ...]:
+    """Per volume, the host user (uid, gid) the container's root is there (an idmapped mount), or None.
+
+    A volume is its owner's: the container's root writes there as that user,
+    with that user's primary group, and can do nothing that user could not.
+    A writable volume that belongs to root is refused: no container may write
+    as the host's root. A read-only one of root's is bound as it is (as
+    docker's userns-remap does): its files read as any other user may.
+    """
+    if idmap is None:
+        return tuple(None for _ in spec.mounts)
+    out: list[tuple[int, int] | None] = []
+    for mount in spec.mounts:
+        try:
+            st = os.stat(mount.source)
+        except OSError as exc:
+            raise UsageError(f"volume {mount.source}: {exc.strerror.lower() if exc.strerror else exc}") from None
+        if st.st_uid == 0:
+            if not mount.readonly:
+                raise UsageError(f"volume {mount.source} belongs to root, and a container's root is not the "
+                                 "host's: mount it read-only (:ro), give it to a user (chown), or run with "
+                                 "--userns=host (trusted tools only)")
+            out.append(None)
+            continue
+        import pwd
+
+        try:
+            gid = pwd.getpwuid(st.st_uid).pw_gid
+        except KeyError:
+            gid = st.st_gid
+        out.append((st.st_uid, gid or 65534))  # (never the host's root group: nogroup then)
+    return tuple(out)
 
 
 # -- the facade ---------------------------------------------------------------------------------------------------
@@ -204,7 +248,7 @@ class Containers:
         self.store = store
         self.warm_slots = warm_slots
         self.root = store.root / "containers"
-        self.root.mkdir(exist_ok=True)
+        private_dir(self.root)
         self.names = Names(self.root / "names")
 
     # -- finding -------------------------------------------------------------------------------------------------
@@ -360,7 +404,8 @@ class Containers:
         if spec.name is not None and (not spec.name or not all(c.isalnum() or c in "_.-" for c in spec.name)
                                       or not spec.name[0].isalnum()):
             raise UsageError(f"invalid container name {spec.name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
-        lowers = [str(d) for d in reversed(self.store.unpack(image))]  # top first
+        mapping = _idmap(spec)
+        lowers = [str(d) for d in reversed(self.store.unpack(image, idmap=mapping))]  # top first
         cid = warm.cid if warm is not None else os.urandom(32).hex()
         name = spec.name or f"sk-{cid[:12]}"
         hostname = spec.hostname or cid[:12]
@@ -370,6 +415,7 @@ class Containers:
             "name": name,
             "image_id": image.id,
             "image_manifest": image.manifest_digest,  # the store keeps this image while the container exists
+            "idmap": mapping.to_json() if mapping is not None else None,  # None: host ids (--userns=host)
             "spec": asdict(spec),
             "cgroup": cid[:32],
             "hostname": hostname,
@@ -385,7 +431,7 @@ class Containers:
         }
         cdir = ContainerDir(self.root / cid)
         if warm is None:
-            cdir.make(hostname)
+            cdir.make(hostname, root_ids=mapping.root if mapping is not None else None)
         try:
             if not self.names.claim(name, cid, lambda other: (self.root / other / "config.json").exists()):
                 raise ContainerError(f"the container name {name!r} is already in use by container "
@@ -411,13 +457,17 @@ class Containers:
             me = ProcRef.me()
             from .monitor import Speculation
 
-            speculation = Speculation(key, cid, str(path), self._rootfs_plan(path, list(lowers), spec, key[2]),
-                                      spec.hostname or cid[:12], cid[:32], (me.pid, me.start) if me else (0, 0))
+            plan = self._rootfs_plan(path, list(lowers), spec, key[2], _idmap(spec))
+            speculation = Speculation(key, cid, str(path), plan, spec.hostname or cid[:12], cid[:32],
+                                      (me.pid, me.start) if me else (0, 0))
         launcher.warm_next(speculation)
 
-    def _rootfs_plan(self, path: Path, lowerdirs: list[str], spec: ContainerSpec, cwd: str) -> RootfsPlan:
+    def _rootfs_plan(self, path: Path, lowerdirs: list[str], spec: ContainerSpec, cwd: str,
+                     idmap: idmap_mod.IdMap | None) -> RootfsPlan:
         links, names = self.store.short_links(lowerdirs)
         return RootfsPlan(
+            idmap=idmap,
+            volume_owners=_volume_owners(spec, idmap),
             lower_root=str(links),
             lower_links=names,
             rootfs=str(path / "rootfs"),
@@ -439,16 +489,20 @@ class Containers:
         else:  # a container made earlier: its layers may have gone since
             config = cdir.read_config()
             spec = ContainerSpec.from_dict(config["spec"])
+            if "idmap" not in config:
+                raise ContainerError(f"container {config['name']} was made by an earlier version, whose containers "
+                                     "ran as the host's root: remove it and make it again")
             for layer in config["lowerdirs"]:
                 if not os.path.isdir(layer):
                     raise ImageNotFound(f"container {config['name']}: a layer of its image {spec.image} is gone "
                                         f"({os.path.basename(layer)[:12]}); remove the container")
         path = cdir.path
-        plan = self._rootfs_plan(path, config["lowerdirs"], spec, config["process"]["cwd"])
+        plan = self._rootfs_plan(path, config["lowerdirs"], spec, config["process"]["cwd"],
+                                 idmap_mod.IdMap.from_json(config["idmap"]))
         from .monitor import Job
 
         job = Job(cdir=str(path), name=config["name"], plan=plan, hostname=config["hostname"],
-                  proc=_process_plan(config["process"], spec), cgroup=config["cgroup"], limits=spec.limits,
+                  proc=_process_plan(config["process"], spec, config), cgroup=config["cgroup"], limits=spec.limits,
                   detached=detached, remove=spec.remove, log_max=spec.log_size, fresh=created is not None,
                   network=self._net_job(cdir, spec, config), host_network=spec.network.mode == "host")
         return job, spec
@@ -666,7 +720,7 @@ class Containers:
         if user:
             found = users_mod.resolve(user, config["lowerdirs"])
             proc.update(uid=found.uid, gid=found.gid, groups=list(found.groups))
-        plan = _process_plan(proc, ContainerSpec.from_dict(config["spec"]))
+        plan = _process_plan(proc, ContainerSpec.from_dict(config["spec"]), config)
         pidfd = _pidfd(state.pid1())
         if pidfd is None:
             raise ContainerError(f"container {ref} is not running")

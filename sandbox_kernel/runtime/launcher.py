@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import process
+from . import exec_helper, process
 from . import syscalls as sc
 from .cgroups import open_cgroup
 from .errors import ContainerError, SandboxError
@@ -63,7 +63,9 @@ def single_threaded() -> bool:
 
 def _child_monitor(tied: bool, speculation: Speculation | None, fds: list[int], parent: int,
                    share_net: bool = False) -> None:
-    sc.close_all_but(fds)  # e.g. the caller's end of a stdin pipe: held here, a container never sees EOF
+    # e.g. the caller's end of a stdin pipe: held here, a container never sees EOF (the exec helper's
+    # sealed copy stays: PID 1 spawns it)
+    sc.close_all_but([*fds, *exec_helper.kept_fds()])
     null = os.open("/dev/null", os.O_RDWR)  # nor the caller's stdio: a container's comes with its job
     for target in (0, 1, 2):
         os.dup2(null, target)
@@ -386,9 +388,11 @@ class _ForkServer:
         import subprocess  # only a threaded caller needs it
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # -P and cwd /: `-m` would otherwise put the caller's working directory first on sys.path, and a
+        # sandbox_kernel/ that another user planted in a notebook folder would run as root.
         self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-            [sys.executable, "-m", "sandbox_kernel.runtime.launcher", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
+            [sys.executable, "-P", "-m", "sandbox_kernel.runtime.launcher", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True, cwd="/",
             start_new_session=True,  # not killed with the caller's process group: it cleans up after it
         )
         theirs.close()

@@ -207,7 +207,8 @@ def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | N
     if speculation is not None:
         cgroup = open_cgroup(speculation.cgroup)
         try:
-            ContainerDir(Path(speculation.cdir)).make(speculation.hostname, speculation.owner)
+            ContainerDir(Path(speculation.cdir)).make(speculation.hostname, speculation.owner,
+                                                      speculation.plan.root_ids)
             process.prepare(warm, speculation.plan, speculation.hostname)  # PID 1 builds meanwhile
             cgroup.create()
             cgroup.restrict_devices(list(DEVICE_RULES))

@@ -7,25 +7,37 @@ Starting happens in two halves, so that the first can be done ahead of time
       monitor  unshare(CLONE_NEWPID): its next child is PID 1 of a new pid
                namespace; forks it
       PID 1    dies with the monitor (PDEATHSIG), not dumpable, new session;
-               unshares mount, uts, ipc and net; loopback up; starts the
+               unshares mount, uts, ipc and net; loopback up, ports below
+               1024 open to the container; starts the
                command's process (sk-exec, the compiled one of
                exec_helper.py, or else a fork of itself); both wait
     prepare (with the rootfs plan: with the job, or ahead of it)
       PID 1    builds the rootfs and pivots into it (which moves the waiting
-               command's process too); closes what it will not need, cuts its
-               bounding set to CAP_KILL, passes signals on to the command
+               command's process too); closes what it will not need; then
+               (with a user namespace) unshares the user namespace, so that
+               every namespace but that one belongs to the host's root, and
+               the container's root owns none of them (bubblewrap's order as
+               setuid); cuts its bounding set to CAP_KILL, passes signals on
+               to the command
+      monitor  writes the user namespace's uid and gid maps
     go (with the job, once the monitor has put both processes in the cgroup)
-      PID 1    unshares the cgroup namespace, keeps only CAP_KILL, then only
-               reaps zombies and forwards signals
-      command  gets its plan and stdio from the monitor, unshares its cgroup
-               namespace, drops privileges in the order
-               the kernel requires (exec_command, or the same steps in
-               sk_exec.c) and execs
+      PID 1    becomes the container's root (setresuid(0) in its namespace,
+               no supplementary groups), unshares the cgroup namespace, keeps
+               only CAP_KILL, then only reaps zombies and forwards signals
+      command  gets its plan, stdio and the user namespace from the monitor,
+               unshares its cgroup namespace, sets its rlimits, joins the
+               user namespace, drops privileges in the order the kernel
+               requires (exec_command, or the same steps in sk_exec.c) and
+               execs
+
+So on the host every process of a container runs as an id of its range,
+never as root: PID 1 as the range's first id, the command as whoever it is
+inside plus the range's start.
 
 Joining (:func:`join_and_exec`, for ``exec``): a process already placed in the
-container's cgroup joins all its namespaces at once through a pidfd of its
-PID 1, forks (the child is inside the pid namespace) and the child drops
-privileges exactly as the command did and execs.
+container's cgroup sets its rlimits, joins all its namespaces at once through
+a pidfd of its PID 1, forks (the child is inside the pid namespace) and the
+child drops privileges exactly as the command did and execs.
 
 Errors before exec travel back over a close-on-exec pipe as one line of text;
 the pipe closing empty means the exec happened. None of these functions
@@ -47,10 +59,11 @@ import select
 import signal
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from . import exec_helper, security
+from . import idmap as idmap_mod
 from . import rootfs as rootfs_mod
 from . import syscalls as sc
 from .errors import ContainerError, ExecError, SandboxError
@@ -82,6 +95,8 @@ class ProcessPlan:
     groups: tuple[int, ...] = ()
     capabilities: tuple[str, ...] = tuple(CAPABILITIES)
     rlimits: tuple[tuple[int, int, int], ...] = ()  # (resource.RLIMIT_*, soft, hard)
+    userns: bool = False  # the container has a user namespace of its own (for exec: join it too)
+    no_setid: bool = False  # no setuid/setgid bits may be set (a writable volume: security.py)
 
 
 def _cap_mask(names: tuple[str, ...]) -> int:
@@ -105,6 +120,22 @@ def _report(fd: int, message: str) -> None:
         os.write(fd, message.encode()[:4000])
     except OSError:
         pass
+
+
+def _allow_low_ports() -> None:
+    """Let the container bind ports below 1024 in its own network namespace, as docker does.
+
+    The namespace belongs to the host's root, so the container's root has no
+    CAP_NET_BIND_SERVICE there: the namespace's own sysctl opens them instead.
+    """
+    try:
+        fd = os.open("/proc/sys/net/ipv4/ip_unprivileged_port_start", os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:  # Linux before 4.11
+        return
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
 
 
 def _loopback_up() -> None:
@@ -155,13 +186,27 @@ def _drop_bounding(keep: int) -> None:
             sc.prctl(sc.PR_CAPBSET_DROP, cap)
 
 
-def exec_command(proc: ProcessPlan, err_w: int, seccomp: security.Prepared | None = None) -> None:
-    """Drop privileges in the kernel's order, then exec. Never returns."""
+def _set_rlimits(proc: ProcessPlan) -> None:
+    for which, soft, hard in proc.rlimits:
+        resource.setrlimit(which, (soft, hard))
+
+
+def exec_command(proc: ProcessPlan, err_w: int, seccomp: security.Prepared | None = None,
+                 userns: int | None = None) -> None:
+    """Drop privileges in the kernel's order, then exec. Never returns.
+
+    ``userns``: the container's user namespace, joined after the rlimits (raising a
+    hard limit needs the host's CAP_SYS_RESOURCE) and before anything else.
+    """
     try:
         for sig in (*FORWARDED_SIGNALS, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
-        for which, soft, hard in proc.rlimits:
-            resource.setrlimit(which, (soft, hard))
+        _set_rlimits(proc)
+        if userns is not None:  # full capabilities in it, none on the host from here on
+            sc.setns(userns, sc.CLONE_NEWUSER)
+            os.close(userns)
+        if seccomp is None or seccomp.no_setid != proc.no_setid:
+            seccomp = security.Prepared(no_setid=proc.no_setid)
         env = dict(proc.env)
         os.chdir(proc.cwd)
         if not os.getcwd().startswith("/"):  # "(unreachable)/...": a cwd outside our root (CVE-2024-21626)
@@ -176,7 +221,7 @@ def exec_command(proc: ProcessPlan, err_w: int, seccomp: security.Prepared | Non
         os.setuid(proc.uid)  # a non-root uid loses the capabilities here
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
         executable = _find_executable(proc.argv[0], env)
-        (seccomp or security.Prepared()).install()  # as close to exec as possible: close_range, execve follow
+        seccomp.install()  # as close to exec as possible: close_range, execve follow
         # No host file descriptor survives into the container: only stdio and err_w (close-on-exec,
         # made sure of here: a caller that passed it over a socket may not have said so).
         os.set_inheritable(err_w, False)
@@ -261,6 +306,7 @@ def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int, exit_w:
         else:
             sc.unshare(NAMESPACES & ~sc.CLONE_NEWCGROUP)
             _loopback_up()
+            _allow_low_ports()
         os.chdir("/")  # the old root: pivot_root moves a cwd that is there, and only that
         if helper is not None:
             child = _spawn_helper(helper, cmd_sock, err_w)
@@ -273,20 +319,39 @@ def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int, exit_w:
                     os._exit(125)
                 _warm_command(cmd_sock, err_w)
         cmd_sock.close()
-        data = sock.recv(1 << 20)  # what to build: (plan, hostname); may come long before the job
+        # What to build: (plan, hostname, volume owners), with a user namespace for each owner; may come
+        # long before the job.
+        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 16)
         if not data:
             os._exit(0)  # the slot was dropped unused
-        plan, hostname = pickle.loads(data)
-        rootfs_mod.setup(plan, hostname)
+        plan, hostname, owners = pickle.loads(data)
+        rootfs_mod.setup(plan, hostname, dict(zip(owners, fds, strict=True)))
         # What waiting needs, made before the job: no fd but stdio, the monitor's socket and the two
-        # pipes; only CAP_KILL in the bounding set (the effective set keeps CAP_SYS_ADMIN for the
-        # unshare below); signals passed on to the command.
+        # pipes; the user namespace (the monitor writes its maps once we said "built"); only CAP_KILL
+        # in the bounding set (the effective set keeps CAP_SYS_ADMIN for the unshare below); signals
+        # passed on to the command.
         sc.close_all_but([sock.fileno(), err_w, exit_w])
+        if plan.idmap is not None:
+            try:
+                sc.unshare(sc.CLONE_NEWUSER)  # (it gives a full bounding set in the new namespace: cut after)
+            except OSError as exc:
+                raise ContainerError(f"cannot make the container's user namespace ({exc.strerror}): are user "
+                                     "namespaces off on this host (sysctl user.max_user_namespaces)?") from None
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # (a change of credentials clears it)
         _drop_bounding(1 << CAPABILITIES["KILL"])
         _forward_signals(child)
         sock.send(b"built")
         if sock.recv(16) != b"go":  # the monitor put us and the command's process in the cgroup
             os._exit(0)
+        if plan.idmap is not None:  # the container's root, with no host group left over
+            os.setgroups([])
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+            # The change of credentials cleared the death signal: set it again, and if the monitor
+            # died before that, it closed its end of the exit pipe (POLLERR on ours): go with it.
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if _reader_gone(exit_w):
+                os._exit(0)
         sc.unshare(sc.CLONE_NEWCGROUP)  # rooted at the container's cgroup, as the command's will be
     except BaseException as exc:
         _report(err_w, f"container setup failed: {_error_line(exc)}")
@@ -310,6 +375,13 @@ def _warm_init(sock: socket.socket, cmd_sock: socket.socket, err_w: int, exit_w:
             os._exit(code)
 
 
+def _reader_gone(fd: int) -> bool:
+    """Whether the read end of the pipe whose write end is ``fd`` was closed (its holder died)."""
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLERR is always reported
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
 def _report_exit(fd: int, code: int) -> None:
     try:
         os.write(fd, code.to_bytes(4, "little", signed=True))
@@ -326,11 +398,12 @@ def _warm_command(sock: socket.socket, err_w: int) -> None:
         seccomp = security.Prepared()
         _drop_bounding(_cap_mask(ProcessPlan.capabilities))
         sock.send(b"ready")  # the monitor reads our host pid from the message's credentials
-        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
-        if not data or len(fds) != 3:
+        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
+        if not data or len(fds) not in (3, 4):
             os._exit(0)
         proc = pickle.loads(data)
-        for target, fd in enumerate(fds):
+        userns = fds[3] if len(fds) == 4 else None  # the container's user namespace
+        for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
             os.close(fd)
         sock.close()
@@ -338,7 +411,7 @@ def _warm_command(sock: socket.socket, err_w: int) -> None:
     except BaseException as exc:
         _report(err_w, f"container setup failed: {_error_line(exc)}")
         os._exit(125)
-    exec_command(proc, err_w, seccomp)
+    exec_command(proc, err_w, seccomp, userns)
 
 
 def read_error(err_r: int) -> str:
@@ -370,10 +443,15 @@ class Warm:
     building: bool = False
     built: bool = False
     reaped: bool = False
+    idmap: idmap_mod.IdMap | None = None  # the plan's: PID 1 makes a user namespace, we write its maps
+    userns: int | None = None  # PID 1's user namespace, once mapped: the command's process joins it
 
     def close(self) -> None:
         self.sock.close()
         self.cmd_sock.close()
+        if self.userns is not None:
+            os.close(self.userns)
+            self.userns = None
 
 
 def preload() -> str | None:
@@ -424,8 +502,23 @@ def warm_up(share_net: bool = False) -> Warm:
 
 
 def prepare(warm: Warm, plan: rootfs_mod.RootfsPlan, hostname: str) -> None:
-    """Have PID 1 build the rootfs now (it needs neither the cgroup nor stdio for that)."""
-    warm.sock.send(pickle.dumps((plan, hostname)))
+    """Have PID 1 build the rootfs now (it needs neither the cgroup nor stdio for that).
+
+    Volumes that belong to a host user get a user namespace each that maps
+    the container's root to that user, for their idmapped mounts.
+    """
+    owners = sorted({o for o in plan.volume_owners if o is not None})
+    fds: list[int] = []
+    try:
+        if owners:
+            assert plan.idmap is not None
+            for uid, gid in owners:
+                fds.append(idmap_mod.userns_fd(f"{uid} {plan.idmap.uid} 1\n", f"{gid} {plan.idmap.gid} 1\n"))
+        socket.send_fds(warm.sock, [pickle.dumps((plan, hostname, owners))], fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    warm.idmap = plan.idmap
     warm.building = True
 
 
@@ -442,6 +535,12 @@ def wait_built(warm: Warm) -> None:
         reason = ContainerError("PID 1 died")
     if reply != b"built":
         abort(warm, reason)
+    if warm.idmap is not None:
+        try:
+            idmap_mod.write_maps(warm.pid1, warm.idmap.uid_map(), warm.idmap.gid_map())
+            warm.userns = os.open(f"/proc/{warm.pid1}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            abort(warm, ContainerError(f"cannot map the container's user namespace: {_error_line(exc)}"))
     warm.built = True
 
 
@@ -456,9 +555,10 @@ def go(warm: Warm, proc: ProcessPlan, stdio: tuple[int, int, int]) -> None:
         plan = _encode(proc) if warm.compiled else pickle.dumps(proc)
     except ValueError as exc:
         abort(warm, ExecError(f"exec {proc.argv[0] if proc.argv else ''}: {exc}", 127))
+    fds = [*stdio, *([warm.userns] if warm.userns is not None else [])]
     try:
         warm.sock.send(b"go")  # PID 1 first: it holds the error pipe open until it has the go
-        socket.send_fds(warm.cmd_sock, [plan], list(stdio))
+        socket.send_fds(warm.cmd_sock, [plan], fds)
     except OSError:
         pass  # one of them is gone: its error, on the error pipe, says why
     finally:
@@ -471,7 +571,7 @@ def go(warm: Warm, proc: ProcessPlan, stdio: tuple[int, int, int]) -> None:
 
 def _encode(proc: ProcessPlan) -> bytes:
     return exec_helper.encode(proc.argv, proc.env, proc.cwd, proc.uid, proc.gid, proc.groups,
-                              _cap_mask(proc.capabilities), proc.rlimits, security.compiled())
+                              _cap_mask(proc.capabilities), proc.rlimits, security.compiled(no_setid=proc.no_setid))
 
 
 def wait_exit(warm: Warm) -> int:
@@ -526,14 +626,15 @@ def join_and_exec(pidfd: int, proc: ProcessPlan, go_r: int, err_w: int, status_w
         if os.read(go_r, 1) != b"g":
             os._exit(125)
         os.close(go_r)
+        _set_rlimits(proc)  # while we are host root (raising a hard limit needs it)
         # Every namespace at once, atomically, through the pidfd (Linux 5.8): no /proc path races.
-        sc.setns(pidfd, JOIN)
+        sc.setns(pidfd, JOIN | (sc.CLONE_NEWUSER if proc.userns else 0))
         os.close(pidfd)
         child = os.fork()  # in the container's pid namespace
         if child == 0:
             os.close(status_w)
             os.setsid()
-            exec_command(proc, err_w)
+            exec_command(replace(proc, rlimits=()), err_w)
     except BaseException as exc:
         _report(err_w, f"cannot join the container: {_error_line(exc)}")
         os._exit(125)

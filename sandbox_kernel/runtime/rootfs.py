@@ -2,9 +2,19 @@
 
 Order follows runc's ``prepareRoot``/``setupRootfs``: make ``/`` a slave tree
 so nothing propagates to the host; overlay the image layers; mount ``/proc``,
-``/sys`` (read-only), a ``/dev`` tmpfs with only the allowlisted devices,
-``devpts`` and ``/dev/shm``; bind ``/etc/hostname|hosts|resolv.conf`` and the
-volumes; mask and read-only paths; then ``pivot_root`` and detach the old root.
+``/sys`` (read-only), a ``/dev`` tmpfs with only the allowlisted devices
+(bound from the host's ``/dev``, as rootless engines do: nothing is made with
+mknod), ``devpts`` and ``/dev/shm``; bind ``/etc/hostname|hosts|resolv.conf``
+and the volumes; mask and read-only paths; then ``pivot_root`` and detach the
+old root.
+
+It all runs as host root, in namespaces the host's root owns; only then does
+PID 1 enter the container's user namespace (process.py). So the container's
+root owns none of its namespaces: it cannot undo a mount, a mask or a
+read-only flag. What the runtime makes in the rootfs (mount points, the
+/dev tmpfs) belongs to the container's root (``plan.idmap``). A volume whose
+owner is a host user is an idmapped mount (Linux 5.12): what the container's
+root writes there is that user's on the host (``plan.volume_owners``).
 
 Every mount target is resolved inside the rootfs with ``openat2(RESOLVE_IN_ROOT)``
 and mounted through ``/proc/self/fd/N`` of that resolved fd, so a symlink in
@@ -14,6 +24,7 @@ the image (``/proc -> /``, CVE-2019-19921) or a swapped target
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -21,6 +32,7 @@ from dataclasses import dataclass
 
 from . import syscalls as sc
 from .errors import ContainerError
+from .idmap import IdMap
 from .spec import Mount
 
 MASKED = (
@@ -55,12 +67,22 @@ class RootfsPlan:
     cwd: str = "/"  # the working directory: made if the image lacks it, as docker does
     lower_root: str | None = None  # when set: the layers are named by lower_links, relative to this directory
     lower_links: tuple[str, ...] = ()
+    idmap: IdMap | None = None  # the container's user namespace (None: host ids, --userns=host)
+    # per mount: the host (uid, gid) the container's root writes as there (an idmapped mount), or None (a plain bind)
+    volume_owners: tuple[tuple[int, int] | None, ...] = ()
+
+    @property
+    def root_ids(self) -> tuple[int, int] | None:
+        """Host ids of the container's root, for what the runtime makes in the rootfs (None: host root)."""
+        return self.idmap.root if self.idmap is not None else None
 
 
-def _resolve(root_fd: int, path: str, *, kind: str = "dir", create: bool = True) -> int:
+def _resolve(root_fd: int, path: str, *, kind: str = "dir", create: bool = True,
+             owner: tuple[int, int] | None = None) -> int:
     """An O_PATH fd for ``path`` inside the rootfs, never resolved outside it.
 
-    Missing targets are created (a directory, or an empty file for ``kind="file"``).
+    Missing targets are created (a directory, or an empty file for ``kind="file"``),
+    owned by ``owner`` (host ids of the container's root) when given.
     The result must not be a symlink and must be of the wanted kind.
     """
     rel = path.strip("/")
@@ -71,12 +93,14 @@ def _resolve(root_fd: int, path: str, *, kind: str = "dir", create: bool = True)
         if not create:
             raise
         parent_rel, _, name = rel.rpartition("/")
-        parent = _resolve(root_fd, parent_rel, kind="dir") if parent_rel else os.dup(root_fd)
+        parent = _resolve(root_fd, parent_rel, kind="dir", owner=owner) if parent_rel else os.dup(root_fd)
         try:
             if kind == "dir":
                 os.mkdir(name, 0o755, dir_fd=parent)
             else:
                 os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=parent))
+            if owner is not None:
+                os.chown(name, *owner, dir_fd=parent, follow_symlinks=False)
         except FileExistsError:
             pass
         finally:
@@ -91,8 +115,8 @@ def _resolve(root_fd: int, path: str, *, kind: str = "dir", create: bool = True)
 
 
 def _mount_at(root_fd: int, path: str, source: str | None, fstype: str | None, flags: int = 0,
-              data: str | None = None, kind: str = "dir") -> None:
-    fd = _resolve(root_fd, path, kind=kind)
+              data: str | None = None, kind: str = "dir", owner: tuple[int, int] | None = None) -> None:
+    fd = _resolve(root_fd, path, kind=kind, owner=owner)
     try:
         sc.mount(source, f"/proc/self/fd/{fd}", fstype, flags, data)
     finally:
@@ -141,14 +165,76 @@ def _mask(root_fd: int, path: str, dev_null: str) -> None:
         os.close(fd)
 
 
-def _bind_volume(root_fd: int, volume: Mount) -> None:
-    """Bind a host path, then remount it nosuid and nodev (read-only for ``:ro``).
+def _bind_device(dev_dir: int, name: str, major: int, minor: int) -> None:
+    """Bind the host's /dev/NAME over an empty file in the container's /dev, once it is sure to be that device."""
+    host = os.open(f"/dev/{name}", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(host)
+        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(major, minor):
+            raise ContainerError(f"/dev/{name} on the host is not the {major}:{minor} character device: "
+                                 "refusing to give it to a container")
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dev_dir))
+        target = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dev_dir)
+        try:
+            sc.mount(f"/proc/self/fd/{host}", f"/proc/self/fd/{target}", None, sc.MS_BIND)
+        finally:
+            os.close(target)
+    finally:
+        os.close(host)
+
+
+def _idmapped_tree(volume: Mount, userns: int) -> int | None:
+    """A detached copy of the volume's mount tree whose ids go through ``userns`` (None: the file system
+    cannot be idmapped), read-only for ``:ro``, never setuid or device-opening."""
+    flags = sc.MOUNT_ATTR_IDMAP | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+    if volume.readonly:
+        flags |= sc.MOUNT_ATTR_RDONLY
+    if os.statvfs(volume.source).f_flag & os.ST_NOEXEC:
+        flags |= sc.MOUNT_ATTR_NOEXEC
+    tree = -1
+    try:
+        tree = sc.open_tree(volume.source, sc.OPEN_TREE_CLONE | sc.AT_RECURSIVE)
+        sc.mount_setattr(tree, flags, userns)
+    except OSError as exc:
+        if tree >= 0:
+            os.close(tree)
+        if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP):  # (ENOSYS: before 5.12)
+            return None
+        raise
+    return tree
+
+
+def _bind_volume(root_fd: int, volume: Mount, userns: int | None = None,
+                 owner: tuple[int, int] | None = None) -> None:
+    """Bind a host path, nosuid and nodev (read-only for ``:ro``); through an id map when ``userns`` is given.
 
     nodev: a device node in a volume must not open a host device. noexec is
-    kept if the host's mount has it.
+    kept if the host's mount has it. ``userns`` maps the container's root to
+    the host user the volume belongs to (an idmapped mount): what the root
+    writes there is that user's. A file system that cannot be idmapped is an
+    error for a writable volume (the container's root would write as an
+    unprivileged id of the range); a read-only one is bound as it is.
+    ``owner``: who owns mount points the runtime makes.
     """
     kind = "dir" if os.path.isdir(volume.source) else "file"
-    _mount_at(root_fd, volume.target, volume.source, None, sc.MS_BIND | sc.MS_REC, kind=kind)
+    if userns is not None:
+        tree = _idmapped_tree(volume, userns)
+        if tree is not None:
+            try:
+                fd = _resolve(root_fd, volume.target, kind=kind, owner=owner)
+                try:
+                    sc.move_mount(tree, fd)
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(tree)
+            return
+        if not volume.readonly:
+            raise ContainerError(f"volume {volume.source}: its file system cannot map the container's ids to its "
+                                 "owner's (idmapped mounts: Linux 5.12, tmpfs 6.3); mount it read-only (:ro) "
+                                 "or run with --userns=host")
+    _mount_at(root_fd, volume.target, volume.source, None, sc.MS_BIND | sc.MS_REC, kind=kind, owner=owner)
     flags = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_NOSUID | sc.MS_NODEV
     if volume.readonly:
         flags |= sc.MS_RDONLY
@@ -161,8 +247,13 @@ def _bind_volume(root_fd: int, volume: Mount) -> None:
         os.close(fd)
 
 
-def setup(plan: RootfsPlan, hostname: str) -> None:
-    """Build the rootfs and enter it. Runs in the container's first process, as root."""
+def setup(plan: RootfsPlan, hostname: str, volume_userns: dict[tuple[int, int], int] | None = None) -> None:
+    """Build the rootfs and enter it. Runs in the container's first process, as host root.
+
+    ``volume_userns``: for each volume owner of ``plan.volume_owners``, a user
+    namespace that maps the container's root to that owner (idmap.userns_fd).
+    """
+    owner = plan.root_ids
     # 1. Nothing we mount may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
     # 2. The image: overlay of the layers and the container's own upper dir. The options must fit in a
@@ -182,10 +273,14 @@ def setup(plan: RootfsPlan, hostname: str) -> None:
         os.close(here)
     root_fd = os.open(plan.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        # 3. Kernel file systems. /proc belongs to the new pid namespace we are in.
-        _mount_at(root_fd, "/proc", "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-        _mount_at(root_fd, "/sys", "sysfs", "sysfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_RDONLY)
-        _mount_at(root_fd, "/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
+        # 3. Kernel file systems. /proc belongs to the new pid namespace we are in. The tmpfs file systems
+        #    belong to the container's root.
+        ids = f",uid={owner[0]},gid={owner[1]}" if owner is not None else ""
+        _mount_at(root_fd, "/proc", "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, owner=owner)
+        _mount_at(root_fd, "/sys", "sysfs", "sysfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_RDONLY,
+                  owner=owner)
+        _mount_at(root_fd, "/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, f"mode=755,size=65536k{ids}",
+                  owner=owner)
         dev_fd = _resolve(root_fd, "/dev")
         try:
             dev_dir = os.open(f"/proc/self/fd/{dev_fd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -193,30 +288,38 @@ def setup(plan: RootfsPlan, hostname: str) -> None:
             os.close(dev_fd)
         try:
             # 4. Only the allowlisted devices; nothing else exists to be opened.
-            for name, major, minor, mode in DEVICES:
-                os.mknod(name, stat.S_IFCHR | mode, os.makedev(major, minor), dir_fd=dev_dir)
-                os.chmod(name, mode, dir_fd=dev_dir)
+            for name, major, minor, _mode in DEVICES:
+                _bind_device(dev_dir, name, major, minor)
             for name, target in DEV_LINKS:
                 os.symlink(target, name, dir_fd=dev_dir)
+                if owner is not None:
+                    os.chown(name, *owner, dir_fd=dev_dir, follow_symlinks=False)
             for sub in ("pts", "shm", "mqueue"):
                 os.mkdir(sub, 0o755, dir_fd=dev_dir)
+                if owner is not None:
+                    os.chown(sub, *owner, dir_fd=dev_dir)
             null_st = os.stat("null", dir_fd=dev_dir)
             if not stat.S_ISCHR(null_st.st_mode) or null_st.st_rdev != os.makedev(1, 3):
                 raise ContainerError("/dev/null in the container is not the null device")
         finally:
             os.close(dev_dir)
+        tty_gid = 5 + (owner[1] if owner is not None else 0)  # the container's tty group
         _mount_at(root_fd, "/dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
-                  "newinstance,ptmxmode=0666,mode=0620,gid=5")
+                  f"newinstance,ptmxmode=0666,mode=0620,gid={tty_gid}")
         _mount_at(root_fd, "/dev/shm", "shm", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
-                  "mode=1777,size=65536k")
+                  f"mode=1777,size=65536k{ids}")
         _mount_at(root_fd, "/dev/mqueue", "mqueue", "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
         # 5. Files the runtime writes for the container, and the user's volumes.
         for host_file, path in plan.etc_files:
-            _mount_at(root_fd, path, host_file, None, sc.MS_BIND, kind="file")
-        for volume in plan.mounts:
-            _bind_volume(root_fd, volume)
+            _mount_at(root_fd, path, host_file, None, sc.MS_BIND, kind="file", owner=owner)
+        owners = plan.volume_owners or (None,) * len(plan.mounts)
+        for volume, volume_owner in zip(plan.mounts, owners, strict=True):
+            userns = (volume_userns or {}).get(volume_owner) if volume_owner is not None else None
+            if volume_owner is not None and userns is None:
+                raise ContainerError(f"volume {volume.source}: no id map was made for its owner")
+            _bind_volume(root_fd, volume, userns, owner)
         if plan.cwd.strip("/"):
-            os.close(_resolve(root_fd, plan.cwd))
+            os.close(_resolve(root_fd, plan.cwd, owner=owner))
         # 6. Masked and read-only paths (the masks use the container's own /dev/null).
         dev_null = os.path.join(plan.rootfs, "dev/null")
         for path in MASKED:

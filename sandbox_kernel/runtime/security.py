@@ -8,6 +8,14 @@ EPERM; clone3 fails with ENOSYS (so libcs fall back to clone, whose
 flags a classic BPF filter can read); personality keeps only the values
 moby allows. A foreign architecture (or x32 syscalls on x86_64) kills the
 process. The program is built here as classic BPF, no libseccomp needed.
+
+A container with a writable volume gets one rule more (``no_setid``): no
+file may be given a setuid or setgid bit (chmod, fchmod, fchmodat,
+fchmodat2, mknod, mknodat, creat, and open/openat that create), and openat2,
+whose mode a filter cannot read, is ENOSYS (libcs then use openat). A
+volume is a host folder: a setuid file the container made there would run
+as its owner for any user who can reach it. Inside the container the bits
+mean nothing anyway (no_new_privs).
 """
 
 from __future__ import annotations
@@ -153,6 +161,17 @@ ARCHES = {
     "x86_64": (0xC000003E, X86_64, 56, 435, 135),
     "aarch64": (0xC00000B7, AARCH64, 220, 435, 92),
 }
+# no_setid: syscall -> (index of its mode argument, index of its flags argument when it creates only with
+# O_CREAT or O_TMPFILE, else None). x86_64: chmod fchmod fchmodat fchmodat2 mknod mknodat creat open openat;
+# aarch64: fchmod fchmodat fchmodat2 mknodat openat
+SETID_CALLS = {
+    "x86_64": {90: (1, None), 91: (1, None), 268: (2, None), 452: (2, None), 133: (1, None), 259: (2, None),
+               85: (1, None), 2: (2, 1), 257: (3, 2)},
+    "aarch64": {52: (1, None), 53: (2, None), 452: (2, None), 33: (2, None), 56: (3, 2)},
+}
+OPENAT2 = 437
+SETID_BITS = 0o6000
+CREATING = 0o100 | 0o20000000  # O_CREAT | __O_TMPFILE
 NAMESPACE_FLAGS = 0x7E020000  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
 PERSONALITY_ALLOWED = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
 X32_SYSCALL_BIT = 0x40000000
@@ -179,8 +198,9 @@ def denied_syscalls(machine: str | None = None) -> dict[str, int]:
     return {name: nr for name, nr in table.items() if name not in ("clone3", "personality")}
 
 
-def build_filter(machine: str | None = None) -> list[tuple[int, int, int, int]]:
-    """The filter as (code, jt, jf, k) instructions."""
+def build_filter(machine: str | None = None, no_setid: bool = False) -> list[tuple[int, int, int, int]]:
+    """The filter as (code, jt, jf, k) instructions; ``no_setid``: with the rule of containers with a writable
+    volume (see the module's docstring)."""
     machine = machine or platform.machine()
     if machine not in ARCHES:
         raise OSError(errno.ENOSYS, f"no seccomp filter for architecture {machine}")
@@ -199,9 +219,19 @@ def build_filter(machine: str | None = None) -> list[tuple[int, int, int, int]]:
         (JEQ_K, "enosys", 0, clone3_nr),
         (JEQ_K, "clone", 0, clone_nr),
         (JEQ_K, "personality", 0, personality_nr),
-        (RET_K, 0, 0, RET_ALLOW),
     ]
-    labels = {"clone": len(prog)}
+    setid = SETID_CALLS[machine] if no_setid else {}
+    if no_setid:
+        prog.append((JEQ_K, "enosys", 0, OPENAT2))
+    prog += [(JEQ_K, f"mode{mode}-{flags}", 0, nr) for nr, (mode, flags) in sorted(setid.items())]
+    prog.append((RET_K, 0, 0, RET_ALLOW))
+    labels: dict[str, int] = {}
+    for mode, flags in sorted(set(setid.values()), key=str):
+        labels[f"mode{mode}-{flags}"] = len(prog)
+        if flags is not None:  # opens that do not create have no mode (and may pass garbage there)
+            prog += [(LD_W_ABS, 0, 0, OFFSET_ARG0 + 8 * flags), (JSET_K, 0, "allow", CREATING)]
+        prog += [(LD_W_ABS, 0, 0, OFFSET_ARG0 + 8 * mode), (JSET_K, "eperm", 0, SETID_BITS), (RET_K, 0, 0, RET_ALLOW)]
+    labels["clone"] = len(prog)
     prog += [(LD_W_ABS, 0, 0, OFFSET_ARG0), (JSET_K, "eperm", 0, NAMESPACE_FLAGS), (RET_K, 0, 0, RET_ALLOW)]
     labels["personality"] = len(prog)
     prog.append((LD_W_ABS, 0, 0, OFFSET_ARG0))
@@ -231,16 +261,17 @@ class _SockFprog(ctypes.Structure):
 
 
 @functools.cache
-def compiled(machine: str | None = None) -> bytes:
+def compiled(machine: str | None = None, no_setid: bool = False) -> bytes:
     """The filter as the kernel reads it; built once per process (forked children inherit it)."""
-    return b"".join(struct.pack("HBBI", *ins) for ins in build_filter(machine))
+    return b"".join(struct.pack("HBBI", *ins) for ins in build_filter(machine, no_setid))
 
 
 class Prepared:
     """The filter in memory, ready for the kernel: made ahead, installed with one prctl."""
 
-    def __init__(self, machine: str | None = None):
-        raw = compiled(machine)
+    def __init__(self, machine: str | None = None, no_setid: bool = False):
+        self.no_setid = no_setid
+        raw = compiled(machine, no_setid)
         self._buf = ctypes.create_string_buffer(raw, len(raw))
         self._prog = _SockFprog(len(raw) // 8, ctypes.cast(self._buf, ctypes.c_void_p))
 

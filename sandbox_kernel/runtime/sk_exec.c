@@ -4,10 +4,12 @@
  * PID 1 spawns it before the job comes, with the socket to the monitor on
  * fd 3 and the error pipe on fd 4. It says "ready" (the monitor reads its pid
  * from the message's credentials), waits for the plan and the three stdio
- * fds, then does exactly what process.exec_command does, in the same order:
- * stdio, cgroup namespace, rlimits, working directory (checked to be inside
- * the root), bounding set, ambient set, capabilities, groups, gid, uid,
- * no_new_privs, the executable's path, seccomp, no fd but stdio, execve.
+ * fds (and, for a container with a user namespace, a fourth: that
+ * namespace), then does exactly what process.exec_command does, in the same
+ * order: stdio, cgroup namespace, rlimits, the user namespace, working
+ * directory (checked to be inside the root), bounding set, ambient set,
+ * capabilities, groups, gid, uid, no_new_privs, the executable's path,
+ * seccomp, no fd but stdio, execve.
  *
  * It exists because the process that execs is small: an exec from a copy of
  * a Python process spends most of its time unmapping that process, and the
@@ -171,7 +173,7 @@ int main(void)
 
     if (send(SOCK_FD, "ready", 5, MSG_NOSIGNAL) != 5)
         _exit(0);
-    char control[CMSG_SPACE(3 * sizeof(int))];
+    char control[CMSG_SPACE(4 * sizeof(int))];
     struct iovec iov = {plan, sizeof plan};
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
                          .msg_controllen = sizeof control};
@@ -181,15 +183,20 @@ int main(void)
     while (got < 0 && errno == EINTR);
     if (got <= 0)
         _exit(0); /* the slot was dropped unused */
-    int fds[3], nfds = 0;
+    int fds[4] = {-1, -1, -1, -1}, nfds = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
             nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            if (nfds == 3)
-                memcpy(fds, CMSG_DATA(c), sizeof fds);
+            if (nfds == 3 || nfds == 4)
+                memcpy(fds, CMSG_DATA(c), (size_t)nfds * sizeof(int));
         }
-    if (nfds != 3 || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+    if ((nfds != 3 && nfds != 4) || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
         setup_failed("the plan came without its stdio", 0);
+    int userns = -1; /* the container's user namespace: joined after the rlimits */
+    if (nfds == 4 && (userns = fcntl(fds[3], F_DUPFD_CLOEXEC, 10)) < 0)
+        setup_failed("user namespace", errno);
+    if (nfds == 4)
+        close(fds[3]);
 
     struct reader r = {plan, plan + got};
     char magic[4];
@@ -252,6 +259,13 @@ int main(void)
         struct rlimit rl = {(rlim_t)soft, (rlim_t)hard};
         if (setrlimit((int)resource, &rl))
             exec_errno(errno);
+    }
+    /* Full capabilities in the container's user namespace, none on the host from here on (a hard
+     * rlimit above is raised with the host's CAP_SYS_RESOURCE: set before). */
+    if (userns >= 0) {
+        if (setns(userns, CLONE_NEWUSER))
+            setup_failed("join the user namespace", errno);
+        close(userns);
     }
     if (chdir(cwd))
         exec_errno(errno);

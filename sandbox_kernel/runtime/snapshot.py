@@ -13,6 +13,12 @@ layer, config and manifest digests: a notebook's snapshot can be made again.
 A running container is frozen (cgroup freezer) while its upper dir is read,
 so that the layer is one consistent moment, then thawed; it keeps running on
 its own upper dir.
+
+Owners are written as the container sees them: the upper dir of a container
+with a user namespace holds host ids of its range, which become its own ids
+again (and its file capabilities the form host root would write), so the
+same steps give the same layer with and without a user namespace. A file
+whose owner is outside the range is an error, never a wrong owner.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ContainerError, SandboxError, StoreError
+from .errors import ContainerError, LayerError, SandboxError, StoreError
+from .idmap import IdMap
 from .image.layers import Compression, iter_tree, write_layer
 from .image.ref import parse_reference
 from .image.store import Image, Store
@@ -99,6 +106,10 @@ def diff(upper: Path, lowers: list[Path], mount_points: frozenset[str] | set[str
     return [change for i, change in enumerate(changes) if not holds_nothing(i, change)]
 
 
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_CLOEXEC, 0o600)
+
+
 def _epoch(image: Image) -> int:
     """The time every entry and the new image get: SOURCE_DATE_EPOCH, else the image's creation time."""
     env = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
@@ -150,12 +161,15 @@ def commit(containers: Containers, ref: str, target: str | None = None, *, messa
         tmp = store._tmp_path(".commit")
         try:
             with _frozen(containers, ref, running=info.state.status == RUNNING):
-                with open(tmp, "wb") as out:
+                with open(tmp, "wb", opener=_private) as out:
                     written = write_layer(upper, out, compression=compression, epoch=None, clamp=epoch,
-                                          overlay_lowers=lowers, skip=_skipper(lowers, mount_points(config)))
+                                          overlay_lowers=lowers, skip=_skipper(lowers, mount_points(config)),
+                                          idmap=IdMap.from_json(config.get("idmap")))
                     out.flush()
                     os.fsync(out.fileno())
             store.adopt(tmp, written.digest)  # hashed while written: moved in, not copied
+        except LayerError as exc:
+            raise ContainerError(f"cannot commit container {ref}: {exc}") from None
         except OSError as exc:
             raise StoreError(f"cannot commit container {ref}: {exc.strerror or exc}") from None
         finally:

@@ -169,10 +169,16 @@ class ContainerSpec:
     log_size: int = DEFAULT_LOG_SIZE
     labels: tuple[tuple[str, str], ...] = ()  # docker's --label KEY=VALUE: the runtime only keeps them
     ports: tuple[tuple[int, int], ...] = ()  # -p HOST:CONTAINER, published on 127.0.0.1 (needs a network)
+    # "" (the default): a user namespace, container ids mapped to an unprivileged host range (idmap.py);
+    # "host": container ids are host ids, container root is host root (docker's --userns=host; trusted tools only)
+    userns: str = ""
 
     def __post_init__(self) -> None:
         if self.ports and self.network.network is None:
             raise UsageError("-p needs a network: add --network bridge (or a network's name)")
+        if self.userns not in ("", "host"):
+            raise UsageError(f"invalid --userns {self.userns!r}: 'host' (no user namespace, for trusted tools only) "
+                             "or nothing (the default: a user namespace of its own)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContainerSpec:

@@ -14,9 +14,10 @@ import platform
 libc = ctypes.CDLL(None, use_errno=True)  # the C library this Python runs on (ctypes.util costs ~10 ms)
 
 _SYSCALL_NUMBERS = {
-    # openat2 has the same number on every architecture that has the generic table.
+    # Syscalls from 424 on have the same number on every architecture (one table since Linux 5.1).
     "openat2": {"x86_64": 437, "aarch64": 437, "riscv64": 437, "ppc64le": 437, "s390x": 437},
 }
+_UNIFIED = {"open_tree": 428, "move_mount": 429, "mount_setattr": 442}
 
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -117,6 +118,42 @@ libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ul
 
 def _b(value: str | bytes | None) -> bytes | None:
     return None if value is None else os.fsencode(value)
+
+
+OPEN_TREE_CLONE = 0x1
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR_IDMAP = 0x100000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]
+
+
+def open_tree(path: str, flags: int, dirfd: int = -100) -> int:
+    """open_tree(2) (Linux 5.2): with OPEN_TREE_CLONE, a detached copy of the mount tree at ``path``, as an fd."""
+    return _check(libc.syscall(ctypes.c_long(_UNIFIED["open_tree"]), ctypes.c_int(dirfd), _b(path),
+                               ctypes.c_uint(flags | os.O_CLOEXEC)), "open_tree", path)
+
+
+def mount_setattr(fd: int, attr_set: int, userns_fd: int = 0, flags: int = AT_EMPTY_PATH | AT_RECURSIVE) -> None:
+    """mount_setattr(2) (Linux 5.12) on the mount tree of ``fd``: set flags, and an id map (MOUNT_ATTR_IDMAP)."""
+    attr = _MountAttr(attr_set, 0, 0, userns_fd)
+    _check(libc.syscall(ctypes.c_long(_UNIFIED["mount_setattr"]), ctypes.c_int(fd), b"", ctypes.c_uint(flags),
+                        ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr")
+
+
+def move_mount(fd: int, target_fd: int) -> None:
+    """move_mount(2) (Linux 5.2): attach the detached mount ``fd`` where ``target_fd`` (an O_PATH fd) is."""
+    _check(libc.syscall(ctypes.c_long(_UNIFIED["move_mount"]), ctypes.c_int(fd), b"", ctypes.c_int(target_fd), b"",
+                        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)), "move_mount")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:

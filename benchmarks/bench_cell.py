@@ -9,6 +9,10 @@ In one IPython shell (InteractiveShell, as a kernel runs cells), on the debian-p
 - the first cell of a new container: ``%%container NAME`` with ``pass``, a new NAME each time
   (create, start, agent ready, the cell), each container removed after (untimed).
 
+Containers run in their user namespace (the default); each of our figures is measured too for
+containers made with ``--userns=host`` (no user namespace), interleaved with the default, so that
+the namespace's cost shows as the difference.
+
 Prints the medians, the overhead over native (target: at most 1 ms), the ratio to podman exec
 (target: at least 100x faster) and the first cell (target: at most 50 ms). Needs root.
 
@@ -135,25 +139,34 @@ def main() -> int:
         shell.register_magics(magics)
 
         shell.run_cell("%%container bench\npass", store_history=False)
+        magics.userns = "host"  # (the benchhost container: no user namespace)
+        shell.run_cell("%%container benchhost\npass", store_history=False)
+        magics.userns = ""
         timed(lambda: shell.run_cell("pass", store_history=False), 50)  # warm-up
         timed(lambda: shell.run_cell("%%container bench\npass", store_history=False), 50)
+        timed(lambda: shell.run_cell("%%container benchhost\npass", store_history=False), 50)
         native: list[float] = []
         ours: list[float] = []
+        ours_host: list[float] = []
         for _ in range(args.runs):  # interleaved
             native += timed(lambda: shell.run_cell("pass", store_history=False), 1)
             ours += timed(lambda: shell.run_cell("%%container bench\npass", store_history=False), 1)
+            ours_host += timed(lambda: shell.run_cell("%%container benchhost\npass", store_history=False), 1)
 
-        firsts = []
+        firsts: dict[str, list[float]] = {"": [], "host": []}
         for number in range(args.first + 1):
-            name = f"first{number}"
-            time.sleep(0.3)  # the warm slot the last start left gets ready, as between a user's cells
-            begin = time.perf_counter()
-            shell.run_cell(f"%%container {name}\npass", store_history=False)
-            elapsed = time.perf_counter() - begin
-            if number:
-                firsts.append(elapsed)
-            magics._forget(name)  # (untimed) the container goes, as `%container rm -f` does
-            magics.containers.remove(name, force=True)
+            for mode in ("", "host"):  # interleaved
+                name = f"first{mode}{number}"
+                magics.userns = mode
+                time.sleep(0.3)  # the warm slot the last start left gets ready, as between a user's cells
+                begin = time.perf_counter()
+                shell.run_cell(f"%%container {name}\npass", store_history=False)
+                elapsed = time.perf_counter() - begin
+                if number:
+                    firsts[mode].append(elapsed)
+                magics._forget(name)  # (untimed) the container goes, as `%container rm -f` does
+                magics.containers.remove(name, force=True)
+        magics.userns = ""
 
         idle = measure_idle(shell, magics, args.idle)
 
@@ -176,10 +189,14 @@ def main() -> int:
             podman_times = podman_times[2:]
 
         overhead = (statistics.median(ours) - statistics.median(native)) * 1000
+        overhead_host = (statistics.median(ours_host) - statistics.median(native)) * 1000
         print(f"a pass cell, median of {args.runs} (interleaved), image {IMAGE}")
         print(f"  native cell (run_cell('pass'))                     {ms(native)}")
         print(f"  %%container cell, running container               {ms(ours)}")
         print(f"    overhead over native: {overhead:.3f} ms  (target <= 1 ms: {'met' if overhead <= 1 else 'NOT met'})")
+        print(f"  the same, container made with --userns=host        {ms(ours_host)}")
+        print(f"    overhead over native: {overhead_host:.3f} ms; with/without user namespace: "
+              f"{statistics.median(ours) / statistics.median(ours_host):.2f}x")
         if podman_times:
             ratio = statistics.median(podman_times) / statistics.median(ours)
             print(f"  podman exec CONTAINER python3 -c pass ({args.podman_runs})      {ms(podman_times)}")
@@ -187,10 +204,13 @@ def main() -> int:
             print(f"    podman exec / %%container: {ratio:.0f}x  (target >= 100x: {verdict})")
         else:
             print(f"  podman exec: skipped: {podman_note}")
-        first = statistics.median(firsts) * 1000
-        print(f"first cell of a new container (create + start + agent + pass), median of {args.first}")
-        print(f"  %%container NEW                                   {ms(firsts)}")
+        first = statistics.median(firsts[""]) * 1000
+        print(f"first cell of a new container (create + start + agent + pass), median of {args.first}, interleaved")
+        print(f"  %%container NEW                                   {ms(firsts[''])}")
         print(f"    target <= 50 ms: {'met' if first <= 50 else 'NOT met'}")
+        print(f"  the same, --userns=host                           {ms(firsts['host'])}")
+        ratio = statistics.median(firsts[""]) / statistics.median(firsts["host"])
+        print(f"    with/without user namespace: {ratio:.2f}x")
         if idle:
             print(idle)
     finally:

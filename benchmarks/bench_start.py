@@ -7,7 +7,11 @@ an OCI archive; podman runs the archive loaded into a private podman store.
 Two groups are measured one after the other: the in-process API with runc and
 bwrap, then the CLI with podman. In a group each round starts every peer once,
 in turn, so drift hits all alike; the first ``--warmup`` rounds are not
-counted. Prints the medians and the ratios (DESIGN.md section 7). Needs root.
+counted. Prints the medians and the ratios (DESIGN.md section 7). Our containers
+run in a user namespace of their own (the default); each of our figures is
+also measured for ``--userns=host`` (none), in a group of its own with runc
+again (a warm slot is made for one kind of start: alternating the two would
+start both cold). Needs root.
 
     .venv/bin/python benchmarks/bench_start.py [--runs 50] [--warmup 5] [--idle 200] [--dir /var/tmp]
 
@@ -87,13 +91,14 @@ def timed_command(argv: list[str], env: dict[str, str] | None = None) -> float:
 # --- the peers -------------------------------------------------------------------------------------------------
 
 
-def ours_in_process(root: Path, warm: bool = True, pause: bool = True) -> Callable[[], float]:
+def ours_in_process(root: Path, warm: bool = True, pause: bool = True, userns: str = "") -> Callable[[], float]:
     """The API as a notebook kernel uses it. ``warm``: the default, with the warm slot that each
     foreground start leaves for the next; otherwise every start forks its processes from scratch.
     ``pause``: wait (untimed) for the slot to be ready, as between two cells; without, starts
-    follow each other at once (measured alone: the slot would warm during a peer's turn)."""
+    follow each other at once (measured alone: the slot would warm during a peer's turn).
+    ``userns="host"``: without a user namespace."""
     containers = Containers(Store(root))
-    spec = ContainerSpec(image=IMAGE, command=("true",), remove=True)
+    spec = ContainerSpec(image=IMAGE, command=("true",), remove=True, userns=userns)
 
     def start() -> float:
         with stdio_to_devnull(), (contextlib.nullcontext() if warm else launcher.without_warm_slots()):
@@ -111,8 +116,8 @@ def ours_in_process(root: Path, warm: bool = True, pause: bool = True) -> Callab
     return start
 
 
-def ours_cli(root: Path) -> Callable[[], float]:
-    argv = [*our_cli(), "--root", str(root), "run", "--rm", IMAGE, "true"]
+def ours_cli(root: Path, userns: str = "") -> Callable[[], float]:
+    argv = [*our_cli(), "--root", str(root), "run", "--rm", *(["--userns", userns] if userns else []), IMAGE, "true"]
     return lambda: timed_command(argv)
 
 
@@ -394,13 +399,17 @@ def main() -> int:
 
             api = Peer("ours_api", ours_in_process(root))
             api_cold = Peer("ours_api_cold", ours_in_process(root, warm=False))
+            api_host = Peer("ours_api_userns_host", ours_in_process(root, userns="host"))
+            api_host_cold = Peer("ours_api_userns_host_cold", ours_in_process(root, warm=False, userns="host"))
             cli = Peer("ours_cli", ours_cli(root))
-            runc = bwrap = podman_peer = None
+            cli_host = Peer("ours_cli_userns_host", ours_cli(root, userns="host"))
+            runc = runc_again = bwrap = podman_peer = None
             if "runc" not in missing or "bwrap" not in missing:
                 bundle = prepare_bundle(str(tools["umoci"]), archive, work)
                 if "runc" not in missing:  # runc's state on tmpfs, as its default /run/runc is
                     state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sk-bench-runc-", dir=SHM)))
                     runc = Peer("runc", runc_run(str(tools["runc"]), state, bundle))
+                    runc_again = Peer("runc", runc_run(str(tools["runc"]), state, bundle))
                 if "bwrap" not in missing:
                     bwrap = Peer("bwrap", bwrap_run(str(tools["bwrap"]), bundle / "rootfs"))
             if "podman" not in missing:
@@ -410,9 +419,12 @@ def main() -> int:
 
             # Two groups, each interleaved: podman's many processes and cgroups stay out of the in-process figures.
             measure([p for p in (api, api_cold, runc, bwrap) if p is not None], args.runs, args.warmup)
+            launcher.drop_spare()
+            measure([p for p in (api_host, api_host_cold, runc_again) if p is not None], args.runs, args.warmup)
+            launcher.drop_spare()
             api_rush = Peer("ours_api_no_pause", ours_in_process(root, pause=False))
             measure([api_rush], args.runs, args.warmup)
-            measure([p for p in (cli, podman_peer) if p is not None], args.runs, args.warmup)
+            measure([p for p in (cli, cli_host, podman_peer) if p is not None], args.runs, args.warmup)
             launcher.drop_spare()
             leftover = [p for p in (root / "containers").glob("*") if len(p.name) == 64 and p.name.isalnum()]
 
@@ -424,7 +436,15 @@ def main() -> int:
             row(bwrap, "bwrap --unshare-all", missing.get("bwrap"), api, "ours/bwrap")
             if runc is not None and runc.times and api_cold.times:
                 print(f"  {'(no warm slot)/runc':<48}{'':>8}{'':30}  {api_cold.median_ms / runc.median_ms:.2f}x")
+            print("  --userns=host (no user namespace), with runc again:")
+            row(api_host, "sandbox-kernel, in-process API, --userns=host")
+            row(api_host_cold, "  the same, no warm slot")
+            row(runc_again, "runc run -b BUNDLE (this group)", missing.get("runc"), api_host, "ours/runc")
+            if api.times and api_host.times:
+                print(f"  {'user namespace / --userns=host (API)':<48}{'':>8}{'':30}  "
+                      f"{api.median_ms / api_host.median_ms:.2f}x")
             row(cli, "sandbox-kernel run --rm (CLI)")
+            row(cli_host, "sandbox-kernel run --rm --userns=host (CLI)")
             row(podman_peer, "podman run --rm --network=none", missing.get("podman"), cli, "ours/podman",
                 "(target < 1x: faster)")
             measure_idle_containers_rss(root, args.idle)

@@ -416,3 +416,20 @@ def test_file_capabilities_convert_between_the_two_forms():
     assert idmap.caps_to_container(v3, mapping) == v2
     with pytest.raises(ValueError, match="not the container's root"):
         idmap.caps_to_container(v3[:20] + struct.pack("<I", 5), mapping)
+
+
+@root_only
+def test_without_a_range_a_container_does_not_start_and_says_how(root, id_files):
+    from sandbox_kernel.runtime import Containers, ContainerSpec
+
+    containers = Containers(Store(root))
+    with pytest.raises(UserNamespaceError, match=r"no 65536-uid range for containers: .*runtime\.idmap reserve`"):
+        containers.run(ContainerSpec(image=BUSYBOX, command=("true",), remove=True), stdin=None)
+    assert containers.list(all=True) == [], "nothing was made"
+
+
+@root_only
+def test_reserving_again_changes_nothing():
+    before = (idmap.SUBUID.read_text(), idmap.SUBGID.read_text(), idmap.PASSWD.read_text())
+    assert idmap.reserve() == idmap.remap_range(), "scripts/setup.sh reserved it; a second call keeps it"
+    assert (idmap.SUBUID.read_text(), idmap.SUBGID.read_text(), idmap.PASSWD.read_text()) == before

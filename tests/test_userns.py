@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import time
 import uuid
 from pathlib import Path
 
@@ -84,22 +85,37 @@ SETCAP = ("import os, struct; open('/tmp/capped', 'wb').write(open('/usr/bin/pyt
           "os.setxattr('/tmp/capped', 'security.capability', struct.pack('<IIIII', 0x02000001, 1 << 7, 0, 0, 0))")
 
 
+@pytest.fixture
+def open_parent():
+    """A directory every user may enter (as /var/lib is), for a store: its own modes are what keeps users out."""
+    import shutil
+    import tempfile
+
+    parent = Path(tempfile.mkdtemp(prefix="sk-test-open-", dir="/var/tmp"))
+    parent.chmod(0o755)
+    yield parent
+    shutil.rmtree(parent, ignore_errors=True)
+
+
 @root_only
-def test_a_local_user_cannot_reach_or_run_what_a_container_made(debian_store, intruder):
+def test_a_local_user_cannot_reach_or_run_what_a_container_made(open_parent, intruder):
     """A container makes a setuid copy of python3, a world-writable file and a file with file
     capabilities; a local user cannot list the store, run or read any of them, read a container's
     config (its -e secrets) or take a store lock. On the host the files are not root's anyway."""
-    store = debian_store.root
+    from sandbox_kernel.runtime import build
+
+    store = open_parent / "store"
+    build(Store(store), "debian-python")  # (from the cache the base images are kept in)
     before = cgroups()
     script = ("cp /usr/bin/python3 /tmp/.p && chmod 4755 /tmp/.p && echo hi > /tmp/ww && chmod 666 /tmp/ww && "
               f"python3 -c \"{SETCAP}\" && echo made && sleep 300")
     cid = cli(store, "run", "-d", "--name", "lpe", "-e", "SECRET=hunter2", DEBIAN, "sh", "-c", script).stdout.strip()
     try:
         upper = store / "containers" / cid / "upper" / "tmp"
-        for _ in range(200):
-            if b"made" in b"".join(data for _, data in _logs(store, cid)):
-                break
-            subprocess.run(["sleep", "0.05"])
+        deadline = time.monotonic() + 20
+        while b"made" not in b"".join(data for _, data in _logs(store, cid)):
+            assert time.monotonic() < deadline, "the container did not make its files"
+            time.sleep(0.05)
         made = {name: os.lstat(upper / name) for name in (".p", "ww", "capped")}
         assert made[".p"].st_mode & stat.S_ISUID, "the container did make a setuid file"
         assert made["ww"].st_mode & 0o002, "and a world-writable one"
@@ -108,8 +124,9 @@ def test_a_local_user_cannot_reach_or_run_what_a_container_made(debian_store, in
         raw = os.getxattr(upper / "capped", "security.capability")
         assert struct.unpack_from("<I", raw)[0] >> 24 == 3 and struct.unpack_from("<I", raw, 20)[0] == base.uid, (
             "the file capabilities hold for the container's root only (version 3, rootid of the range)")
-        control = as_user(intruder, "id -u && cat /etc/hostname >/dev/null && flock -n /etc/hostname true && "
-                                    "ls / >/dev/null && echo control-ok")
+        # the control: the user runs, reads, locks, and reaches the store's parent
+        control = as_user(intruder, f"id -u && cat /etc/hostname >/dev/null && flock -n /etc/hostname true && "
+                                    f"ls {open_parent} >/dev/null && echo control-ok")
         assert control.stdout.split() == [str(intruder[0]), "control-ok"], control.stderr
         probe = as_user(intruder, f"""
             ls {store} >/dev/null 2>&1 && echo listed-store

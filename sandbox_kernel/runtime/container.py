@@ -810,12 +810,10 @@ class Containers:
     # -- snapshots ----------------------------------------------------------------------------------------------
 
     def diff(self, ref: str) -> list[Change]:
-        """What the container changed over its image (``docker diff``)."""
-        from .snapshot import diff
+        """What the container changed over its image (``docker diff``), read while it is frozen."""
+        from .snapshot import diff_container
 
-        cdir = self._find(ref)
-        config = cdir.read_config()
-        return diff(cdir.path / "upper", [Path(p) for p in config["lowerdirs"]], mount_points(config))
+        return diff_container(self, ref)
 
     def commit(self, ref: str, target: str | None = None, *, message: str | None = None,
                created_by: str | None = None, compression: Compression = "gzip") -> Image:
@@ -885,11 +883,12 @@ class Containers:
         state = self._reconcile(cdir)
         if state is None:
             return cdir.id
+        # (read first: a --rm container's monitor removes its directory as soon as it has stopped)
+        config = cdir.read_config()
         if state.status in (RUNNING, PAUSED):
             if not force:
                 raise ContainerError(f"container {ref} is {state.status}: stop it first, or use rm -f")
             self.stop(cdir.id, timeout=0)
-        config = cdir.read_config()
         network = ContainerSpec.from_dict(config["spec"]).network.network
         if network is not None:  # now, not when its monitor gets to it: a network rm right after must work
             self._disconnect(cdir, network)

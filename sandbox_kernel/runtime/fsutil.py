@@ -152,22 +152,56 @@ def remove_tree(name: str | os.PathLike[str], dir_fd: int | None = None, *, miss
 
 
 def _open_beneath(top: int, parts: list[str]) -> int:
+    return open_beneath(top, "/".join(parts), _DIR_FLAGS)
+
+
+def open_beneath(top: int, rel: str, flags: int) -> int:
+    """Open ``rel``, a path below the directory ``top``, following no symlink on the way or at its end.
+
+    ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)``; on kernels without it,
+    one component at a time with ``O_NOFOLLOW``. A symlink anywhere is ELOOP
+    (or ENOTDIR); an empty ``rel`` opens ``top`` itself again.
+    """
+    parts = [part for part in rel.split("/") if part and part != "."]
     if not parts:
         return os.dup(top)
-    path = "/".join(parts)
     try:
-        return syscalls.openat2(top, path, _DIR_FLAGS, syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS)
+        return syscalls.openat2(top, "/".join(parts), flags | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS)
     except OSError as exc:
         if exc.errno != errno.ENOSYS:
             raise
     fd = os.dup(top)  # old kernels: walk down with O_NOFOLLOW, one fd at a time
-    for part in parts:
+    for number, part in enumerate(parts):
+        if part == "..":
+            os.close(fd)
+            raise OSError(errno.EXDEV, "'..' in a path that must stay beneath its directory", rel)
+        last = number == len(parts) - 1
         try:
-            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            nxt = os.open(part, (flags if last else _DIR_FLAGS) | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
         finally:
             os.close(fd)
         fd = nxt
     return fd
+
+
+def stat_beneath(top: int, rel: str) -> os.stat_result | None:
+    """``lstat`` of ``rel`` below the directory ``top``, None when it is not there (or only through a symlink)."""
+    head, _, name = rel.strip("/").rpartition("/")
+    try:
+        parent = open_beneath(top, head, os.O_PATH | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EXDEV):
+            return None
+        raise
+    try:
+        return os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    finally:
+        os.close(parent)
 
 
 def remove_quietly(path: str | os.PathLike[str]) -> None:

@@ -33,6 +33,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import exec_helper, process
@@ -43,6 +44,9 @@ from .fsutil import remove_quietly
 from .monitor import Job, Speculation, monitor_main
 from .state import WARM_MARK, ProcRef
 
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # where this sandbox_kernel package is
+SERVER_MAIN = ("import sys; sys.path.insert(0, sys.argv[1]); "
+               "from sandbox_kernel.runtime.launcher import serve; serve(int(sys.argv[2]))")
 _direct_children: list[int] = []
 # One warm slot for the next foreground start (SANDBOX_KERNEL_WARM_SLOTS=0: none).
 WARM_SLOTS = os.environ.get("SANDBOX_KERNEL_WARM_SLOTS", "1") != "0"
@@ -388,10 +392,12 @@ class _ForkServer:
         import subprocess  # only a threaded caller needs it
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # -P and cwd /: `-m` would otherwise put the caller's working directory first on sys.path, and a
-        # sandbox_kernel/ that another user planted in a notebook folder would run as root.
+        # Isolated (-I: no PYTHON* variables, no user site, no working directory on sys.path) and run
+        # from /, with only the directory this package was imported from put first on sys.path: `-m`
+        # from the caller's directory would import a sandbox_kernel/ that another user planted in a
+        # notebook folder (or on PYTHONPATH), as root.
         self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-            [sys.executable, "-P", "-m", "sandbox_kernel.runtime.launcher", str(theirs.fileno())],
+            [sys.executable, "-I", "-c", SERVER_MAIN, PACKAGE_PARENT, str(theirs.fileno())],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True, cwd="/",
             start_new_session=True,  # not killed with the caller's process group: it cleans up after it
         )

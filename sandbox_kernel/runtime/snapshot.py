@@ -26,6 +26,7 @@ from __future__ import annotations
 import calendar
 import contextlib
 import copy
+import errno
 import os
 import stat
 import time
@@ -35,8 +36,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ContainerError, LayerError, SandboxError, StoreError
+from .fsutil import open_beneath
 from .idmap import IdMap
-from .image.layers import Compression, iter_tree, write_layer
+from .image.layers import Compression, ExtractLimits, close_all, iter_tree, lower_fds, write_layer
 from .image.ref import parse_reference
 from .image.store import Image, Store
 from .state import RUNNING
@@ -60,20 +62,33 @@ def _whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _in_lowers(rel: str, lowers: list[Path]) -> bool:
-    """Whether the image (its layer dirs, top first) has ``rel``: the topmost layer that names it decides."""
+def _in_lowers(rel: str, lowers: list[int]) -> bool:
+    """Whether the image (the fds of its layer dirs, top first) has ``rel``: the topmost layer that names it
+    (or hides it: a file, a symlink or a whiteout where a parent directory would be) decides. Nothing is
+    looked up through a symlink of a layer."""
+    head, _, name = rel.rpartition("/")
     for lower in lowers:
         try:
-            st = os.lstat(lower / rel)
+            parent = open_beneath(lower, head, os.O_PATH | os.O_DIRECTORY)
         except FileNotFoundError:
             continue
-        except OSError:
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP, errno.EXDEV):
+                return False  # this layer has something else where the parent would be
+            raise
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        except NotADirectoryError:
             return False
+        finally:
+            os.close(parent)
         return not _whiteout(st)
     return False
 
 
-def _skipper(lowers: list[Path], mount_points: frozenset[str] | set[str]) -> Callable[[str, os.stat_result], bool]:
+def _skipper(lowers: list[int], mount_points: frozenset[str] | set[str]) -> Callable[[str, os.stat_result], bool]:
     """Leave out the mount points the runtime itself made in the upper dir (/etc/hosts and the like, volume
     targets): they are not the container's changes. A path the image has was copied up, and stays."""
 
@@ -83,28 +98,46 @@ def _skipper(lowers: list[Path], mount_points: frozenset[str] | set[str]) -> Cal
     return skip
 
 
-def diff(upper: Path, lowers: list[Path], mount_points: frozenset[str] | set[str] = frozenset()) -> list[Change]:
+def diff(upper: Path, lowers: list[Path], mount_points: frozenset[str] | set[str] = frozenset(),
+         limits: ExtractLimits = ExtractLimits()) -> list[Change]:
     """The changes an upper dir holds over ``lowers`` (top first), in path order.
 
     ``mount_points`` (relative paths) are the runtime's, not the container's;
     a directory the image has is listed as changed only when something in it is.
+    More entries than a layer may hold is an error (rule ``entries``).
     """
-    skip = _skipper(lowers, mount_points)
-    changes: list[Change] = []
-    for rel, st in sorted(iter_tree(upper), key=lambda item: item[0]):
-        if skip(rel, st):
-            continue
-        if _whiteout(st):
-            changes.append(Change("D", "/" + rel))
-            continue
-        changes.append(Change("C" if _in_lowers(rel, lowers) else "A", "/" + rel))
+    entries = sorted(iter_tree(upper), key=lambda item: item[0])
+    if len(entries) > limits.max_entries:
+        raise LayerError(f"more than {limits.max_entries} entries", rule="entries")
+    fds = lower_fds(lowers)
+    try:
+        skip = _skipper(fds, mount_points)
+        changes: list[tuple[Change, os.stat_result]] = []
+        for rel, st in entries:
+            if skip(rel, st):
+                continue
+            kind = "D" if _whiteout(st) else "C" if _in_lowers(rel, fds) else "A"
+            changes.append((Change(kind, "/" + rel), st))
+    finally:
+        close_all(fds)
     # a directory copied up only to hold a mount point (/etc for /etc/hosts) changed nothing
-    def holds_nothing(i: int, change: Change) -> bool:
-        return (change.kind == "C" and stat.S_ISDIR(os.lstat(upper / change.path[1:]).st_mode)
-                and not any(other.path.startswith(change.path + "/") for other in changes[i + 1:]))
+    parents = {change.path.rsplit("/", depth)[0] for change, _ in changes for depth in range(1, change.path.count("/"))}
+    return [change for change, st in changes
+            if not (change.kind == "C" and stat.S_ISDIR(st.st_mode) and change.path not in parents)]
 
-    return [change for i, change in enumerate(changes) if not holds_nothing(i, change)]
 
+def diff_container(containers: Containers, ref: str) -> list[Change]:
+    """``docker diff``: the container's changes, read while it is frozen (as commit reads them)."""
+    from .container import mount_points
+
+    cdir = containers._find(ref)
+    config = cdir.read_config()
+    info = containers.get(ref)
+    try:
+        with _frozen(containers, ref, running=info.state.status == RUNNING):
+            return diff(cdir.path / "upper", [Path(p) for p in config["lowerdirs"]], mount_points(config))
+    except LayerError as exc:
+        raise ContainerError(f"cannot diff container {ref}: {exc}") from None
 
 def _private(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_CLOEXEC, 0o600)
@@ -161,12 +194,16 @@ def commit(containers: Containers, ref: str, target: str | None = None, *, messa
         tmp = store._tmp_path(".commit")
         try:
             with _frozen(containers, ref, running=info.state.status == RUNNING):
-                with open(tmp, "wb", opener=_private) as out:
-                    written = write_layer(upper, out, compression=compression, epoch=None, clamp=epoch,
-                                          overlay_lowers=lowers, skip=_skipper(lowers, mount_points(config)),
-                                          idmap=IdMap.from_json(config.get("idmap")))
-                    out.flush()
-                    os.fsync(out.fileno())
+                fds = lower_fds(lowers)
+                try:
+                    with open(tmp, "wb", opener=_private) as out:
+                        written = write_layer(upper, out, compression=compression, epoch=None, clamp=epoch,
+                                              overlay_lowers=lowers, skip=_skipper(fds, mount_points(config)),
+                                              idmap=IdMap.from_json(config.get("idmap")))
+                        out.flush()
+                        os.fsync(out.fileno())
+                finally:
+                    close_all(fds)
             store.adopt(tmp, written.digest)  # hashed while written: moved in, not copied
         except LayerError as exc:
             raise ContainerError(f"cannot commit container {ref}: {exc}") from None

@@ -176,6 +176,11 @@ call("init_module", 175, 0, 0, 0)
 call("kexec_load", 246, 0, 0, 0, 0)
 call("userfaultfd", 323, 0)
 call("perf_event_open", 298, 0, 0, -1, -1, 0)
+call("socket-vsock", 41, 40, 1, 0)                  # AF_VSOCK: the host's VMs
+call("socket-alg", 41, 38, 5, 0)                    # AF_ALG (CVE-2026-31431)
+call("socket-inet", 41, 2, 1, 0)                    # an ordinary one
+call("unknown-1000", 1000)                          # a syscall newer than the profile
+call("fchmodat2", 452, -100, b"/tmp", 0o755, 0)      # (Linux 6.6): newer than the profile too
 t = threading.Thread(target=lambda: None); t.start(); t.join()
 print("thread ok")
 print(subprocess.run(["true"]).returncode == 0 and "subprocess ok")
@@ -194,5 +199,8 @@ def test_seccomp_refuses_escape_syscalls_but_not_ordinary_work(debian_store):
                  "init_module", "kexec_load", "userfaultfd", "perf_event_open"):
         assert results[name] == str(1), f"{name} should fail with EPERM, got {results[name]}"
     assert results["clone3"] == "38", "clone3 is ENOSYS so libc falls back to clone"
+    assert results["socket-vsock"] == "1" and results["socket-alg"] == "1", "AF_VSOCK and AF_ALG are refused"
+    assert results["socket-inet"] == "0"
+    assert results["unknown-1000"] == "38" and results["fchmodat2"] == "38", "newer syscalls are ENOSYS, not open"
     assert results["thread"] == "ok" and results["subprocess"] == "ok"
     assert results["proc1-root"] in ("is the container", "denied")

@@ -25,6 +25,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Integer
 
 from . import format as fmt
 from . import sanitize, values
@@ -49,6 +50,7 @@ from .session import (
     SHELL_IDLE,
     CellError,
     CellKilled,
+    OutputLimits,
     Session,
     has_python,
 )
@@ -160,6 +162,12 @@ def _size_text(value: int | None) -> str:
 
 @magics_class
 class ContainerMagics(Magics):
+    output_limit = Integer(OutputLimits.stream, min=4096, config=True,
+                           help="Bytes of printed output a %%container cell keeps (and the time between two cells): "
+                                "what a container prints past it is dropped, and the cell says how much.")
+    display_limit = Integer(OutputLimits.display, min=65536, config=True,
+                            help="Bytes of display data and results (images, HTML) a %%container cell keeps.")
+
     def __init__(self, shell: Any, store: Store | None = None):
         super().__init__(shell)
         self._store = store
@@ -336,7 +344,7 @@ class ContainerMagics(Magics):
             with contextlib.suppress(Exception):
                 session.close()
             del self.sessions[name]
-        session = Session(self.containers, name)
+        session = Session(self.containers, name, OutputLimits(self.output_limit, self.display_limit))
         try:
             info = self.containers.get(name)
         except ContainerNotFound:

@@ -10,6 +10,15 @@ process and every cell an ``exec`` of ``/bin/sh -c``.
 
 Everything that comes back is data: JSON frames of a bounded size, values in
 and out as JSON, bytes or ``.npy`` (never pickle), see :mod:`sandbox_kernel.values`.
+
+And it is bounded: a container that prints without end cannot fill the
+kernel. Each period (a cell, or the time between two cells) keeps at most
+``OutputLimits.stream`` bytes of printed text and ``OutputLimits.display``
+bytes of display data and results; what comes past that is dropped unread
+(not decoded) and the period ends with one line saying how much. A frame is
+size-checked from its header before its body is kept, and a large one whose
+JSON holds more values than a frame of ours could is refused before it is
+decoded, so no frame becomes gigabytes of objects.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import struct
 import threading
 import time
@@ -33,12 +43,95 @@ AGENT_MOUNT = "/.sandbox-kernel"
 AGENT_ARGV = ("python3", f"{AGENT_MOUNT}/agent.py")
 SHELL_IDLE = ("/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done")
 HEADER = struct.Struct(">I")
-MAX_FRAME = 64 << 20  # one reply from the container; more ends the session (a container cannot fill our memory)
-MAX_PENDING = 16 << 20  # output between cells kept for the next one
+MAX_FRAME = 16 << 20  # one reply from the container; more ends the session (a container cannot fill our memory)
+MAX_VALUES = 200_000  # JSON values (arrays, objects, items) a large frame may hold
+MAX_CONTROL = 10_000  # frames that are neither output nor a display (done, ready...) in one period: more is abuse
+STREAM_PREFIX = b'{"type":"stream"'  # how the agent starts a stream frame (json.dumps, "type" first)
+CONTROL_TYPES = ("ready", "done", "died", "interrupted")
 START_TIMEOUT = 60.0
 GRACE = 3.0  # seconds between the interrupt and the kill of a cell that ignores it
 POLL = 0.1
 PYTHONS = ("usr/bin/python3", "usr/local/bin/python3", "bin/python3")
+
+
+@dataclass(frozen=True)
+class OutputLimits:
+    """How much of a container's output the kernel keeps in one cell, and between two cells (bytes).
+
+    Like Jupyter's ``iopub_data_rate_limit``: what comes past it is dropped, and
+    the cell says so once. The magics' ``output_limit`` and ``display_limit``
+    (Jupyter config) set them.
+    """
+
+    stream: int = 4 << 20  # printed text (stdout, stderr)
+    display: int = 32 << 20  # display data and results: images, HTML
+
+
+class _Budget:
+    """What the current period (a cell, or the time between two) has kept of its limits, and dropped."""
+
+    def __init__(self, limits: OutputLimits):
+        self.limits = limits
+        self.lock = threading.Lock()
+        self.kept = {"stream": 0, "display": 0, "control": 0}
+        self.dropped = {"stream": 0, "display": 0}
+
+    def take(self, kind: str, size: int) -> bool:
+        """Whether a frame of ``kind`` and ``size`` may be kept (counted if so, counted as dropped if not)."""
+        with self.lock:
+            if kind == "control":
+                self.kept["control"] += 1
+                return self.kept["control"] <= MAX_CONTROL
+            limit = self.limits.stream if kind == "stream" else self.limits.display
+            if self.kept[kind] + size > limit:
+                self.dropped[kind] += size
+                return False
+            self.kept[kind] += size
+            return True
+
+    def next_period(self) -> dict[str, int]:
+        """Start a new period; what the one that ends dropped."""
+        with self.lock:
+            dropped = {kind: size for kind, size in self.dropped.items() if size}
+            self.kept = {"stream": 0, "display": 0, "control": 0}
+            self.dropped = {"stream": 0, "display": 0}
+        return dropped
+
+    def notice(self, dropped: dict[str, int], when: str) -> str:
+        """The one line a period that dropped output ends with."""
+        parts = []
+        for kind, size in dropped.items():
+            limit = self.limits.stream if kind == "stream" else self.limits.display
+            what = "output" if kind == "stream" else "display data"
+            option = "output_limit" if kind == "stream" else "display_limit"
+            parts.append(f"{_mib(size)} of {what} dropped: {when} keeps {_mib(limit)} "
+                         f"(c.ContainerMagics.{option})")
+        return f"[sandbox-kernel: {'; '.join(parts)}]\n"
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def _too_many_values(body: bytes) -> bool:
+    """Whether a large frame's JSON holds more values than MAX_VALUES (counted outside its strings)."""
+    if len(body) <= 65536:
+        return False
+    skeleton = _STRINGS.sub(b"", body)
+    return skeleton.count(b",") + skeleton.count(b"[") + skeleton.count(b"{") > MAX_VALUES
+
+
+def _kind(body: bytes) -> str:
+    """stream, display (display data, results, errors) or control: what budget a frame is counted in."""
+    if body.startswith(STREAM_PREFIX):
+        return "stream"
+    head = body[:40]
+    if any(b'{"type":"%s"' % t.encode() == head[:len(t) + 10] for t in CONTROL_TYPES):
+        return "control"
+    return "display"
 
 
 class Sink(Protocol):
@@ -99,9 +192,11 @@ def has_python(lowerdirs: list[str]) -> bool:
 class Session:
     """The agent (or shell) of one running container, and the queue of what it says."""
 
-    def __init__(self, containers: Containers, name: str):
+    def __init__(self, containers: Containers, name: str, limits: OutputLimits | None = None):
         self.containers = containers
         self.name = name
+        self.budget = _Budget(limits or OutputLimits())
+        self._bad = False
         self.cid: str | None = None
         self.python = True
         self.queue: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -216,29 +311,45 @@ class Session:
             data = data[os.write(self.stdin_w, data):]
 
     def _on_stdout(self, data: bytes) -> None:
-        """In the container's thread: frames out of the agent's stdout, onto the queue."""
+        """In the container's thread: frames out of the agent's stdout, onto the queue (within the budget)."""
+        if self._bad:
+            return  # the container is being stopped: nothing it says matters any more
         self._buf += data
         while len(self._buf) >= 4:
             (size,) = HEADER.unpack_from(self._buf)
             if size > MAX_FRAME:
-                self._buf.clear()
-                self.queue.put(("bad", f"the agent sent a message of {size} bytes (more than {MAX_FRAME})"))
+                self._refuse(f"the agent sent a message of {size} bytes (more than {MAX_FRAME})")
                 return
             if len(self._buf) < 4 + size:
                 return
             body = bytes(self._buf[4:4 + size])
             del self._buf[:4 + size]
+            kind = _kind(body)
+            if not self.budget.take(kind, size):
+                if kind == "control":
+                    self._refuse(f"the agent sent more than {MAX_CONTROL} control messages at once")
+                    return
+                continue  # past what this period keeps: dropped without being decoded
+            if _too_many_values(body):
+                self._refuse(f"the agent sent a message of {size} bytes with more than {MAX_VALUES} values")
+                return
             try:
                 message = json.loads(body)
-            except ValueError:
-                self.queue.put(("bad", "the agent sent a message that is not JSON"))
-                continue
+            except (ValueError, RecursionError):
+                self._refuse("the agent sent a message that is not JSON")
+                return
             if isinstance(message, dict):
                 self.queue.put(("msg", message))
 
+    def _refuse(self, why: str) -> None:
+        self._bad = True
+        self._buf.clear()
+        self.queue.put(("bad", why))
+
     def _on_stderr(self, data: bytes) -> None:
         self.stderr_tail = (self.stderr_tail + data)[-4096:]
-        self.queue.put(("agent-stderr", data.decode(errors="replace")))
+        if self.budget.take("stream", len(data)):
+            self.queue.put(("agent-stderr", data.decode(errors="replace")))
 
     def _get(self, deadline: float | None) -> tuple[str, Any]:
         if self.pending:
@@ -252,21 +363,17 @@ class Session:
             except queue.Empty:
                 continue
 
-    def _note_pending(self, sink: Sink) -> None:
-        """Output that came between cells (a background thread's prints) goes out first."""
-        kept = 0
+    def _note_pending(self) -> None:
+        """Output that came between cells (a background thread's prints) goes out first, then the line that
+        says what of it was dropped; from here on, what comes is the cell's."""
+        dropped = self.budget.next_period()
         while True:
             try:
-                kind, value = self.queue.get_nowait()
+                self.pending.append(self.queue.get_nowait())
             except queue.Empty:
                 break
-            self.pending.append((kind, value))
-            if kind == "msg" and value.get("type") == "stream":
-                kept += len(value.get("text", ""))
-            if kept > MAX_PENDING:
-                self.pending = [(k, v) for k, v in self.pending if not (k == "msg" and v.get("type") == "stream")]
-                sink.stream("stderr", "[output from between cells dropped: more than 16 MiB]\n")
-                kept = 0
+        if dropped:
+            self.pending.append(("dropped", self.budget.notice(dropped, "the time between two cells")))
 
     # -- cells ---------------------------------------------------------------------------------------------------
 
@@ -278,7 +385,7 @@ class Session:
             raise ContainerError(f"container {self.name} is not running")
         if not self.python:
             return self._execute_shell(code, sink, timeout)
-        self._note_pending(sink)
+        self._note_pending()
         self.counter += 1
         self._send({"op": "execute", "id": self.counter, "code": code, "shell": shell,
                     "inputs": inputs or {}, "outputs": outputs or []})
@@ -336,13 +443,16 @@ class Session:
                 result.outputs = _dict(value.get("outputs"))
                 result.wall = float(value.get("wall") or 0)
                 result.cpu = float(value.get("cpu") or 0)
+                dropped = self.budget.next_period()  # the time between this cell and the next begins
+                if dropped:
+                    sink.stream("stderr", self.budget.notice(dropped, "a cell"))
                 return True
             elif what == "died":
                 result.died = value
                 if result.status != "timeout":
                     result.status = "killed"
                 return True
-        elif kind == "agent-stderr":
+        elif kind in ("agent-stderr", "dropped"):
             sink.stream("stderr", value)
         elif kind == "bad":
             self.close()
@@ -366,13 +476,23 @@ class Session:
 
             timer = threading.Timer(timeout, expire)
             timer.start()
+        self.budget.next_period()
+
+        def out(name: str) -> Callable[[bytes], None]:
+            def publish(data: bytes) -> None:
+                if self.budget.take("stream", len(data)):
+                    sink.stream(name, data.decode(errors="replace"))
+            return publish
+
         try:
-            code_ = self.containers.exec(self.cid, ["/bin/sh", "-c", code], stdin=None,
-                                         stdout=lambda d: sink.stream("stdout", d.decode(errors="replace")),
-                                         stderr=lambda d: sink.stream("stderr", d.decode(errors="replace")))
+            code_ = self.containers.exec(self.cid, ["/bin/sh", "-c", code], stdin=None, stdout=out("stdout"),
+                                         stderr=out("stderr"))
         finally:
             if timer is not None:
                 timer.cancel()
+            dropped = self.budget.next_period()
+            if dropped:
+                sink.stream("stderr", self.budget.notice(dropped, "a cell"))
         result.wall = time.monotonic() - began
         if code_ and result.status == "ok":
             result.status = "error"

@@ -296,10 +296,11 @@ c = 1
 
 
 def test_print_of_10_mb_does_not_hang(ip):
-    began = time.monotonic()
-    run(ip, "big", "print('x' * (10 << 20))")
-    assert len(last(ip).text()) == (10 << 20) + 1
-    assert time.monotonic() - began < 60
+    """One print past the output limit: the cell ends (the module's timeout would say if it hung), keeps what
+    the limit allows and says, once, that it dropped the rest."""
+    run(ip, "big", "print('x' * (10 << 20)); print('after')")
+    assert last(ip).text().endswith("after\n") and len(last(ip).text()) <= 4 << 20
+    assert last(ip).text("stderr").count(" MiB of output dropped: a cell keeps 4.0 MiB") == 1
 
 
 def test_shell_cells_and_a_shell_only_image(ip):
@@ -491,3 +492,47 @@ def test_shell_only_container_interrupt_and_timeout(ip):
     assert time.monotonic() - began < 10
     run(ip, "bbi", "echo still here")
     assert last(ip).text() == "still here\n"
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+FLOOD_BOUND_MB = 150  # what the kernel may grow by while a container prints without end (it grew by 2.7 GB)
+
+
+def test_a_container_that_prints_without_end_does_not_fill_the_kernel(ip):
+    """The issue's flood: a background thread prints 1 MiB lines forever, and no cell runs for 20 s. The
+    kernel keeps 4 MiB of it and drops the rest unread; the next cell says how much was dropped, once."""
+    run(ip, "flood --memory 512m", "import threading, sys\n"
+        "threading.Thread(target=lambda: [sys.stdout.write('x' * (1 << 20) + '\\n') for _ in iter(int, 1)],"
+        " daemon=True).start()")
+    before = _rss_mb()
+    peak = before
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        peak = max(peak, _rss_mb())
+    dropped = ip.sk.sessions["flood"].budget.dropped["stream"]
+    assert dropped > 100 << 20, "the container did print on (the test is not idle)"
+    assert peak - before < FLOOD_BOUND_MB, f"the kernel grew by {peak - before:.0f} MB while the container printed"
+    run(ip, "flood", "print('next cell')")
+    text = last(ip).text("stderr")
+    assert text.count("of output dropped: the time between two cells keeps 4.0 MiB") == 1, text[-300:]
+    assert "next cell\n" in last(ip).text()
+    assert len(last(ip).text()) <= (8 << 20) + 100, "a cell and the time before it keep 4 MiB each"
+    print(f"flood: the kernel grew by {peak - before:.1f} MB in 20 s while {dropped / (1 << 20):.0f} MiB were dropped")
+
+
+def test_a_cell_that_prints_more_than_the_limit_says_so_once(ip):
+    ip.sk.output_limit = 1 << 20
+    try:
+        run(ip, "big", "import sys\nfor _ in range(160): sys.stdout.write('y' * 65536)\nprint('end')")
+    finally:
+        ip.sk.output_limit = 4 << 20
+    out, err = last(ip).text(), last(ip).text("stderr")
+    assert (1 << 19) < len(out) <= (1 << 20) + 4096 and out.startswith("y"), len(out)
+    assert err.count("of output dropped: a cell keeps 1.0 MiB (c.ContainerMagics.output_limit)") == 1, err

@@ -139,8 +139,10 @@ class Client(Protocol):
     def stats(self, ref: str) -> StatsRow: ...
     def limits(self, ref: str) -> LimitsRow: ...
     def set_limits(self, ref: str, limits: LimitsRow) -> LimitsRow: ...
-    def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None]) -> int: ...
-    def logs(self, ref: str, output: Callable[[str, str], None], follow: bool = False) -> int | None: ...
+    def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None],
+             cancelled: Callable[[], bool] | None = None) -> int: ...
+    def logs(self, ref: str, output: Callable[[str, str], None], follow: bool = False,
+             cancelled: Callable[[], bool] | None = None) -> int | None: ...
 
 
 def limits_row(limits: Limits) -> LimitsRow:
@@ -289,17 +291,21 @@ class LocalClient:
         current = self.runtime.get(ref).spec.limits
         return limits_row(self.runtime.update(ref, to_limits(limits, current)))
 
-    def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None]) -> int:
+    def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None],
+             cancelled: Callable[[], bool] | None = None) -> int:
+        """Run ``argv`` in the container, its output to ``output(stream, text)``; its exit status. Once
+        ``cancelled()`` says so (or ``output`` raises), the command is ended."""
         return self.runtime.exec(ref, argv, stdin=None,
                                  stdout=lambda d: output("stdout", d.decode(errors="replace")),
-                                 stderr=lambda d: output("stderr", d.decode(errors="replace")))
+                                 stderr=lambda d: output("stderr", d.decode(errors="replace")), cancelled=cancelled)
 
 
-    def logs(self, ref: str, output: Callable[[str, str], None], follow: bool = False) -> int | None:
-        """A detached container's output so far (with ``follow``: then as it comes, until it stops),
-        to ``output(stream, text)``; its exit code if it has exited, else None."""
+    def logs(self, ref: str, output: Callable[[str, str], None], follow: bool = False,
+             cancelled: Callable[[], bool] | None = None) -> int | None:
+        """A detached container's output so far (with ``follow``: then as it comes, until it stops, or until
+        ``cancelled()``), to ``output(stream, text)``; its exit code if it has exited, else None."""
         names = {1: "stdout", 2: "stderr"}
-        for stream, data in self.runtime.logs(ref, follow=follow):
+        for stream, data in self.runtime.logs(ref, follow=follow, cancelled=cancelled):
             output(names.get(stream, "stdout"), data.decode(errors="replace"))
         try:
             return self.runtime.get(ref).state.exit_code

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .client import ContainerRow, ImageRow, LimitsRow, Progress, ProgressCallback, StatsRow
-from .runtime import ContainerNotFound, RegistryError, SandboxError, UsageError, errors
+from .runtime import ContainerNotFound, ExecCancelled, RegistryError, SandboxError, UsageError, errors
 from .runtime.host import HostCapacity
 
 HOST_ENV = "SANDBOX_KERNEL_HOST"
@@ -117,9 +117,13 @@ class RemoteClient:
             except OSError as exc:
                 raise RemoteError(f"lost the connection to {self.url}: {exc}") from None
 
-    def _stream_result(self, path: str, body: Any, on_event: Callable[[str, Any], None], method: str = "POST"
-                       ) -> Any:
+    def _stream_result(self, path: str, body: Any, on_event: Callable[[str, Any], None], method: str = "POST",
+                       cancelled: Callable[[], bool] | None = None) -> Any:
+        """The ``done`` event's data; ``on_event`` for the others. Once ``cancelled()`` says so (asked at each
+        event, at least every heartbeat), the connection is closed: the server then ends the work."""
         for event, data in self._events(path, body, method):
+            if cancelled is not None and cancelled():
+                raise ExecCancelled(f"stopped waiting for {self.url}: the request was closed")
             if event == "done":
                 return data
             if event == "error":
@@ -257,12 +261,15 @@ class RemoteClient:
         return LimitsRow(**self._request("PUT", f"containers/{_quote(ref)}/limits",
                                          {"memory": limits.memory, "cpus": limits.cpus, "pids": limits.pids}))
 
-    def logs(self, ref: str, output: Callable[[str, str], None], follow: bool = False) -> int | None:
+    def logs(self, ref: str, output: Callable[[str, str], None], follow: bool = False,
+             cancelled: Callable[[], bool] | None = None) -> int | None:
         result = self._stream_result(f"containers/{_quote(ref)}/logs?follow={int(follow)}", None,
-                                     lambda event, data: output(event, data["text"]), method="GET")
+                                     lambda event, data: output(event, data["text"]), method="GET",
+                                     cancelled=cancelled)
         return None if result["exit_code"] is None else int(result["exit_code"])
 
-    def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None]) -> int:
+    def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None],
+             cancelled: Callable[[], bool] | None = None) -> int:
         result = self._stream_result(f"containers/{_quote(ref)}/exec", {"argv": list(argv)},
-                                     lambda event, data: output(event, data["text"]))
+                                     lambda event, data: output(event, data["text"]), cancelled=cancelled)
         return int(result["exit_code"])

@@ -411,6 +411,10 @@ class Session:
                     continue
                 if self._handle(kind, value, result, sink):
                     return result
+            except Exception:  # the sink failed (a remote client that went away): the cell stops too
+                with contextlib.suppress(OSError):
+                    self._send({"op": "interrupt"})
+                raise
             except KeyboardInterrupt:
                 result.interrupted = True
                 if kill_at is None:

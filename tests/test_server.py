@@ -340,6 +340,92 @@ def test_container_cells_run_on_the_server(served):
         magics.shutdown()
 
 
+def _open_stream(server, method: str, path: str, body: object = None):
+    """A raw HTTP request whose reply is read (or not) by the test: (socket, the reply's first bytes)."""
+    import json
+    import socket
+
+    url = urllib.parse.urlsplit(server.url)
+    sock = socket.create_connection((url.hostname, url.port), timeout=30)
+    data = json.dumps(body).encode() if body is not None else b""
+    sock.sendall(f"{method} /sandbox-kernel/api/{path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                 f"Authorization: token {server.token}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    first = sock.recv(4096)
+    assert first.startswith(b"HTTP/1.1 200") and b"text/event-stream" in first, first[:200]
+    return sock, first
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _running_commands(server, name: str) -> str:
+    """What `ps` in the container says, through the API (the exec's own output, as SSE)."""
+    text = ""
+    for _, event, data in server.events(f"containers/{name}/exec", {"argv": ["ps", "-o", "args"]}):
+        if event == "stdout":
+            text += data["text"]
+    return text
+
+
+def test_a_slow_client_holds_the_work_back_and_the_server_does_not_grow(served):
+    """An exec that prints without end to a client that does not read: the command is held back (its
+    output waits in pipes and a few events), the server's memory stays put; closing ends the command."""
+    server, store = served
+    containers = Containers(store)
+    cid = containers.run_detached(ContainerSpec(image=BUSYBOX, command=("sleep", "3600"), name="slowreader"))
+    try:
+        before = _rss_mb(server.proc.pid)
+        sock, _ = _open_stream(server, "POST", "containers/slowreader/exec",
+                               {"argv": ["yes", "a line of output that repeats without end"]})
+        peak = before
+        for _ in range(16):  # 8 s without reading a byte
+            time.sleep(0.5)
+            peak = max(peak, _rss_mb(server.proc.pid))
+        assert peak - before < 60, f"the server grew by {peak - before:.0f} MB for a client that does not read"
+        assert "yes a line" in _running_commands(server, "slowreader"), "the command is held back, not ended"
+        sock.close()
+        deadline = time.monotonic() + 15
+        while "yes a line" in _running_commands(server, "slowreader"):
+            assert time.monotonic() < deadline, "the exec goes on after its client went away"
+            time.sleep(0.3)
+    finally:
+        containers.remove(cid, force=True)
+
+
+def test_clients_that_go_away_free_their_threads(served):
+    """Silent execs and log follows whose clients close: the work stops, and the server's worker threads
+    (a handful) are free for the next requests; held, the next request would wait for a container's end."""
+    server, store = served
+    containers = Containers(store)
+    cid = containers.run_detached(ContainerSpec(image=BUSYBOX, command=("sleep", "3600"), name="goaway"))
+
+    def threads() -> int:
+        return len(os.listdir(f"/proc/{server.proc.pid}/task"))
+
+    try:
+        _running_commands(server, "goaway")  # (the server's pools as they will be)
+        before = threads()
+        socks = [_open_stream(server, "POST", "containers/goaway/exec", {"argv": ["sleep", "300"]})[0]
+                 for _ in range(8)]
+        socks += [_open_stream(server, "GET", "containers/goaway/logs?follow=1")[0] for _ in range(8)]
+        assert threads() >= before + 16, "each stream has a thread while its client listens"
+        for sock in socks:
+            sock.close()
+        deadline = time.monotonic() + 15
+        while "sleep 300" in _running_commands(server, "goaway") or threads() > before + 1:
+            assert time.monotonic() < deadline, f"work goes on after its clients went away ({threads()} threads)"
+            time.sleep(0.3)
+        status, _ = server.request("GET", "containers", timeout=20)
+        assert status == 200
+    finally:
+        containers.remove(cid, force=True)
+
+
 def test_the_openapi_description_and_the_routes_agree():
     """Every path and method the description names has a handler that implements it, and no route is undocumented."""
     import json

@@ -36,6 +36,7 @@ from .errors import (
     CgroupError,
     ContainerError,
     ContainerNotFound,
+    ExecCancelled,
     ExecError,
     ImageNotFound,
     SandboxError,
@@ -702,8 +703,14 @@ class Containers:
 
     def exec(self, ref: str, argv: list[str] | tuple[str, ...], *, env: tuple[tuple[str, str], ...] = (),
              user: str | None = None, workdir: str | None = None, stdin: int | None = 0, stdout: Output = 1,
-             stderr: Output = 2) -> int:
-        """Run ``argv`` in a running container, with the same namespaces, cgroup and security; its exit status."""
+             stderr: Output = 2, cancelled: Callable[[], bool] | None = None) -> int:
+        """Run ``argv`` in a running container, with the same namespaces, cgroup and security; its exit status.
+
+        ``cancelled``, asked a few times a second: once it says so, or once an
+        output callback raises, the command is ended (its process group gets
+        SIGHUP, as when a terminal goes away, then SIGKILL a second later) and
+        the error is raised (:class:`ExecCancelled` for ``cancelled``).
+        """
         if not argv:
             raise UsageError("exec needs a command")
         cdir = self._find(ref)
@@ -736,7 +743,11 @@ class Containers:
                         os.close(go_w)
                     error = process.read_error(err_r)
                     interrupts.target(lambda signum: _kill_quietly(helper, signum))
-                    code = _wait_status(stdio, status_r, interrupts)
+                    try:
+                        code = _wait_status(stdio, status_r, interrupts, cancelled)
+                    except BaseException:
+                        _end_exec(helper)
+                        raise
                 finally:
                     os.close(status_r)
                     launcher.reap_wait(helper)
@@ -860,16 +871,20 @@ class Containers:
         cdir, _state = self._running(ref)
         return open_cgroup(cdir.read_config()["cgroup"]).reset_peak()
 
-    def logs(self, ref: str, follow: bool = False) -> Iterator[tuple[int, bytes]]:
+    def logs(self, ref: str, follow: bool = False,
+             cancelled: Callable[[], bool] | None = None) -> Iterator[tuple[int, bytes]]:
         """(stream, data) records of a detached container's output; stream 1 is stdout, 2 stderr.
 
-        ``follow``: then the new output as it comes, until the container stops.
+        ``follow``: then the new output as it comes, until the container stops
+        (or until ``cancelled()`` says so: a follower that went away).
         """
         cdir = self._find(ref)
         if not follow:
             return logs.read_log(cdir.path)
 
         def running() -> bool:
+            if cancelled is not None and cancelled():
+                return False
             state = self._reconcile(cdir) if cdir.path.exists() else None
             return state is not None and state.status in ACTIVE
 
@@ -988,12 +1003,39 @@ def _next_event(events: _Events, stdio: Relay, interrupts: _Interrupts) -> dict[
             interrupts.interrupt()
 
 
-def _wait_status(stdio: Relay, status_r: int, interrupts: _Interrupts) -> int:
+def _end_exec(helper: int, grace: float = 1.0) -> None:
+    """End an exec whose caller is gone: SIGHUP to the command's process group (the helper passes it on),
+    then SIGKILL to that group and the helper."""
+    _kill_quietly(helper, signal.SIGHUP)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _alive(helper):
+        time.sleep(0.02)
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{helper}/task/{helper}/children").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(child), signal.SIGKILL)  # the command leads its own session: its group is its pid
+    _kill_quietly(helper, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
+def _wait_status(stdio: Relay, status_r: int, interrupts: _Interrupts,
+                 cancelled: Callable[[], bool] | None = None) -> int:
     """Pump output until the exec helper writes the exit status."""
+    def check() -> None:
+        if cancelled is not None and cancelled():
+            raise ExecCancelled("the exec was stopped: whoever waited for it went away")
+
     data = b""
     while True:
         try:
-            stdio.pump_until_ready(status_r)
+            stdio.pump_until_ready(status_r, check)
             chunk = os.read(status_r, 64)
         except KeyboardInterrupt:
             interrupts.interrupt()

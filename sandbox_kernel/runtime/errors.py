@@ -19,6 +19,7 @@ message as one line; anything else is a bug and may show a traceback.
     └── ContainerError               container lifecycle
         ├── ContainerNotFound        no container with that name or id
         ├── ExecError                the command could not be executed (CLI exit 126/127, as docker)
+        ├── ExecCancelled            an exec whose caller went away: its command was ended
         ├── CgroupError              creating, limiting, killing or removing a cgroup
         └── UserNamespaceError       no usable id range for containers' user namespaces
 
@@ -120,3 +121,7 @@ class CgroupError(ContainerError):
 
 class UserNamespaceError(ContainerError):
     """Containers' ids cannot be mapped: no id range, or one that overlaps another's."""
+
+
+class ExecCancelled(ContainerError):
+    """Whoever waited for an exec went away (a client that disconnected): its command was ended."""

@@ -87,9 +87,11 @@ class Relay:
         self.source = None
         self.pending = b""
 
-    def pump_until_ready(self, fd: int) -> None:
-        """Copy in both directions until ``fd`` is readable."""
+    def pump_until_ready(self, fd: int, check: Callable[[], None] | None = None) -> None:
+        """Copy in both directions until ``fd`` is readable; ``check`` (which may raise) after every slice."""
         while True:
+            if check is not None:
+                check()
             poller = select.poll()
             poller.register(fd, _IN)
             for r in self.readers:

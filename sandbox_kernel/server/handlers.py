@@ -9,13 +9,24 @@ registry). Work that takes time (a pull, an exec) streams server-sent events:
 ``progress``/``stdout``/``stderr`` as it goes, then ``done`` or ``error``.
 The runtime's calls block, so they run in worker threads, never on the
 server's event loop.
+
+Nothing a client does (or fails to do) grows the server: a stream holds at
+most ``STREAM_EVENTS`` events for its client, and past that the work waits
+for the client (back-pressure: an exec's command then blocks on its own
+output); a client that stops reading for ``SLOW_CLIENT`` seconds, or goes
+away, ends the work (an exec's command is ended, a log follow stops, a
+remote cell is interrupted) and frees its thread. A request that is not a
+stream is answered within ``REQUEST_TIMEOUT`` seconds, or gets 504.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from http.client import responses
@@ -30,6 +41,7 @@ from tornado.iostream import StreamClosedError
 from ..client import LimitsRow, LocalClient, Progress, as_json
 from ..runtime import (
     ContainerNotFound,
+    ExecCancelled,
     ImageInUse,
     ImageNotFound,
     ReferenceFormatError,
@@ -42,6 +54,15 @@ BASE = "sandbox-kernel/api"
 PROGRESS_EVERY = 0.1  # seconds between progress events of a pull
 # seconds: a stream with nothing to say sends a comment line this often (clients time out after 60 s of silence)
 HEARTBEAT = float(os.environ.get("SANDBOX_KERNEL_SSE_HEARTBEAT", "15"))
+STREAM_EVENTS = 64  # events a stream holds for its client: then the work waits for it
+MAX_STREAMS = int(os.environ.get("SANDBOX_KERNEL_MAX_STREAMS", "64"))  # streams at once (each has a thread)
+_streams = threading.BoundedSemaphore(MAX_STREAMS)
+SLOW_CLIENT = float(os.environ.get("SANDBOX_KERNEL_SLOW_CLIENT", "60"))  # seconds a full stream waits for its client
+REQUEST_TIMEOUT = float(os.environ.get("SANDBOX_KERNEL_REQUEST_TIMEOUT", "600"))  # seconds, for what is no stream
+
+
+class _ClientGone(Exception):
+    """The stream's client went away, or stopped reading for SLOW_CLIENT seconds: the work stops."""
 
 
 def _status_for(exc: SandboxError) -> int:
@@ -67,9 +88,20 @@ def _bad(message: str) -> web.HTTPError:
 
 
 class _Handler(APIHandler):
+    gone: threading.Event | None = None  # a stream's: set when its client goes away
+
     @property
     def client(self) -> LocalClient:
         return self.settings["sandbox_kernel_client"]
+
+    def on_connection_close(self) -> None:
+        if self.gone is not None:
+            self.gone.set()
+        super().on_connection_close()
+
+    def cancelled(self) -> bool:
+        """For the work of a stream: whether its client has gone (then it should stop)."""
+        return self.gone is not None and self.gone.is_set()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """``{"message": ...}`` with the error's own words (APIHandler's would show "%s" for an
@@ -107,9 +139,11 @@ class _Handler(APIHandler):
 
     async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
-            return await asyncio.to_thread(function, *args, **kwargs)
+            return await asyncio.wait_for(asyncio.to_thread(function, *args, **kwargs), REQUEST_TIMEOUT)
         except SandboxError as exc:
             raise _http_error(exc) from None
+        except TimeoutError:
+            raise web.HTTPError(504, "%s", f"the request took longer than {REQUEST_TIMEOUT:.0f} s") from None
 
     def reply(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -118,49 +152,81 @@ class _Handler(APIHandler):
 
     async def stream(self, work: Callable[[Callable[[str, Any], None]], Any]) -> None:
         """Run ``work(emit)`` in a thread and send what it emits as server-sent events, then
-        ``done`` (with what it returned) or ``error``."""
+        ``done`` (with what it returned) or ``error``.
+
+        ``emit`` blocks while the client is ``STREAM_EVENTS`` events behind, and
+        raises (so that the work stops) once the client is gone or has not read
+        for ``SLOW_CLIENT`` seconds; work that waits without emitting asks
+        :meth:`cancelled`.
+        """
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue(maxsize=STREAM_EVENTS)
+        gone = self.gone = threading.Event()
+
+        def put(item: tuple[str, Any] | None) -> None:  # in the worker thread
+            future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+            try:
+                future.result(SLOW_CLIENT)
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                gone.set()
+                raise _ClientGone from None
 
         def emit(event: str, data: Any) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, (event, data))
+            if gone.is_set():
+                raise _ClientGone
+            put((event, data))
 
         def run() -> None:
+            final: tuple[str, Any] | None = None
             try:
-                emit("done", as_json(work(emit)))
+                final = ("done", as_json(work(emit)))
+            except (_ClientGone, ExecCancelled):
+                pass  # nobody listens any more; the work has stopped
             except SandboxError as exc:
-                emit("error", {"message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                               "status": _status_for(exc), "error": type(exc).__name__})
+                final = ("error", {"message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                                   "status": _status_for(exc), "error": type(exc).__name__})
             except Exception as exc:  # a bug: still one line to the client, and the log has it
                 self.log.exception("sandbox-kernel: %s failed", self.request.path)
-                emit("error", {"message": f"internal error: {type(exc).__name__}", "status": 500})
+                final = ("error", {"message": f"internal error: {type(exc).__name__}", "status": 500})
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, None)
+                with contextlib.suppress(_ClientGone):
+                    if final is not None and not gone.is_set():
+                        put(final)
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(queue.put(None)))  # the end, after the rest
+
+        # A thread of its own, not one of the server's shared few: quick requests never wait behind streams.
+        if not _streams.acquire(blocking=False):
+            raise web.HTTPError(503, "%s", f"{MAX_STREAMS} streams are open already; try again later")
+        worker = loop.create_future()
+
+        def thread() -> None:
+            try:
+                run()
+            finally:
+                _streams.release()
+                loop.call_soon_threadsafe(lambda: worker.done() or worker.set_result(None))
 
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
-        async def heartbeat() -> None:  # a comment line now and then: clients' read timeouts stay quiet
-            while True:
-                await asyncio.sleep(HEARTBEAT)
-                queue.put_nowait(("", None))
-
-        worker = loop.run_in_executor(None, run)
-        beat = asyncio.ensure_future(heartbeat())
-        connected = True
-        try:
-            while (item := await queue.get()) is not None:
-                if not connected:
-                    continue
-                event, data = item
-                try:
-                    self.write(f"event: {event}\ndata: {json.dumps(data)}\n\n" if event else ": still working\n\n")
-                    await self.flush()
-                except StreamClosedError:
-                    connected = False  # the work goes on to its end (a pull half done is resumed next time)
-        finally:
-            beat.cancel()
+        threading.Thread(target=thread, name=f"sandbox-kernel {self.request.path}", daemon=True).start()
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), HEARTBEAT)
+            except TimeoutError:  # a comment line now and then: clients' read timeouts stay quiet
+                item = ("", None)
+            if item is None:
+                break
+            if gone.is_set():
+                continue  # drained, unwritten, so that the work is never left waiting to put
+            event, data = item
+            try:
+                self.write(f"event: {event}\ndata: {json.dumps(data)}\n\n" if event else ": still working\n\n")
+                await self.flush()  # waits while the client's socket is full: back-pressure
+            except StreamClosedError:
+                gone.set()
         await worker
-        if connected:
+        if not gone.is_set():
             self.finish()
 
 
@@ -354,7 +420,8 @@ class ExecHandler(_Handler):
             raise _http_error(SandboxError(f"container {info.name} is not running"))
 
         def work(emit: Callable[[str, Any], None]) -> dict[str, int]:
-            return {"exit_code": self.client.exec(ref, argv, lambda stream, text: emit(stream, {"text": text}))}
+            return {"exit_code": self.client.exec(ref, argv, lambda stream, text: emit(stream, {"text": text}),
+                                                  cancelled=self.cancelled)}
 
         await self.stream(work)
 
@@ -369,7 +436,8 @@ class LogsHandler(_Handler):
         await self.call(self.client.runtime.get, ref)  # 404 before the stream starts
 
         def work(emit: Callable[[str, Any], None]) -> dict[str, int | None]:
-            return {"exit_code": self.client.logs(ref, lambda stream, text: emit(stream, {"text": text}), follow)}
+            return {"exit_code": self.client.logs(ref, lambda stream, text: emit(stream, {"text": text}), follow,
+                                                  cancelled=self.cancelled)}
 
         await self.stream(work)
 
@@ -387,6 +455,7 @@ class CellHandler(_Handler):
         if not isinstance(inputs, dict):
             raise _bad("inputs: expected an object of encoded values")
         runner = self.cells()
+        # (a client that goes away: the cell's next output raises in its sink, and the session interrupts it)
         await self.stream(lambda emit: runner.run(line, cell, inputs, emit))
 
     def cells(self) -> Any:

@@ -18,10 +18,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .runtime import ContainerInfo, ContainerNotFound, Containers, ContainerSpec, Limits, Store
 from .runtime.host import HostCapacity, capacity
+
+if TYPE_CHECKING:
+    from .policy import SandboxPolicy
 
 
 @dataclass(frozen=True)
@@ -160,9 +163,12 @@ def to_limits(row: LimitsRow, base: Limits | None = None) -> Limits:
 class LocalClient:
     """The client API on this machine's runtime (the store at ``store``'s root)."""
 
-    def __init__(self, store: Store | None = None, containers: Containers | None = None):
+    def __init__(self, store: Store | None = None, containers: Containers | None = None,
+                 policy: SandboxPolicy | None = None):
+        """``policy``: what the admin allows (images, limits, volumes; policy.py); default: anything."""
         self.store = store or Store()
         self._containers: Containers | None = containers
+        self.policy = policy
         self._cpu: dict[str, tuple[float, int]] = {}  # container id -> (when, cpu ns) of the last listing
         self._lock = threading.Lock()
 
@@ -188,6 +194,8 @@ class LocalClient:
              progress: ProgressCallback | None = None) -> str:
         from .runtime import RegistryOptions, pull
 
+        if self.policy is not None:
+            self.policy.check_image(reference)
         state = Progress(reference)
 
         def on_event(event: Any) -> None:
@@ -256,9 +264,16 @@ class LocalClient:
 
     def create(self, image: str, *, name: str | None = None, command: tuple[str, ...] = (),
                limits: LimitsRow | None = None, start: bool = True) -> str:
+        if self.policy is not None:
+            self.policy.check_image(image)
         self.store.resolve(image)  # a clear error for an image that is not here, before anything is made
-        spec = ContainerSpec(image=image, name=name, command=tuple(command),
-                             limits=to_limits(limits) if limits is not None else Limits())
+        if limits is not None:
+            chosen = to_limits(limits)
+        else:
+            chosen = self.policy.defaults() if self.policy is not None else Limits()
+        spec = ContainerSpec(image=image, name=name, command=tuple(command), limits=chosen)
+        if self.policy is not None:
+            self.policy.check(spec)
         if start:
             return self.runtime.run_detached(spec)
         return self.runtime.create(spec)
@@ -289,7 +304,10 @@ class LocalClient:
 
     def set_limits(self, ref: str, limits: LimitsRow) -> LimitsRow:
         current = self.runtime.get(ref).spec.limits
-        return limits_row(self.runtime.update(ref, to_limits(limits, current)))
+        chosen = to_limits(limits, current)
+        if self.policy is not None:
+            self.policy.check_limits(chosen)
+        return limits_row(self.runtime.update(ref, chosen))
 
     def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None],
              cancelled: Callable[[], bool] | None = None) -> int:

@@ -26,10 +26,12 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Integer
+from traitlets.config import Configurable
 
 from . import format as fmt
 from . import sanitize, values
 from .client import Client, ContainerRow, LimitsRow, LocalClient, Progress, limits_row, to_limits
+from .policy import SandboxPolicy
 from .remote import RemoteClient
 from .runtime import (
     ContainerNotFound,
@@ -180,7 +182,9 @@ class ContainerMagics(Magics):
         self.sink_factory: Callable[[bool], Any] = NotebookSink
         self._closed = False
         self._client: Client | None = None
-        self.default_limits = Limits()  # of new %%container containers; the panel's Limits tab sets them
+        # what the admin allows (c.SandboxPolicy in ipython_config.py): images, limits, volumes
+        self.policy = SandboxPolicy(parent=shell if isinstance(shell, Configurable) else None)
+        self.default_limits = self.policy.defaults()  # of new %%container containers; the panel's Limits tab sets them
         # "host": new containers without a user namespace (container root is host root). For trusted tools
         # (the benchmarks compare both); no magic option sets it.
         self.userns = ""
@@ -207,7 +211,7 @@ class ContainerMagics(Magics):
         if self.remote is not None:
             return self.remote
         if self._client is None:
-            self._client = LocalClient(self.store, self.containers)
+            self._client = LocalClient(self.store, self.containers, policy=self.policy)
         return self._client
 
     # -- life cycle ----------------------------------------------------------------------------------------------
@@ -311,6 +315,7 @@ class ContainerMagics(Magics):
 
     def _image(self, ref: str) -> Any:
         """The image ``ref``: from the store, built from a local recipe, or pulled (progress printed)."""
+        self.policy.check_image(ref)
         try:
             return self.store.resolve(ref)
         except ImageNotFound:
@@ -357,6 +362,7 @@ class ContainerMagics(Magics):
                 raise UsageError(f"container {name} was not made by %%container; pick another name")
             limits = self._limits(args, info.spec.limits)
             if limits is not None:
+                self.policy.check_limits(limits)
                 self.containers.update(name, limits)
             if dict(info.spec.labels).get(KEEP_LABEL) == "1":
                 self.keep.add(name)  # made with --keep: it stays kept
@@ -378,6 +384,7 @@ class ContainerMagics(Magics):
                 labels=((OWNER_LABEL, self.owner), (KEEP_LABEL, "1" if args.keep else "0")),
                 userns=self.userns,
             )
+            self.policy.check(spec, own_mounts=1)  # (the first mount is the agent's)
             session.start(spec, python)
         if args.keep:
             self.keep.add(name)
@@ -513,7 +520,9 @@ class ContainerMagics(Magics):
         from .widgets import Panel
 
         def use_defaults(row: LimitsRow) -> None:
-            self.default_limits = to_limits(row, self.default_limits)
+            chosen = to_limits(row, self.default_limits)
+            self.policy.check_limits(chosen)  # (above the admin's maximum: the panel says so, nothing changes)
+            self.default_limits = chosen
 
         if self.panel is not None:  # the cell ran again: the old panel's timer would poll forever
             self.panel.close()

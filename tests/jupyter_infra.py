@@ -69,7 +69,7 @@ class RunningServer:
 
 @contextmanager
 def jupyter_server(workdir: Path, store_root: Path, *, lab: bool = False,
-                   env: dict[str, str] | None = None) -> Iterator[RunningServer]:
+                   env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Iterator[RunningServer]:
     port = free_port()
     token = secrets.token_hex(16)
     for sub in ("runtime", "config", "data", "notebooks"):
@@ -83,7 +83,7 @@ def jupyter_server(workdir: Path, store_root: Path, *, lab: bool = False,
                    "JUPYTER_DATA_DIR": str(workdir / "data"), "JUPYTER_PLATFORM_DIRS": "1", **(env or {})}
     argv = [sys.executable, "-m", "jupyterlab" if lab else "jupyter_server", "--allow-root", "--no-browser",
             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={workdir / 'notebooks'}"]
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={workdir / 'notebooks'}", *args]
     log = workdir / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=environment,

@@ -193,9 +193,11 @@ def test_percent_container_panel_shows_the_kernels_store_and_sets_its_defaults(c
     try:
         assert isinstance(shown, Panel) and shown.refresh_every == 30
         assert "localhost/busybox:latest" in shown.images_table.value
-        assert shown.limits_target.value == NEW and shown.pids.value == Limits().pids  # the defaults, shown
+        defaults = magics.policy.defaults()  # the admin's (c.SandboxPolicy), shown
+        assert shown.limits_target.value == NEW and shown.pids.value == defaults.pids
         shown.memory.value = 200
-        assert magics.default_limits == Limits(memory=200 * MIB), "new %%container containers get them"
+        assert magics.default_limits == Limits(memory=200 * MIB, cpus=defaults.cpus, pids=defaults.pids), \
+            "new %%container containers get them"
         again = magics._cmd_panel([])
         assert shown.closed and not again.closed, "running the cell again closes the old panel (and its timer)"
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -424,6 +425,63 @@ def test_clients_that_go_away_free_their_threads(served):
         assert status == 200
     finally:
         containers.remove(cid, force=True)
+
+
+def test_a_read_only_user_can_look_but_not_run_pull_commit_or_remove(base_store, tmp_path):
+    """The handlers ask the server's authorizer (resource sandbox-kernel): one that lets users only read."""
+    store = busybox_copy(base_store, tmp_path / "copy")
+    tests = str(Path(__file__).resolve().parent)
+    with jupyter_server(tmp_path, store.root, env={"PYTHONPATH": tests},
+                        args=("--ServerApp.authorizer_class=readonly_authorizer.ReadOnly",)) as server:
+        for path in ("images", "containers", "host", f"images/{quoted(BUSYBOX)}/history"):
+            status, reply = server.request("GET", path)
+            assert status == 200, (path, reply)
+        for method, path, body in [("POST", "containers", {"image": BUSYBOX, "command": ["true"]}),
+                                   ("POST", "images/pull", {"reference": BUSYBOX}),
+                                   ("POST", "cells", {"line": "x", "cell": "pass"}),
+                                   ("DELETE", f"images/{quoted(BUSYBOX)}", None),
+                                   ("POST", "containers/x/exec", {"argv": ["true"]}),
+                                   ("POST", "containers/x/commit", {}), ("PUT", "containers/x/limits", {}),
+                                   ("DELETE", "containers/x", None)]:
+            status, reply = server.request(method, path, body)
+            assert status == 403, (method, path, status, reply)
+        assert Containers(store).list(all=True) == [] and store.resolve(BUSYBOX)
+
+
+def test_every_route_applies_the_same_rules(base_store, tmp_path):
+    """A remote cell may not do what POST /containers may not: host volumes and host networking are off over
+    REST unless the admin allows them, and the admin's images and maxima hold on every route."""
+    store = busybox_copy(base_store, tmp_path / "copy")
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(json.dumps({"ServerPolicy": {
+        "allowed_images": ["localhost/busybox*"], "max_memory": "256m", "default_memory": "64m"}}))
+    with jupyter_server(tmp_path, store.root, env={"JUPYTER_CONFIG_DIR": str(config)}) as server:
+        def cell_error(line: str) -> str:
+            events = list(server.events("cells", {"line": line, "cell": "pass", "inputs": {}}))
+            errors = [data for _, event, data in events if event == "error"]
+            assert errors, events
+            return errors[0]["message"]
+
+        assert "volumes (-v) are off here" in cell_error("r1 --image localhost/busybox -v /:/host --shell")
+        assert "--network host is off here" in cell_error("r2 --image localhost/busybox --network host --shell")
+        assert "is more than this server allows (256m" in cell_error("r3 --image localhost/busybox -m 1g --shell")
+        assert "not among the images this server allows" in cell_error("r4 --image localhost/debian-python")
+        status, reply = server.request("POST", "containers", {"image": "localhost/debian-python"})
+        assert status == 400 and "not among the images this server allows" in reply["message"]
+        status, reply = server.request("POST", "containers", {"image": BUSYBOX, "limits": {"memory": 1 << 30}})
+        assert status == 400 and "more than this server allows" in reply["message"]
+        status, reply = server.request("POST", "images/pull", {"reference": "docker.io/library/alpine"})
+        assert status == 200 and "not among the images" in str(reply)
+        status, reply = server.request("POST", "containers", {"image": BUSYBOX, "command": ["sleep", "60"],
+                                                              "name": "withdefaults"})
+        assert status == 201
+        status, limits = server.request("GET", "containers/withdefaults/limits")
+        assert limits["memory"] == 64 << 20, "the admin's default memory"
+        status, reply = server.request("PUT", "containers/withdefaults/limits", {"memory": 512 << 20})
+        assert status == 400 and "more than this server allows" in reply["message"]
+        server.request("DELETE", "containers/withdefaults?force=1")
+    assert Containers(store).list(all=True) == []
 
 
 def test_the_openapi_description_and_the_routes_agree():

@@ -4,6 +4,8 @@ Enabled by the package's jupyter config (``jupyter_server_config.d/sandbox_kerne
 installed with it) or by ``jupyter server extension enable sandbox_kernel``. The
 runtime lives in the server's process, on the store of ``$SANDBOX_KERNEL_ROOT``
 (or the default); containers it starts are detached and outlive the server.
+What its clients may ask for is the admin's ``ServerPolicy`` (sandbox_kernel/policy.py),
+the same for every route: a remote cell cannot do what ``POST /containers`` may not.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     from ..client import LocalClient
+    from ..policy import ServerPolicy
     from .handlers import handlers
 
     web_app = serverapp.web_app
-    web_app.settings["sandbox_kernel_client"] = LocalClient()
+    policy = ServerPolicy(parent=serverapp)  # c.ServerPolicy / c.SandboxPolicy in jupyter_server_config.py
+    web_app.settings["sandbox_kernel_policy"] = policy
+    web_app.settings["sandbox_kernel_client"] = LocalClient(policy=policy)
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
     serverapp.log.info("sandbox-kernel: REST API at %ssandbox-kernel/api/", web_app.settings["base_url"])

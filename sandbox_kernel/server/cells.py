@@ -37,11 +37,15 @@ class _Sink:
 
 
 class CellRunner:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, policy: Any = None):
+        """``policy``: the server's (ServerPolicy): a remote cell may ask for no more than ``POST /containers``."""
         from ..magics import ContainerMagics
 
         self.namespace: dict[str, Any] = {}
         self.magics = ContainerMagics(types.SimpleNamespace(user_ns=self.namespace), store=store)
+        if policy is not None:
+            self.magics.policy = policy
+            self.magics.default_limits = policy.defaults()
         self.magics.default_name = "remote"
         self.magics.remote = None  # (this server's runtime, whatever $SANDBOX_KERNEL_HOST says)
         self._lock = threading.Lock()

@@ -2,7 +2,9 @@
 
 Every handler is a jupyter_server ``APIHandler`` behind ``@web.authenticated``:
 the server's token (``Authorization: token T``, or its login cookie with the
-``_xsrf`` rules for a browser) or 403. Replies are JSON; errors are
+``_xsrf`` rules for a browser) or 403; and behind the server's authorizer, on
+the resource ``sandbox-kernel`` (``read``, ``write`` or ``execute``): a user
+allowed only to read can list and look, not run, pull, commit or remove. Replies are JSON; errors are
 ``{"message": one line}`` with a status that says whose fault it was (400 bad
 input, 404 no such image or container, 409 a state that forbids it, 502 the
 registry). Work that takes time (a pull, an exec) streams server-sent events:
@@ -33,6 +35,7 @@ from http.client import responses
 from importlib import resources
 from typing import Any
 
+from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
@@ -88,6 +91,9 @@ def _bad(message: str) -> web.HTTPError:
 
 
 class _Handler(APIHandler):
+    # jupyter_server's authorizer decides per action on this resource: "read" lists and looks, "write"
+    # pulls, commits, removes and changes limits, "execute" runs containers, commands and cells
+    auth_resource = "sandbox-kernel"
     gone: threading.Event | None = None  # a stream's: set when its client goes away
 
     @property
@@ -282,18 +288,21 @@ def _strings(value: Any, key: str, *, empty: bool = True) -> list[str]:
 
 class HostHandler(_Handler):
     @web.authenticated
+    @authorized("read")
     async def get(self) -> None:
         self.reply(await self.call(self.client.host))
 
 
 class ImagesHandler(_Handler):
     @web.authenticated
+    @authorized("read")
     async def get(self) -> None:
         self.reply(await self.call(self.client.images))
 
 
 class PullHandler(_Handler):
     @web.authenticated
+    @authorized("write")
     async def post(self) -> None:
         body = self.body()
         reference = body.get("reference")
@@ -326,22 +335,26 @@ class PullHandler(_Handler):
 
 class ImageHandler(_Handler):
     @web.authenticated
+    @authorized("write")
     async def delete(self, ref: str) -> None:
         self.reply({"untagged": await self.call(self.client.remove_image, _ref(ref), self.flag("force"))})
 
 
 class HistoryHandler(_Handler):
     @web.authenticated
+    @authorized("read")
     async def get(self, ref: str) -> None:
         self.reply(await self.call(self.client.history, _ref(ref)))
 
 
 class ContainersHandler(_Handler):
     @web.authenticated
+    @authorized("read")
     async def get(self) -> None:
         self.reply(await self.call(self.client.containers, self.flag("all", True)))
 
     @web.authenticated
+    @authorized("execute")
     async def post(self) -> None:
         body = self.body()
         image = body.get("image")
@@ -358,10 +371,12 @@ class ContainersHandler(_Handler):
 
 class ContainerHandler(_Handler):
     @web.authenticated
+    @authorized("read")
     async def get(self, ref: str) -> None:
         self.reply(await self.call(self.client.container, _ref(ref)))
 
     @web.authenticated
+    @authorized("write")
     async def delete(self, ref: str) -> None:
         self.reply({"id": await self.call(self.client.remove, _ref(ref), self.flag("force"))})
 
@@ -370,6 +385,7 @@ class ActionHandler(_Handler):
     """POST /containers/REF/start|stop."""
 
     @web.authenticated
+    @authorized("execute")
     async def post(self, ref: str, action: str) -> None:
         ref = _ref(ref)
         if action == "start":
@@ -384,10 +400,12 @@ class ActionHandler(_Handler):
 
 class LimitsHandler(_Handler):
     @web.authenticated
+    @authorized("read")
     async def get(self, ref: str) -> None:
         self.reply(await self.call(self.client.limits, _ref(ref)))
 
     @web.authenticated
+    @authorized("write")
     async def put(self, ref: str) -> None:
         ref = _ref(ref)
         self.reply(await self.call(self.client.set_limits, ref, _limits(self.body())))
@@ -395,12 +413,14 @@ class LimitsHandler(_Handler):
 
 class StatsHandler(_Handler):
     @web.authenticated
+    @authorized("read")
     async def get(self, ref: str) -> None:
         self.reply(await self.call(self.client.stats, _ref(ref)))
 
 
 class CommitHandler(_Handler):
     @web.authenticated
+    @authorized("write")
     async def post(self, ref: str) -> None:
         body = self.body()
         target = _optional(body, "reference", str, "an image reference")
@@ -412,6 +432,7 @@ class CommitHandler(_Handler):
 
 class ExecHandler(_Handler):
     @web.authenticated
+    @authorized("execute")
     async def post(self, ref: str) -> None:
         ref = _ref(ref)
         argv = _strings(self.body().get("argv"), "argv", empty=False)
@@ -430,6 +451,7 @@ class LogsHandler(_Handler):
     """GET /containers/REF/logs[?follow=1]: the output as server-sent events, then ``done`` with the exit code."""
 
     @web.authenticated
+    @authorized("read")
     async def get(self, ref: str) -> None:
         ref = _ref(ref)
         follow = self.flag("follow")
@@ -446,6 +468,7 @@ class CellHandler(_Handler):
     """POST /cells {line, cell, inputs}: a %%container cell of a remote kernel (server/cells.py), as SSE."""
 
     @web.authenticated
+    @authorized("execute")
     async def post(self) -> None:
         body = self.body()
         line, cell = body.get("line", ""), body.get("cell")
@@ -463,7 +486,8 @@ class CellHandler(_Handler):
         if runner is None:
             from .cells import CellRunner
 
-            runner = self.settings["sandbox_kernel_cells"] = CellRunner(self.client.store)
+            runner = self.settings["sandbox_kernel_cells"] = CellRunner(self.client.store,
+                                                                         self.settings.get("sandbox_kernel_policy"))
         return runner
 
 
@@ -471,12 +495,14 @@ class InterruptHandler(CellHandler):
     """POST /cells/interrupt: KeyboardInterrupt in the running cell (as a kernel's interrupt)."""
 
     @web.authenticated
+    @authorized("execute")
     async def post(self) -> None:
         self.reply({"interrupted": self.cells().interrupt()})
 
 
 class OpenAPIHandler(_Handler):
     @web.authenticated
+    @authorized("read")
     async def get(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish(resources.files(__package__).joinpath("openapi.json").read_text())

@@ -16,7 +16,8 @@ def _networks(args: argparse.Namespace) -> Any:
 
 
 def cmd_network_create(args: argparse.Namespace) -> int:
-    network = _networks(args).create(args.name, subnet=args.subnet, mtu=args.mtu, nat=args.nat)
+    network = _networks(args).create(args.name, subnet=args.subnet, mtu=args.mtu, nat=args.nat,
+                                     allow_host=args.allow_host)
     print(network.name)
     return 0
 
@@ -26,13 +27,14 @@ def cmd_network_ls(args: argparse.Namespace) -> int:
 
     networks = _networks(args)
     rows = [{"Name": n.name, "Subnet": n.subnet, "Gateway": n.gateway, "Bridge": n.bridge, "MTU": n.mtu,
-             "NAT": n.nat, "Containers": sorted(e.name for e in networks.endpoints(n.name))} for n in networks.list()]
+             "NAT": n.nat, "AllowHost": n.allow_host, "Containers": sorted(e.name for e in networks.endpoints(n.name))}
+            for n in networks.list()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(fmt.table([[r["Name"], r["Subnet"], r["Gateway"], r["Bridge"], str(r["MTU"]),
-                          "yes" if r["NAT"] else "no", ",".join(r["Containers"])]
-                         for r in rows], ["NAME", "SUBNET", "GATEWAY", "BRIDGE", "MTU", "NAT", "CONTAINERS"]))
+                          "yes" if r["NAT"] else "no", "yes" if r["AllowHost"] else "no", ",".join(r["Containers"])]
+                         for r in rows], ["NAME", "SUBNET", "GATEWAY", "BRIDGE", "MTU", "NAT", "HOST", "CONTAINERS"]))
     return 0
 
 
@@ -58,6 +60,9 @@ def add_network_commands(sub: Any, parser_class: Any) -> None:
     p.add_argument("--nat", action="store_true",
                    help="outbound NAT: its containers reach what the host reaches (an nftables masquerade rule "
                         "and IPv4 forwarding on the host; off by default)")
+    p.add_argument("--allow-host", action="store_true",
+                   help="let its containers reach the host's own services (whatever listens on the host's "
+                        "addresses) and link-local addresses such as a cloud's metadata service; off by default")
     p.set_defaults(func=cmd_network_create)
     p = network_sub.add_parser("ls", help="list networks")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -699,7 +699,7 @@ class ContainerMagics(Magics):
                        "pids": "no limit" if limits.pids is None else limits.pids}])
 
     def _cmd_network(self, argv: list[str]) -> Any:
-        """``%container network create NAME [--subnet CIDR] [--nat] | ls | rm NAME...``"""
+        """``%container network create NAME [--subnet CIDR] [--nat] [--allow-host] | ls | rm NAME...``"""
         from .runtime.network import Networks
 
         networks = Networks(self.store.root)
@@ -708,19 +708,24 @@ class ContainerMagics(Magics):
             parser.add_argument("name")
             parser.add_argument("--subnet")
             parser.add_argument("--nat", action="store_true")
+            parser.add_argument("--allow-host", action="store_true")
             args = parser.parse_args(argv[1:])
-            network = networks.create(args.name, subnet=args.subnet, nat=args.nat)
+            if args.allow_host and not self.policy.allow_host_network:
+                raise UsageError("network create --allow-host is off here (c.SandboxPolicy.allow_host_network)")
+            network = networks.create(args.name, subnet=args.subnet, nat=args.nat, allow_host=args.allow_host)
             return Table([{"name": network.name, "subnet": network.subnet, "gateway": network.gateway,
-                           "nat": "yes" if network.nat else "no"}])
+                           "nat": "yes" if network.nat else "no", "host": "yes" if network.allow_host else "no"}])
         if argv[:1] == ["ls"]:
             return Table([{"name": n.name, "subnet": n.subnet, "gateway": n.gateway, "nat": "yes" if n.nat else "no",
+                           "host": "yes" if n.allow_host else "no",
                            "containers": ", ".join(sorted(e.name for e in networks.endpoints(n.name)))}
-                          for n in networks.list()], ["name", "subnet", "gateway", "nat", "containers"])
+                          for n in networks.list()], ["name", "subnet", "gateway", "nat", "host", "containers"])
         if argv[:1] == ["rm"] and len(argv) > 1:
             for name in argv[1:]:
                 networks.remove(name, running=self.containers.running)
             return None
-        raise UsageError("usage: %container network create NAME [--subnet CIDR] [--nat] | ls | rm NAME...")
+        raise UsageError("usage: %container network create NAME [--subnet CIDR] [--nat] [--allow-host] | ls | "
+                         "rm NAME...")
 
     def _cmd_stats(self, argv: list[str]) -> Table:
         rows = [r for r in self.client.containers(all=bool(argv)) if r.status in ("running", "paused")

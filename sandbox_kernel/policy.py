@@ -46,7 +46,8 @@ class SandboxPolicy(Configurable):
     allow_volumes = Bool(True, config=True, help="Whether cells may mount host directories (-v).")
     allow_host_network = Bool(True, config=True,
                               help="Whether cells may share the host's network (--network host: its ports, "
-                                   "its interfaces, the services it listens on).")
+                                   "its interfaces, the services it listens on), and networks made with "
+                                   "--allow-host.")
 
     def check_image(self, reference: str) -> None:
         """UsageError unless ``reference`` matches one of ``allowed_images``."""

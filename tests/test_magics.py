@@ -34,3 +34,11 @@ def test_container_inspect_and_errors(ip):
         ip.run_line_magic("container", "inspect nothere")
     with pytest.raises(UsageError, match="unknown subcommand"):
         ip.run_line_magic("container", "frob")
+
+
+def test_network_create_allow_host_is_refused_when_the_admin_turned_host_networking_off(ip, monkeypatch):
+    magics = ip.magics_manager.registry["ContainerMagics"]
+    monkeypatch.setattr(magics.policy, "allow_host_network", False)
+    with pytest.raises(UsageError, match=r"--allow-host is off here \(c.SandboxPolicy.allow_host_network\)"):
+        ip.run_line_magic("container", "network create wide --allow-host")
+    assert "wide" not in repr(ip.run_line_magic("container", "network ls"))

@@ -203,11 +203,15 @@ ASK_OUTSIDE = ("import socket\ntry:\n    s = socket.create_connection(('192.0.2.
                "    print('seen as', s.recv(100).decode())\nexcept OSError as exc:\n    print('unreachable')\n")
 
 
+METADATA = "169.254.169.254"
+
+
 @pytest.fixture
 def outside(namespaces):
     """An "outside world" for a test's host namespace: a namespace behind a veth pair (192.0.2.1 on the
-    host's side, 192.0.2.2 outside) with no route back to any container subnet, and a server there that
-    answers with the address it sees. ``outside(host)`` links them and starts the server."""
+    host's side, 192.0.2.2 and 169.254.169.254 outside, routed to from the host) with no route back to any
+    container subnet, and a server there on port 9000 that answers with the address it sees.
+    ``outside(host)`` links them and starts the server."""
     from pyroute2 import IPRoute
 
     servers: list[subprocess.Popen] = []
@@ -226,7 +230,10 @@ def outside(namespaces):
         with IPRoute(netns=world) as ipr:
             index = ipr.link_lookup(ifname="sk-world")[0]
             ipr.addr("add", index=index, address="192.0.2.2", prefixlen=24)
+            ipr.addr("add", index=index, address=METADATA, prefixlen=32)  # a cloud's metadata service, out there
             ipr.link("set", index=index, state="up")
+        with IPRoute(netns=host) as ipr:
+            ipr.route("add", dst=f"{METADATA}/32", gateway="192.0.2.2")
         server = subprocess.Popen(["nsenter", f"--net=/run/netns/{world}", sys.executable, "-c", OUTSIDE_SERVER],
                                   stdout=subprocess.PIPE, text=True)
         servers.append(server)
@@ -264,6 +271,100 @@ def test_a_nat_network_reaches_outside_with_the_hosts_address_and_a_plain_one_do
     nets.remove("natted")
     with joined(nets.host_netns), nat._nft() as nft:
         assert not [t for t in nft.get_tables() if t.get_attr("NFTA_TABLE_NAME").startswith(nat.TABLE_PREFIX)]
+
+
+def reach(address: str, port: int) -> str:
+    """Python for a namespace: prints what a server at address:port says, or 'unreachable'."""
+    return (f"import socket\ntry:\n    s = socket.create_connection(({address!r}, {port}), timeout=2)\n"
+            "    print(s.recv(100).decode() or 'connected')\nexcept OSError:\n    print('unreachable')\n")
+
+
+@pytest.fixture
+def listen():
+    """``listen(netns, port, reply)``: a TCP server on 0.0.0.0:port in the namespace that sends ``reply``."""
+    servers: list[subprocess.Popen] = []
+
+    def start(netns_name: str, port: int, reply: str) -> None:
+        code = (f"import socket\ns = socket.socket(); s.bind(('0.0.0.0', {port})); s.listen()\n"
+                "print('up', flush=True)\n"
+                f"while True:\n    c, _ = s.accept(); c.sendall({reply.encode()!r}); c.close()")
+        server = subprocess.Popen(["nsenter", f"--net=/run/netns/{netns_name}", sys.executable, "-c", code],
+                                  stdout=subprocess.PIPE, text=True)
+        servers.append(server)
+        assert server.stdout.readline().strip() == "up"
+
+    yield start
+    for server in servers:
+        server.kill()
+        server.wait()
+
+
+def test_walls_keep_a_network_from_the_host_link_local_and_other_networks_unless_allowed(
+        nets, namespaces, outside, listen):
+    """A service on the host's 0.0.0.0 (through the gateway or the host's other address), the metadata
+    address and another network's containers are out of reach, also with --nat (forwarding on); the outside
+    is not. --allow-host lets the host and link-local in, never another network."""
+    from sandbox_kernel.runtime import nat, walls
+
+    host = nets.host_netns
+    outside(host)
+    listen(host, 9100, "host service")
+    walled = nets.create("walled", nat=True)
+    opened = nets.create("opened", nat=True, allow_host=True)
+    nets.create("neighbour")
+    assert not walled.allow_host and opened.allow_host and nets.get("opened").allow_host
+    a, b, c = namespaces("a"), namespaces("b"), namespaces("c")
+    nets.connect("walled", "a" * 64, "a", f"/run/netns/{a}")
+    nets.connect("opened", "b" * 64, "b", f"/run/netns/{b}")
+    neighbour = nets.connect("neighbour", "c" * 64, "c", f"/run/netns/{c}")
+    listen(c, 9200, "neighbour")
+    assert nets.walled("walled") == 4 and nets.walled("opened") == 2 and nets.walled("neighbour") == 4
+
+    def probe(netns_name: str, gateway: str) -> list[str]:
+        return [in_netns(netns_name, reach(address, port)).stdout.strip() for address, port in
+                ((gateway, 9100), ("192.0.2.1", 9100), (METADATA, 9000), (neighbour.address, 9200),
+                 ("192.0.2.2", 9000))]
+
+    assert probe(a, walled.gateway) == ["unreachable", "unreachable", "unreachable", "unreachable", "192.0.2.1"]
+    assert probe(b, opened.gateway) == ["host service", "host service", "192.0.2.1", "unreachable", "192.0.2.1"]
+    assert in_netns(c, reach(walled.gateway, 9100)).stdout.strip() == "unreachable"  # no NAT: walled all the same
+    # a table that lost a rule (a crash between two messages) is made whole by the next connect
+    with joined(host), walls._nft() as nft:
+        rule = next(r for r in nft.get_rules() if r.get_attr("NFTA_RULE_TABLE") == walls.table_name(walled.bridge))
+        nft.rule("del", table=walls.table_name(walled.bridge), chain=rule.get_attr("NFTA_RULE_CHAIN"),
+                 handle=rule.get_attr("NFTA_RULE_HANDLE"))
+    assert nets.walled("walled") == 3
+    nets.disconnect("walled", "a" * 64)
+    nets.connect("walled", "a" * 64, "a", f"/run/netns/{a}")
+    assert nets.walled("walled") == 4
+    assert in_netns(a, reach(walled.gateway, 9100)).stdout.strip() == "unreachable"
+    for name, cid in (("walled", "a"), ("opened", "b"), ("neighbour", "c")):
+        nets.disconnect(name, cid * 64)
+        nets.remove(name)
+    with joined(host), walls._nft() as nft:  # (an inet socket lists every family's tables)
+        assert not [t for t in nft.get_tables() if t.get_attr("NFTA_TABLE_NAME").startswith(nat.TABLE_PREFIX)]
+
+
+def test_containers_on_the_default_network_reach_the_gateway_not_each_other(nets, namespaces, listen):
+    """Every kernel's containers share the default network: its bridge ports are isolated, and each one's
+    /etc/hosts names itself alone. On a network of one's own they do reach each other (the test above)."""
+    nets.create("default")
+    mine, theirs = namespaces("mine"), namespaces("theirs")
+    me = nets.connect("default", "a" * 64, "mine", f"/run/netns/{mine}")
+    them = nets.connect("default", "b" * 64, "theirs", f"/run/netns/{theirs}")
+    listen(theirs, 9300, "their notebook")
+    assert in_netns(mine, reach(them.address, 9300)).stdout.strip() == "unreachable"
+    hosts = nets.hosts("default", me)
+    assert f"{me.address}\tmine" in hosts and "theirs" not in hosts and them.address not in hosts
+    # the control: the same two on a network of their own talk
+    nets.disconnect("default", "a" * 64)
+    nets.disconnect("default", "b" * 64)
+    nets.create("team")
+    nets.connect("team", "a" * 64, "mine", f"/run/netns/{mine}")
+    them = nets.connect("team", "b" * 64, "theirs", f"/run/netns/{theirs}")
+    assert in_netns(mine, reach(them.address, 9300)).stdout.strip() == "their notebook"
+    nets.disconnect("team", "a" * 64)
+    nets.disconnect("team", "b" * 64)
 
 
 # -- containers on networks ---------------------------------------------------------------------------------------
@@ -430,11 +531,15 @@ def test_twenty_containers_started_at_once_on_one_network_get_distinct_addresses
     assert len([n for n in links_in(host) if n.startswith(VETH_PREFIX)]) == 20
 
 
-def test_cli_nat_network_takes_a_container_outside_and_rm_removes_its_rule(debian_store, namespaces, outside):
+def test_cli_nat_network_takes_a_container_outside_and_rm_removes_its_rule(debian_store, namespaces, outside,
+                                                                          listen):
+    """A real container on a --nat network reaches the outside, not a service on the host's 0.0.0.0 nor the
+    metadata address; rm takes the network's tables away."""
     from sandbox_kernel.runtime import nat
 
     host = namespaces("host")
     outside(host)
+    listen(host, 9100, "host service")
     env = {**os.environ, "SANDBOX_KERNEL_NETNS": host}
     cli = [sys.executable, "-m", "sandbox_kernel", "--root", str(debian_store.root)]
 
@@ -448,6 +553,10 @@ def test_cli_nat_network_takes_a_container_outside_and_rm_removes_its_rule(debia
         assert "yes" in run("network", "ls").stdout.splitlines()[1].split()
         fetched = run("run", "--rm", "--network", "out", "localhost/debian-python", "python3", "-c", ASK_OUTSIDE)
         assert fetched.stdout.strip() == "seen as 192.0.2.1", fetched.stderr
+        for address, port in ((listed[0]["Gateway"], 9100), ("192.0.2.1", 9100), (METADATA, 9000)):
+            probed = run("run", "--rm", "--network", "out", "localhost/debian-python", "python3", "-c",
+                         reach(address, port))
+            assert probed.stdout.strip() == "unreachable", (address, probed.stdout, probed.stderr)
     finally:
         removed = run("network", "rm", "out")
     assert removed.returncode == 0, removed.stderr

@@ -551,16 +551,16 @@ class Containers:
         if name is None:
             return None
         from .monitor import NetJob
-        from .network import NETNS_ENV, NetworkError, Networks
+        from .network import DEFAULT_NETWORK, NETNS_ENV, NetworkError, Networks
 
         networks = Networks(self.store.root)
         try:
             networks.get(name)
         except NetworkError:
-            if name != "default":
+            if name != DEFAULT_NETWORK:
                 raise NetworkError(f"no such network: {name} (sandbox-kernel network create {name})") from None
             with contextlib.suppress(NetworkError):  # another process may make it at the same time
-                networks.create("default")
+                networks.create(DEFAULT_NETWORK)
         return NetJob(str(self.store.root), name, cdir.id, config["name"], config["hostname"],
                       os.environ.get(NETNS_ENV) or None)
 

@@ -7,10 +7,17 @@ how the tests keep every bridge off the real host's interfaces.
 
 On disk, under ``ROOT/networks/``::
 
-    NAME/network.json            {name, subnet, gateway, bridge, mtu, created, nat}
+    NAME/network.json            {name, subnet, gateway, bridge, mtu, created, nat, allow_host}
     NAME/endpoints/CID.json      {container, name, address, host_ifname}
     .lock                        flock: one allocation at a time, across processes
-    .nat.lock                    flock: one NAT set-up at a time (runtime/nat.py: ``--nat`` networks)
+    .nft.lock                    flock: one nftables set-up at a time (walls.py, nat.py)
+
+Every network is walled (runtime/walls.py): its containers reach each other, not the
+host's own services, not link-local addresses (the cloud's metadata service), not
+another network's containers; ``--allow-host`` at create lifts the first two. On the
+network named ``default``, which every kernel's containers share, each container's
+bridge port is isolated as well: containers there reach the gateway (and, with NAT,
+the outside) but not each other, and each one's /etc/hosts names only itself.
 
 An address is taken by writing its endpoint file under the lock, so concurrent
 connects never get the same address. A record is written before its link is made and
@@ -45,6 +52,7 @@ DEFAULT_MTU = 1500
 NETNS_ENV = "SANDBOX_KERNEL_NETNS"
 BRIDGE_PREFIX = "skbr"
 VETH_PREFIX = "skv"
+DEFAULT_NETWORK = "default"
 HOSTS_HEADER = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
@@ -61,6 +69,12 @@ class Network:
     mtu: int = DEFAULT_MTU
     created: float = 0.0
     nat: bool = False  # outbound NAT (runtime/nat.py): its containers reach what the host reaches
+    allow_host: bool = False  # its containers may reach the host's services and link-local addresses (walls.py)
+
+    @property
+    def shared(self) -> bool:
+        """The network every kernel's containers share: none of them reaches another."""
+        return self.name == DEFAULT_NETWORK
 
     @property
     def prefixlen(self) -> int:
@@ -212,27 +226,47 @@ class Networks:
             if net.gateway not in have:
                 ipr.addr("add", index=index, address=net.gateway, prefixlen=net.prefixlen)
             ipr.link("set", index=index, state="up")
-        if net.nat:
-            self._ensure_nat(net)
+        self._ensure_rules(net)
         return index
 
-    def _ensure_nat(self, net: Network) -> None:
-        from . import nat
+    def _ensure_rules(self, net: Network) -> None:
+        """The network's walls, then (``--nat``) its NAT rule: a network never routes out unwalled."""
+        from . import nat, walls
 
         try:  # (its own lock: create() holds the IPAM lock here, and concurrent connects must not both add)
-            with self._locked(".nat.lock"), self._in_host_netns():
-                nat.ensure(net.subnet, net.bridge)
-        except nat.NatError as exc:
-            raise NetworkError(f"network {net.name}: cannot set up outbound NAT: {exc}") from None
+            with self._locked(".nft.lock"), self._in_host_netns():
+                try:
+                    walls.ensure(net.bridge, net.allow_host)
+                except nat.NatError as exc:
+                    raise NetworkError(f"network {net.name}: cannot set up its firewall rules: {exc}") from None
+                if net.nat:
+                    try:
+                        nat.ensure(net.subnet, net.bridge)
+                    except nat.NatError as exc:
+                        raise NetworkError(f"network {net.name}: cannot set up outbound NAT: {exc}") from None
+        except OSError as exc:
+            raise NetworkError(f"network {net.name}: cannot set up its rules: {exc}") from None
 
-    def _remove_nat(self, net: Network) -> None:
-        from . import nat
+    def _remove_rules(self, net: Network) -> None:
+        """NAT first, then the walls: the network is never routed out without them."""
+        from . import nat, walls
 
-        try:
-            with self._in_host_netns():
+        with self._in_host_netns():
+            try:
                 nat.remove(net.bridge)
-        except nat.NatError as exc:
-            raise NetworkError(f"network {net.name}: cannot remove its NAT rule: {exc}") from None
+            except nat.NatError as exc:
+                raise NetworkError(f"network {net.name}: cannot remove its NAT rule: {exc}") from None
+            try:
+                walls.remove(net.bridge)
+            except nat.NatError as exc:
+                raise NetworkError(f"network {net.name}: cannot remove its firewall rules: {exc}") from None
+
+    def walled(self, name: str) -> int:
+        """How many of network ``name``'s firewall rules are in place in the host namespace."""
+        from . import walls
+
+        with self._in_host_netns():
+            return walls.present(self.get(name).bridge)
 
     def nat_active(self, name: str) -> bool:
         """Whether network ``name``'s outbound NAT rule is in place in the host namespace."""
@@ -290,9 +324,10 @@ class Networks:
         raise NetworkError(f"no free /24 left in {POOL}: remove a network or give --subnet")
 
     @_off_the_loop
-    def create(self, name: str, subnet: str | None = None, mtu: int = DEFAULT_MTU, nat: bool = False) -> Network:
-        """``network create NAME [--subnet CIDR] [--nat]``: the record, and its bridge in the host namespace
-        (with ``nat``, its outbound NAT rule there too)."""
+    def create(self, name: str, subnet: str | None = None, mtu: int = DEFAULT_MTU, nat: bool = False,
+               allow_host: bool = False) -> Network:
+        """``network create NAME [--subnet CIDR] [--nat] [--allow-host]``: the record, and its bridge in the
+        host namespace with its firewall rules (and, with ``nat``, its outbound NAT rule)."""
         path = self._dir(name)
         if not 576 <= mtu <= 65535:
             raise UsageError(f"invalid --mtu {mtu}: 576 to 65535")
@@ -314,7 +349,7 @@ class Networks:
                     raise NetworkError(f"subnet {subnet} overlaps network subnet {clash[0]}")
             network = Network(name=name, subnet=str(net_ip), gateway=str(next(net_ip.hosts())),
                               bridge=_ifname(BRIDGE_PREFIX, f"{self.root}/{name}"), mtu=mtu, created=time.time(),
-                              nat=nat)
+                              nat=nat, allow_host=allow_host)
             (path / "endpoints").mkdir(parents=True, exist_ok=True)  # (left by a create that failed: no record)
             try:
                 tmp = path / "network.json.tmp"  # the record first: a crash leaves a record, not a stray bridge
@@ -324,8 +359,7 @@ class Networks:
             except BaseException:
                 (path / "network.json").unlink(missing_ok=True)
                 with contextlib.suppress(Exception):
-                    if nat:
-                        self._remove_nat(network)
+                    self._remove_rules(network)
                     self._delete_link(network.bridge)
                 with contextlib.suppress(OSError):
                     (path / "endpoints").rmdir()
@@ -347,8 +381,7 @@ class Networks:
             users = [e.name for e in self.endpoints(name)]
             if users:
                 raise NetworkError(f"network {name} is in use by container(s) {', '.join(users)}")
-            if network.nat:
-                self._remove_nat(network)
+            self._remove_rules(network)
             self._delete_link(network.bridge)
             path = self._dir(name)
             (path / "network.json").unlink()
@@ -397,7 +430,10 @@ class Networks:
                 except Exception as exc:
                     raise NetworkError(f"container {endpoint.name}: cannot add its veth pair: {exc}") from None
                 index = ipr.link_lookup(ifname=endpoint.host_ifname)[0]
-                ipr.link("set", index=index, master=bridge, state="up")
+                ipr.link("set", index=index, master=bridge)
+                if network.shared:  # (before it is up: no frame passes between two containers there)
+                    ipr.brport("set", index=index, isolated=1)
+                ipr.link("set", index=index, state="up")
         finally:
             os.close(ns_fd)
         with self._ipr(netns) as ipr:
@@ -422,9 +458,12 @@ class Networks:
 
     def hosts(self, name: str, own: Endpoint | None = None) -> str:
         """/etc/hosts for a container on network ``name``: every container on it by name (and the
-        container ``own`` by its hostname too)."""
+        container ``own`` by its hostname too); on the shared default network, ``own`` alone."""
         lines = [HOSTS_HEADER]
-        for e in sorted(self.endpoints(name), key=lambda e: (e.name, e.container)):
+        endpoints = self.endpoints(name)
+        if self.get(name).shared:
+            endpoints = [e for e in endpoints if own is not None and e.container == own.container]
+        for e in sorted(endpoints, key=lambda e: (e.name, e.container)):
             names = [e.name] + ([e.hostname] if own is not None and e.container == own.container
                                 and e.hostname and e.hostname != e.name else [])
             lines.append(f"{e.address}\t{' '.join(names)}\n")

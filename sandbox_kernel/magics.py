@@ -3,8 +3,8 @@
 ``%%container [NAME] [--image REF] [--memory 256m] ...``: the first cell of a NAME
 creates its container (pulling or building the image if needed) with the agent
 as its main process; later cells reuse it, so variables, imports and files
-persist. Output streams as it comes, rich output is displayed (cleaned unless
-``--trust-output``), errors show the container's traceback once, Ctrl-C
+persist. Output streams as it comes, rich output is displayed (cleaned, or with
+``--trust-output`` run in a sandboxed iframe: sanitize.py), errors show the container's traceback once, Ctrl-C
 interrupts the cell (and kills it, and restarts the agent, if it does not stop),
 and a limit that ends a cell is said in one sentence. Containers made here are
 removed when the kernel exits (``--keep`` keeps them); the next kernel removes
@@ -263,7 +263,8 @@ class ContainerMagics(Magics):
     @argument("--shell", action="store_true", help="run the cell with /bin/sh")
     @argument("--stats", action="store_true", help="print wall time, CPU time and peak memory")
     @argument("--keep", action="store_true", help="keep the container when the kernel exits")
-    @argument("--trust-output", action="store_true", help="show the container's HTML as it is (no cleaning)")
+    @argument("--trust-output", action="store_true",
+              help="run the container's HTML and JavaScript, in a sandboxed iframe of an origin of its own")
     @cell_magic("container")
     def container_cell(self, line: str, cell: str) -> Any:
         """Run the cell in a container."""

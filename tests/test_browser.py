@@ -9,6 +9,7 @@ checks its cgroup), and saves a screenshot. It asserts on the DOM.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -29,11 +30,30 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-g
                  "--no-first-run", "--disable-component-update", "--disable-sync"]
 
 
-def notebook(source: str) -> dict:
-    return {"cells": [{"cell_type": "code", "execution_count": None, "id": "panel", "metadata": {}, "outputs": [],
-                       "source": source}],
+def notebook(*sources: str) -> dict:
+    return {"cells": [{"cell_type": "code", "execution_count": None, "id": f"cell{i}", "metadata": {}, "outputs": [],
+                       "source": source} for i, source in enumerate(sources)],
             "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
             "nbformat": 4, "nbformat_minor": 5}
+
+
+def launch(pw, home: Path):
+    """Debian's chromium, headless; what it writes (crash reports, dconf) stays in ``home``."""
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"),
+           "XDG_CACHE_HOME": str(home / "cache")}
+    return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, env=env)
+
+
+def run_cells(page, count: int) -> None:
+    """Shift+Enter through the notebook's first ``count`` cells, each to its end, once the kernel is idle."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=90_000)
+    page.locator(".jp-CodeCell").first.locator(".cm-content").click()
+    for n in range(1, count + 1):
+        page.keyboard.press("Shift+Enter")
+        prompt = page.locator(".jp-CodeCell").nth(n - 1).locator(".jp-InputArea-prompt")
+        expect(prompt).to_have_text(re.compile(rf"\[{n}\]"), timeout=120_000)
 
 
 @pytest.fixture
@@ -62,10 +82,7 @@ def test_pull_and_slider_in_jupyterlab(base_store, plain_registry, tmp_path, out
         "import sandbox_kernel\npanel = sandbox_kernel.Panel(refresh=1)\npanel")))
     try:
         with jupyter_server(work, store.root, lab=True) as server, sync_playwright() as pw:
-            home = tmp_path / "browser-home"  # what chromium writes (crash reports, dconf) stays in the test's dir
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, env={
-                **os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"),
-                "XDG_CACHE_HOME": str(home / "cache")})
+            browser = launch(pw, tmp_path / "browser-home")
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.set_default_timeout(60_000)
@@ -119,3 +136,90 @@ def test_pull_and_slider_in_jupyterlab(base_store, plain_registry, tmp_path, out
     finally:
         for info in containers.list(all=True):
             containers.remove(info.id, force=True)
+
+
+# The container's output, trusted (--trust-output) and not. Each script tries to mark the notebook's page.
+TRUSTED_CELL = """%%container frames --trust-output
+class Page:
+    def _repr_html_(self):
+        return ("<p id='inner'>not run</p><script>var p = document.getElementById('inner');"
+                "p.textContent = 'ran in the frame';"
+                "try { parent.document.body.dataset.owned = 'html'; } catch (e) { p.textContent += ' / ' + e.name; }"
+                "</script>")
+
+class Code:
+    def _repr_javascript_(self):
+        return ("try { parent.document.body.dataset.owned = 'js'; } catch (e) {}"
+                "document.body.textContent = 'javascript ran in its frame';")
+
+display(Page())
+display(Code())
+"""
+UNTRUSTED_CELL = """%%container plain
+class Evil:
+    def _repr_html_(self):
+        return ("<b id='evil'>bold</b><img src=x onerror=\\"document.body.dataset.owned = 'onerror'\\">"
+                "<img src='http://127.0.0.1:9/tracker-html.png'>")
+
+class Notes:
+    def _repr_markdown_(self):
+        return ("**notes** [click](javascript:document.body.dataset.owned='md') "
+                "<img src=y onerror=\\"document.body.dataset.owned = 'md-onerror'\\"> "
+                "![remote](http://127.0.0.1:9/tracker-md.png) "
+                "<script>document.body.dataset.owned = 'md-script'</script>")
+
+display(Evil())
+display(Notes())
+"""
+
+
+def test_container_scripts_never_run_in_the_notebooks_page(debian_store, tmp_path, output_dir):
+    """Trusted HTML and JavaScript run, in sandboxed frames that cannot touch the page; untrusted HTML and
+    Markdown run nothing and fetch no remote image. Checked in the page itself."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    work = tmp_path / "lab"
+    (work / "notebooks").mkdir(parents=True)
+    (work / "notebooks" / "frames.ipynb").write_text(json.dumps(notebook(
+        "%load_ext sandbox_kernel", TRUSTED_CELL, UNTRUSTED_CELL)))
+    containers = Containers(debian_store)
+    try:
+        with jupyter_server(work, debian_store.root, lab=True) as server, sync_playwright() as pw:
+            browser = launch(pw, tmp_path / "browser-home")
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.set_default_timeout(60_000)
+                fetched: list[str] = []
+                page.on("request", lambda request: fetched.append(request.url) if "tracker" in request.url else None)
+                page.goto(f"{server.url}/lab/tree/frames.ipynb?token={server.token}")
+                run_cells(page, 3)
+                cells = page.locator(".jp-CodeCell")
+                try:
+                    expect(cells.nth(1).locator("iframe.sk-frame")).to_have_count(2)
+                    expect(cells.nth(2).locator("b", has_text="bold")).to_be_visible()
+                except AssertionError:
+                    page.screenshot(path=str(output_dir / "frames-missing.png"), full_page=True)
+                    outputs = [cells.nth(i).locator(".jp-OutputArea").inner_text() for i in (1, 2)]
+                    raise AssertionError(f"outputs: {outputs}") from None
+                frames = cells.nth(1).frame_locator("iframe.sk-frame")
+                expect(frames.first.locator("#inner")).to_have_text("ran in the frame / SecurityError")
+                expect(frames.nth(1).locator("body")).to_have_text("javascript ran in its frame")
+                # our sizer (in the page) took the frame's height from its message
+                first = cells.nth(1).locator("iframe.sk-frame").first
+                expect(first).not_to_have_attribute("style", re.compile(r"height:\s*320px"))
+                expect(cells.nth(2).locator("strong", has_text="notes")).to_be_visible()
+                expect(cells.nth(2).locator("a")).to_have_count(0)  # the javascript: link is text, nothing else
+                cells.nth(2).get_by_text("click", exact=False).first.click()
+                page.wait_for_timeout(1000)
+                page.screenshot(path=str(output_dir / "frames.png"), full_page=True)
+                assert page.evaluate("document.body.dataset.owned") is None
+                assert page.evaluate("document.title") != "owned"
+                assert fetched == [], "a remote image in an untrusted output was fetched"
+            finally:
+                browser.close()
+    finally:
+        for name in ("frames", "plain"):
+            with contextlib.suppress(Exception):
+                containers.remove(name, force=True)

@@ -54,6 +54,7 @@ TEXT_MIMES = (
     ("_repr_svg_", "image/svg+xml"),
     ("_repr_latex_", "text/latex"),
     ("_repr_json_", "application/json"),
+    ("_repr_javascript_", "application/javascript"),
 )
 BINARY_MIMES = (("_repr_png_", "image/png"), ("_repr_jpeg_", "image/jpeg"))
 

@@ -42,7 +42,20 @@ def _containers(args: argparse.Namespace) -> Containers:
 def _limits(args: argparse.Namespace, base: Limits | None = None) -> Limits:
     """``base`` (default: the defaults) with the limit options given (an empty one keeps the base's)."""
     return (base or Limits()).with_options(args.memory or None, args.cpus or None, args.pids_limit,
-                                           getattr(args, "memory_swap", None) or None)
+                                           getattr(args, "memory_swap", None) or None, _disk(args))
+
+
+def _disk(args: argparse.Namespace) -> str | None:
+    """``--disk SIZE``, or docker's ``--storage-opt size=SIZE`` (the one storage option there is here)."""
+    size = getattr(args, "disk", None)
+    for option in getattr(args, "storage_opt", None) or []:
+        key, _, value = option.partition("=")
+        if key.strip() != "size" or not value.strip():
+            raise UsageError(f"invalid --storage-opt {option!r}: the only storage option is size=SIZE")
+        if size is not None and size != value.strip():
+            raise UsageError("--disk and --storage-opt size= disagree: give one")
+        size = value.strip()
+    return size
 
 
 def _spec(args: argparse.Namespace) -> ContainerSpec:
@@ -218,6 +231,8 @@ def _add_create_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-swap", help="memory + swap limit (-1: unlimited swap)")
     p.add_argument("--cpus", help="CPU limit in cores, e.g. 0.5")
     p.add_argument("--pids-limit", type=int, help="process limit (default 2048)")
+    p.add_argument("--disk", help="size of its writable layer, e.g. 2g (a file system of its own; root only)")
+    p.add_argument("--storage-opt", action="append", metavar="size=SIZE", help="docker's spelling of --disk")
     p.add_argument("--network", default="none",
                    help="none (default), bridge, a network made with network create, or host (unsafe: the "
                    "caller's interfaces)")

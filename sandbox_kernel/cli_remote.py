@@ -87,9 +87,13 @@ def _ps(client: Client, args: argparse.Namespace) -> int:
 
 def _limits(args: argparse.Namespace, base: Limits | None = None) -> LimitsRow | None:
     """What the limit options say, on ``base`` (default: the defaults); None when none is given."""
-    if args.memory is None and args.cpus is None and args.pids_limit is None:
+    from .cli_containers import _disk
+
+    disk = _disk(args)
+    if args.memory is None and args.cpus is None and args.pids_limit is None and disk is None:
         return None
-    return limits_row((base or Limits()).with_options(args.memory or None, args.cpus or None, args.pids_limit))
+    return limits_row((base or Limits()).with_options(args.memory or None, args.cpus or None, args.pids_limit,
+                                                      disk=disk))
 
 
 def _write(stream: str, text: str) -> None:

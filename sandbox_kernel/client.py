@@ -80,6 +80,7 @@ class LimitsRow:
     memory: int | None
     cpus: float | None
     pids: int | None
+    disk: int | None = None  # the writable layer's size; fixed when the container is made (None: not said)
 
 
 @dataclass
@@ -149,7 +150,7 @@ class Client(Protocol):
 
 
 def limits_row(limits: Limits) -> LimitsRow:
-    return LimitsRow(memory=limits.memory, cpus=limits.cpus, pids=limits.pids)
+    return LimitsRow(memory=limits.memory, cpus=limits.cpus, pids=limits.pids, disk=limits.disk)
 
 
 def to_limits(row: LimitsRow, base: Limits | None = None) -> Limits:
@@ -157,7 +158,8 @@ def to_limits(row: LimitsRow, base: Limits | None = None) -> Limits:
     swap = base.memory_swap if base is not None else None
     if swap is not None and (row.memory is None or swap < row.memory):
         swap = None
-    return Limits(memory=row.memory, memory_swap=swap, cpus=row.cpus, pids=row.pids)
+    disk = row.disk if row.disk is not None else base.disk if base is not None else None
+    return Limits(memory=row.memory, memory_swap=swap, cpus=row.cpus, pids=row.pids, disk=disk)
 
 
 class LocalClient:
@@ -267,8 +269,8 @@ class LocalClient:
         if self.policy is not None:
             self.policy.check_image(image)
         self.store.resolve(image)  # a clear error for an image that is not here, before anything is made
-        if limits is not None:
-            chosen = to_limits(limits)
+        if limits is not None:  # (a disk not said is the admin's default, as with no limits at all)
+            chosen = to_limits(limits, Limits(disk=self.policy.defaults().disk) if self.policy is not None else None)
         else:
             chosen = self.policy.defaults() if self.policy is not None else Limits()
         spec = ContainerSpec(image=image, name=name, command=tuple(command), limits=chosen)

@@ -240,6 +240,7 @@ def inspect_container(info: ContainerInfo) -> dict[str, Any]:
             "MemorySwap": spec.limits.memory_swap or 0,
             "NanoCpus": int((spec.limits.cpus or 0) * 1e9),
             "PidsLimit": spec.limits.pids,
+            "StorageOpt": {"size": str(spec.limits.disk)} if spec.limits.disk is not None else None,
             "AutoRemove": spec.remove,
             "NetworkMode": spec.network.mode,
             "Binds": [f"{m.source}:{m.target}{':ro' if m.readonly else ''}" for m in spec.mounts],

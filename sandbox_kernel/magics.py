@@ -254,6 +254,7 @@ class ContainerMagics(Magics):
     @argument("--memory", "-m", help="memory limit, e.g. 256m")
     @argument("--cpus", help="CPU limit, e.g. 1.5")
     @argument("--pids-limit", type=int, help="most processes at once")
+    @argument("--disk", help="size of a new container's writable layer, e.g. 2g (its files, /tmp included)")
     @argument("--network", default=None, help="network of a new container: none, bridge or a network's name")
     @argument("--hostname", help="hostname of a new container (default: its short id)")
     @argument("-v", "--volume", action="append", default=[], help="SRC:DST[:ro] bind mount (new container)")
@@ -310,9 +311,10 @@ class ContainerMagics(Magics):
         return None
 
     def _limits(self, args: Any, base: Limits | None = None) -> Limits | None:
-        if args.memory is None and args.cpus is None and args.pids_limit is None:
+        disk = getattr(args, "disk", None)
+        if args.memory is None and args.cpus is None and args.pids_limit is None and disk is None:
             return None
-        return (base or Limits()).with_options(args.memory, args.cpus, args.pids_limit)
+        return (base or Limits()).with_options(args.memory, args.cpus, args.pids_limit, disk=disk)
 
     def _image(self, ref: str) -> Any:
         """The image ``ref``: from the store, built from a local recipe, or pulled (progress printed)."""
@@ -338,6 +340,9 @@ class ContainerMagics(Magics):
     def _session(self, args: Any) -> Session:
         name = args.name or self.default_name
         session = self.sessions.get(name)
+        if args.disk is not None and (session is not None or self._exists(name)):
+            print(f"(container {name} exists: --disk applies to new containers only)", file=sys.stderr)
+            args.disk = None
         if session is not None and session.alive:
             limits = self._limits(args, self.containers.get(name).spec.limits)
             if limits is not None:
@@ -408,6 +413,11 @@ class ContainerMagics(Magics):
         if args.stats:
             self._print_stats(cid, result, peak_reset)
         problem = self._limit_sentence(session, args, result)
+        disk_full = self._disk_sentence(session)
+        if disk_full is not None and result.status == "ok":
+            print(disk_full, file=sys.stderr)
+        elif disk_full is not None:
+            problem = f"{problem} {disk_full}" if problem else disk_full
         if result.status == "ok":
             for name, item in result.outputs.items():
                 if name in outputs:
@@ -421,6 +431,27 @@ class ContainerMagics(Magics):
         if problem is not None:
             error.add_sentence(problem)
         raise error
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.containers.get(name)
+        except ContainerNotFound:
+            return False
+        return True
+
+    def _disk_sentence(self, session: Session) -> str | None:
+        """One plain sentence the first time a cell finds the container's disk full; None otherwise."""
+        try:
+            usage = self.containers.disk_usage(session.cid or session.name)
+        except Exception:
+            return None
+        full = usage is not None and usage.full
+        said, session.disk_full_said = session.disk_full_said, full
+        if not full or said:
+            return None
+        limit = self.containers.get(session.cid or session.name).spec.limits.disk
+        return (f"The container's disk is full: its limit is {_size_text(limit)} (--disk), so writes fail with "
+                "'No space left on device'. Free space in it, or make a container with a larger --disk.")
 
     def _limit_sentence(self, session: Session, args: Any, result: Any) -> str | None:
         """One plain sentence for a cell that a limit, a timeout or an interrupt ended; None otherwise."""
@@ -584,6 +615,7 @@ class ContainerMagics(Magics):
         parser.add_argument("--memory", "-m")
         parser.add_argument("--cpus")
         parser.add_argument("--pids-limit", type=int)
+        parser.add_argument("--disk")
         parser.add_argument("-e", "--env", action="append", default=[])
         parser.add_argument("-v", "--volume", action="append", default=[])
         parser.add_argument("image")

@@ -7,6 +7,7 @@ remote kernels (``jupyter_server_config.py``)::
     c.SandboxPolicy.allowed_images = ["localhost/*", "docker.io/library/*"]
     c.SandboxPolicy.default_memory = "1g"        # what a container gets when the cell does not say
     c.SandboxPolicy.max_memory = "4g"            # what a cell may ask for at most
+    c.SandboxPolicy.default_disk = "2g"          # each container's writable layer (root only, see below)
     c.ServerPolicy.allow_volumes = False         # the REST API: off unless the admin says so
 
 The panel, the line magics and the REST API go through one client
@@ -20,6 +21,7 @@ API, and the sandboxed kernel, are where a user cannot change it.
 from __future__ import annotations
 
 import fnmatch
+import os
 
 from traitlets import Bool, Float, Integer, List, Unicode
 from traitlets.config import Configurable
@@ -39,10 +41,16 @@ class SandboxPolicy(Configurable):
     default_cpus = Float(1.0, allow_none=True, config=True, help="CPUs of a container whose cell does not say.")
     default_pids = Integer(1024, allow_none=True, config=True,
                            help="Processes at once in a container whose cell does not say.")
+    default_disk = Unicode("4g", allow_none=True, config=True,
+                           help="Size of the writable layer of a container whose cell does not say (None: no limit). "
+                                "The store's file system must have room for every container's at once: a new "
+                                "container is refused when it has not. Only where the runtime runs as root "
+                                "(a loop-mounted file system per container); elsewhere containers have none.")
     max_memory = Unicode(None, allow_none=True, config=True,
                          help="The most memory a cell may ask for (None: what the host has).")
     max_cpus = Float(None, allow_none=True, config=True, help="The most CPUs a cell may ask for.")
     max_pids = Integer(None, allow_none=True, config=True, help="The most processes a cell may ask for.")
+    max_disk = Unicode(None, allow_none=True, config=True, help="The largest writable layer a cell may ask for.")
     allow_volumes = Bool(True, config=True, help="Whether cells may mount host directories (-v).")
     allow_host_network = Bool(True, config=True,
                               help="Whether cells may share the host's network (--network host: its ports, "
@@ -60,7 +68,8 @@ class SandboxPolicy(Configurable):
     def defaults(self) -> Limits:
         """The limits of a container whose cell asks for none."""
         memory = parse_size(self.default_memory, "default_memory") if self.default_memory else None
-        limits = Limits(memory=memory, cpus=self.default_cpus, pids=self.default_pids)
+        disk = parse_size(self.default_disk, "default_disk") if self.default_disk and _disk_limits() else None
+        limits = Limits(memory=memory, cpus=self.default_cpus, pids=self.default_pids, disk=disk)
         self.check_limits(limits)
         return limits
 
@@ -77,6 +86,11 @@ class SandboxPolicy(Configurable):
         if self.max_pids is not None and (limits.pids is None or limits.pids > self.max_pids):
             raise UsageError(f"{limits.pids if limits.pids is not None else 'unlimited'} processes is more than "
                              f"this server allows ({self.max_pids}: c.SandboxPolicy.max_pids)")
+        if self.max_disk and _disk_limits():
+            most = parse_size(self.max_disk, "max_disk")
+            if limits.disk is None or limits.disk > most:
+                raise UsageError(f"a disk of {_size(limits.disk)} is more than this server allows "
+                                 f"({self.max_disk}: c.SandboxPolicy.max_disk)")
 
     def check(self, spec: ContainerSpec, *, own_mounts: int = 0) -> None:
         """Everything about a new container: image, limits, volumes (past the first ``own_mounts``, which
@@ -95,6 +109,11 @@ class ServerPolicy(SandboxPolicy):
     allow_volumes = Bool(False, config=True, help="Whether REST clients may mount the server's directories.")
     allow_host_network = Bool(False, config=True,
                               help="Whether REST clients may share the server's network (--network host).")
+
+
+def _disk_limits() -> bool:
+    """Whether this process can give containers a disk limit (root: loop devices; see runtime/disk.py)."""
+    return os.geteuid() == 0
 
 
 def _size(value: int | None) -> str:

@@ -207,6 +207,7 @@ class Session:
         self.pending: list[tuple[str, Any]] = []
         self.counter = 0
         self.oom_seen = 0  # the cgroup's OOM kills and refused forks already reported
+        self.disk_full_said = False  # the cell that found its disk full said so (again once it is not)
         self.pids_seen = 0
         self._buf = bytearray()
         self._lock = threading.Lock()

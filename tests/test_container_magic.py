@@ -239,6 +239,22 @@ def test_pids_limit_is_said(ip):
     assert lines[-1] == ("The container reached its process limit (--pids-limit 12): new processes were refused.")
 
 
+def test_a_disk_filler_is_stopped_by_its_disk_and_the_cell_says_so(ip, magic_store, capsys):
+    run(ip, "d --disk 96m", "import os")
+    with pytest.raises(CellError) as info:
+        run(ip, "d", "with open('/tmp/fill', 'wb') as f:\n    while True:\n        f.write(bytes(1 << 20))")
+    lines = info.value._render_traceback_()
+    assert lines[-2].startswith("OSError: [Errno 28] No space left on device"), lines[-3:]
+    assert lines[-1] == ("The container's disk is full: its limit is 96 MiB (--disk), so writes fail with 'No space "
+                         "left on device'. Free space in it, or make a container with a larger --disk.")
+    usage = Containers(magic_store).disk_usage("d")
+    assert usage is not None and usage.full and usage.size <= 96 << 20
+    # a cell that frees space works, and the sentence is not said again for the same fill
+    assert run(ip, "d", "os.remove('/tmp/fill'); 'freed'").data["text/plain"] == "'freed'"
+    run(ip, "d --disk 1g", "open('/tmp/small', 'w').write('x')")  # (an existing container keeps its disk)
+    assert "--disk applies to new containers only" in capsys.readouterr().err
+
+
 def test_stats_line(ip, capsys):
     run(ip, "st --stats", "s = sum(range(3_000_000))")
     out = capsys.readouterr().out

@@ -196,8 +196,8 @@ def test_percent_container_panel_shows_the_kernels_store_and_sets_its_defaults(c
         defaults = magics.policy.defaults()  # the admin's (c.SandboxPolicy), shown
         assert shown.limits_target.value == NEW and shown.pids.value == defaults.pids
         shown.memory.value = 200
-        assert magics.default_limits == Limits(memory=200 * MIB, cpus=defaults.cpus, pids=defaults.pids), \
-            "new %%container containers get them"
+        wanted = Limits(memory=200 * MIB, cpus=defaults.cpus, pids=defaults.pids, disk=defaults.disk)
+        assert magics.default_limits == wanted, "new %%container containers get them"
         again = magics._cmd_panel([])
         assert shown.closed and not again.closed, "running the cell again closes the old panel (and its timer)"
     finally:

@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 BUSYBOX = "localhost/busybox:latest"
 PYTHON_IMAGE = "localhost/debian-python:latest"
 MIB = 1 << 20
+DEFAULT_DISK = 4 << 30  # ServerPolicy.default_disk: what a container made over REST gets when it does not say
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,11 @@ def test_list_run_exec_streams_limits_commit_stop_rm(served):
     # limits: applied live, and refused (nothing changed) below what it uses or above the host
     status, limits = server.request("PUT", "containers/api-web/limits", {"memory": 32 * MIB, "cpus": 0.5,
                                                                            "pids": 50})
-    assert status == 200 and limits == {"memory": 32 * MIB, "cpus": 0.5, "pids": 50}
+    assert status == 200 and limits == {"memory": 32 * MIB, "cpus": 0.5, "pids": 50, "disk": DEFAULT_DISK}
+    status, reply = server.request("PUT", "containers/api-web/limits", {"memroy": 64 * MIB})
+    assert status == 400 and reply["message"].startswith("limits: unknown field 'memroy'")
+    status, reply = server.request("PUT", "containers/api-web/limits", {"disk": 8 << 30})
+    assert status == 400 and "the disk limit is fixed when a container is made" in reply["message"]
     status, reply = server.request("PUT", "containers/api-web/limits", {"memory": host["memory"] + MIB})
     assert status == 400 and "more than this host has" in reply["message"]
     assert server.request("GET", "containers/api-web/limits")[1]["memory"] == 32 * MIB
@@ -177,12 +182,13 @@ def test_remote_client_does_what_the_local_one_does(served):
     remote, local = RemoteClient(server.url, server.token), LocalClient(store)
     assert remote.images() == local.images() and remote.host() == local.host()
     cid = remote.create(BUSYBOX, name="remote-one", command=("sleep", "60"), limits=LimitsRow(64 * MIB, None, 30))
-    assert local.runtime.get("remote-one").id == cid and local.limits(cid) == LimitsRow(64 * MIB, None, 30)
+    assert local.runtime.get("remote-one").id == cid
+    assert local.limits(cid) == LimitsRow(64 * MIB, None, 30, DEFAULT_DISK)  # (the disk: the admin's default)
     chunks: list[tuple[str, str]] = []
     assert remote.exec("remote-one", ["sh", "-c", "echo out; sleep 1; echo err >&2; exit 4"],
                        lambda stream, text: chunks.append((stream, text))) == 4
     assert chunks == [("stdout", "out\n"), ("stderr", "err\n")]
-    assert remote.set_limits("remote-one", LimitsRow(48 * MIB, 1.0, 40)) == LimitsRow(48 * MIB, 1.0, 40)
+    assert remote.set_limits("remote-one", LimitsRow(48 * MIB, 1.0, 40)) == LimitsRow(48 * MIB, 1.0, 40, DEFAULT_DISK)
     assert remote.stats("remote-one").memory_limit == 48 * MIB and remote.stats("remote-one").pids_limit == 40
     with pytest.raises(UsageError, match="more than this host has"):
         remote.set_limits("remote-one", LimitsRow(remote.host().memory + MIB, None, None))

@@ -16,6 +16,7 @@ they exist only in the container's own mount namespace and vanish with it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import json
 import os
@@ -28,8 +29,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import disk, logs
 from . import idmap as idmap_mod
-from . import logs
 from . import users as users_mod
 from .cgroups import CgroupStats, open_cgroup, remove_empty_parents
 from .errors import (
@@ -42,7 +43,7 @@ from .errors import (
     SandboxError,
     UsageError,
 )
-from .fsutil import private_dir, remove_quietly
+from .fsutil import private_dir
 from .image.store import Image, Store
 from .rootfs import RootfsPlan
 from .spec import ContainerSpec, Limits
@@ -58,6 +59,8 @@ from .state import (
     Names,
     ProcRef,
     State,
+    layer_dirs,
+    remove_dir,
 )
 from .stdio import Output, Relay
 
@@ -165,7 +168,7 @@ def _warm_key(image: Image, spec: ContainerSpec) -> tuple[str, ...] | None:
     """What a warm slot's rootfs depends on; None when it must not be built ahead (volumes: host paths)."""
     if spec.mounts:
         return None
-    return (image.id, spec.hostname or "", _cwd(image, spec), spec.userns)
+    return (image.id, spec.hostname or "", _cwd(image, spec), spec.userns, str(spec.limits.disk))
 
 
 def _cwd(image: Image, spec: ContainerSpec) -> str:
@@ -321,7 +324,7 @@ class Containers:
                     open_cgroup(config["cgroup"]).remove()
             except (OSError, ContainerError, KeyError):
                 pass
-            remove_quietly(path)
+            remove_dir(path)
 
     def _drop_unfinished(self, cdir: ContainerDir) -> None:
         """A directory whose create never finished (its creator died) is garbage after a minute;
@@ -338,7 +341,7 @@ class Containers:
                     open_cgroup(cdir.id[:32]).remove()
             elif time.time() - cdir.path.stat().st_mtime <= 60:
                 return
-            remove_quietly(cdir.path)
+            remove_dir(cdir.path)
         except (OSError, ValueError, IndexError):
             pass
 
@@ -432,7 +435,9 @@ class Containers:
         }
         cdir = ContainerDir(self.root / cid)
         if warm is None:
-            cdir.make(hostname, root_ids=mapping.root if mapping is not None else None)
+            with self._disk_room(spec.limits.disk):
+                cdir.make(hostname, root_ids=mapping.root if mapping is not None else None,
+                          disk_size=spec.limits.disk)
         try:
             if not self.names.claim(name, cid, lambda other: (self.root / other / "config.json").exists()):
                 raise ContainerError(f"the container name {name!r} is already in use by container "
@@ -443,9 +448,25 @@ class Containers:
         except BaseException:
             if self.names.lookup(name) == cid:
                 self.names.release(name, cid)
-            remove_quietly(cdir.path)
+            remove_dir(cdir.path)
             raise
         return cid, config
+
+    @contextlib.contextmanager
+    def _disk_room(self, size: int | None) -> Iterator[None]:
+        """Held while a container's disk is made: refused if the store's file system has no room for it
+        beyond what the others may still write (one create at a time, so two cannot both take the last room)."""
+        if size is None:
+            yield
+            return
+        disk.check_supported()
+        fd = os.open(self.root / ".disk.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            disk.check_room(self.root, size)
+            yield
+        finally:
+            os.close(fd)
 
     def _warm_next(self, spec: ContainerSpec, key: tuple[str, ...] | None, lowers: tuple[str, ...]) -> None:
         """Leave a warm slot for the next foreground start; one that builds this start's rootfs again if it can."""
@@ -459,13 +480,19 @@ class Containers:
             from .monitor import Speculation
 
             plan = self._rootfs_plan(path, list(lowers), spec, key[2], _idmap(spec))
+            if spec.limits.disk is not None:
+                try:  # (ahead of time too: the slot's disk counts as the others' do)
+                    disk.check_room(self.root, spec.limits.disk)
+                except disk.DiskError:
+                    return
             speculation = Speculation(key, cid, str(path), plan, spec.hostname or cid[:12], cid[:32],
-                                      (me.pid, me.start) if me else (0, 0))
+                                      (me.pid, me.start) if me else (0, 0), spec.limits.disk)
         launcher.warm_next(speculation)
 
     def _rootfs_plan(self, path: Path, lowerdirs: list[str], spec: ContainerSpec, cwd: str,
                      idmap: idmap_mod.IdMap | None) -> RootfsPlan:
         links, names = self.store.short_links(lowerdirs)
+        upper, work = layer_dirs(path, disk_size=spec.limits.disk)
         return RootfsPlan(
             idmap=idmap,
             volume_owners=_volume_owners(spec, idmap),
@@ -473,11 +500,12 @@ class Containers:
             lower_links=names,
             rootfs=str(path / "rootfs"),
             lowerdirs=tuple(lowerdirs),
-            upperdir=str(path / "upper"),
-            workdir=str(path / "work"),
+            upperdir=str(upper),
+            workdir=str(work),
             etc_files=tuple((str(path / name), f"/etc/{name}") for name in ETC_FILES),
             mounts=spec.mounts,
             cwd=cwd,
+            disk_dir=str(path) if spec.limits.disk is not None else None,
         )
 
     # -- start, run, wait ----------------------------------------------------------------------------------------
@@ -498,6 +526,8 @@ class Containers:
                     raise ImageNotFound(f"container {config['name']}: a layer of its image {spec.image} is gone "
                                         f"({os.path.basename(layer)[:12]}); remove the container")
         path = cdir.path
+        if spec.limits.disk is not None:
+            cdir.layer()  # its disk mounted (after a reboot, it is not)
         plan = self._rootfs_plan(path, config["lowerdirs"], spec, config["process"]["cwd"],
                                  idmap_mod.IdMap.from_json(config["idmap"]))
         from .monitor import Job
@@ -848,7 +878,11 @@ class Containers:
         if state is None:
             raise ContainerNotFound(f"no such container: {ref}")
         config = cdir.read_config()
-        spec = replace(ContainerSpec.from_dict(config["spec"]), limits=limits)
+        spec = ContainerSpec.from_dict(config["spec"])
+        if limits.disk is not None and limits.disk != spec.limits.disk:
+            raise UsageError("the disk limit is fixed when a container is made: commit it and make a new one")
+        limits = replace(limits, disk=spec.limits.disk)
+        spec = replace(spec, limits=limits)
         if state.status in (RUNNING, PAUSED):
             cgroup = open_cgroup(config["cgroup"])
             usage = cgroup.stats()
@@ -859,6 +893,14 @@ class Containers:
         config["spec"] = asdict(spec)
         cdir.write_config(config)
         return limits
+
+    def disk_usage(self, ref: str) -> disk.Usage | None:
+        """What a container with a disk limit holds in its writable layer, and its size (None: no limit)."""
+        cdir = self._find(ref)
+        if not (cdir.path / disk.IMAGE).exists():
+            return None
+        cdir.layer()
+        return disk.usage(cdir.path)
 
     def stats(self, ref: str) -> ContainerStats:
         cdir, _state = self._running(ref)
@@ -914,7 +956,7 @@ class Containers:
 
     def _delete(self, cdir: ContainerDir, name: str) -> None:
         self.names.release(name, cdir.id)
-        remove_quietly(cdir.path)
+        remove_dir(cdir.path)
 
 
 # -- helpers: stdio, waiting, signals -----------------------------------------------------------------------------

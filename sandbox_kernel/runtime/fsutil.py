@@ -152,22 +152,23 @@ def remove_tree(name: str | os.PathLike[str], dir_fd: int | None = None, *, miss
 
 
 def _open_beneath(top: int, parts: list[str]) -> int:
-    return open_beneath(top, "/".join(parts), _DIR_FLAGS)
+    return open_beneath(top, "/".join(parts), _DIR_FLAGS, same_mount=True)  # (rm -rf never enters a mount)
 
 
-def open_beneath(top: int, rel: str, flags: int) -> int:
+def open_beneath(top: int, rel: str, flags: int, *, same_mount: bool = False) -> int:
     """Open ``rel``, a path below the directory ``top``, following no symlink on the way or at its end.
 
     ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)``; on kernels without it,
     one component at a time with ``O_NOFOLLOW``. A symlink anywhere is ELOOP
-    (or ENOTDIR); an empty ``rel`` opens ``top`` itself again.
+    (or ENOTDIR); an empty ``rel`` opens ``top`` itself again. With
+    ``same_mount``, crossing into another mount is EXDEV (``RESOLVE_NO_XDEV``).
     """
     parts = [part for part in rel.split("/") if part and part != "."]
     if not parts:
         return os.dup(top)
+    resolve = syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS | (syscalls.RESOLVE_NO_XDEV if same_mount else 0)
     try:
-        return syscalls.openat2(top, "/".join(parts), flags | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS)
+        return syscalls.openat2(top, "/".join(parts), flags | os.O_NOFOLLOW | os.O_CLOEXEC, resolve)
     except OSError as exc:
         if exc.errno != errno.ENOSYS:
             raise

@@ -40,9 +40,8 @@ from . import exec_helper, process
 from . import syscalls as sc
 from .cgroups import open_cgroup
 from .errors import ContainerError, SandboxError
-from .fsutil import remove_quietly
 from .monitor import Job, Speculation, monitor_main
-from .state import WARM_MARK, ProcRef
+from .state import WARM_MARK, ProcRef, remove_dir
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # where this sandbox_kernel package is
 SERVER_MAIN = ("import sys; sys.path.insert(0, sys.argv[1]); "
@@ -218,7 +217,7 @@ def _remove_speculation(speculation: Speculation) -> None:
     with contextlib.suppress(SandboxError):
         open_cgroup(speculation.cgroup).remove()
     if os.path.exists(os.path.join(speculation.cdir, WARM_MARK)):
-        remove_quietly(speculation.cdir)
+        remove_dir(speculation.cdir)
 
 
 def start_monitor(job: Job, stdio: tuple[int, int, int] | None, slot: Slot | None = None, *,

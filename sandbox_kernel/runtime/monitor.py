@@ -32,7 +32,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -40,11 +40,10 @@ from . import process
 from . import syscalls as sc
 from .cgroups import Cgroup, open_cgroup
 from .errors import ExecError, SandboxError
-from .fsutil import remove_quietly
 from .logs import STDERR, STDOUT, LogWriter
 from .rootfs import DEVICE_RULES, RootfsPlan
 from .spec import Limits
-from .state import EXITED, GONE_PREFIX, PAUSED, RUNNING, STARTING, WARM_MARK, ContainerDir, Names, ProcRef
+from .state import EXITED, GONE_PREFIX, PAUSED, RUNNING, STARTING, WARM_MARK, ContainerDir, Names, ProcRef, remove_dir
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,7 @@ class Speculation:
     hostname: str
     cgroup: str
     owner: tuple[int, int]  # (pid, start) of the process that made the slot
+    disk_size: int | None = None  # its writable layer's file system (disk.py), made ahead too
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | N
         cgroup = open_cgroup(speculation.cgroup)
         try:
             ContainerDir(Path(speculation.cdir)).make(speculation.hostname, speculation.owner,
-                                                      speculation.plan.root_ids)
+                                                      speculation.plan.root_ids, speculation.disk_size)
             process.prepare(warm, speculation.plan, speculation.hostname)  # PID 1 builds meanwhile
             cgroup.create()
             cgroup.restrict_devices(list(DEVICE_RULES))
@@ -259,7 +259,7 @@ def _drop(warm: process.Warm, cgroup: Cgroup | None, speculation: Speculation | 
         with contextlib.suppress(SandboxError):
             cgroup.remove()
     if speculation is not None and os.path.exists(os.path.join(speculation.cdir, WARM_MARK)):
-        remove_quietly(speculation.cdir)
+        remove_dir(speculation.cdir)
 
 
 def _run(job: Job, warm: process.Warm, refs: tuple[ProcRef | None, ProcRef | None], status_w: int | None,
@@ -297,7 +297,7 @@ def _run(job: Job, warm: process.Warm, refs: tuple[ProcRef | None, ProcRef | Non
             if ready is None:
                 cgroup.create()
                 cgroup.restrict_devices(list(DEVICE_RULES))
-            if ready is None or job.limits != Limits():
+            if ready is None or replace(job.limits, disk=None) != Limits():  # (the disk is no cgroup's)
                 cgroup.apply(job.limits)
             if ready is None:
                 cgroup.add(warm.pid1)
@@ -412,4 +412,4 @@ def _finish(job: Job, cdir: ContainerDir, cgroup: Cgroup, exit_code: int, oom: b
             with cdir.locked() as state:
                 state.error = state.error or str(exc)
     if job.remove:
-        remove_quietly(trash)
+        remove_dir(trash)

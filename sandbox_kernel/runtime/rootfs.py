@@ -29,7 +29,9 @@ import os
 import socket
 import stat
 from dataclasses import dataclass
+from pathlib import Path
 
+from . import disk
 from . import syscalls as sc
 from .errors import ContainerError
 from .idmap import IdMap
@@ -70,6 +72,7 @@ class RootfsPlan:
     idmap: IdMap | None = None  # the container's user namespace (None: host ids, --userns=host)
     # per mount: the host (uid, gid) the container's root writes as there (an idmapped mount), or None (a plain bind)
     volume_owners: tuple[tuple[int, int] | None, ...] = ()
+    disk_dir: str | None = None  # with a disk limit: the container's directory, whose disk holds upper and work
 
     @property
     def root_ids(self) -> tuple[int, int] | None:
@@ -256,6 +259,9 @@ def setup(plan: RootfsPlan, hostname: str, volume_userns: dict[tuple[int, int], 
     owner = plan.root_ids
     # 1. Nothing we mount may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
+    # 1b. Its disk, if it has one: mounted in this namespace too (made before the disk was, it has not got it).
+    if plan.disk_dir is not None:
+        disk.attach(Path(plan.disk_dir))
     # 2. The image: overlay of the layers and the container's own upper dir. The options must fit in a
     #    page: many layers are named by short links, relative to their directory (docker's overlay2 way).
     lower = ":".join(plan.lower_links if plan.lower_root else plan.lowerdirs)

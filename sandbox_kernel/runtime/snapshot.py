@@ -135,7 +135,7 @@ def diff_container(containers: Containers, ref: str) -> list[Change]:
     info = containers.get(ref)
     try:
         with _frozen(containers, ref, running=info.state.status == RUNNING):
-            return diff(cdir.path / "upper", [Path(p) for p in config["lowerdirs"]], mount_points(config))
+            return diff(cdir.layer()[0], [Path(p) for p in config["lowerdirs"]], mount_points(config))
     except LayerError as exc:
         raise ContainerError(f"cannot diff container {ref}: {exc}") from None
 
@@ -188,7 +188,7 @@ def commit(containers: Containers, ref: str, target: str | None = None, *, messa
     info = containers.get(ref)
     base = store.load_image(config["image_manifest"])
     lowers = [Path(p) for p in config["lowerdirs"]]
-    upper = cdir.path / "upper"
+    upper = cdir.layer()[0]  # (its disk mounted, if it has one)
     epoch = _epoch(base)
     with store.writing():
         tmp = store._tmp_path(".commit")

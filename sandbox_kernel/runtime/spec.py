@@ -48,6 +48,9 @@ def parse_cpus(text: str | float) -> float:
     return value
 
 
+MIN_DISK = 64 << 20  # (an ext4 journal and its metadata take a few MiB)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits; ``None`` means unlimited (pids is limited by default)."""
@@ -56,20 +59,22 @@ class Limits:
     memory_swap: int | None = None  # memory + swap, bytes (docker's --memory-swap); None: same as memory
     cpus: float | None = None  # cores, as a CFS quota
     pids: int | None = DEFAULT_PIDS_LIMIT
+    disk: int | None = None  # bytes of its writable layer (runtime/disk.py); fixed when the container is made
 
     def cpu_quota_us(self) -> int | None:
         return None if self.cpus is None else max(1000, round(self.cpus * CPU_PERIOD_US))
 
     def with_options(self, memory: str | None = None, cpus: str | None = None, pids: int | None = None,
-                     memory_swap: str | None = None) -> Limits:
-        """These limits changed by what ``--memory``, ``--cpus``, ``--pids-limit`` and ``--memory-swap``
-        say (None: keep this one; ``--memory-swap -1``: unlimited swap), parsed and checked as every
-        frontend (CLI, magics, remote CLI) does."""
+                     memory_swap: str | None = None, disk: str | None = None) -> Limits:
+        """These limits changed by what ``--memory``, ``--cpus``, ``--pids-limit``, ``--memory-swap`` and
+        ``--disk`` say (None: keep this one; ``--memory-swap -1``: unlimited swap), parsed and checked as
+        every frontend (CLI, magics, remote CLI) does."""
         swap = self.memory_swap
         if memory_swap is not None:
             swap = None if memory_swap == "-1" else parse_size(memory_swap, "--memory-swap")
         return Limits(memory=self.memory if memory is None else parse_size(memory, "--memory"), memory_swap=swap,
-                      cpus=self.cpus if cpus is None else parse_cpus(cpus), pids=self.pids if pids is None else pids)
+                      cpus=self.cpus if cpus is None else parse_cpus(cpus), pids=self.pids if pids is None else pids,
+                      disk=self.disk if disk is None else parse_size(disk, "--disk"))
 
     def __post_init__(self) -> None:
         if self.memory is not None and self.memory < 4 << 20:
@@ -78,6 +83,8 @@ class Limits:
             raise UsageError("invalid --memory-swap: needs --memory and must be at least as large")
         if self.pids is not None and self.pids < 1:
             raise UsageError("invalid --pids-limit: must be at least 1")
+        if self.disk is not None and self.disk < MIN_DISK:
+            raise UsageError(f"invalid --disk: the minimum is {MIN_DISK >> 20}m")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ Each container is a directory ``ROOT/containers/ID/``::
     lock            flock'ed by whoever changes state.json
     upper/ work/    the overlay's writable layer (upper/ is the container root's: it is the
                     container's /)
+    disk.img disk/  instead, with a disk limit: a file system of that size, mounted on
+                    disk/, that holds upper/ and work/ (runtime/disk.py)
     rootfs/         the mount point (mounted only inside the container's mount namespace)
     hostname hosts resolv.conf    files bind-mounted into the container's /etc
     container.log   output of a detached container (size-capped, see logs.py)
@@ -26,6 +28,7 @@ reconcile step then cleans it up and marks it exited.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -36,6 +39,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import disk
 from .errors import StoreError
 from .fsutil import private_dir, remove_quietly, write_private
 
@@ -127,7 +131,7 @@ class ContainerDir:
         self.id = path.name
 
     def make(self, hostname: str, warm_owner: tuple[int, int] | None = None,
-             root_ids: tuple[int, int] | None = None) -> None:
+             root_ids: tuple[int, int] | None = None, disk_size: int | None = None) -> None:
         """The directory of a container-to-be: overlay dirs and the /etc files.
 
         ``warm_owner`` (pid, start time) marks a directory a warm slot made
@@ -135,17 +139,22 @@ class ContainerDir:
         ``root_ids``: the host ids of the container's root (its user namespace),
         who owns its / (the upper dir) and its /etc files. The directory itself
         is 0700, its files 0600 (the /etc files 0644 in the container's view).
+        ``disk_size``: the writable layer on a file system of that size (disk.py).
         """
         self.path.mkdir(mode=0o700)
         try:
             os.chmod(self.path, 0o700)  # whatever the umask
             if warm_owner is not None:  # first: a dir without config and without this is unfinished
                 write_private(self.path / WARM_MARK, f"{warm_owner[0]} {warm_owner[1]}".encode())
-            for sub in ("upper", "work", "rootfs"):
-                (self.path / sub).mkdir(mode=0o700)
-            os.chmod(self.path / "upper", 0o755)  # the container's /, as an image's root is
-            if root_ids is not None:
-                os.chown(self.path / "upper", *root_ids)
+            (self.path / "rootfs").mkdir(mode=0o700)
+            if disk_size is not None:
+                disk.make(self.path, disk_size, root_ids)
+            else:
+                for sub in ("upper", "work"):
+                    (self.path / sub).mkdir(mode=0o700)
+                os.chmod(self.path / "upper", 0o755)  # the container's /, as an image's root is
+                if root_ids is not None:
+                    os.chown(self.path / "upper", *root_ids)
             etc = {
                 "hostname": f"{hostname}\n",
                 "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n",
@@ -157,8 +166,15 @@ class ContainerDir:
                 if root_ids is not None:
                     os.chown(self.path / name, *root_ids)
         except BaseException:
-            remove_quietly(self.path)
+            remove_dir(self.path)
             raise
+
+    def layer(self) -> tuple[Path, Path]:
+        """The overlay's upper and work dirs (with a disk limit: on its disk, mounted now if it was not)."""
+        if (self.path / disk.IMAGE).exists():
+            disk.attach(self.path)
+            return layer_dirs(self.path, 1)
+        return layer_dirs(self.path, None)
 
     @property
     def config_path(self) -> Path:
@@ -248,3 +264,17 @@ class Names:
                 (self.root / name).unlink()
             except FileNotFoundError:
                 pass
+
+
+def layer_dirs(path: Path, disk_size: int | None) -> tuple[Path, Path]:
+    """The upper and work dirs of the container whose directory is ``path``: on its disk if it has one."""
+    if disk_size is not None:
+        return path / disk.MOUNT / "upper", path / disk.MOUNT / "work"
+    return path / "upper", path / "work"
+
+
+def remove_dir(path: str | os.PathLike[str]) -> None:
+    """Remove a container's directory (best effort), its disk unmounted first: never rm -rf into a mount."""
+    with contextlib.suppress(OSError, disk.DiskError):
+        disk.detach(Path(path))
+    remove_quietly(path)

@@ -52,6 +52,7 @@ from ..runtime import (
     SandboxError,
     UsageError,
 )
+from ..runtime.spec import MIN_DISK
 
 BASE = "sandbox-kernel/api"
 PROGRESS_EVERY = 0.1  # seconds between progress events of a pull
@@ -261,10 +262,19 @@ def _boolean(body: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+def _known(body: dict[str, Any], keys: set[str], what: str) -> None:
+    """400 for a field this API does not know (a typo must not pass for a default)."""
+    unknown = sorted(set(body) - keys)
+    if unknown:
+        raise _bad(f"{what}: unknown field {unknown[0]!r} (known: {', '.join(sorted(keys))})")
+
+
 def _limits(body: Any) -> LimitsRow:
     if not isinstance(body, dict):
         raise _bad("limits: expected an object")
+    _known(body, {"memory", "cpus", "pids", "disk"}, "limits")
     memory = _optional(body, "memory", int, "an integer number of bytes or null")
+    disk = _optional(body, "disk", int, "an integer number of bytes or null")
     cpus = _optional(body, "cpus", (int, float), "a number of CPUs or null")
     pids = _optional(body, "pids", int, "an integer or null")
     if cpus is not None and not 0.01 <= cpus <= 1024:
@@ -273,7 +283,9 @@ def _limits(body: Any) -> LimitsRow:
         raise _bad("memory: the minimum is 4 MiB (4194304 bytes)")
     if pids is not None and pids < 1:
         raise _bad("pids: must be at least 1")
-    return LimitsRow(memory=memory, cpus=None if cpus is None else float(cpus), pids=pids)
+    if disk is not None and disk < MIN_DISK:
+        raise _bad(f"disk: the minimum is {MIN_DISK >> 20} MiB ({MIN_DISK} bytes)")
+    return LimitsRow(memory=memory, cpus=None if cpus is None else float(cpus), pids=pids, disk=disk)
 
 
 def _strings(value: Any, key: str, *, empty: bool = True) -> list[str]:
@@ -357,6 +369,7 @@ class ContainersHandler(_Handler):
     @authorized("execute")
     async def post(self) -> None:
         body = self.body()
+        _known(body, {"image", "name", "command", "limits", "start"}, "container")
         image = body.get("image")
         if not isinstance(image, str) or not image:
             raise _bad("image: expected an image reference")

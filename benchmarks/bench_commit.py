@@ -82,7 +82,7 @@ HOST_TREES = ("/var/lib/containers", "/etc/containers")  # compared file by file
 # In podman's namespace, on its /run tmpfs: --runroot must be at most 50 characters.
 PODMAN_RUNROOT = "/run/sk-bench-commit/run"
 PODMAN_TMPDIR = "/run/sk-bench-commit/tmp"
-# DESIGN.md section 7: crun refuses hybrid cgroups; podman's default limits are above this machine's.
+# crun refuses hybrid cgroups (this machine's); podman's default limits are above this machine's.
 PODMAN_GLOBAL_FLAGS = ("--cgroup-manager=cgroupfs", "--runtime=runc", "--events-backend=file")
 PODMAN_RUN_FLAGS = "--network=none --ulimit nofile=20000:20000 --ulimit nproc=4096:4096"
 # podman's namespace: tmpfs over where it writes whatever its options say. Argument 1 is the work dir;

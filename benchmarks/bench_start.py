@@ -7,7 +7,7 @@ an OCI archive; podman runs the archive loaded into a private podman store.
 Two groups are measured one after the other: the in-process API with runc and
 bwrap, then the CLI with podman. In a group each round starts every peer once,
 in turn, so drift hits all alike; the first ``--warmup`` rounds are not
-counted. Prints the medians and the ratios (DESIGN.md section 7). Our containers
+counted. Prints the medians and the ratios. Our containers
 run in a user namespace of their own (the default); each of our figures is
 also measured for ``--userns=host`` (none), in a group of its own with runc
 again (a warm slot is made for one kind of start: alternating the two would
@@ -52,7 +52,7 @@ HOST_DIRS = ("/run/runc", "/run/containers", "/run/containers/networks", "/run/l
 HOST_FILES = ("/dev/shm/libpod_lock",)  # podman's shared-memory locks (root's are one segment whatever --root)
 # podman load writes containers/image's blob-info cache here whatever --root says: it gets a tmpfs.
 BLOB_INFO_CACHE_PARENT = Path("/var/lib/containers")
-# DESIGN.md section 7: crun refuses hybrid cgroups; podman's default limits are above this machine's.
+# crun refuses hybrid cgroups (this machine's); podman's default limits are above this machine's.
 PODMAN_RUNTIME_FLAGS = ("--cgroup-manager=cgroupfs", "--runtime=runc")
 PODMAN_RUN_FLAGS = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096")
 CGROUP_NAMES = ("libpod_parent", "sandbox-kernel")  # podman's and ours; runc's are named after the container id

@@ -1,5 +1,5 @@
 # ruff: noqa: UP031  (%-formatting on purpose: this file runs under the image's python3, maybe old)
-"""The in-container agent of ``%%container`` (DESIGN.md section 5). Standard library only.
+"""The in-container agent of ``%%container``, and its protocol (below). Standard library only.
 
 It runs as the container's main process with the image's own ``python3``, mounted
 read-only at ``/.sandbox-kernel``. Two processes:

@@ -6,8 +6,7 @@ takes about 2 ms on this kind of machine: a millisecond of Python for the
 privilege drop, and most of another for execve to unmap a copy of a Python
 process. ``sk-exec``, spawned by PID 1 instead (posix_spawn), is a 20 KB
 program that does the same steps in the same order in microseconds
-(DESIGN.md section 6, design (a): the code between fork and exec is a fixed
-syscall sequence).
+(the code between fork and exec is a fixed syscall sequence, with no Python in it).
 
 It is compiled from the source shipped in the package, once, with the
 system's C compiler, into the cache directory (``$SANDBOX_KERNEL_CACHE/bin``, default

@@ -1,7 +1,7 @@
 """Forking safely: containers' monitors and exec helpers are forked here.
 
 Forking a multi-threaded process and running Python in the child can deadlock
-on a lock another thread held at fork time (DESIGN.md section 6). So:
+on a lock another thread held at fork time. So:
 
 * a single-threaded caller (the CLI, a script, a benchmark) forks directly,
   except for warm slots (below);

@@ -42,8 +42,7 @@ child drops privileges exactly as the command did and execs.
 Errors before exec travel back over a close-on-exec pipe as one line of text;
 the pipe closing empty means the exec happened. None of these functions
 returns into the caller's code after a fork: they end in ``execve`` or
-``os._exit``. Whoever forks must be single-threaded (DESIGN.md section 6;
-see launcher.py).
+``os._exit``. Whoever forks must be single-threaded (see launcher.py).
 """
 
 from __future__ import annotations
@@ -73,7 +72,7 @@ NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNE
 JOIN = NAMESPACES | sc.CLONE_NEWPID
 INIT_NAME = b"sandbox-init"
 
-# podman's default capability set (DESIGN.md section 4)
+# podman's default capability set (SECURITY.md)
 CAPABILITIES = {
     "CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6, "SETUID": 7,
     "SETPCAP": 8, "NET_BIND_SERVICE": 10, "SYS_CHROOT": 18, "SETFCAP": 31,

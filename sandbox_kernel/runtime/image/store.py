@@ -62,7 +62,7 @@ PRIVATE_DIRS = ("blobs", "blobs/sha256", "layers", "l", "tmp", "locks", "contain
 
 
 def default_root() -> Path:
-    """``$SANDBOX_KERNEL_ROOT``, else the system or per-user default of DESIGN.md."""
+    """``$SANDBOX_KERNEL_ROOT``, else the system default (as root) or the per-user one."""
     env = os.environ.get("SANDBOX_KERNEL_ROOT")
     if env:
         return Path(env)

@@ -16,7 +16,6 @@ they exist only in the container's own mount namespace and vanish with it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib
 import json
 import os
@@ -460,13 +459,9 @@ class Containers:
             yield
             return
         disk.check_supported()
-        fd = os.open(self.root / ".disk.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with self.store._lock("disk"):
             disk.check_room(self.root, size)
             yield
-        finally:
-            os.close(fd)
 
     def _warm_next(self, spec: ContainerSpec, key: tuple[str, ...] | None, lowers: tuple[str, ...]) -> None:
         """Leave a warm slot for the next foreground start; one that builds this start's rootfs again if it can."""

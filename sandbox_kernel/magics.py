@@ -43,6 +43,7 @@ from .runtime import (
     NetSpec,
     SandboxError,
     Store,
+    disk,
 )
 from .session import (
     AGENT_ARGV,
@@ -311,10 +312,10 @@ class ContainerMagics(Magics):
         return None
 
     def _limits(self, args: Any, base: Limits | None = None) -> Limits | None:
-        disk = getattr(args, "disk", None)
-        if args.memory is None and args.cpus is None and args.pids_limit is None and disk is None:
+        disk_size = getattr(args, "disk", None)
+        if args.memory is None and args.cpus is None and args.pids_limit is None and disk_size is None:
             return None
-        return (base or Limits()).with_options(args.memory, args.cpus, args.pids_limit, disk=disk)
+        return (base or Limits()).with_options(args.memory, args.cpus, args.pids_limit, disk=disk_size)
 
     def _image(self, ref: str) -> Any:
         """The image ``ref``: from the store, built from a local recipe, or pulled (progress printed)."""
@@ -441,9 +442,11 @@ class ContainerMagics(Magics):
 
     def _disk_sentence(self, session: Session) -> str | None:
         """One plain sentence the first time a cell finds the container's disk full; None otherwise."""
-        try:
-            usage = self.containers.disk_usage(session.cid or session.name)
-        except Exception:
+        if session.cid is None:
+            return None
+        try:  # (every cell: a stat and a statvfs, no more)
+            usage = disk.usage(self.containers.root / session.cid)
+        except OSError:
             return None
         full = usage is not None and usage.full
         said, session.disk_full_said = session.disk_full_said, full

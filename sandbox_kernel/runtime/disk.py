@@ -41,7 +41,8 @@ LOOP_CONFIGURE = 0x4C0A
 LO_FLAGS_AUTOCLEAR = 4
 _LOOP_INFO64 = 232  # sizeof(struct loop_info64); lo_flags at offset 52
 _MKFS_FALLBACK = "/sbin/mkfs.ext4"  # (e2fsprogs, on every Debian)
-_MKFS = ("-q", "-F", "-t", "ext4", "-m", "0", "-L", "sk-disk", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
+_MKFS = ("-q", "-F", "-t", "ext4", "-m", "0", "-L", "sk-disk", "-O", "^resize_inode",  # (its size never changes)
+         "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
 
 
 class DiskError(ContainerError):

@@ -44,6 +44,25 @@ def launch(pw, home: Path):
     return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, env=env)
 
 
+@contextlib.contextmanager
+def lab(tmp_path: Path, store_root: Path, name: str, *cells: str):
+    """JupyterLab on a notebook of ``cells`` (named ``name``), in headless chromium: yields its page."""
+    work = tmp_path / "lab"
+    (work / "notebooks").mkdir(parents=True)
+    (work / "notebooks" / name).write_text(json.dumps(notebook(*cells)))
+    from playwright.sync_api import sync_playwright
+
+    with jupyter_server(work, store_root, lab=True) as server, sync_playwright() as pw:
+        browser = launch(pw, tmp_path / "browser-home")
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"{server.url}/lab/tree/{name}?token={server.token}")
+            yield page
+        finally:
+            browser.close()
+
+
 def run_cells(page, count: int) -> None:
     """Shift+Enter through the notebook's first ``count`` cells, each to its end, once the kernel is idle."""
     from playwright.sync_api import expect
@@ -68,7 +87,7 @@ def output_dir(request, tmp_path) -> Path:
 def test_pull_and_slider_in_jupyterlab(base_store, plain_registry, tmp_path, output_dir):
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     store = busybox_copy(base_store, tmp_path / "copy")
     remote = plain_registry.ref("browser/busybox:1")
@@ -76,63 +95,53 @@ def test_pull_and_slider_in_jupyterlab(base_store, plain_registry, tmp_path, out
     containers = Containers(store)
     containers.run_detached(ContainerSpec(image=BUSYBOX, name="lab-demo", limits=Limits(memory=128 * MIB),
                                           command=("sleep", "600")))
-    work = tmp_path / "lab"
-    (work / "notebooks").mkdir(parents=True)
-    (work / "notebooks" / "panel.ipynb").write_text(json.dumps(notebook(
-        "import sandbox_kernel\npanel = sandbox_kernel.Panel(refresh=1)\npanel")))
     try:
-        with jupyter_server(work, store.root, lab=True) as server, sync_playwright() as pw:
-            browser = launch(pw, tmp_path / "browser-home")
+        with lab(tmp_path, store.root, "panel.ipynb",
+                 "import sandbox_kernel\npanel = sandbox_kernel.Panel(refresh=1)\npanel") as page:
+            cell = page.locator(".jp-CodeCell").first
+            expect(cell).to_be_visible()
+            # the kernel is up and idle (its name and state in the status bar) before the cell runs
+            expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=90_000)
+            cell.locator(".cm-content").click()
+            page.keyboard.press("Shift+Enter")
+            expect(cell.locator(".jp-InputArea-prompt")).to_have_text(re.compile(r"\[1\]"), timeout=90_000)
+            panel = page.locator(".sk-panel")
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.set_default_timeout(60_000)
-                page.goto(f"{server.url}/lab/tree/panel.ipynb?token={server.token}")
-                cell = page.locator(".jp-CodeCell").first
-                expect(cell).to_be_visible()
-                # the kernel is up and idle (its name and state in the status bar) before the cell runs
-                expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=90_000)
-                cell.locator(".cm-content").click()
-                page.keyboard.press("Shift+Enter")
-                expect(cell.locator(".jp-InputArea-prompt")).to_have_text(re.compile(r"\[1\]"), timeout=90_000)
-                panel = page.locator(".sk-panel")
-                try:
-                    expect(panel).to_be_visible(timeout=60_000)
-                except AssertionError:
-                    page.screenshot(path=str(output_dir / "no-panel.png"), full_page=True)
-                    raise AssertionError(f"no panel; the cell's output: {cell.locator('.jp-OutputArea').inner_text()!r}"
-                                         ) from None
-                expect(panel.locator("table.sk-images")).to_contain_text("localhost/busybox:latest")
-                expect(panel.locator("table.sk-containers")).to_contain_text("lab-demo")
+                expect(panel).to_be_visible(timeout=60_000)
+            except AssertionError:
+                page.screenshot(path=str(output_dir / "no-panel.png"), full_page=True)
+                raise AssertionError(f"no panel; the cell's output: {cell.locator('.jp-OutputArea').inner_text()!r}"
+                                     ) from None
+            expect(panel.locator("table.sk-images")).to_contain_text("localhost/busybox:latest")
+            expect(panel.locator("table.sk-containers")).to_contain_text("lab-demo")
 
-                # Pull: the bar goes to 100% and the image shows up in the table
-                panel.get_by_placeholder("busybox:latest or registry/name:tag").fill(remote)
-                panel.get_by_text("insecure (http)").click()
-                panel.get_by_role("button", name="Pull").click()
-                bar = panel.locator(".sk-pull-bar .progress-bar")
-                expect(bar).to_have_attribute("style", re.compile(r"width:\s*100%"), timeout=60_000)
-                expect(panel.locator("table.sk-images")).to_contain_text(remote)
-                expect(panel.locator(".widget-label", has_text="pulled")).to_be_visible()
-                page.screenshot(path=str(output_dir / "pulled.png"), full_page=True)
+            # Pull: the bar goes to 100% and the image shows up in the table
+            panel.get_by_placeholder("busybox:latest or registry/name:tag").fill(remote)
+            panel.get_by_text("insecure (http)").click()
+            panel.get_by_role("button", name="Pull").click()
+            bar = panel.locator(".sk-pull-bar .progress-bar")
+            expect(bar).to_have_attribute("style", re.compile(r"width:\s*100%"), timeout=60_000)
+            expect(panel.locator("table.sk-images")).to_contain_text(remote)
+            expect(panel.locator(".widget-label", has_text="pulled")).to_be_visible()
+            page.screenshot(path=str(output_dir / "pulled.png"), full_page=True)
 
-                # Limits: pick the running container, set the memory slider to 96 MiB
-                panel.get_by_role("tab", name="Limits").click()
-                panel.locator(".widget-dropdown select").last.select_option("lab-demo")
-                memory = panel.locator(".widget-slider", has_text="Memory MiB")
-                readout = memory.locator(".widget-readout")
-                expect(readout).to_have_text("128")
-                readout.click()
-                page.keyboard.press("Control+A")
-                page.keyboard.type("96")
-                page.keyboard.press("Enter")
-                expect(panel.locator(".widget-label", has_text="applied: memory 96.0 MiB")).to_be_visible()
-                assert containers.get("lab-demo").spec.limits.memory == 96 * MIB
-                assert containers.stats("lab-demo").limits.memory == 96 * MIB
-                expect(panel.locator(".sk-error")).not_to_contain_text("Traceback")
+            # Limits: pick the running container, set the memory slider to 96 MiB
+            panel.get_by_role("tab", name="Limits").click()
+            panel.locator(".widget-dropdown select").last.select_option("lab-demo")
+            memory = panel.locator(".widget-slider", has_text="Memory MiB")
+            readout = memory.locator(".widget-readout")
+            expect(readout).to_have_text("128")
+            readout.click()
+            page.keyboard.press("Control+A")
+            page.keyboard.type("96")
+            page.keyboard.press("Enter")
+            expect(panel.locator(".widget-label", has_text="applied: memory 96.0 MiB")).to_be_visible()
+            assert containers.get("lab-demo").spec.limits.memory == 96 * MIB
+            assert containers.stats("lab-demo").limits.memory == 96 * MIB
+            expect(panel.locator(".sk-error")).not_to_contain_text("Traceback")
 
-                page.screenshot(path=str(output_dir / "panel.png"), full_page=True)
-                assert (output_dir / "panel.png").stat().st_size > 10_000
-            finally:
-                browser.close()
+            page.screenshot(path=str(output_dir / "panel.png"), full_page=True)
+            assert (output_dir / "panel.png").stat().st_size > 10_000
     finally:
         for info in containers.list(all=True):
             containers.remove(info.id, force=True)
@@ -178,47 +187,37 @@ def test_container_scripts_never_run_in_the_notebooks_page(debian_store, tmp_pat
     Markdown run nothing and fetch no remote image. Checked in the page itself."""
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    work = tmp_path / "lab"
-    (work / "notebooks").mkdir(parents=True)
-    (work / "notebooks" / "frames.ipynb").write_text(json.dumps(notebook(
-        "%load_ext sandbox_kernel", TRUSTED_CELL, UNTRUSTED_CELL)))
     containers = Containers(debian_store)
+    fetched: list[str] = []
     try:
-        with jupyter_server(work, debian_store.root, lab=True) as server, sync_playwright() as pw:
-            browser = launch(pw, tmp_path / "browser-home")
+        with lab(tmp_path, debian_store.root, "frames.ipynb", "%load_ext sandbox_kernel", TRUSTED_CELL,
+                 UNTRUSTED_CELL) as page:
+            page.on("request", lambda request: fetched.append(request.url) if "tracker" in request.url else None)
+            run_cells(page, 3)
+            cells = page.locator(".jp-CodeCell")
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.set_default_timeout(60_000)
-                fetched: list[str] = []
-                page.on("request", lambda request: fetched.append(request.url) if "tracker" in request.url else None)
-                page.goto(f"{server.url}/lab/tree/frames.ipynb?token={server.token}")
-                run_cells(page, 3)
-                cells = page.locator(".jp-CodeCell")
-                try:
-                    expect(cells.nth(1).locator("iframe.sk-frame")).to_have_count(2)
-                    expect(cells.nth(2).locator("b", has_text="bold")).to_be_visible()
-                except AssertionError:
-                    page.screenshot(path=str(output_dir / "frames-missing.png"), full_page=True)
-                    outputs = [cells.nth(i).locator(".jp-OutputArea").inner_text() for i in (1, 2)]
-                    raise AssertionError(f"outputs: {outputs}") from None
-                frames = cells.nth(1).frame_locator("iframe.sk-frame")
-                expect(frames.first.locator("#inner")).to_have_text("ran in the frame / SecurityError")
-                expect(frames.nth(1).locator("body")).to_have_text("javascript ran in its frame")
-                # our sizer (in the page) took the frame's height from its message
-                first = cells.nth(1).locator("iframe.sk-frame").first
-                expect(first).not_to_have_attribute("style", re.compile(r"height:\s*320px"))
-                expect(cells.nth(2).locator("strong", has_text="notes")).to_be_visible()
-                expect(cells.nth(2).locator("a")).to_have_count(0)  # the javascript: link is text, nothing else
-                cells.nth(2).get_by_text("click", exact=False).first.click()
-                page.wait_for_timeout(1000)
-                page.screenshot(path=str(output_dir / "frames.png"), full_page=True)
-                assert page.evaluate("document.body.dataset.owned") is None
-                assert page.evaluate("document.title") != "owned"
-                assert fetched == [], "a remote image in an untrusted output was fetched"
-            finally:
-                browser.close()
+                expect(cells.nth(1).locator("iframe.sk-frame")).to_have_count(2)
+                expect(cells.nth(2).locator("b", has_text="bold")).to_be_visible()
+            except AssertionError:
+                page.screenshot(path=str(output_dir / "frames-missing.png"), full_page=True)
+                outputs = [cells.nth(i).locator(".jp-OutputArea").inner_text() for i in (1, 2)]
+                raise AssertionError(f"outputs: {outputs}") from None
+            frames = cells.nth(1).frame_locator("iframe.sk-frame")
+            expect(frames.first.locator("#inner")).to_have_text("ran in the frame / SecurityError")
+            expect(frames.nth(1).locator("body")).to_have_text("javascript ran in its frame")
+            # our sizer (in the page) took the frame's height from its message
+            first = cells.nth(1).locator("iframe.sk-frame").first
+            expect(first).not_to_have_attribute("style", re.compile(r"height:\s*320px"))
+            expect(cells.nth(2).locator("strong", has_text="notes")).to_be_visible()
+            expect(cells.nth(2).locator("a")).to_have_count(0)  # the javascript: link is text, nothing else
+            cells.nth(2).get_by_text("click", exact=False).first.click()
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(output_dir / "frames.png"), full_page=True)
+            assert page.evaluate("document.body.dataset.owned") is None
+            assert page.evaluate("document.title") != "owned"
+            assert fetched == [], "a remote image in an untrusted output was fetched"
     finally:
         for name in ("frames", "plain"):
             with contextlib.suppress(Exception):

@@ -206,6 +206,20 @@ ASK_OUTSIDE = ("import socket\ntry:\n    s = socket.create_connection(('192.0.2.
 METADATA = "169.254.169.254"
 
 
+def serve(netns_name: str, code: str) -> subprocess.Popen:
+    """A server (Python ``code`` that prints 'up' once it listens) in a network namespace, up."""
+    server = subprocess.Popen(["nsenter", f"--net=/run/netns/{netns_name}", sys.executable, "-c", code],
+                              stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "up"
+    return server
+
+
+def stop(servers: list[subprocess.Popen]) -> None:
+    for server in servers:
+        server.kill()
+        server.wait()
+
+
 @pytest.fixture
 def outside(namespaces):
     """An "outside world" for a test's host namespace: a namespace behind a veth pair (192.0.2.1 on the
@@ -234,15 +248,10 @@ def outside(namespaces):
             ipr.link("set", index=index, state="up")
         with IPRoute(netns=host) as ipr:
             ipr.route("add", dst=f"{METADATA}/32", gateway="192.0.2.2")
-        server = subprocess.Popen(["nsenter", f"--net=/run/netns/{world}", sys.executable, "-c", OUTSIDE_SERVER],
-                                  stdout=subprocess.PIPE, text=True)
-        servers.append(server)
-        assert server.stdout.readline().strip() == "up"
+        servers.append(serve(world, OUTSIDE_SERVER))
 
     yield make
-    for server in servers:
-        server.kill()
-        server.wait()
+    stop(servers)
 
 
 def test_a_nat_network_reaches_outside_with_the_hosts_address_and_a_plain_one_does_not(nets, namespaces, outside):
@@ -260,7 +269,7 @@ def test_a_nat_network_reaches_outside_with_the_hosts_address_and_a_plain_one_do
     assert in_netns(nets.host_netns, f"print(open('{nat.IP_FORWARD}').read().strip())").stdout.strip() == "1"
     assert nets.nat_active("natted") and not nets.nat_active("plain")
     # a NAT table that lost its rule (a crash between two messages) is made again by the next connect
-    with joined(nets.host_netns), nat._nft() as nft:
+    with joined(nets.host_netns), nat.nftables() as nft:
         nft.rule("del", table=nat.table_name(natted.bridge), chain=nat.CHAIN)
     assert not nets.nat_active("natted")
     nets.disconnect("natted", "a" * 64)
@@ -269,7 +278,7 @@ def test_a_nat_network_reaches_outside_with_the_hosts_address_and_a_plain_one_do
     assert in_netns(a, ASK_OUTSIDE).stdout.strip() == "seen as 192.0.2.1"
     nets.disconnect("natted", "a" * 64)
     nets.remove("natted")
-    with joined(nets.host_netns), nat._nft() as nft:
+    with joined(nets.host_netns), nat.nftables() as nft:
         assert not [t for t in nft.get_tables() if t.get_attr("NFTA_TABLE_NAME").startswith(nat.TABLE_PREFIX)]
 
 
@@ -288,15 +297,10 @@ def listen():
         code = (f"import socket\ns = socket.socket(); s.bind(('0.0.0.0', {port})); s.listen()\n"
                 "print('up', flush=True)\n"
                 f"while True:\n    c, _ = s.accept(); c.sendall({reply.encode()!r}); c.close()")
-        server = subprocess.Popen(["nsenter", f"--net=/run/netns/{netns_name}", sys.executable, "-c", code],
-                                  stdout=subprocess.PIPE, text=True)
-        servers.append(server)
-        assert server.stdout.readline().strip() == "up"
+        servers.append(serve(netns_name, code))
 
     yield start
-    for server in servers:
-        server.kill()
-        server.wait()
+    stop(servers)
 
 
 def test_walls_keep_a_network_from_the_host_link_local_and_other_networks_unless_allowed(
@@ -560,7 +564,7 @@ def test_cli_nat_network_takes_a_container_outside_and_rm_removes_its_rule(debia
     finally:
         removed = run("network", "rm", "out")
     assert removed.returncode == 0, removed.stderr
-    with joined(host), nat._nft() as nft:
+    with joined(host), nat.nftables() as nft:
         assert not [t for t in nft.get_tables() if t.get_attr("NFTA_TABLE_NAME").startswith(nat.TABLE_PREFIX)]
 
 

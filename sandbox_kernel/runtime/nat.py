@@ -46,11 +46,12 @@ def table_name(bridge: str) -> str:
 
 
 @contextlib.contextmanager
-def _nft() -> Iterator[Any]:
+def nftables(family: int = NFPROTO_IPV4) -> Iterator[Any]:
+    """A netlink nftables socket of ``family`` in this thread's network namespace (walls.py's too)."""
     try:
         from pyroute2.nftables.main import NFTables
 
-        nft = NFTables(nfgen_family=NFPROTO_IPV4)
+        nft = NFTables(nfgen_family=family)
     except Exception as exc:
         raise NatError(f"nftables is not available: {exc}") from None
     try:
@@ -59,11 +60,12 @@ def _nft() -> Iterator[Any]:
         nft.close()
 
 
-def _tables(nft: Any) -> set[str]:
+
+def tables(nft: Any) -> set[str]:
     return {t.get_attr("NFTA_TABLE_NAME") for t in nft.get_tables()}
 
 
-def _rules(nft: Any, table: str) -> list[Any]:
+def rules(nft: Any, table: str) -> list[Any]:
     return [r for r in nft.get_rules() if r.get_attr("NFTA_RULE_TABLE") == table]
 
 
@@ -82,9 +84,9 @@ def ensure(subnet: str, bridge: str) -> None:
     """The network's NAT table with its rule (made again if missing or half made), and forwarding on."""
     table = table_name(bridge)
     try:
-        with _nft() as nft:
-            if table in _tables(nft):
-                if _rules(nft, table):
+        with nftables() as nft:
+            if table in tables(nft):
+                if rules(nft, table):
                     _forwarding_on()
                     return
                 nft.table("del", name=table)  # half made (a crash between two messages): start again
@@ -101,10 +103,14 @@ def ensure(subnet: str, bridge: str) -> None:
 
 def remove(bridge: str) -> None:
     """The network's NAT table goes (nothing if it is not there)."""
-    table = table_name(bridge)
+    remove_table(table_name(bridge))
+
+
+def remove_table(table: str, family: int = NFPROTO_IPV4) -> None:
+    """Delete ``table`` of ``family`` (its chains and rules with it); nothing if it is not there."""
     try:
-        with _nft() as nft:
-            if table in _tables(nft):
+        with nftables(family) as nft:
+            if table in tables(nft):
                 nft.table("del", name=table)
     except NatError:
         raise
@@ -114,8 +120,8 @@ def remove(bridge: str) -> None:
 
 def present(bridge: str) -> bool:
     """Whether the network's NAT rule is in place (for ``network ls`` and the tests)."""
-    with contextlib.suppress(NatError), _nft() as nft:
-        return bool(_rules(nft, table_name(bridge)))
+    with contextlib.suppress(NatError), nftables() as nft:
+        return bool(rules(nft, table_name(bridge)))
     return False
 
 

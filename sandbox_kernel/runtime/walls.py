@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Iterator
 from typing import Any
 
-from .nat import TABLE_PREFIX, NatError
+from .nat import TABLE_PREFIX, NatError, nftables, remove_table, rules, tables
 
 NFPROTO_INET = 1
 NFPROTO_IPV4 = 2
@@ -52,18 +51,8 @@ def table_name(bridge: str) -> str:
     return TABLE_PREFIX + bridge
 
 
-@contextlib.contextmanager
-def _nft() -> Iterator[Any]:
-    try:
-        from pyroute2.nftables.main import NFTables
-
-        nft = NFTables(nfgen_family=NFPROTO_INET)
-    except Exception as exc:
-        raise NatError(f"nftables is not available: {exc}") from None
-    try:
-        yield nft
-    finally:
-        nft.close()
+def _nft() -> contextlib.AbstractContextManager[Any]:
+    return nftables(NFPROTO_INET)
 
 
 def _name(bridge: str) -> bytes:
@@ -104,8 +93,8 @@ def ensure(bridge: str, allow_host: bool) -> None:
     wanted = _rules(bridge, allow_host)
     try:
         with _nft() as nft:
-            if table in {t.get_attr("NFTA_TABLE_NAME") for t in nft.get_tables()}:
-                if len([r for r in nft.get_rules() if r.get_attr("NFTA_RULE_TABLE") == table]) == len(wanted):
+            if table in tables(nft):
+                if len(rules(nft, table)) == len(wanted):
                     return
                 nft.table("del", name=table)  # half made (a crash between two messages): start again
             nft.table("add", name=table)
@@ -122,19 +111,11 @@ def ensure(bridge: str, allow_host: bool) -> None:
 
 def remove(bridge: str) -> None:
     """The network's table goes (nothing if it is not there)."""
-    table = table_name(bridge)
-    try:
-        with _nft() as nft:
-            if table in {t.get_attr("NFTA_TABLE_NAME") for t in nft.get_tables()}:
-                nft.table("del", name=table)
-    except NatError:
-        raise
-    except Exception as exc:
-        raise NatError(str(exc) or type(exc).__name__) from None
+    remove_table(table_name(bridge), NFPROTO_INET)
 
 
 def present(bridge: str) -> int:
     """How many of the network's wall rules are in place (for the tests)."""
     with contextlib.suppress(NatError), _nft() as nft:
-        return len([r for r in nft.get_rules() if r.get_attr("NFTA_RULE_TABLE") == table_name(bridge)])
+        return len(rules(nft, table_name(bridge)))
     return 0

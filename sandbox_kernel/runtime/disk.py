@@ -2,7 +2,7 @@
 
 ``--disk SIZE`` (docker's ``--storage-opt size=SIZE``) gives the container a sparse
 file ``disk.img`` of SIZE in its directory, an ext4 file system made in it (mkfs,
-about 6 ms: the file's blocks are given out as they are written), attached to a
+6-9 ms: the file's blocks are given out as they are written), attached to a
 loop device that goes when it is unmounted (autoclear) and mounted on ``disk/``,
 where the overlay's ``upper/`` and ``work/`` live. A process that fills it gets
 ENOSPC and nothing else is touched: not the store, not the host's disk. It stays
@@ -15,7 +15,8 @@ The host's disk never fills with containers' layers either: a container with a
 disk limit is made only if the file system that holds the store has room for it
 *and* for what every other disk-limited container may still write (their sizes
 less what they use), plus :data:`RESERVE`. Only root can attach loop devices; a
-caller that is not root gets a clear error for ``--disk`` (issue: rootless).
+caller that is not root gets a clear error for ``--disk``, and the admin's default
+disk is not applied there (rootless containers need another backend).
 """
 
 from __future__ import annotations

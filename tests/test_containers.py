@@ -262,8 +262,9 @@ def test_killed_monitors_and_callers_are_reconciled(root):
         assert rows[name]["State"] == "exited" and rows[name]["ExitCode"] == 137
     assert "monitor" in rows["kept"]["Error"], "reconciled by this call"
     assert "foreground" in rows["fg"]["Error"], "recorded by its monitor, which heard of its caller's death"
-    assert not any(infos["kept"]["Id"][:32] in str(p) for p in cgroups())
-    assert keep and gone
+    assert not any(infos[name]["Id"][:32] in str(p) for p in cgroups() for name in infos), "their cgroups went"
+    containers = root / "containers"
+    assert (containers / keep).is_dir() and not (containers / gone).exists(), "kept stays, --rm's directory goes"
     assert _overlays() == 0
 
 

@@ -635,9 +635,8 @@ def test_a_device_node_in_a_volume_cannot_be_opened(bb, tmp_path):
         "loop0": (stat.S_IFBLK, 7, 0),
         "fuse": (stat.S_IFCHR, 10, 229),
     }
+    # (a host without these probes still checks /dev/null in a volume below, which needs none)
     usable = [name for name, (kind, major, minor) in candidates.items() if _host_can_open(tmp_path, major, minor, kind)]
-    if not usable:
-        pytest.skip("this host has none of the probe devices, or refuses root to open them")
     for name in usable:
         kind, major, minor = candidates[name]
         os.mknod(devs / name, 0o600 | kind, os.makedev(major, minor))

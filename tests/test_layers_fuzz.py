@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import gzip
 import hashlib
 import io
@@ -835,9 +836,10 @@ def test_deeply_nested_name_is_extracted(tmp: Path, entry_point: str, depth: int
     """A name of 1100 or 2047 components (4093 bytes: within max_path) is a valid entry.
 
     First version: ``_Extractor.dir_fd`` recursed once per missing parent -> RecursionError (fixed:
-    ``_make_dirs`` is iterative). Still failing: ``_make_dirs`` keeps every level's fd open until
-    the entry is done (LRU-evicted fds only move to ``retired``), so under the default soft
-    RLIMIT_NOFILE of 1024 it fails with LayerError "cannot apply entry: Too many open files".
+    ``_make_dirs`` is iterative). Second version: ``_make_dirs`` kept every level's fd open until
+    the entry was done, so under the default soft RLIMIT_NOFILE of 1024 it failed with LayerError
+    "cannot apply entry: Too many open files" (fixed: it holds one fd at a time; this test runs under
+    that limit).
     """
     name = "/".join(["a"] * depth)
     target = tmp / "root"
@@ -854,11 +856,10 @@ def test_deeply_nested_name_is_extracted(tmp: Path, entry_point: str, depth: int
 
 
 def test_refused_deep_layer_leaves_no_target(tmp: Path) -> None:
-    """extract_layer promises that a rejected layer leaves nothing. With a 1100-level directory
-    extracted before the bad entry, the cleanup (``remove_quietly`` -> ``remove_tree``, one open fd
-    per level) runs out of fds under the default soft RLIMIT_NOFILE of 1024, swallows the error and
-    leaves the partial tree behind. (Also true of a 1100-deep name alone: it is refused with
-    "Too many open files", see above, and its target stays.)"""
+    """extract_layer promises that a rejected layer leaves nothing. First version: with a 1100-level
+    directory extracted before the bad entry, the cleanup (``remove_quietly`` -> ``remove_tree``, one
+    open fd per level) ran out of fds under the default soft RLIMIT_NOFILE of 1024, swallowed the error
+    and left the partial tree behind (fixed: ``remove_tree`` holds two fds at a time)."""
     layer = _layer([Entry("dir", "/".join(["a"] * 1100) + "/"), Entry("chr", "dev", dev=(1, 3))])
     with _fd_limit():
         assert _call(extract_layer, layer, tmp / "root") is None
@@ -869,9 +870,9 @@ def test_whiteout_of_a_deep_lower_directory(tmp: Path) -> None:
     """A whiteout of a 1500-level lower directory in apply mode.
 
     First version: ``_Extractor.remove`` used shutil.rmtree, which recurses per level on Python
-    3.11 -> RecursionError (fixed: ``fsutil.remove_tree``). Still failing: ``remove_tree`` holds one
-    fd per level, so under the default soft RLIMIT_NOFILE of 1024 it is LayerError "Too many open
-    files" and the directory stays.
+    3.11 -> RecursionError (fixed: ``fsutil.remove_tree``). Second version: ``remove_tree`` held one
+    fd per level, so under the default soft RLIMIT_NOFILE of 1024 it was LayerError "Too many open
+    files" and the directory stayed (fixed: two fds at a time, the path reopened from the top).
     """
     root = tmp / "root"
     root.mkdir()
@@ -887,8 +888,23 @@ def test_oversized_user_xattr_is_a_layer_error(tmp: Path) -> None:
     First version: ``set_xattrs`` re-raised it and ``_apply_stream`` passes ENOSPC through as a bare
     OSError (meant for a full disk), so a layer could make the extractor raise something other than
     LayerError (fixed: rule "xattr"). On file systems that take the value (tmpfs) it extracts."""
+    (tmp / "probe").mkdir()
+    probe = tmp / "probe" / "file"
+    probe.write_bytes(b"")
+    try:  # what this file system does with such a value, asked directly
+        os.setxattr(probe, "user.big", b"v" * 5000)
+        fits = True
+    except OSError as exc:
+        assert exc.errno in (errno.ENOSPC, errno.E2BIG), exc
+        fits = False
     layer = _layer([Entry("file", "f", data=b"x", xattrs=(("user.big", "v" * 5000),))])
-    _call(extract_layer, layer, tmp / "root")
+    if fits:
+        _call(extract_layer, layer, tmp / "root", valid=True)
+        assert os.getxattr(tmp / "root" / "f", "user.big") == b"v" * 5000
+    else:
+        with pytest.raises(LayerError) as info:
+            extract_layer(layer, tmp / "root")
+        assert info.value.rule == "xattr", str(info.value)
 
 
 DIR_REPLACED = [Entry("dir", "a/"), Entry("dir", "a/b/"), Entry("file", "a/b/c", data=b"c")]

@@ -108,12 +108,24 @@ def test_a_running_container_is_committed_and_goes_on(containers):
         while {"A /state", "A /counter"} - {str(c) for c in containers.diff("busy")}:  # it has begun writing
             assert time.monotonic() < deadline, "the container never wrote"
             time.sleep(0.02)
+        base_layers = len(containers.store.resolve(BUSYBOX).layers)
         image = containers.commit("busy", "localhost/busy:1")
+        assert len(image.layers) == base_layers + 1, "one new layer"
         assert containers.get(cid).state.status == "running", "thawed after the commit"
         shown = run(containers, "localhost/busy:1", "cat /state; cat /counter")
         state, counter = shown.split()
-        assert state == "before" and int(counter) >= 0
-        assert image.layers
+        committed = int(counter)  # (a whole number: the container was frozen while its files were read)
+        assert state == "before" and committed >= 1, "the snapshot holds what it had written"
+
+        def now() -> int:
+            out: list[bytes] = []
+            assert containers.exec(cid, ["cat", "/counter"], stdin=None, stdout=out.append, stderr=None) == 0
+            return int(b"".join(out) or b"0")
+
+        deadline = time.monotonic() + 30  # (a bound on "at all": a frozen container would never count on)
+        while now() <= committed:
+            assert time.monotonic() < deadline, "the container did not go on counting after the commit"
+            time.sleep(0.05)
     finally:
         containers.remove("busy", force=True)
 

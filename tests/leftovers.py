@@ -43,3 +43,31 @@ def wait_for_gone(containers: Path, deadline: float) -> None:
     removes them after it has told the caller the exit status."""
     while [p for p in containers.iterdir() if p.name.startswith(".gone-")] and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def cgroup_limits(cgroup: str) -> dict[str, int | None]:
+    """A container's limits as its cgroup files say (not its config): memory and swap in bytes, pids, and the
+    CPU quota in microseconds per 100 ms period; None for no limit. Works on v1 (this machine) and v2."""
+    v2 = CGROUP_ROOT / "sandbox-kernel" / cgroup
+    if (v2 / "memory.max").exists():
+        def value(name: str) -> int | None:
+            text = (v2 / name).read_text().split()[0]
+            return None if text == "max" else int(text)
+        return {"memory": value("memory.max"), "pids": value("pids.max"), "cpu_quota_us": value("cpu.max")}
+
+    def v1(controller: str, name: str) -> int | None:
+        text = (CGROUP_ROOT / controller / "sandbox-kernel" / cgroup / name).read_text().strip()
+        number = int(text) if text != "max" else None
+        return None if number is None or number < 0 or number >= 1 << 62 else number
+    return {"memory": v1("memory", "memory.limit_in_bytes"), "pids": v1("pids", "pids.max"),
+            "cpu_quota_us": v1("cpu", "cpu.cfs_quota_us")}
+
+
+def cpu_throttled(cgroup: str) -> tuple[int, int]:
+    """(periods, throttled periods) from the cgroup's cpu.stat: the kernel's own count of --cpus at work."""
+    for path in (CGROUP_ROOT / "sandbox-kernel" / cgroup / "cpu.stat", CGROUP_ROOT / "cpu" / "sandbox-kernel" /
+                 cgroup / "cpu.stat"):
+        if path.exists():
+            stat = dict(line.split() for line in path.read_text().splitlines())
+            return int(stat["nr_periods"]), int(stat["nr_throttled"])
+    raise FileNotFoundError(f"no cpu.stat for cgroup {cgroup}")

@@ -20,6 +20,7 @@ import pytest
 from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
+from leftovers import cgroup_limits
 
 from sandbox_kernel.magics import ContainerMagics, Table
 from sandbox_kernel.runtime import Containers, Store, build
@@ -262,10 +263,16 @@ def test_stats_line(ip, capsys):
 
 
 def test_limits_change_live(ip):
+    """A later cell's limits reach the running container's cgroup (read from the cgroup's own files)."""
     run(ip, "l --memory 128m", "x = 1")
+    cgroup = ip.sk.containers.get("l").id[:32]
+    assert cgroup_limits(cgroup)["memory"] == 128 << 20
     run(ip, "l --memory 96m --pids-limit 50", "x")
-    table = ip.run_line_magic("container", "limits l")
-    assert table[0]["memory"] == "96 MiB" and table[0]["pids"] == 50
+    assert {k: v for k, v in cgroup_limits(cgroup).items() if k != "cpu_quota_us"} == {"memory": 96 << 20,
+                                                                                       "pids": 50}
+    table = ip.run_line_magic("container", "limits l --cpus 0.5")
+    assert table[0]["memory"] == "96 MiB" and table[0]["pids"] == 50 and table[0]["cpus"] == "0.5"
+    assert cgroup_limits(cgroup)["cpu_quota_us"] == 50_000, "0.5 CPU: 50 ms of each 100 ms"
     assert "<table>" in table._repr_html_()
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from leftovers import assert_nothing_left, cgroups
+from leftovers import assert_nothing_left, cgroup_limits, cgroups
 
 from sandbox_kernel.runtime import Containers, ContainerSpec, ExecError, Limits, Mount, Store, UsageError, launcher
 from sandbox_kernel.runtime.monitor import Job
@@ -209,9 +209,9 @@ def test_update_limits_of_a_running_container(root):
     assert stats["Limits"]["memory"] == 128 << 20 and stats["Limits"]["pids"] == 77
     assert stats["Usage"]["pids"] >= 1 and stats["Usage"]["memory_current"] > 0
     cgroup = json.loads(cli(root, "inspect", "grow").stdout)[0]["Id"][:32]
-    limit = Path(f"/sys/fs/cgroup/memory/sandbox-kernel/{cgroup}/memory.limit_in_bytes")
-    if limit.exists():
-        assert int(limit.read_text()) == 128 << 20
+    assert cgroup_limits(cgroup) == {"memory": 128 << 20, "pids": 77, "cpu_quota_us": None}, "the cgroup's own files"
+    assert cli(root, "update", "--cpus", "0.25", "grow").returncode == 0
+    assert cgroup_limits(cgroup) == {"memory": 128 << 20, "pids": 77, "cpu_quota_us": 25_000}
     table = cli(root, "stats", "grow").stdout
     assert "grow" in table and "134MB" in table
 

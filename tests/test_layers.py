@@ -347,9 +347,44 @@ def test_modes_do_not_depend_on_the_umask(tmp_path):
     assert stat.S_IMODE((root / "run").stat().st_mode) == 0o1755
 
 
+class _Endless(io.RawIOBase):
+    """A stream of ``head`` then as many "0" bytes as asked for, counting what was read; more than
+    ``most`` bytes read is a test failure (raised from the read, so the extractor cannot hide it)."""
+
+    def __init__(self, head: bytes, most: int):
+        self.head, self.most, self.consumed = head, most, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = len(buffer)
+        if self.consumed + n > self.most:
+            raise AssertionError(f"read {self.consumed + n} bytes of a header that claims 4 GiB")
+        data = (self.head[self.consumed:self.consumed + n] + b"0" * n)[:n]
+        buffer[:n] = data
+        self.consumed += n
+        return n
+
+
 def test_huge_pax_header_is_refused_without_reading_it_into_memory(tmp_path):
+    """A pax header that claims 4 GiB (and whose stream would deliver them) is refused after reading a
+    few blocks, with Python's allocations staying small (tracemalloc's peak)."""
+    import tracemalloc
+
     header = tarfile.TarInfo("././@PaxHeader")
     header.type = tarfile.XHDTYPE
     header.size = 1 << 32  # claims 4 GiB
-    blob = header.tobuf(format=tarfile.USTAR_FORMAT) + b"0" * 4096
-    rejected(tmp_path, blob, "corrupt")
+    stream = _Endless(header.tobuf(format=tarfile.USTAR_FORMAT), most=16 << 20)
+    target = tmp_path / "layer"
+    tracemalloc.start()
+    try:
+        with pytest.raises(LayerError) as info:
+            extract_layer(io.BufferedReader(stream, 1 << 16), target)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.value.rule == "corrupt", str(info.value)
+    assert stream.consumed <= 4 << 20, f"read {stream.consumed} bytes"  # (it reads in chunks of 1 MiB)
+    assert peak < 8 << 20, f"Python allocated {peak >> 20} MiB at most for a header it refused"
+    assert not target.exists()

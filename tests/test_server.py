@@ -64,16 +64,72 @@ def quoted(ref: str) -> str:
     return urllib.parse.quote(ref, safe="")
 
 
+def _operations() -> list[tuple[str, str]]:
+    """Every (method, path) the extension serves, from its own route table: a new route is tried too."""
+    from sandbox_kernel.server import handlers as module
+
+    ops = []
+    for pattern, handler in module.handlers("/"):
+        path = pattern.split(module.BASE + "/", 1)[1].replace(module.REF, "nobody")
+        for concrete in (path.replace("(start|stop)", "start"), path.replace("(start|stop)", "stop")):
+            for method in ("get", "post", "put", "delete"):
+                if any(method in vars(cls) for cls in handler.__mro__ if cls.__module__ == module.__name__):
+                    ops.append((method.upper(), concrete))
+    ops = sorted(set(ops))
+    return ops
+
+
+BODIES = {("POST", "containers"): {"image": BUSYBOX, "name": "intruder"}, ("POST", "images/pull"): {"reference": "x"},
+          ("POST", "cells"): {"line": "intruder", "cell": "print(1)"}}
+
+
 def test_every_route_wants_the_token(served):
-    server, _ = served
-    for method, path, body in [("GET", "images", None), ("GET", "containers", None), ("GET", "host", None),
-                               ("POST", "containers", {"image": BUSYBOX}), ("POST", "images/pull", {"reference": "x"}),
-                               ("PUT", "containers/x/limits", {}), ("DELETE", f"images/{quoted(BUSYBOX)}", None),
-                               ("GET", "openapi.json", None)]:
-        status, reply = server.request(method, path, body, token=False)
+    """Every operation of the route table, without a token: 403, and nothing happened."""
+    server, store = served
+    ops = _operations()
+    assert len(ops) >= 20 and ("DELETE", "containers/nobody") in ops and ("POST", "cells/interrupt") in ops
+    for method, path in ops:
+        status, reply = server.request(method, path, BODIES.get((method, path), {}) if method != "GET" else None,
+                                       token=False)
         assert status == 403, (method, path, status, reply)
+    assert "intruder" not in [i.name for i in Containers(store).list(all=True)], "a refused request made nothing"
+    assert store.resolve(BUSYBOX), "and removed nothing"
     status, _ = server.request("GET", "images", None, token=True)
     assert status == 200
+
+
+def test_a_login_cookie_without_xsrf_changes_nothing(served):
+    """A browser's session cookie (as a page of another site would send it) reads, but every other method
+    needs the _xsrf token too: without it 403, with it the request goes through (the control)."""
+    import http.cookiejar
+
+    server, store = served
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(f"{server.url}/login", timeout=30).read()
+    xsrf = next(c.value for c in jar if c.name == "_xsrf")
+    form = urllib.parse.urlencode({"password": server.token, "_xsrf": xsrf}).encode()
+    opener.open(urllib.request.Request(f"{server.url}/login", data=form, method="POST"), timeout=30).read()
+    assert any(c.name.startswith("username-") for c in jar), "logged in: a session cookie"
+
+    def call(method: str, path: str, with_xsrf: bool) -> int:
+        data = json.dumps(BODIES.get((method, path), {})).encode() if method != "GET" else None
+        req = urllib.request.Request(f"{server.url}/sandbox-kernel/api/{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        if with_xsrf:
+            req.add_header("X-XSRFToken", xsrf)
+        try:
+            with opener.open(req, timeout=60) as reply:
+                return reply.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert call("GET", "images", with_xsrf=False) == 200, "the cookie alone reads"
+    for method, path in _operations():
+        if method != "GET":
+            assert call(method, path, with_xsrf=False) == 403, (method, path)
+    assert "intruder" not in [i.name for i in Containers(store).list(all=True)]
+    assert call("PUT", "containers/nobody/limits", with_xsrf=True) == 404, "with _xsrf it goes through"
 
 
 def test_bad_input_is_a_400_with_a_message(served):

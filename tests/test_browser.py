@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import busybox_copy
+from conftest import IS_ROOT, busybox_copy
 from jupyter_infra import jupyter_server
 
 from sandbox_kernel.runtime import Containers, ContainerSpec, Limits, RegistryOptions, push
@@ -35,6 +35,14 @@ def notebook(*sources: str) -> dict:
                        "source": source} for i, source in enumerate(sources)],
             "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
             "nbformat": 4, "nbformat_minor": 5}
+
+
+def need_chromium() -> None:
+    """Debian's chromium; as root (CI) a missing one is a failed set-up, not a skip."""
+    if not os.path.exists(CHROMIUM):
+        if IS_ROOT:
+            pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh should have installed it")
+        pytest.skip(f"{CHROMIUM} is not installed")
 
 
 def launch(pw, home: Path):
@@ -85,8 +93,7 @@ def output_dir(request, tmp_path) -> Path:
 
 
 def test_pull_and_slider_in_jupyterlab(base_store, plain_registry, tmp_path, output_dir):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it)")
+    need_chromium()
     from playwright.sync_api import expect
 
     store = busybox_copy(base_store, tmp_path / "copy")
@@ -185,8 +192,7 @@ display(Notes())
 def test_container_scripts_never_run_in_the_notebooks_page(debian_store, tmp_path, output_dir):
     """Trusted HTML and JavaScript run, in sandboxed frames that cannot touch the page; untrusted HTML and
     Markdown run nothing and fetch no remote image. Checked in the page itself."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it)")
+    need_chromium()
     from playwright.sync_api import expect
 
     containers = Containers(debian_store)

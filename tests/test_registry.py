@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import need_tool
 from registry_infra import PASSWORD, USERNAME, FaultProxy, free_port, inspect_with_skopeo, push_with_skopeo
 
 from sandbox_kernel.runtime import AuthError, BlobError, ImageError, RegistryError, Store, load
@@ -267,8 +268,8 @@ def test_two_processes_pulling_the_same_image_store_one_copy(plain_registry, sou
 def test_podman_pulls_what_we_pushed(plain_registry, source, tmp_path):
     """podman, in a mount namespace of its own: what it writes whatever its --root says (containers/image's
     blob-info cache in /var/lib/containers, /run/containers, its shared-memory locks) lands on tmpfs there."""
-    if shutil.which("podman") is None or shutil.which("unshare") is None:
-        pytest.skip("podman is not installed (scripts/setup.sh installs it)")
+    need_tool("podman")
+    need_tool("unshare")
     ref = plain_registry.ref("peer/busybox:1")
     push(source, BUSYBOX, ref, options=INSECURE)
     auth = tmp_path / "auth.json"

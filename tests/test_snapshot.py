@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import need_tool
 from leftovers import assert_nothing_left, cgroups
 
 from sandbox_kernel.runtime import Containers, ContainerSpec, Store, launcher, save
@@ -250,8 +251,8 @@ def test_podman_runs_a_snapshot(containers, tmp_path):
     /dev/shm, where it writes whatever its options say; the cgroups it makes under libpod_parent (cgroupfs
     is not behind a mount namespace) are removed after, when they were not there before.
     """
-    if shutil.which("podman") is None or shutil.which("runc") is None:
-        pytest.skip("podman and runc are not installed (scripts/setup.sh installs them)")
+    need_tool("podman")
+    need_tool("runc")
     run(containers, BUSYBOX, "echo from-a-snapshot > /proof; rm /bin/vi", name="interop", keep=True)
     try:
         containers.commit("interop", "localhost/interop:1")

@@ -1,4 +1,5 @@
-"""What a container test must leave behind: nothing. Shared by the container tests."""
+"""What a container test must leave behind (nothing), what the kernel's own counters say of a container, and
+waiting for an event. Shared by the container tests."""
 
 from __future__ import annotations
 
@@ -71,3 +72,11 @@ def cpu_throttled(cgroup: str) -> tuple[int, int]:
             stat = dict(line.split() for line in path.read_text().splitlines())
             return int(stat["nr_periods"]), int(stat["nr_throttled"])
     raise FileNotFoundError(f"no cpu.stat for cgroup {cgroup}")
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    """Until ``predicate()`` (an event); ``timeout`` bounds "at all", it measures nothing."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

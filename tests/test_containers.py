@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from leftovers import assert_nothing_left, cgroup_limits, cgroups
+from leftovers import assert_nothing_left, cgroup_limits, cgroups, wait_for
 
 from sandbox_kernel.runtime import Containers, ContainerSpec, ExecError, Limits, Mount, Store, UsageError, launcher
 from sandbox_kernel.runtime.monitor import Job
@@ -44,13 +45,6 @@ def detached(root: Path, script: str, *opts: str) -> str:
     proc = cli(root, "run", "-d", *opts, BUSYBOX, "sh", "-c", script)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def ps(root: Path, *opts: str) -> list[dict]:
@@ -89,13 +83,27 @@ def test_log_is_size_capped_and_keeps_the_newest(root):
     assert lines[0].endswith("x" * 20)
 
 
+def armed(root: Path, name: str) -> None:
+    """Until the container's log says "armed" (its trap is set, its loop runs)."""
+    wait_for(lambda: "armed" in cli(root, "logs", name).stdout, what=f"{name} to be armed")
+
+
 def test_logs_follow_streams_until_the_container_stops(root):
-    script = "for i in 1 2 3; do echo tick-$i; sleep 0.3; done; echo bye >&2"
-    detached(root, script, "--name", "ticker")
-    started = time.monotonic()
-    follow = cli(root, "logs", "-f", "ticker")
-    assert follow.stdout == "tick-1\ntick-2\ntick-3\n" and follow.stderr == "bye\n"
-    assert time.monotonic() - started >= 0.5, "it waited for the output that came later"
+    """logs -f shows tick-1 while the container still waits; the test then lets it go on, and the follow
+    shows what came after and ends with the container."""
+    detached(root, "echo tick-1; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo tick-2; echo bye >&2",
+             "--name", "ticker")
+    follow = subprocess.Popen([sys.executable, "-m", "sandbox_kernel", "--root", str(root), "logs", "-f", "ticker"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert select.select([follow.stdout], [], [], 30)[0] and follow.stdout.readline() == "tick-1\n"
+        assert cli(root, "exec", "ticker", "touch", "/tmp/go").returncode == 0
+        out, err = follow.communicate(timeout=60)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    assert (out, err) == ("tick-2\n", "bye\n"), "what came after, then the end"
 
 
 def test_logs_follow_keeps_every_line_across_rotations(root):
@@ -159,12 +167,10 @@ def test_exec_errors(root):
 # -- stop, kill, pause, update -------------------------------------------------------------------------------------
 
 def test_stop_sends_term_then_kill_after_the_grace_period(root):
-    detached(root, "trap 'echo got-term' TERM; while true; do sleep 0.1; done", "--name", "stubborn")
-    time.sleep(0.3)
-    started = time.monotonic()
+    detached(root, "trap 'echo got-term' TERM; echo armed; while true; do sleep 0.1; done", "--name", "stubborn")
+    armed(root, "stubborn")
     assert cli(root, "stop", "-t", "1", "stubborn").returncode == 0
-    assert time.monotonic() - started >= 1.0
-    row = ps(root, "-a")[0]
+    row = ps(root, "-a")[0]  # TERM came (its trap said so) and did not end it: the KILL after the grace did
     assert (row["State"], row["ExitCode"]) == ("exited", 137)
     assert "got-term" in cli(root, "logs", "stubborn").stdout
 
@@ -176,8 +182,8 @@ def test_stop_of_a_polite_container_takes_sigterm(root):
 
 
 def test_kill_with_a_signal(root):
-    detached(root, "trap 'echo usr1; exit 9' USR1; while true; do sleep 0.1; done", "--name", "k")
-    time.sleep(0.3)
+    detached(root, "trap 'echo usr1; exit 9' USR1; echo armed; while true; do sleep 0.1; done", "--name", "k")
+    armed(root, "k")
     assert cli(root, "kill", "-s", "USR1", "k").returncode == 0
     assert cli(root, "wait", "k").stdout.strip() == "9"
     assert cli(root, "kill", "k").returncode == 1, "not running any more"
@@ -185,13 +191,17 @@ def test_kill_with_a_signal(root):
 
 
 def test_pause_freezes_and_unpause_thaws(root):
-    detached(root, "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done", "--name", "ice")
-    time.sleep(0.3)
+    cid = detached(root, "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done", "--name", "ice")
+    rootfs_n = root / "containers" / cid / "upper" / "tmp" / "n"
+    wait_for(lambda: rootfs_n.exists() and rootfs_n.read_text().strip() not in ("", "1"), what="the counter")
     assert cli(root, "pause", "ice").returncode == 0
     assert ps(root)[0]["State"] == "paused"
-    rootfs_n = next((root / "containers").glob("*/upper/tmp/n"))
+    freezer = Path(f"/sys/fs/cgroup/freezer/sandbox-kernel/{cid[:32]}/freezer.state")
+    v2 = Path(f"/sys/fs/cgroup/sandbox-kernel/{cid[:32]}/cgroup.freeze")
+    assert (freezer.read_text().strip() == "FROZEN") if freezer.exists() else v2.read_text().strip() == "1", \
+        "the kernel's freezer holds it"
     frozen = rootfs_n.read_text()
-    time.sleep(0.3)
+    time.sleep(0.3)  # (a window to see nothing move in, not a time measured)
     assert rootfs_n.read_text() == frozen, "nothing runs while paused"
     assert cli(root, "exec", "ice", "true").returncode == 1
     assert cli(root, "unpause", "ice").returncode == 0
@@ -271,17 +281,27 @@ def test_killed_monitors_and_callers_are_reconciled(root):
 # -- the Python API ------------------------------------------------------------------------------------------------
 
 def test_api_streams_output_as_it_comes(root):
+    """The container waits for a line the caller sends only once it has seen "first": had the output been held
+    back until the end, the container's read would time out and say "second timed-out"."""
     containers = Containers(Store(root))
-    seen: list[tuple[float, bytes]] = []
-    started = time.monotonic()
-    result = containers.run(
-        ContainerSpec(image=BUSYBOX, command=("sh", "-c", "echo first; sleep 0.5; echo second >&2; exit 2"),
-                      remove=True),
-        stdin=None, stdout=lambda b: seen.append((time.monotonic() - started, b)),
-        stderr=lambda b: seen.append((time.monotonic() - started, b)))
+    seen: list[bytes] = []
+    read_end, write_end = os.pipe()
+
+    def out(chunk: bytes) -> None:
+        seen.append(chunk)
+        if chunk == b"first\n":
+            os.write(write_end, b"go\n")
+
+    try:
+        result = containers.run(
+            ContainerSpec(image=BUSYBOX, command=("sh", "-c", "echo first; read -t 60 line || line=timed-out;"
+                                                              " echo second $line >&2; exit 2"), remove=True),
+            stdin=read_end, stdout=out, stderr=seen.append)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
     assert result.exit_code == 2
-    assert [b for _, b in seen] == [b"first\n", b"second\n"]
-    assert seen[0][0] < seen[1][0] - 0.3, "the first chunk arrived before the container slept"
+    assert seen == [b"first\n", b"second go\n"], "the first chunk reached the caller while the container ran"
 
 
 def test_api_from_a_multithreaded_caller_uses_the_fork_server(root):
@@ -325,7 +345,7 @@ def test_interrupting_the_cli_interrupts_the_container(root):
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=10)
+    out, _ = proc.communicate(timeout=60)  # bounds "at all"
     assert (proc.returncode, out) == (130, "interrupted\n")
 
 
@@ -346,7 +366,7 @@ print("exit", result.exit_code, flush=True)
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=10)
+    out, _ = proc.communicate(timeout=60)  # bounds "at all"
     assert (proc.returncode, out) == (0, "interrupted\nexit 130\n")
 
 
@@ -529,12 +549,16 @@ def test_exec_from_a_threaded_caller_leaks_no_fd_and_is_interruptible(root):
         seen: list[bytes] = []
         assert containers.exec(cid, ["ls", "/proc/self/fd"], stdin=None, stdout=seen.append, stderr=None) == 0
         assert b"".join(seen).split() == [b"0", b"1", b"2", b"3"]  # stdio, and ls's own directory
-        timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
-        timer.start()
-        began = time.monotonic()
-        code = containers.exec(cid, ["sh", "-c", "sleep 30; echo not reached"], stdin=None,
-                               stdout=seen.append, stderr=None)
-        assert code == 130 and time.monotonic() - began < 10
+        seen.clear()
+
+        def output(chunk: bytes) -> None:  # Ctrl-C once the command says it runs (an event, not a delay)
+            seen.append(chunk)
+            if b"armed" in chunk:
+                threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT)).start()
+
+        code = containers.exec(cid, ["sh", "-c", "echo armed; sleep 60; echo not reached"], stdin=None,
+                               stdout=output, stderr=None)
+        assert code == 130 and b"not reached" not in b"".join(seen), "interrupted (else 0 after 60 s)"
     finally:
         stop.set()
         other.join()

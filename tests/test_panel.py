@@ -6,11 +6,10 @@ cgroup files, in the store, in the registry.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from conftest import busybox_copy
 from ipywidgets.widgets.tests.utils import setup_test_comm, teardown_test_comm
+from leftovers import cgroup_limits, wait_for
 
 from sandbox_kernel.client import LimitsRow, LocalClient
 from sandbox_kernel.runtime import Containers, ContainerSpec, Limits, Store, UsageError
@@ -51,23 +50,7 @@ def panel(client):
 
 def cgroup_memory_limit(client: LocalClient, name: str) -> int | None:
     """What the kernel holds for the container (not what the config says)."""
-    from sandbox_kernel.runtime.cgroups import open_cgroup
-
-    cdir = client.runtime._find(name)
-    for path in open_cgroup(cdir.read_config()["cgroup"]).paths():
-        for file in ("memory.limit_in_bytes", "memory.max"):  # v1, v2
-            if (path / file).exists():
-                text = (path / file).read_text().strip()
-                return None if text == "max" else int(text)
-    raise AssertionError("no memory controller")
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return cgroup_limits(client.runtime._find(name).read_config()["cgroup"])["memory"]
 
 
 def test_tables_show_images_and_live_containers(panel, client):

@@ -155,27 +155,26 @@ class RemoteClient:
 
         threading.Thread(target=read, name="sandbox-kernel-remote-cell", daemon=True).start()
         while True:
-            try:
+            try:  # Ctrl-C may come while we wait or while we show what came: either way it goes there
                 try:
                     item = events.get(timeout=0.1)  # in slices, as the local wait: a Ctrl-C is seen at once
                 except queue.Empty:
                     continue
+                if item is None:
+                    raise RemoteError(f"{self.url}: the cell's stream ended without its result")
+                event, data = item
+                if event == "stream":
+                    sink.stream(str(data.get("name")), str(data.get("text", "")))
+                elif event == "display":
+                    sink.display(dict(data.get("data") or {}), dict(data.get("metadata") or {}))
+                elif event == "done":
+                    return dict(data)
+                elif event == "error":
+                    raise self._error(int(data.get("status", 500)), json.dumps(data).encode())
+                elif event == "lost":
+                    raise RemoteError(f"lost the connection to {self.url}: {data}")
             except KeyboardInterrupt:
                 self._request("POST", "cells/interrupt", {})
-                continue
-            if item is None:
-                raise RemoteError(f"{self.url}: the cell's stream ended without its result")
-            event, data = item
-            if event == "stream":
-                sink.stream(str(data.get("name")), str(data.get("text", "")))
-            elif event == "display":
-                sink.display(dict(data.get("data") or {}), dict(data.get("metadata") or {}))
-            elif event == "done":
-                return dict(data)
-            elif event == "error":
-                raise self._error(int(data.get("status", 500)), json.dumps(data).encode())
-            elif event == "lost":
-                raise RemoteError(f"lost the connection to {self.url}: {data}")
 
     @staticmethod
     def _parse(reply: Any) -> Iterator[tuple[str, Any]]:

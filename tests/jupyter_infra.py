@@ -51,8 +51,9 @@ class RunningServer:
         except ValueError:
             return status, text
 
-    def events(self, path: str, body: Any) -> Iterator[tuple[float, str, Any]]:
-        """POST and read server-sent events as they come: (arrival time, event, data)."""
+    def events(self, path: str, body: Any, comments: bool = False) -> Iterator[tuple[str, Any]]:
+        """POST and read server-sent events as they come: (event, data); with ``comments``, the stream's
+        comment lines too, as (":", text)."""
         req = urllib.request.Request(f"{self.url}/sandbox-kernel/api/{path}", data=json.dumps(body).encode(),
                                      method="POST", headers={"Authorization": f"token {self.token}",
                                                              "Content-Type": "application/json"})
@@ -64,7 +65,9 @@ class RunningServer:
                 if text.startswith("event: "):
                     event = text[7:]
                 elif text.startswith("data: "):
-                    yield time.monotonic(), event or "message", json.loads(text[6:])
+                    yield event or "message", json.loads(text[6:])
+                elif text.startswith(": ") and comments:
+                    yield ":", text[2:]
 
 
 @contextmanager

@@ -64,6 +64,15 @@ def cgroup_limits(cgroup: str) -> dict[str, int | None]:
             "cpu_quota_us": v1("cpu", "cpu.cfs_quota_us")}
 
 
+def cgroup_pids(cgroup: str) -> list[int]:
+    """The host PIDs in a container's cgroup (v2, else v1's pids controller)."""
+    for path in (CGROUP_ROOT / "sandbox-kernel" / cgroup / "cgroup.procs",
+                 CGROUP_ROOT / "pids" / "sandbox-kernel" / cgroup / "cgroup.procs"):
+        if path.exists():
+            return [int(pid) for pid in path.read_text().split()]
+    return []
+
+
 def cpu_throttled(cgroup: str) -> tuple[int, int]:
     """(periods, throttled periods) from the cgroup's cpu.stat: the kernel's own count of --cpus at work."""
     for path in (CGROUP_ROOT / "sandbox-kernel" / cgroup / "cpu.stat", CGROUP_ROOT / "cpu" / "sandbox-kernel" /

@@ -12,11 +12,13 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import busybox_copy
 from jupyter_infra import jupyter_server
+from leftovers import cgroup_pids, wait_for
 
 from sandbox_kernel.runtime import Containers, ContainerSpec, RegistryOptions, push
 
@@ -50,11 +52,17 @@ class Seen(list):
     """What cells and commands sent, across them: (stream, text) pairs and ("display", html). It is its
     own sink factory: ``magics.sink_factory = seen``."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.when: dict[str, Callable[[], None]] = {}  # text -> what to do once it is seen (an event)
+
     def __call__(self, trusted: bool) -> Seen:
         return self
 
     def stream(self, name: str, text: str) -> None:
         self.append((name, text))
+        for seen in [key for key in self.when if key in text]:
+            self.when.pop(seen)()
 
     def display(self, data: dict, metadata: dict) -> None:
         self.append(("display", data.get("text/html", "")))
@@ -170,19 +178,25 @@ def test_list_run_exec_streams_limits_commit_stop_rm(served):
     status, stats = server.request("GET", "containers/api-web/stats")
     assert status == 200 and stats["memory_limit"] == 64 * MIB and stats["pids"] >= 1 and stats["oom_kills"] == 0
 
-    # exec: output streams as it is written (the first line long before the second)
-    events = list(server.events("containers/api-web/exec",
-                                {"argv": ["sh", "-c", "echo one; sleep 1; echo two >&2; exit 3"]}))
-    kinds = [(e, d) for _, e, d in events]
-    assert kinds == [("stdout", {"text": "one\n"}), ("stderr", {"text": "two\n"}), ("done", {"exit_code": 3})]
-    assert events[1][0] - events[0][0] > 0.5, "the first line came before the command ended"
-    # a quiet command: the stream says it is alive (a comment line), which clients skip
-    quiet = urllib.request.Request(f"{server.url}/sandbox-kernel/api/containers/api-web/exec", method="POST",
-                                   data=b'{"argv": ["sh", "-c", "sleep 1; echo late"]}',
-                                   headers={"Authorization": f"token {server.token}"})
-    with urllib.request.urlopen(quiet, timeout=30) as reply:
-        raw = reply.read().decode()
-    assert ": still working" in raw and raw.rstrip().endswith('data: {"exit_code": 0}')
+    # exec: output streams as it is written: the command waits for a file that the test makes only once it has
+    # seen the first line (held back to the end, the command would wait 60 s and say "timed out")
+    def released(script: str, when: tuple[str, object], comments: bool = False) -> list[tuple[str, object]]:
+        waits = "i=0; while [ ! -e /tmp/go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; rm -f /tmp/go"
+        seen: list[tuple[str, object]] = []
+        for event, data in server.events("containers/api-web/exec",
+                                         {"argv": ["sh", "-c", script.replace("WAIT", waits)]}, comments):
+            if (event, data) == when and when not in seen:
+                assert server.request("POST", "containers/api-web/exec", {"argv": ["touch", "/tmp/go"]})[0] == 200
+            seen.append((event, data))
+        return seen
+
+    seen = released("echo one; WAIT; [ $i -lt 1200 ] && echo two >&2 || echo timed out >&2; exit 3",
+                    ("stdout", {"text": "one\n"}))
+    assert seen == [("stdout", {"text": "one\n"}), ("stderr", {"text": "two\n"}), ("done", {"exit_code": 3})]
+    # a quiet command: the stream says it is alive (a comment line), which clients skip; the command waits for it
+    seen = released("WAIT; [ $i -lt 1200 ] && echo late", (":", "still working"), comments=True)
+    assert (":", "still working") in seen and seen[-2:] == [("stdout", {"text": "late\n"}),
+                                                             ("done", {"exit_code": 0})]
     assert server.request("POST", "containers/nobody/exec", {"argv": ["true"]})[0] == 404
     assert server.request("POST", "containers/api-web/exec", {"argv": []})[0] == 400
 
@@ -219,14 +233,14 @@ def test_pull_streams_progress_from_the_local_registry(served, plain_registry):
     server, store = served
     remote = plain_registry.ref("api/busybox:1")
     push(store, BUSYBOX, remote, options=RegistryOptions(insecure=True))
-    events = [(e, d) for _, e, d in server.events("images/pull", {"reference": remote, "insecure": True})]
+    events = list(server.events("images/pull", {"reference": remote, "insecure": True}))
     progress = [d for e, d in events if e == "progress"]
     assert progress and progress[-1]["fraction"] == 1.0 and progress[-1]["done"] == progress[-1]["total"] > 0
     assert [f["fraction"] for f in progress] == sorted(f["fraction"] for f in progress)
     assert events[-1] == ("done", {"reference": remote, "digest": store.resolve(BUSYBOX).manifest_digest})
     assert remote in [i["ref"] for i in server.request("GET", "images")[1]]
     dead = list(server.events("images/pull", {"reference": "127.0.0.1:9/nothing:1", "insecure": True}))
-    assert [e for _, e, _ in dead] == ["error"] and "cannot reach registry" in dead[0][2]["message"]
+    assert [e for e, _ in dead] == ["error"] and "cannot reach registry" in dead[0][1]["message"]
 
 
 def test_remote_client_does_what_the_local_one_does(served):
@@ -347,7 +361,6 @@ def test_container_cells_run_on_the_server(served):
     """%%container against a server: output streams, state persists, values go in and out as data, the
     container's traceback shows once, and an interrupt here stops the cell there."""
     import _thread
-    import threading
     import types
 
     from IPython.core.error import UsageError as MagicUsageError
@@ -378,21 +391,19 @@ def test_container_cells_run_on_the_server(served):
         with pytest.raises(RemoteCellError) as failed:
             magics.container_cell("rdemo", "1 / 0")
         assert "ZeroDivisionError" in "\n".join(failed.value._render_traceback_())
-        timer = threading.Timer(1.0, _thread.interrupt_main)
-        began = time.monotonic()
-        timer.start()
+        seen.when["armed"] = _thread.interrupt_main  # Ctrl-C once the cell there says it sleeps
         with pytest.raises(RemoteCellError) as stopped:
-            magics.container_cell("rdemo", "import time\ntime.sleep(30)")
+            magics.container_cell("rdemo", "import time\nprint('armed', flush=True)\ntime.sleep(60)\nprint('done')")
         assert "KeyboardInterrupt" in "\n".join(stopped.value._render_traceback_())
-        assert time.monotonic() - began < 15
+        assert ("stdout", "done\n") not in seen, "interrupted there (else it ends after 60 s, with no error)"
         assert magics.container_cell("rdemo", "x")._repr_mimebundle_()[0]["text/plain"] == "20", "state kept"
         seen.clear()
         assert magics.container_cell(f"rbox --image {BUSYBOX}", "echo from busybox") is None
         assert seen == [("stdout", "from busybox\n")]
-        began = time.monotonic()  # a shell cell's timeout on the server: its cell ends, the server lives on
+        # a shell cell's timeout on the server: its cell ends (else after 60 s, with no error), the server lives on
         with pytest.raises(RemoteCellError) as expired:
-            magics.container_cell("rbox --timeout 1", "sleep 30")
-        assert "1" in str(expired.value) and time.monotonic() - began < 15
+            magics.container_cell("rbox --timeout 1", "sleep 60; echo done")
+        assert "1" in str(expired.value) and ("stdout", "done\n") not in seen
         assert server.request("GET", "host")[0] == 200
         with pytest.raises(MagicUsageError, match="-v is not available"):
             magics.container_cell("rdemo -v /etc:/host", "pass")
@@ -429,33 +440,46 @@ def _rss_mb(pid: int) -> float:
 def _running_commands(server, name: str) -> str:
     """What `ps` in the container says, through the API (the exec's own output, as SSE)."""
     text = ""
-    for _, event, data in server.events(f"containers/{name}/exec", {"argv": ["ps", "-o", "args"]}):
+    for event, data in server.events(f"containers/{name}/exec", {"argv": ["ps", "-o", "args"]}):
         if event == "stdout":
             text += data["text"]
     return text
 
 
+def _held_back(pid: int, limit: int) -> bool:
+    """Whether a writer is asleep and has written the same bytes at two looks (the kernel's count, /proc/PID/io);
+    past ``limit`` bytes it was never held back: fail."""
+    def look() -> tuple[str, int]:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state, int(dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())["wchar"])
+
+    first = look()
+    time.sleep(0.05)
+    second = look()
+    assert second[1] < limit, f"it wrote {second[1] >> 20} MiB to a client that reads nothing"
+    return first[0] == second[0] == "S" and first[1] == second[1]
+
+
 def test_a_slow_client_holds_the_work_back_and_the_server_does_not_grow(served):
-    """An exec that prints without end to a client that does not read: the command is held back (its
-    output waits in pipes and a few events), the server's memory stays put; closing ends the command."""
+    """An exec that prints without end to a client that does not read: the command is held back (asleep, its
+    count of bytes written stands still below 64 MiB: what waits is in pipes and a few events), the server's memory
+    stays put; closing ends the command."""
     server, store = served
     containers = Containers(store)
     cid = containers.run_detached(ContainerSpec(image=BUSYBOX, command=("sleep", "3600"), name="slowreader"))
+    cgroup = containers._find(cid).read_config()["cgroup"]
     try:
         before = _rss_mb(server.proc.pid)
         sock, _ = _open_stream(server, "POST", "containers/slowreader/exec",
                                {"argv": ["yes", "a line of output that repeats without end"]})
-        peak = before
-        for _ in range(16):  # 8 s without reading a byte
-            time.sleep(0.5)
-            peak = max(peak, _rss_mb(server.proc.pid))
-        assert peak - before < 60, f"the server grew by {peak - before:.0f} MB for a client that does not read"
-        assert "yes a line" in _running_commands(server, "slowreader"), "the command is held back, not ended"
+        yes: list[int] = []
+        wait_for(lambda: yes.extend(p for p in cgroup_pids(cgroup) if Path(f"/proc/{p}/comm").read_text() == "yes\n")
+                 or yes, what="the command to start")
+        wait_for(lambda: _held_back(yes[0], 64 << 20), what="the command to be held back")
+        grown = _rss_mb(server.proc.pid) - before
+        assert grown < 60, f"the server grew by {grown:.0f} MB for a client that does not read"
         sock.close()
-        deadline = time.monotonic() + 15
-        while "yes a line" in _running_commands(server, "slowreader"):
-            assert time.monotonic() < deadline, "the exec goes on after its client went away"
-            time.sleep(0.3)
+        wait_for(lambda: not Path(f"/proc/{yes[0]}").exists(), what="the exec to end once its client went away")
     finally:
         containers.remove(cid, force=True)
 
@@ -479,10 +503,8 @@ def test_clients_that_go_away_free_their_threads(served):
         assert threads() >= before + 16, "each stream has a thread while its client listens"
         for sock in socks:
             sock.close()
-        deadline = time.monotonic() + 15
-        while "sleep 300" in _running_commands(server, "goaway") or threads() > before + 1:
-            assert time.monotonic() < deadline, f"work goes on after its clients went away ({threads()} threads)"
-            time.sleep(0.3)
+        wait_for(lambda: "sleep 300" not in _running_commands(server, "goaway") and threads() <= before + 1,
+                 what="the work to stop and the threads to go once the clients went away")
         status, _ = server.request("GET", "containers", timeout=20)
         assert status == 200
     finally:
@@ -521,7 +543,7 @@ def test_every_route_applies_the_same_rules(base_store, tmp_path):
     with jupyter_server(tmp_path, store.root, env={"JUPYTER_CONFIG_DIR": str(config)}) as server:
         def cell_error(line: str) -> str:
             events = list(server.events("cells", {"line": line, "cell": "pass", "inputs": {}}))
-            errors = [data for _, event, data in events if event == "error"]
+            errors = [data for event, data in events if event == "error"]
             assert errors, events
             return errors[0]["message"]
 

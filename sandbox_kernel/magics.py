@@ -304,8 +304,12 @@ class ContainerMagics(Magics):
             error = end.get("error") or {}
             raise RemoteCellError(str(error.get("ename", "Error")), str(error.get("evalue", "")),
                                   [str(line) for line in error.get("lines") or []])
-        for name, item in (end.get("outputs") or {}).items():
-            self.shell.user_ns[name] = values.decode(name, item)
+        sent = end.get("outputs") or {}
+        asked = [n.strip() for n in args.outputs.split(",") if n.strip()]
+        if not isinstance(sent, dict) or set(sent) - set(asked):
+            raise values.ValueRefused(f"{self.remote.url} sent values that --out did not ask for: refused")
+        decoded = {name: values.decode(name, item) for name, item in sent.items()}  # all, before any is set
+        self.shell.user_ns.update(decoded)
         if end.get("result"):
             data, metadata = end["result"]
             return Bundle(*sanitize.sanitize(dict(data), dict(metadata), args.trust_output))

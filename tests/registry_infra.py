@@ -573,12 +573,11 @@ class _TokenHandler(_QuietHandler):
 
 
 class ProxyRequest(NamedTuple):
-    """One request the proxy saw. ``headers`` has lower-case names; ``at`` is ``time.monotonic()``."""
+    """One request the proxy saw, in the order it came. ``headers`` has lower-case names."""
 
     method: str
     path: str  # as sent: path and query
     headers: dict[str, str]
-    at: float
     fault: str | None  # the fault applied to it, if any: "corrupt", "cut", "throttle", "fail"
 
 
@@ -741,7 +740,7 @@ class _ProxyHandler(_QuietHandler):
         status_fault = proxy._take_status_fault(self.command, self.path)
         if status_fault:
             kind = "throttle" if status_fault[0] == 429 else "fail"
-            proxy.requests.append(ProxyRequest(self.command, self.path, headers, time.monotonic(), kind))
+            proxy.requests.append(ProxyRequest(self.command, self.path, headers, kind))
             self._answer_fault(*status_fault)
             return
         digest = proxy._blob_digest(self.command, self.path)
@@ -749,7 +748,7 @@ class _ProxyHandler(_QuietHandler):
         cut_wanted = digest is not None and "range" not in headers and proxy._pending_cut(digest)
         corrupt, offset = proxy._corruption(digest)
         fault = "cut" if cut_wanted else "corrupt" if corrupt else None
-        record = ProxyRequest(self.command, self.path, headers, time.monotonic(), fault)
+        record = ProxyRequest(self.command, self.path, headers, fault)
         proxy.requests.append(record)  # at arrival: a test measures waits between requests
         self._forward(record, digest if cut_wanted else None, corrupt, offset)
 

@@ -16,7 +16,6 @@ import socket
 import ssl
 import tarfile
 import threading
-import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -415,10 +414,8 @@ def test_throttle_once_answers_429_with_retry_after(proxy, pushed):
     first = call(proxy.url, "GET", path, headers=accept)
     assert first.status == 429 and first.headers["Retry-After"] == "1"
     assert json.loads(first.body)["errors"][0]["code"] == "TOOMANYREQUESTS"
-    time.sleep(0.05)
-    assert call(proxy.url, "GET", path, headers=accept).status == 200
-    log = proxy.requests_to("/manifests/")
-    assert [r.fault for r in log] == [None, "throttle", None] and log[2].at - log[1].at >= 0.05
+    assert call(proxy.url, "GET", path, headers=accept).status == 200, "once only"
+    assert [r.fault for r in proxy.requests_to("/manifests/")] == [None, "throttle", None]
 
 
 def test_fail_once_answers_the_status_once(proxy, pushed):

@@ -455,11 +455,49 @@ def _net(name: str):
     return NetSpec(name)
 
 
+def listeners(netns_name: str, port: int) -> list[str]:
+    """The addresses of TCP sockets listening on ``port`` in a namespace (its /proc/net/tcp and tcp6)."""
+    code = ("import ipaddress, socket\n"
+            "for name, size in (('tcp', 4), ('tcp6', 16)):\n"
+            "    for line in open('/proc/net/' + name).read().splitlines()[1:]:\n"
+            "        local, state = line.split()[1], line.split()[3]\n"
+            "        address, port = local.split(':')\n"
+            "        raw = bytes.fromhex(address)\n"
+            "        raw = b''.join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))\n"
+            f"        if state == '0A' and int(port, 16) == {port}:\n"
+            "            print(ipaddress.ip_address(raw))\n")
+    return in_netns(netns_name, code).stdout.split()
+
+
+def firewall_and_sysctls(netns_name: str) -> tuple[str, str, dict[str, str]]:
+    """A namespace's nftables ruleset, its iptables rules, and its net sysctls (the settings, not counters such as
+    nf_conntrack_count: global ones and those of lo, all and default)."""
+    nft = subprocess.run(["nsenter", f"--net=/run/netns/{netns_name}", "nft", "list", "ruleset"],
+                         capture_output=True, text=True, check=True).stdout
+    iptables = subprocess.run(["nsenter", f"--net=/run/netns/{netns_name}", "iptables-save"],
+                              capture_output=True, text=True, check=True).stdout
+    code = ("import json, pathlib\nout = {}\n"
+            "for path in sorted(pathlib.Path('/proc/sys/net').rglob('*')):\n"
+            "    parts = path.parts\n"
+            "    if path.is_file() and path.stat().st_mode & 0o200\\\n"
+            "            and (len(parts) < 7 or parts[5] != 'conf' or parts[6] in ('all', 'default', 'lo'))"
+            " and 'neigh' not in parts:\n"
+            "        try:\n            out[str(path)] = path.read_text()\n"
+            "        except OSError:\n            pass\n"
+            "print(json.dumps(out))\n")
+    sysctls = json.loads(in_netns(netns_name, code).stdout)
+    def rules(text: str) -> str:  # (without the comment lines: iptables-save dates its output)
+        return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+
+    return rules(nft), rules(iptables), sysctls
+
+
 def test_a_published_port_is_reachable_on_127_0_0_1_of_the_host_namespace_and_gone_after_rm(net_containers):
     from sandbox_kernel.runtime import ContainerSpec
 
     containers, networks, host = net_containers
-    networks.create("pub")
+    network = networks.create("pub")
+    before = firewall_and_sysctls(host)
     cid = containers.run_detached(ContainerSpec(
         image="localhost/debian-python", name="site", network=_net("pub"), ports=((18080, 8000),),
         command=("python3", "-c", "import http.server, socketserver\n"
@@ -476,6 +514,13 @@ def test_a_published_port_is_reachable_on_127_0_0_1_of_the_host_namespace_and_go
              "else:\n"
              "    print('failed')\n")
     assert in_netns(host, fetch).stdout.strip() == "published"
+    assert listeners(host, 18080) == ["127.0.0.1"], "bound to 127.0.0.1 only: no 0.0.0.0, no IPv6"
+    refused = (f"import socket\ntry:\n    socket.create_connection(({network.gateway!r}, 18080), timeout=5)\n"
+               "    print('reached')\nexcept OSError as exc:\n    print(type(exc).__name__)\n")
+    assert in_netns(host, refused).stdout.strip() == "ConnectionRefusedError", "not on the bridge's address"
+    after = firewall_and_sysctls(host)
+    changed = {k: (before[2].get(k), v) for k, v in after[2].items() if before[2].get(k) != v}
+    assert after[:2] == before[:2] and not changed, f"a userspace proxy: no firewall rule, no sysctl changed: {changed}"
     with pytest.raises(NetworkError, match=r"cannot publish port 18080 on 127\.0\.0\.1"):
         containers.run_detached(ContainerSpec(image="localhost/debian-python", network=_net("pub"),
                                               ports=((18080, 80),), command=("true",)))

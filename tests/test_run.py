@@ -140,6 +140,64 @@ def test_volumes_read_only_and_read_write(root, tmp_path):
     assert sorted(p.name for p in data.iterdir()) == ["in.txt"]
 
 
+def _limits(text: str) -> dict[str, tuple[str, str]]:
+    """/proc/self/limits as {name: (soft, hard)}."""
+    out = {}
+    for line in text.splitlines()[1:]:
+        words = line[:26].strip(), line[26:].split()
+        out[words[0]] = (words[1][0], words[1][1])
+    return out
+
+
+def test_default_rlimits_and_ulimit(root):
+    """As docker: nofile 1024:4096 and no core files unless --ulimit says otherwise, which the container cannot
+    raise; a value the host cannot give is one line before anything starts."""
+    default = _limits(sh(root, "cat /proc/self/limits").stdout)
+    assert default["Max open files"] == ("1024", "4096") and default["Max core file size"] == ("0", "0")
+    proc = sh(root, "cat /proc/self/limits; ulimit -n 300 2>/dev/null && echo raised || echo not-raised",
+              "--ulimit", "nofile=100:200", "--ulimit", "nproc=50:60", "--ulimit", "core=1024")
+    given = _limits(proc.stdout.rsplit("\n", 2)[0])
+    assert given["Max open files"] == ("100", "200") and given["Max processes"] == ("50", "60")
+    assert given["Max core file size"] == ("1024", "1024")
+    assert proc.stdout.splitlines()[-1] == "not-raised", "above its hard limit: refused inside"
+    nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+    refused = sh(root, "true", "--ulimit", f"nofile={nr_open + 1}")
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        f"sandbox-kernel: error: --ulimit nofile={nr_open + 1}:{nr_open + 1} is more than this host allows "
+        f"(fs.nr_open {nr_open})")
+    assert sh(root, "true", "--ulimit", "nofile=5:4").stderr.startswith("sandbox-kernel: error: invalid --ulimit")
+
+
+def test_volumes_and_their_submounts_are_nosuid_and_nodev(root, tmp_path):
+    """A folder with a file system mounted inside it (a tmpfs here, a USB stick on a desktop): the volume and
+    that submount are nosuid and nodev, and a :ro volume's submount is read-only too: for a user's folder
+    (an idmapped mount) and for one of root's (bound as it is)."""
+    folders = {"ro": 4343, "rw": 4343, "rootro": 0}
+    mounted = []
+    try:
+        for name, owner in folders.items():
+            (tmp_path / name / "sub").mkdir(parents=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=1m,mode=0755,uid={owner},gid={owner}", "tmpfs",
+                            str(tmp_path / name / "sub")], check=True)
+            mounted.append(tmp_path / name / "sub")
+            os.chown(tmp_path / name, owner, owner)
+            (tmp_path / name).chmod(0o755)
+        proc = sh(root, "awk '$5 ~ /^\\/(ro|rw|rootro)/ {print $5, $6}' /proc/self/mountinfo;"
+                        " touch /ro/sub/new /rootro/sub/new 2>/dev/null && echo ro-sub-written;"
+                        " touch /rw/sub/new && echo rw-sub-ok",
+                  "-v", f"{tmp_path / 'ro'}:/ro:ro", "-v", f"{tmp_path / 'rw'}:/rw",
+                  "-v", f"{tmp_path / 'rootro'}:/rootro:ro")
+        options = dict(line.split() for line in proc.stdout.splitlines() if line.startswith("/"))
+        assert sorted(options) == ["/ro", "/ro/sub", "/rootro", "/rootro/sub", "/rw", "/rw/sub"], proc.stdout
+        for point, flags in options.items():
+            assert {"nosuid", "nodev"} <= set(flags.split(",")), (point, flags)
+            assert flags.startswith("rw," if point.startswith("/rw") else "ro,"), (point, flags)
+        assert proc.stdout.splitlines()[-1] == "rw-sub-ok" and "ro-sub-written" not in proc.stdout
+    finally:
+        for point in mounted:
+            subprocess.run(["umount", str(point)], check=True)
+
+
 def test_missing_command_is_127(root):
     proc = run(root, BUSYBOX, "no-such-command")
     assert proc.returncode == 127

@@ -407,6 +407,9 @@ class Containers:
         if spec.name is not None and (not spec.name or not all(c.isalnum() or c in "_.-" for c in spec.name)
                                       or not spec.name[0].isalnum()):
             raise UsageError(f"invalid container name {spec.name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+        from .host import check_ulimits
+
+        check_ulimits(spec.ulimits)
         mapping = _idmap(spec)
         lowers = [str(d) for d in reversed(self.store.unpack(image, idmap=mapping))]  # top first
         cid = warm.cid if warm is not None else os.urandom(32).hex()

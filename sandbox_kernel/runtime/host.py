@@ -66,3 +66,32 @@ def check_limits(limits: Limits, memory_used: int | None = None, pids_used: int 
             raise UsageError(f"pids limit {limits.pids} is more than this host allows (pid_max {host.pids})")
         if pids_used is not None and limits.pids < pids_used:
             raise UsageError(f"pids limit {limits.pids} is below the container's processes now ({pids_used})")
+
+
+def check_ulimits(ulimits: tuple[tuple[str, int, int], ...]) -> None:
+    """A UsageError naming the first ``--ulimit`` this host cannot give; nothing when all fit.
+
+    ``nofile`` can never go above ``fs.nr_open`` (nor be unlimited); without CAP_SYS_RESOURCE (not
+    root) no hard limit can go above the caller's own. Found here, it is one line before anything
+    starts, instead of "Operation not permitted" from the command process.
+    """
+    import resource
+
+    for name, soft, hard in ulimits:
+        shown = f"--ulimit {name}={_rlim(soft)}:{_rlim(hard)}"
+        if name == "nofile":
+            try:
+                with open("/proc/sys/fs/nr_open") as f:
+                    nr_open = int(f.read())
+            except (OSError, ValueError):
+                nr_open = 1 << 20
+            if -1 in (soft, hard) or max(soft, hard) > nr_open:
+                raise UsageError(f"{shown} is more than this host allows (fs.nr_open {nr_open})")
+        if os.geteuid() != 0:
+            own = resource.getrlimit(getattr(resource, f"RLIMIT_{name.upper()}"))[1]
+            if own != resource.RLIM_INFINITY and (hard == -1 or hard > own):
+                raise UsageError(f"{shown} is more than this process may give (its own hard limit is {own})")
+
+
+def _rlim(value: int) -> str:
+    return "unlimited" if value == -1 else str(value)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import stat
 from dataclasses import dataclass
@@ -238,16 +239,39 @@ def _bind_volume(root_fd: int, volume: Mount, userns: int | None = None,
                                  "owner's (idmapped mounts: Linux 5.12, tmpfs 6.3); mount it read-only (:ro) "
                                  "or run with --userns=host")
     _mount_at(root_fd, volume.target, volume.source, None, sc.MS_BIND | sc.MS_REC, kind=kind, owner=owner)
-    flags = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_NOSUID | sc.MS_NODEV
-    if volume.readonly:
-        flags |= sc.MS_RDONLY
-    if os.statvfs(volume.source).f_flag & os.ST_NOEXEC:
-        flags |= sc.MS_NOEXEC
     fd = _resolve(root_fd, volume.target, kind=kind, create=False)
     try:
-        sc.mount(None, f"/proc/self/fd/{fd}", None, flags)
+        _restrict_tree(fd, volume.readonly)
     finally:
         os.close(fd)
+
+
+def _restrict_tree(fd: int, readonly: bool) -> None:
+    """nosuid, nodev (and read-only for ``:ro``) on the bound volume at ``fd`` and on every mount below it:
+    a submount of the host's folder (a tmpfs, a USB stick) must not be the way around the volume's flags."""
+    attrs = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | (sc.MOUNT_ATTR_RDONLY if readonly else 0)
+    try:
+        sc.mount_setattr(fd, attrs)  # the whole tree at once, each mount keeping its other flags
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSYS, errno.EINVAL):
+            raise
+    top = os.readlink(f"/proc/self/fd/{fd}")  # before Linux 5.12: each mount of the tree, remounted
+    with open("/proc/self/mountinfo") as f:
+        points = [top] + [p for p in (_unescape(line.split()[4]) for line in f) if p.startswith(top.rstrip("/") + "/")]
+    for point in points:
+        flags = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_NOSUID | sc.MS_NODEV
+        have = os.statvfs(point).f_flag
+        if readonly or have & os.ST_RDONLY:
+            flags |= sc.MS_RDONLY
+        if have & os.ST_NOEXEC:
+            flags |= sc.MS_NOEXEC
+        sc.mount(None, point, None, flags)
+
+
+def _unescape(field: str) -> str:
+    """A mount point as /proc/self/mountinfo writes it (space, tab, newline and backslash as octal escapes)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def setup(plan: RootfsPlan, hostname: str, volume_userns: dict[tuple[int, int], int] | None = None) -> None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from leftovers import assert_nothing_left, cgroup_limits, cgroups, wait_for
+from leftovers import assert_nothing_left, cgroup_limits, cgroups, cpu_throttled, wait_for
 
 from sandbox_kernel.runtime import Containers, ContainerSpec, ExecError, Limits, Mount, Store, UsageError, launcher
 from sandbox_kernel.runtime.monitor import Job
@@ -226,6 +226,29 @@ def test_update_limits_of_a_running_container(root):
     assert "grow" in table and "134MB" in table
 
 
+def test_cpus_is_enforced_by_the_kernel(root):
+    """--cpus 0.5 on a container that spins: the kernel throttles it period after period (cpu.stat), and the CPU
+    time it got is at most half of the 100 ms periods it ran in; updated to 0.25, a quarter from then on."""
+    cid = detached(root, "while true; do :; done", "--name", "spin", "--cpus", "0.5")
+    containers = Containers(Store(root))
+
+    def counts() -> tuple[int, int, int]:
+        periods, throttled = cpu_throttled(cid[:32])
+        return periods, throttled, containers.stats("spin").usage.cpu_ns or 0
+
+    def within(before: tuple[int, int, int], quota_ns: int) -> None:
+        """Twenty throttled periods from ``before`` on; the CPU time used in them is at most the quota's share."""
+        wait_for(lambda: counts()[1] >= before[1] + 20, what="twenty throttled periods")
+        after = counts()
+        periods, used = after[0] - before[0], after[2] - before[2]
+        assert used <= (periods + 2) * quota_ns * 1.1, f"{used / 1e6:.0f} ms of CPU in {periods} periods of 100 ms"
+        assert after[1] - before[1] >= periods // 2, "a command that always runs is throttled in most periods"
+
+    within(counts(), 50_000_000)
+    assert cli(root, "update", "--cpus", "0.25", "spin").returncode == 0
+    within(counts(), 25_000_000)
+
+
 def test_rm_refuses_a_running_container_without_force(root):
     detached(root, "sleep 30", "--name", "busy")
     refused = cli(root, "rm", "busy")
@@ -347,6 +370,34 @@ def test_interrupting_the_cli_interrupts_the_container(root):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)  # bounds "at all"
     assert (proc.returncode, out) == (130, "interrupted\n")
+
+
+STUBBORN = ("trap 'echo got-int' INT; trap 'echo got-term' TERM; echo armed;"
+            " while true; do sleep 0.1; done")
+
+
+@pytest.mark.parametrize("verb", ["run", "exec"])
+def test_ctrl_c_escalates_sigint_then_sigterm_then_sigkill(root, verb):
+    """A foreground run or exec whose command traps SIGINT and SIGTERM: the first Ctrl-C reaches it as SIGINT,
+    the second as SIGTERM (each seen by its trap before the next is sent), the third as SIGKILL (137)."""
+    if verb == "run":
+        argv = ["run", "--rm", BUSYBOX, "sh", "-c", STUBBORN]
+    else:
+        detached(root, "sleep 600", "--name", "host-of-exec")
+        argv = ["exec", "host-of-exec", "sh", "-c", STUBBORN]
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox_kernel", "--root", str(root), *argv],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        for said in ("armed", "got-int", "got-term"):
+            assert select.select([proc.stdout], [], [], 60)[0], f"waiting for {said}"
+            assert proc.stdout.readline() == said + "\n"
+            proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 137, "the third Ctrl-C is SIGKILL, which no trap sees"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_interrupting_the_api_interrupts_a_container_from_a_warm_slot(root):

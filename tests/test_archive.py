@@ -129,6 +129,74 @@ def test_load_handwritten_docker_save_format(tmp_path, base_store):
     assert (other.unpack(loaded.image)[0] / "bin/busybox").exists()
 
 
+def _docker_archive(path: Path, base_store: Store, members: list[tarfile.TarInfo | tuple[str, bytes]],
+                    layers: list[str], config: str | None = None) -> None:
+    """A docker-archive of busybox's config whose manifest names ``layers``, holding ``members`` (links as
+    TarInfo, files as (name, data)) and the config (unless ``config`` names another member)."""
+    image = base_store.resolve(BUSYBOX)
+    cfg_name = image.config_digest.split(":")[1] + ".json"
+    manifest = json.dumps([{"Config": config or cfg_name, "RepoTags": ["hostile:1"], "Layers": layers}]).encode()
+    with tarfile.open(path, "w") as tf:
+        for member in [(cfg_name, base_store.read_blob(image.config_digest)), ("manifest.json", manifest),
+                       *members]:
+            if isinstance(member, tarfile.TarInfo):
+                tf.addfile(member)
+                continue
+            info = tarfile.TarInfo(member[0])
+            info.size = len(member[1])
+            tf.addfile(info, io.BytesIO(member[1]))
+
+
+def _link(name: str, target: str, hard: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = (tarfile.LNKTYPE if hard else tarfile.SYMTYPE), target
+    return info
+
+
+@pytest.mark.parametrize("case", ["absolute-symlink", "escaping-symlink", "hard-link-out", "dotdot-layer-path",
+                                  "dotdot-config-path", "symlink-loop", "dotdot-member"])
+def test_a_hostile_docker_archive_reads_nothing_of_the_host(tmp_path, base_store, case):
+    """Outer members that point out of the archive (symlinks, hard links, ``..`` paths) at a valid layer and
+    config on the host: the archive is read as a stream and its names stay inside it, so each is refused in
+    one line (it follows no host path), writes nothing outside the store and leaves the store as it was."""
+    import gzip
+
+    image = base_store.resolve(BUSYBOX)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with base_store.open_blob(image.layers[0]["digest"]) as fh:
+        (outside / "layer.tar").write_bytes(gzip.decompress(fh.read()))  # what a host file would give, if read
+    (outside / "config.json").write_bytes(base_store.read_blob(image.config_digest))
+    host_layer = str(outside / "layer.tar")
+    up = "../" * (len(outside.parts) + 2)
+    members, layers, config, message = [], ["evil/layer.tar"], None, "is not in the archive"
+    if case == "absolute-symlink":
+        members = [_link("evil/layer.tar", host_layer)]
+    elif case == "escaping-symlink":
+        members = [_link("evil/layer.tar", up + host_layer.lstrip("/"))]
+    elif case == "hard-link-out":
+        members = [_link("evil/layer.tar", host_layer, hard=True)]
+    elif case == "dotdot-layer-path":
+        layers = [up + host_layer.lstrip("/")]
+    elif case == "dotdot-config-path":
+        layers, config = [], up + str(outside / "config.json").lstrip("/")
+    elif case == "symlink-loop":
+        members = [_link("evil/layer.tar", "../loop/layer.tar"), _link("loop/layer.tar", "../evil/layer.tar")]
+    elif case == "dotdot-member":
+        planted = tmp_path / "planted.json"
+        members = [(up + str(planted).lstrip("/"), b"{}")]
+        layers = [up + host_layer.lstrip("/")]
+    archive = tmp_path / "hostile.tar"
+    _docker_archive(archive, base_store, members, layers, config)
+    target = Store(tmp_path / "target")
+    before = snapshot(target)
+    with pytest.raises(ArchiveError, match=message) as info:
+        load(target, archive)
+    assert "\n" not in str(info.value)
+    assert snapshot(target) == before and list((target.root / "tmp").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.tar", "outside", "target"], "nothing planted"
+
+
 def _rewrite(src: Path, dst: Path, edit) -> None:
     """Copy a tar, letting ``edit(name, data)`` change or drop (None) members."""
     with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:

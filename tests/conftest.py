@@ -24,6 +24,18 @@ os.environ.setdefault("IPYTHONDIR", os.path.join(_RUN_HOME, "ipython"))
 os.environ.setdefault("JUPYTER_RUNTIME_DIR", os.path.join(_RUN_HOME, "jupyter-runtime"))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--fuzz", type=int, default=0, metavar="N",
+                     help="run the fuzz targets with N fresh random examples each, not their fixed set (fuzzing.py)")
+
+
+def pytest_configure(config):
+    if config.getoption("--fuzz"):
+        from fuzzing import ENV
+
+        os.environ[ENV] = str(config.getoption("--fuzz"))
+
+
 def pytest_collection_modifyitems(config, items):
     skip_root = pytest.mark.skip(reason="needs root (mounts, device nodes, chown)")
     for item in items:

@@ -57,19 +57,16 @@ from unittest import mock
 
 import pytest
 import zstandard
-from hypothesis import HealthCheck, Phase, given, reject, settings
+from fuzzing import fuzz_settings
+from hypothesis import HealthCheck, Phase, given, reject
 from hypothesis import strategies as st
 
 from sandbox_kernel.runtime import syscalls
 from sandbox_kernel.runtime.errors import LayerError
 from sandbox_kernel.runtime.image.layers import apply_layer, extract_layer
 
-FUZZ = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    print_blob=False,
+FUZZ = fuzz_settings(
+    300,
     # no explain phase: on Python 3.11 it traces every line with sys.settrace, which makes a
     # failing run (which shrinks, a few minutes at worst) much slower still
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import busybox_copy
+from fuzzing import schemathesis_args
 from jupyter_infra import jupyter_server
 from leftovers import cgroup_pids, wait_for
 
@@ -635,7 +636,8 @@ def test_schemathesis_finds_no_server_error(served, tmp_path):
         [schemathesis, "run", f"{server.url}/sandbox-kernel/api/openapi.json", "--url",
          f"{server.url}/sandbox-kernel/api", "-H", f"Authorization: token {server.token}",
          "--checks", "not_a_server_error", "--exclude-path", "/images/pull", "--exclude-path", "/cells",
-         "--exclude-path", "/cells/interrupt", "--max-examples", "30",
+         "--exclude-path", "/cells/interrupt", *schemathesis_args(30),
          "--phases", "examples,coverage,fuzzing", "--request-timeout", "60", "--no-color"],
         capture_output=True, text=True, timeout=580, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    print(run.stdout[-1500:])  # (with -s: the examples tried, for the record)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import tarfile
 
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz_settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from sandbox_kernel.runtime.image.layers import _FastTarInfo
@@ -47,7 +48,7 @@ def headers(draw: st.DrawFn) -> bytes:
     return bytes(header)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(1500, suppress_health_check=[HealthCheck.too_slow])
 @given(headers())
 def test_fast_parser_agrees_with_tarfile(buf: bytes) -> None:
     assert parse(_FastTarInfo, buf) == parse(tarfile.TarInfo, buf)

@@ -105,7 +105,7 @@ def test_a_running_container_is_committed_and_goes_on(containers):
     script = "echo before > /state; i=0; while true; do i=$((i+1)); echo $i > /counter; sleep 0.01; done"
     cid = containers.run_detached(ContainerSpec(image=BUSYBOX, command=("sh", "-c", script), name="busy"))
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while {"A /state", "A /counter"} - {str(c) for c in containers.diff("busy")}:  # it has begun writing
             assert time.monotonic() < deadline, "the container never wrote"
             time.sleep(0.02)
@@ -274,7 +274,7 @@ def test_podman_runs_a_snapshot(containers, tmp_path):
         out = subprocess.run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
                               "sh", "-c", script], capture_output=True, text=True, timeout=300)
     finally:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while (left := sorted(_libpod_cgroups() - before, key=lambda p: len(p.parts), reverse=True)):
             for cgroup in left:
                 with contextlib.suppress(OSError):

@@ -219,7 +219,7 @@ def test_kill_9_while_writing_leaves_only_complete_images(tmp_path, store):
         proc = subprocess.Popen(
             [sys.executable, "-c", _CRASHER, str(target), str(archive), str(attempt)], stdout=subprocess.PIPE
         )
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not list((target / "tmp").iterdir()):
             time.sleep(0.001)
         time.sleep(delay)

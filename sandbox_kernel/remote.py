@@ -12,6 +12,7 @@ line too. Standard library only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -83,6 +84,24 @@ class RemoteClient:
             return json.loads(text) if text else None
         except ValueError:
             raise RemoteError(f"{self.url} did not answer with JSON: is it a sandbox-kernel server?") from None
+
+    def _row(self, cls: type[Any], data: Any) -> Any:
+        """A row (a dataclass) from the server's JSON: fields it does not know, or missing ones, are refused."""
+        if not isinstance(data, dict):
+            raise RemoteError(f"{self.url} answered with something that is not the API's {cls.__name__}")
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise RemoteError(f"{self.url} sent a field this client does not know ({cls.__name__}.{unknown[0]}): "
+                              "is the server a newer sandbox-kernel?")
+        try:
+            return cls(**data)
+        except TypeError:
+            raise RemoteError(f"{self.url} sent a {cls.__name__} without all of its fields") from None
+
+    def _list(self, data: Any) -> list[Any]:
+        if not isinstance(data, list):
+            raise RemoteError(f"{self.url} answered with something that is not the API's list")
+        return data
 
     def _error(self, status: int, body: bytes) -> SandboxError:
         """The runtime's exception the server named (its "error"), with the server's message."""
@@ -191,10 +210,10 @@ class RemoteClient:
     # -- the client API -------------------------------------------------------------------------------------------
 
     def host(self) -> HostCapacity:
-        return HostCapacity(**self._request("GET", "host"))
+        return self._row(HostCapacity, self._request("GET", "host"))
 
     def images(self) -> list[ImageRow]:
-        return [ImageRow(**row) for row in self._request("GET", "images")]
+        return [self._row(ImageRow, row) for row in self._list(self._request("GET", "images"))]
 
     def pull(self, reference: str, *, platform: str | None = None, insecure: bool = False,
              progress: ProgressCallback | None = None) -> str:
@@ -222,10 +241,10 @@ class RemoteClient:
         return list(self._request("GET", f"images/{_quote(reference)}/history"))
 
     def containers(self, all: bool = True) -> list[ContainerRow]:
-        return [ContainerRow(**row) for row in self._request("GET", f"containers?all={int(all)}")]
+        return [self._row(ContainerRow, row) for row in self._list(self._request("GET", f"containers?all={int(all)}"))]
 
     def container(self, ref: str) -> ContainerRow:
-        return ContainerRow(**self._request("GET", f"containers/{_quote(ref)}"))
+        return self._row(ContainerRow, self._request("GET", f"containers/{_quote(ref)}"))
 
     def create(self, image: str, *, name: str | None = None, command: tuple[str, ...] = (),
                limits: LimitsRow | None = None, start: bool = True) -> str:
@@ -251,14 +270,14 @@ class RemoteClient:
         return str(self._request("POST", f"containers/{_quote(ref)}/commit", body)["id"])
 
     def stats(self, ref: str) -> StatsRow:
-        return StatsRow(**self._request("GET", f"containers/{_quote(ref)}/stats"))
+        return self._row(StatsRow, self._request("GET", f"containers/{_quote(ref)}/stats"))
 
     def limits(self, ref: str) -> LimitsRow:
-        return LimitsRow(**self._request("GET", f"containers/{_quote(ref)}/limits"))
+        return self._row(LimitsRow, self._request("GET", f"containers/{_quote(ref)}/limits"))
 
     def set_limits(self, ref: str, limits: LimitsRow) -> LimitsRow:
-        return LimitsRow(**self._request("PUT", f"containers/{_quote(ref)}/limits",
-                                         {"memory": limits.memory, "cpus": limits.cpus, "pids": limits.pids}))
+        body = {"memory": limits.memory, "cpus": limits.cpus, "pids": limits.pids}
+        return self._row(LimitsRow, self._request("PUT", f"containers/{_quote(ref)}/limits", body))
 
     def logs(self, ref: str, output: Callable[[str, str], None], follow: bool = False,
              cancelled: Callable[[], bool] | None = None) -> int | None:

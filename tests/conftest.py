@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,13 @@ _RUN_HOME = tempfile.mkdtemp(prefix="sk-test-home-")
 atexit.register(shutil.rmtree, _RUN_HOME, ignore_errors=True)
 os.environ.setdefault("IPYTHONDIR", os.path.join(_RUN_HOME, "ipython"))
 os.environ.setdefault("JUPYTER_RUNTIME_DIR", os.path.join(_RUN_HOME, "jupyter-runtime"))
+
+
+# A run started in the background of a non-interactive shell (`nohup ... &`, a CI step's `&`) inherits SIGINT
+# ignored, and Python then leaves it ignored: Ctrl-C in the interrupt tests would do nothing, in this process and in
+# every CLI, kernel and server it starts. As in a terminal: SIGINT raises KeyboardInterrupt (and children get SIG_DFL).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser):

@@ -218,11 +218,15 @@ def test_fork_bomb_stops_at_the_pids_limit(root):
 
 
 def test_pid1_reaps_orphans(root):
-    """An orphan that exits is reaped by our PID 1: the zombie count falls to 0 (a PID 1 that did not reap
-    would leave it at 1 for good; the loop gives up after 10 s)."""
-    proc = sh(root, "sh -c 'sleep 0 &'; n=0; while [ $(ps -o stat | grep -c '^Z') != 0 ] && [ $n -lt 100 ]; do "
-                    "sleep 0.1; n=$((n+1)); done; ps -o stat | grep -c '^Z' || true")
-    assert proc.stdout.strip() == "0", "orphans are reaped by our PID 1"
+    """An orphan (a child whose shell exited) becomes PID 1's, and once it exits PID 1 reaps it: its /proc entry
+    goes. A PID 1 that did not reap would leave it there as a zombie for good (the loop gives up after 10 s).
+    (Counting zombies instead raced: a count taken before the orphan had exited was 0, and one just after it
+    exited saw it before PID 1 had reaped it.)"""
+    proc = sh(root, "sh -c 'sleep 2 & echo $! > /tmp/orphan'; p=$(cat /tmp/orphan);"
+                    " echo parent $(cut -d' ' -f4 /proc/$p/stat);"
+                    " n=0; while [ -e /proc/$p ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done;"
+                    " [ -e /proc/$p ] && echo left $(cut -d' ' -f3 /proc/$p/stat) || echo reaped")
+    assert proc.stdout.splitlines() == ["parent 1", "reaped"], "orphans are PID 1's, and reaped by it"
 
 
 def test_pid1_forwards_signals_to_the_command(root):

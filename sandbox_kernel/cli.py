@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from . import cli_registry
 from .cli_containers import add_commands, inspect_container
-from .runtime import SandboxError, Store, UsageError
+from .runtime import SandboxError, Store, UsageError, format_size
 
 PROG = "sandbox-kernel"
 
@@ -116,11 +116,10 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from . import format as fmt
 
     removed = _store(args).prune()
     print(f"Deleted {removed['blobs']} blobs and {removed['layers']} unpacked layers")
-    print(f"Total reclaimed space: {fmt.human_size(removed['bytes'])}")
+    print(f"Total reclaimed space: {format_size(removed['bytes'], docker=True)}")
     return 0
 
 

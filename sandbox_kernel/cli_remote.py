@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 from . import format as fmt
 from .client import Client, LimitsRow, Progress, limits_row, to_limits
-from .runtime import Limits, SandboxError, UsageError
+from .runtime import Limits, SandboxError, UsageError, format_size
 
 PROG = "sandbox-kernel"
 
@@ -31,7 +31,7 @@ def _images(client: Client, args: argparse.Namespace) -> int:
             print(short)
     else:
         print(fmt.table([[fmt.split_ref(r.ref)[0], fmt.split_ref(r.ref)[1] or "<none>", r.id.split(":", 1)[1][:12],
-                          fmt.time_ago(r.created), fmt.human_size(r.size)] for r in rows],
+                          fmt.time_ago(r.created), format_size(r.size, docker=True)] for r in rows],
                         ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]))
     return 0
 
@@ -66,7 +66,7 @@ def _history(client: Client, args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         print(fmt.table([[fmt.time_ago(r.get("Created")), (r.get("CreatedBy") or "")[:60],
-                          fmt.human_size(r.get("Size") or 0), r.get("Comment") or ""] for r in rows],
+                          format_size(r.get("Size") or 0, docker=True), r.get("Comment") or ""] for r in rows],
                         ["CREATED", "CREATED BY", "SIZE", "COMMENT"]))
     return 0
 
@@ -173,8 +173,8 @@ def _stats(client: Client, args: argparse.Namespace) -> int:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:
         print(fmt.table([[r.id[:12], r.name, "-" if r.cpu_percent is None else f"{r.cpu_percent:.1f}%",
-                          f"{fmt.human_size(r.memory or 0)} / "
-                          f"{fmt.human_size(r.memory_limit) if r.memory_limit else 'no limit'}", str(r.pids or 0)]
+                          f"{format_size(r.memory or 0, docker=True)} / "
+                          f"{format_size(r.memory_limit or None, docker=True)}", str(r.pids or 0)]
                          for r in rows], ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "PIDS"]))
     return 0
 

@@ -5,16 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from .runtime import ContainerInfo, ContainerStats, Image, Store, parse_reference
-
-
-def human_size(n: float) -> str:
-    """Docker's sizes: decimal units, three significant digits (``4.26MB``)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.3g}{unit}" if unit != "B" else f"{int(n)}B"
-        n /= 1000
-    return f"{n}PB"  # pragma: no cover
+from .runtime import ContainerInfo, ContainerStats, Image, Store, format_size, parse_reference
 
 
 def _parse_time(text: str | None) -> _dt.datetime | None:
@@ -85,7 +76,7 @@ def split_ref(ref: str) -> tuple[str, str]:
 def images_table(store: Store, match: str | None = None) -> str:
     rows = [
         [r["Repository"], r["Tag"] or "<none>", r["Id"].split(":", 1)[1][:12], time_ago(r["Created"]),
-         human_size(r["Size"])]
+         format_size(r["Size"], docker=True)]
         for r in image_rows(store, match)
     ]
     return table(rows, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"])
@@ -147,7 +138,7 @@ def history_table(image: Image) -> str:
     for r in history_rows(image):
         created_by = r["CreatedBy"] if len(r["CreatedBy"]) <= 45 else r["CreatedBy"][:44] + "…"
         rid = r["Id"].split(":", 1)[1][:12] if r["Id"].startswith("sha256:") else r["Id"]
-        rows.append([rid, time_ago(r["Created"]), created_by, human_size(r["Size"]), r["Comment"]])
+        rows.append([rid, time_ago(r["Created"]), created_by, format_size(r["Size"], docker=True), r["Comment"]])
     return table(rows, ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"])
 
 
@@ -254,9 +245,9 @@ def stats_table(stats: list[ContainerStats]) -> str:
     rows = []
     for item in stats:
         usage, limits = item.usage, item.limits
-        mem = human_size(usage.memory_current or 0)
-        limit = human_size(limits.memory) if limits.memory else "unlimited"
-        peak = human_size(usage.memory_peak) if usage.memory_peak is not None else "-"
+        mem = format_size(usage.memory_current or 0, docker=True)
+        limit = format_size(limits.memory or None, docker=True, none="unlimited")
+        peak = format_size(usage.memory_peak, docker=True, none="-")
         cpu = f"{(usage.cpu_ns or 0) / 1e9:.2f}s"
         pids = f"{usage.pids if usage.pids is not None else '-'} / {limits.pids or 'unlimited'}"
         rows.append([item.id[:12], item.name, f"{mem} / {limit}", peak, cpu, pids])

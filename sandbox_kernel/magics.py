@@ -44,6 +44,7 @@ from .runtime import (
     SandboxError,
     Store,
     disk,
+    format_size,
 )
 from .session import (
     AGENT_ARGV,
@@ -151,16 +152,6 @@ class RemoteCellError(CellError):
 
 def _status_text(row: ContainerRow) -> str:
     return fmt.status_text(row.status, row.created_at, row.started_at, row.finished_at, row.exit_code)
-
-
-def _size_text(value: int | None) -> str:
-    """Bytes as a limit is usually written: 64 MiB, 1.5 GiB."""
-    if value is None:
-        return "no limit"
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if value >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value} B"
 
 
 @magics_class
@@ -457,7 +448,7 @@ class ContainerMagics(Magics):
         if not full or said:
             return None
         limit = self.containers.get(session.cid or session.name).spec.limits.disk
-        return (f"The container's disk is full: its limit is {_size_text(limit)} (--disk), so writes fail with "
+        return (f"The container's disk is full: its limit is {format_size(limit)} (--disk), so writes fail with "
                 "'No space left on device'. Free space in it, or make a container with a larger --disk.")
 
     def _limit_sentence(self, session: Session, args: Any, result: Any) -> str | None:
@@ -472,7 +463,7 @@ class ContainerMagics(Magics):
         if result.died is not None:
             if usage is not None and usage.oom_kills > session.oom_seen:
                 session.oom_seen = usage.oom_kills
-                return (f"The cell ran out of memory: the container's limit is {_size_text(limits.memory)} "
+                return (f"The cell ran out of memory: the container's limit is {format_size(limits.memory)} "
                         f"and the kernel's OOM killer ended it. {lost}")
             if result.status == "timeout":
                 return f"The cell ran past --timeout {args.timeout:g} s and did not stop when interrupted. {lost}"
@@ -496,7 +487,7 @@ class ContainerMagics(Magics):
             peak = self.containers.stats(cid).usage.memory_peak
         since = "" if peak_reset else " (since the container started: this cgroup cannot reset it)"
         print(f"wall {result.wall * 1000:.1f} ms, CPU {result.cpu * 1000:.1f} ms, "
-              f"peak memory {_size_text(peak) if peak is not None else 'unknown'}{since}")
+              f"peak memory {format_size(peak) if peak is not None else 'unknown'}{since}")
 
     # -- %container ----------------------------------------------------------------------------------------------
 
@@ -573,7 +564,7 @@ class ContainerMagics(Magics):
         rows = [r for r in self.client.images() if not argv or argv[0] in (r.ref, fmt.split_ref(r.ref)[0])]
         return Table([{"repository": fmt.split_ref(r.ref)[0], "tag": fmt.split_ref(r.ref)[1],
                        "id": r.id.split(":", 1)[1][:12], "created": fmt.time_ago(r.created),
-                       "size": fmt.human_size(r.size)} for r in rows],
+                       "size": format_size(r.size, docker=True)} for r in rows],
                      ["repository", "tag", "id", "created", "size"])
 
     def _cmd_inspect(self, argv: list[str]) -> Any:
@@ -721,7 +712,7 @@ class ContainerMagics(Magics):
             raise UsageError("usage: %container history IMAGE")
         rows = self.client.history(argv[0])
         return Table([{"created": fmt.time_ago(r["Created"]), "created by": r["CreatedBy"],
-                       "size": fmt.human_size(r["Size"]), "comment": r["Comment"]} for r in rows],
+                       "size": format_size(r["Size"], docker=True), "comment": r["Comment"]} for r in rows],
                      ["created", "created by", "size", "comment"])
 
     def _cmd_limits(self, argv: list[str]) -> Table:
@@ -734,7 +725,7 @@ class ContainerMagics(Magics):
         current = self.client.limits(args.container)
         changed = self._limits(args, Limits(memory=current.memory, cpus=current.cpus, pids=current.pids))
         limits = current if changed is None else self.client.set_limits(args.container, limits_row(changed))
-        return Table([{"container": args.container, "memory": _size_text(limits.memory),
+        return Table([{"container": args.container, "memory": format_size(limits.memory),
                        "cpus": "no limit" if limits.cpus is None else f"{limits.cpus:g}",
                        "pids": "no limit" if limits.pids is None else limits.pids}])
 
@@ -773,7 +764,7 @@ class ContainerMagics(Magics):
         missing = [a for a in argv if not any(a in (r.name, r.id) or r.id.startswith(a) for r in rows)]
         if missing:
             raise UsageError(f"no such running container: {missing[0]}")
-        return Table([{"container": r.name, "memory": _size_text(r.memory), "limit": _size_text(r.memory_limit),
+        return Table([{"container": r.name, "memory": format_size(r.memory), "limit": format_size(r.memory_limit),
                        "cpu %": "" if r.cpu_percent is None else f"{r.cpu_percent:.1f}", "pids": r.pids}
                       for r in rows], ["container", "memory", "limit", "cpu %", "pids"])
 

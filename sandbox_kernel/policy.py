@@ -26,7 +26,7 @@ import os
 from traitlets import Bool, Float, Integer, List, Unicode
 from traitlets.config import Configurable
 
-from .runtime import ContainerSpec, Limits, UsageError, parse_reference, parse_size
+from .runtime import ContainerSpec, Limits, UsageError, format_size, parse_reference, parse_size
 
 
 class SandboxPolicy(Configurable):
@@ -78,7 +78,8 @@ class SandboxPolicy(Configurable):
         if self.max_memory:
             most = parse_size(self.max_memory, "max_memory")
             if limits.memory is None or limits.memory > most:
-                raise UsageError(f"memory {_size(limits.memory)} is more than this server allows "
+                shown = format_size(limits.memory, none="unlimited")
+                raise UsageError(f"memory {shown} is more than this server allows "
                                  f"({self.max_memory}: c.SandboxPolicy.max_memory)")
         if self.max_cpus is not None and (limits.cpus is None or limits.cpus > self.max_cpus):
             raise UsageError(f"{limits.cpus if limits.cpus is not None else 'unlimited'} CPUs is more than this "
@@ -89,7 +90,8 @@ class SandboxPolicy(Configurable):
         if self.max_disk and _disk_limits():
             most = parse_size(self.max_disk, "max_disk")
             if limits.disk is None or limits.disk > most:
-                raise UsageError(f"a disk of {_size(limits.disk)} is more than this server allows "
+                shown = format_size(limits.disk, none="unlimited")
+                raise UsageError(f"a disk of {shown} is more than this server allows "
                                  f"({self.max_disk}: c.SandboxPolicy.max_disk)")
 
     def check(self, spec: ContainerSpec, *, own_mounts: int = 0) -> None:
@@ -114,7 +116,3 @@ class ServerPolicy(SandboxPolicy):
 def _disk_limits() -> bool:
     """Whether this process can give containers a disk limit (root: loop devices; see runtime/disk.py)."""
     return os.geteuid() == 0
-
-
-def _size(value: int | None) -> str:
-    return "unlimited" if value is None else f"{value / (1 << 20):g} MiB"

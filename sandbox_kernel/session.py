@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .runtime import ContainerError, Containers, ContainerSpec, SandboxError
+from .runtime import ContainerError, Containers, ContainerSpec, SandboxError, format_size
 
 AGENT_DIR = Path(__file__).resolve().parent / "agent"
 AGENT_MOUNT = "/.sandbox-kernel"
@@ -104,13 +104,9 @@ class _Budget:
             limit = self.limits.stream if kind == "stream" else self.limits.display
             what = "output" if kind == "stream" else "display data"
             option = "output_limit" if kind == "stream" else "display_limit"
-            parts.append(f"{_mib(size)} of {what} dropped: {when} keeps {_mib(limit)} "
+            parts.append(f"{format_size(size)} of {what} dropped: {when} keeps {format_size(limit)} "
                          f"(c.ContainerMagics.{option})")
         return f"[sandbox-kernel: {'; '.join(parts)}]\n"
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1 << 20):.1f} MiB"
 
 
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')

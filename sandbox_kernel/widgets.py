@@ -29,20 +29,10 @@ from typing import Any
 import ipywidgets as w
 
 from .client import Client, ContainerRow, LimitsRow, LocalClient, Progress, limits_row
-from .runtime import Limits
+from .runtime import Limits, format_size
 
 NEW = "(defaults for new containers)"
 _MIB = 1 << 20
-
-
-def _size(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def _duration(seconds: float | None) -> str:
@@ -215,7 +205,7 @@ class Panel(w.VBox):
         rows = self.client.images()
         self.images_table.value = _table(
             "sk-images", ["image", "id", "size", "created"],
-            [[r.ref, r.id.split(":", 1)[-1][:12], _size(r.size), (r.created or "")[:19].replace("T", " ")]
+            [[r.ref, r.id.split(":", 1)[-1][:12], _shown(r.size), (r.created or "")[:19].replace("T", " ")]
              for r in rows])
         refs = [r.ref for r in rows]
         keep = self.image_select.value if self.image_select.value in refs else (refs[0] if refs else None)
@@ -228,7 +218,7 @@ class Panel(w.VBox):
             "sk-containers", ["name", "image", "status", "uptime", "CPU %", "memory", "pids"],
             [[r.name, r.image, r.status, _duration(r.uptime),
               "-" if r.cpu_percent is None else f"{r.cpu_percent:.1f}",
-              f"{_size(r.memory)} / {_size(r.memory_limit) if r.memory_limit else 'no limit'}",
+              f"{_shown(r.memory)} / {_shown(r.memory_limit) if r.memory_limit else 'no limit'}",
               "-" if r.pids is None else f"{r.pids} / {r.pids_limit or 'no limit'}"] for r in rows])
         names = [r.name for r in rows]
         if list(self.container_select.options) != names:
@@ -283,7 +273,7 @@ class Panel(w.VBox):
                     self.layer_bars.children = tuple(bars.values())
                 bar.value = done / total if total else 0.0
             self.pull_bar.value = state.fraction
-            self.pull_label.value = f"{_size(state.done)} of {_size(state.total)}, {_size(state.speed)}/s"
+            self.pull_label.value = f"{_shown(state.done)} of {_shown(state.total)}, {_shown(state.speed)}/s"
 
         try:
             digest = self.client.pull(reference, insecure=insecure, progress=progress)
@@ -318,7 +308,7 @@ class Panel(w.VBox):
         rows = self.client.history(self.image_select.value)
         self.history_view.value = _table(
             "sk-history", ["created", "created by", "size", "comment"],
-            [[(r.get("Created") or "")[:19].replace("T", " "), r.get("CreatedBy") or "", _size(r.get("Size") or 0),
+            [[(r.get("Created") or "")[:19].replace("T", " "), r.get("CreatedBy") or "", _shown(r.get("Size") or 0),
               r.get("Comment") or ""] for r in rows])
 
     # -- containers -----------------------------------------------------------------------------------------------
@@ -399,7 +389,11 @@ class Panel(w.VBox):
 
 
 def _limits_text(limits: LimitsRow) -> str:
-    memory = "no limit" if limits.memory is None else _size(limits.memory)
+    memory = "no limit" if limits.memory is None else _shown(limits.memory)
     cpus = "no limit" if limits.cpus is None else f"{limits.cpus:g}"
     pids = "no limit" if limits.pids is None else str(limits.pids)
     return f"applied: memory {memory}, cpus {cpus}, pids {pids}"
+
+
+def _shown(n: float | None) -> str:
+    return format_size(n, none="-")

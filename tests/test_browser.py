@@ -142,7 +142,7 @@ def test_pull_and_slider_in_jupyterlab(base_store, plain_registry, tmp_path, out
             page.keyboard.press("Control+A")
             page.keyboard.type("96")
             page.keyboard.press("Enter")
-            expect(panel.locator(".widget-label", has_text="applied: memory 96.0 MiB")).to_be_visible()
+            expect(panel.locator(".widget-label", has_text="applied: memory 96 MiB")).to_be_visible()
             assert containers.get("lab-demo").spec.limits.memory == 96 * MIB
             assert containers.stats("lab-demo").limits.memory == 96 * MIB
             expect(panel.locator(".sk-error")).not_to_contain_text("Traceback")

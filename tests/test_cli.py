@@ -157,3 +157,14 @@ def test_full_disk_is_one_line_and_loses_nothing(tmp_path, base_store):
         assert list((other / "blobs/sha256").iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_one_size_formatter_for_every_frontend():
+    """Limits and messages in binary units, docker's tables in decimal ones; never an exponent."""
+    from sandbox_kernel.runtime import format_size
+
+    assert [format_size(n) for n in (None, 512, 4 << 20, 1536 << 20, 1000 << 20, 100_000, 5000 << 40)] == [
+        "no limit", "512 B", "4 MiB", "1.5 GiB", "0.977 GiB", "97.7 KiB", "5000 TiB"]
+    assert [format_size(n, docker=True) for n in (999, 4_260_000, 999_700, 67_108_864)] == [
+        "999B", "4.26MB", "1MB", "67.1MB"]
+    assert format_size(None, none="unlimited") == "unlimited"

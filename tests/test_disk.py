@@ -89,7 +89,7 @@ def test_a_container_without_room_for_its_disk_is_refused_and_nothing_is_made(ow
     store, containers = own
     free = os.statvfs(store.root).f_bavail * os.statvfs(store.root).f_frsize
     with pytest.raises(DiskError, match=r"^no room for a container with a .* GiB disk: .* GiB free where the store "
-                                        r"is, .* promised to other containers and 1.0 GiB kept for the host"):
+                                        r"is, .* promised to other containers and 1 GiB kept for the host"):
         containers.create(ContainerSpec(image=BUSYBOX, name="huge", limits=Limits(disk=free)))
     assert containers.list(all=True) == []
     # two that fit one by one but not together: the second is refused while the first exists

@@ -35,7 +35,7 @@ def test_output_past_the_limit_is_dropped_and_counted_not_decoded():
     session._note_pending()  # a cell begins: the notice goes out after what was kept
     assert session.pending[-1][0] == "dropped"
     notice = session.pending[-1][1]
-    assert "dropped: the time between two cells keeps 0.1 MiB (c.ContainerMagics.output_limit)" in notice
+    assert "dropped: the time between two cells keeps 97.7 KiB (c.ContainerMagics.output_limit)" in notice
     session._on_stdout(frame(line))
     assert [kind for kind, _ in queued(session)] == ["msg"], "the cell has its own budget"
 

@@ -45,7 +45,7 @@ from .errors import (
 from .fsutil import private_dir
 from .image.store import Image, Store
 from .rootfs import RootfsPlan
-from .spec import ContainerSpec, Limits
+from .spec import ContainerSpec, Limits, format_size
 from .state import (
     ACTIVE,
     CREATED,
@@ -97,7 +97,7 @@ class ContainerResult:
     def message(self) -> str | None:
         """The one plain sentence a user needs when a limit ended the container."""
         if self.oom_killed:
-            limit = f" (limit {self.memory_limit >> 20} MiB)" if self.memory_limit else ""
+            limit = f" (limit {format_size(self.memory_limit)})" if self.memory_limit else ""
             return f"out of memory{limit}: the container was killed"
         return None
 

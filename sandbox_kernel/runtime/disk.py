@@ -33,6 +33,7 @@ from pathlib import Path
 
 from . import syscalls as sc
 from .errors import ContainerError, UsageError
+from .spec import format_size
 
 IMAGE = "disk.img"
 MOUNT = "disk"
@@ -93,8 +94,9 @@ def check_room(containers: Path, size: int) -> None:
     free = st.f_bavail * st.f_frsize
     others = reserved(containers)
     if free - others - RESERVE < size:
-        raise DiskError(f"no room for a container with a {_gib(size)} disk: {_gib(free)} free where the store is, "
-                        f"{_gib(others)} of it promised to other containers and {_gib(RESERVE)} kept for the host "
+        raise DiskError(f"no room for a container with a {format_size(size)} disk: {format_size(free)} free where "
+                        f"the store is, {format_size(others)} of it promised to other containers and "
+                        f"{format_size(RESERVE)} kept for the host "
                         "(remove containers, or ask for less with --disk)")
 
 
@@ -243,7 +245,3 @@ def usage(cdir: Path) -> Usage | None:
     st = os.statvfs(cdir / MOUNT)
     return Usage(used=(st.f_blocks - st.f_bfree) * st.f_frsize, size=st.f_blocks * st.f_frsize,
                  available=st.f_bavail * st.f_frsize)
-
-
-def _gib(size: int) -> str:
-    return f"{size / (1 << 30):.1f} GiB"

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 from .errors import UsageError
-from .spec import Limits
+from .spec import Limits, format_size
 
 
 @dataclass(frozen=True)
@@ -45,20 +45,17 @@ def capacity() -> HostCapacity:
     return HostCapacity(memory=memory or 1 << 62, cpus=cpus, pids=pids)
 
 
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.0f} MiB" if n < 10 << 30 else f"{n / (1 << 30):.1f} GiB"
-
-
 def check_limits(limits: Limits, memory_used: int | None = None, pids_used: int | None = None,
                  host: HostCapacity | None = None) -> None:
     """A UsageError naming the first limit that cannot be applied; nothing when all can."""
     host = host or capacity()
     if limits.memory is not None:
         if limits.memory > host.memory:
-            raise UsageError(f"memory limit {_mib(limits.memory)} is more than this host has ({_mib(host.memory)})")
+            raise UsageError(f"memory limit {format_size(limits.memory)} is more than this host has "
+                             f"({format_size(host.memory)})")
         if memory_used is not None and limits.memory < memory_used:
-            raise UsageError(f"memory limit {_mib(limits.memory)} is below what the container uses now "
-                             f"({_mib(memory_used)})")
+            raise UsageError(f"memory limit {format_size(limits.memory)} is below what the container uses now "
+                             f"({format_size(memory_used)})")
     if limits.cpus is not None and limits.cpus > host.cpus:
         raise UsageError(f"cpus limit {limits.cpus:g} is more than this host has ({host.cpus})")
     if limits.pids is not None:

@@ -38,6 +38,28 @@ def parse_size(text: str | int, what: str = "size") -> int:
     return value
 
 
+def format_size(n: float | None, *, docker: bool = False, none: str = "no limit") -> str:
+    """Bytes as people read them, the one formatter every frontend and message uses.
+
+    Limits, usage and messages: binary units, three significant digits (``64 MiB``,
+    ``1.5 GiB``), as docker writes memory limits. ``docker=True``: docker's tables
+    (images, history, stats), decimal units without a space (``4.26MB``). ``none`` for
+    no value (no limit)."""
+    if n is None:
+        return none
+    units = (("B", 1), ("kB", 1000), ("MB", 1000**2), ("GB", 1000**3), ("TB", 1000**4)) if docker else \
+        (("B", 1), ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40))
+    space = "" if docker else " "
+    at = max([i for i, (_, scale) in enumerate(units) if n >= scale] or [0])
+    if at + 1 < len(units) and n / units[at][1] >= 999.5:  # never four digits: 1000 MiB is 0.977 GiB
+        at += 1
+    unit, scale = units[at]
+    if scale == 1:
+        return f"{int(n)}{space}B"
+    value = n / scale
+    return f"{value:.3g}{space}{unit}" if value < 999.5 else f"{value:.0f}{space}{unit}"  # (past the last unit)
+
+
 def parse_cpus(text: str | float) -> float:
     try:
         value = float(text)

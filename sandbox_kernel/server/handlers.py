@@ -51,6 +51,7 @@ from ..runtime import (
     RegistryError,
     SandboxError,
     UsageError,
+    format_size,
 )
 from ..runtime.spec import MIN_DISK
 
@@ -284,7 +285,7 @@ def _limits(body: Any) -> LimitsRow:
     if pids is not None and pids < 1:
         raise _bad("pids: must be at least 1")
     if disk is not None and disk < MIN_DISK:
-        raise _bad(f"disk: the minimum is {MIN_DISK >> 20} MiB ({MIN_DISK} bytes)")
+        raise _bad(f"disk: the minimum is {format_size(MIN_DISK)} ({MIN_DISK} bytes)")
     return LimitsRow(memory=memory, cpus=None if cpus is None else float(cpus), pids=pids, disk=disk)
 
 

@@ -50,7 +50,7 @@ def panel(client):
 
 def cgroup_memory_limit(client: LocalClient, name: str) -> int | None:
     """What the kernel holds for the container (not what the config says)."""
-    return cgroup_limits(client.runtime._find(name).read_config()["cgroup"])["memory"]
+    return cgroup_limits(client.runtime._find(name).record().cgroup)["memory"]
 
 
 def test_tables_show_images_and_live_containers(panel, client):

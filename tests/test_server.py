@@ -468,7 +468,7 @@ def test_a_slow_client_holds_the_work_back_and_the_server_does_not_grow(served):
     server, store = served
     containers = Containers(store)
     cid = containers.run_detached(ContainerSpec(image=BUSYBOX, command=("sleep", "3600"), name="slowreader"))
-    cgroup = containers._find(cid).read_config()["cgroup"]
+    cgroup = containers._find(cid).record().cgroup
     try:
         before = _rss_mb(server.proc.pid)
         sock, _ = _open_stream(server, "POST", "containers/slowreader/exec",

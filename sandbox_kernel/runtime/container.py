@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ from .errors import (
 )
 from .fsutil import private_dir
 from .image.store import Image, Store
+from .record import ETC_FILES, ContainerRecord, ProcessRecord
 from .rootfs import RootfsPlan
 from .spec import ContainerSpec, Limits, format_size
 from .state import (
@@ -64,7 +65,6 @@ from .state import (
 from .stdio import Output, Relay
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-ETC_FILES = ("hostname", "hosts", "resolv.conf")
 
 if TYPE_CHECKING:
     from . import launcher, process
@@ -157,12 +157,6 @@ def _argv(image: Image, spec: ContainerSpec) -> list[str]:
     return argv
 
 
-def mount_points(config: dict[str, Any]) -> set[str]:
-    """What the runtime mounts over in a container's root (relative paths): not the container's changes."""
-    spec = ContainerSpec.from_dict(config["spec"])
-    return {f"etc/{name}" for name in ETC_FILES} | {m.target.strip("/") for m in spec.mounts}
-
-
 def _warm_key(image: Image, spec: ContainerSpec) -> tuple[str, ...] | None:
     """What a warm slot's rootfs depends on; None when it must not be built ahead (volumes: host paths)."""
     if spec.mounts:
@@ -184,15 +178,16 @@ def _rlimits(ulimits: tuple[tuple[str, int, int], ...]) -> tuple[tuple[int, int,
     return tuple(out)
 
 
-def _process_plan(proc: dict[str, Any], spec: ContainerSpec, config: dict[str, Any]) -> process.ProcessPlan:
-    userns = config.get("idmap") is not None
+def _process_plan(proc: ProcessRecord, record: ContainerRecord) -> process.ProcessPlan:
+    spec = record.spec
+    userns = record.idmap is not None
     return process.ProcessPlan(
-        argv=tuple(proc["argv"]),
-        env=tuple((k, v) for k, v in proc["env"].items()),
-        cwd=proc["cwd"],
-        uid=proc["uid"],
-        gid=proc["gid"],
-        groups=tuple(proc["groups"]),
+        argv=proc.argv,
+        env=proc.env,
+        cwd=proc.cwd,
+        uid=proc.uid,
+        gid=proc.gid,
+        groups=proc.groups,
         rlimits=_rlimits(spec.ulimits),
         userns=userns,
         # a writable volume is a host folder: no setuid or setgid file may appear in it (security.py)
@@ -274,10 +269,9 @@ class Containers:
         return matches[0]
 
     def _info(self, cdir: ContainerDir, state: State | None = None) -> ContainerInfo:
-        config = cdir.read_config()
-        spec = ContainerSpec.from_dict(config["spec"])
-        return ContainerInfo(cdir.id, config["name"], spec.image, config["image_id"], tuple(config["process"]["argv"]),
-                             state or cdir.read_state(), spec)
+        record = cdir.record()
+        return ContainerInfo(cdir.id, record.name, record.spec.image, record.image_id, record.process.argv,
+                             state or cdir.read_state(), record.spec)
 
     def get(self, ref: str) -> ContainerInfo:
         """One container, its state reconciled."""
@@ -318,10 +312,10 @@ class Containers:
             try:
                 if time.time() - path.stat().st_mtime < 60:
                     continue
-                config = ContainerDir(path).read_config()
+                cgroup = ContainerDir(path).record().cgroup
                 with contextlib.suppress(CgroupError):
-                    open_cgroup(config["cgroup"]).remove()
-            except (OSError, ContainerError, KeyError):
+                    open_cgroup(cgroup).remove()
+            except (OSError, ContainerError):
                 pass
             remove_dir(path)
 
@@ -357,8 +351,8 @@ class Containers:
             if state.status not in ACTIVE or state.monitor().alive():
                 return state
             # The monitor died. PID 1 died with it (PDEATHSIG); make sure of the rest and clean up.
-            config = cdir.read_config()
-            cgroup = open_cgroup(config["cgroup"])
+            record = cdir.record()
+            cgroup = open_cgroup(record.cgroup)
             try:
                 cgroup.thaw()
                 cgroup.kill()
@@ -370,12 +364,10 @@ class Containers:
             state.error = state.error or "its monitor process died (killed?); the container was stopped"
             state.pid = state.pid_start = state.monitor_pid = state.monitor_start = 0
             state.finished_at = time.time()
-            spec = ContainerSpec.from_dict(config["spec"])
-            remove = spec.remove
-        if spec.network.network is not None:  # its address and veth, which its monitor did not get to free
-            self._disconnect(cdir, spec.network.network)
-        if remove:
-            self._delete(cdir, config["name"])
+        if record.spec.network.network is not None:  # its address and veth, which its monitor did not free
+            self._disconnect(cdir, record.spec.network.network)
+        if record.spec.remove:
+            self._delete(cdir, record.name)
             return None
         return state
 
@@ -402,8 +394,8 @@ class Containers:
         return self._create(spec, self.store.resolve(spec.image))[0]
 
     def _create(self, spec: ContainerSpec, image: Image,
-                warm: Speculation | None = None) -> tuple[str, dict[str, Any]]:
-        """``create``: the id and config; with ``warm``, it takes the id and directory a warm slot prepared."""
+                warm: Speculation | None = None) -> tuple[str, ContainerRecord]:
+        """``create``: the id and record; with ``warm``, it takes the id and directory a warm slot prepared."""
         if spec.name is not None and (not spec.name or not all(c.isalnum() or c in "_.-" for c in spec.name)
                                       or not spec.name[0].isalnum()):
             raise UsageError(f"invalid container name {spec.name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
@@ -416,25 +408,12 @@ class Containers:
         name = spec.name or f"sk-{cid[:12]}"
         hostname = spec.hostname or cid[:12]
         user = users_mod.resolve(spec.user or (image.config.get("config") or {}).get("User") or "0", lowers)
-        config = {
-            "id": cid,
-            "name": name,
-            "image_id": image.id,
-            "image_manifest": image.manifest_digest,  # the store keeps this image while the container exists
-            "idmap": mapping.to_json() if mapping is not None else None,  # None: host ids (--userns=host)
-            "spec": asdict(spec),
-            "cgroup": cid[:32],
-            "hostname": hostname,
-            "lowerdirs": lowers,
-            "process": {
-                "argv": _argv(image, spec),
-                "env": _env(image, spec, hostname, user.home),
-                "cwd": _cwd(image, spec),
-                "uid": user.uid,
-                "gid": user.gid,
-                "groups": list(user.groups),
-            },
-        }
+        record = ContainerRecord(
+            id=cid, name=name, image_id=image.id, image_manifest=image.manifest_digest, idmap=mapping, spec=spec,
+            cgroup=cid[:32], hostname=hostname, lowerdirs=tuple(lowers),
+            process=ProcessRecord(argv=tuple(_argv(image, spec)),
+                                  env=tuple(_env(image, spec, hostname, user.home).items()), cwd=_cwd(image, spec),
+                                  uid=user.uid, gid=user.gid, groups=tuple(user.groups)))
         cdir = ContainerDir(self.root / cid)
         if warm is None:
             with self._disk_room(spec.limits.disk):
@@ -444,7 +423,7 @@ class Containers:
             if not self.names.claim(name, cid, lambda other: (self.root / other / "config.json").exists()):
                 raise ContainerError(f"the container name {name!r} is already in use by container "
                                      f"{(self.names.lookup(name) or '?')[:12]}: remove it or pick another name")
-            cdir.write_config(config)  # a directory with a config is a container
+            cdir.save_record(record)  # a directory with a config is a container
             if warm is not None:
                 (cdir.path / WARM_MARK).unlink()
         except BaseException:
@@ -452,7 +431,7 @@ class Containers:
                 self.names.release(name, cid)
             remove_dir(cdir.path)
             raise
-        return cid, config
+        return cid, record
 
     @contextlib.contextmanager
     def _disk_room(self, size: int | None) -> Iterator[None]:
@@ -509,31 +488,29 @@ class Containers:
     # -- start, run, wait ----------------------------------------------------------------------------------------
 
     def _job(self, cdir: ContainerDir, detached: bool,
-             created: tuple[ContainerSpec, dict[str, Any]] | None = None) -> tuple[Job, ContainerSpec]:
-        """What the monitor needs; ``created``: the spec and config the container was just created with."""
+             created: ContainerRecord | None = None) -> tuple[Job, ContainerSpec]:
+        """What the monitor needs; ``created``: the record the container was just created with."""
         if created is not None:
-            spec, config = created
+            record = created
         else:  # a container made earlier: its layers may have gone since
-            config = cdir.read_config()
-            spec = ContainerSpec.from_dict(config["spec"])
-            if "idmap" not in config:
-                raise ContainerError(f"container {config['name']} was made by an earlier version, whose containers "
+            record = cdir.record()
+            if record.legacy:
+                raise ContainerError(f"container {record.name} was made by an earlier version, whose containers "
                                      "ran as the host's root: remove it and make it again")
-            for layer in config["lowerdirs"]:
+            for layer in record.lowerdirs:
                 if not os.path.isdir(layer):
-                    raise ImageNotFound(f"container {config['name']}: a layer of its image {spec.image} is gone "
+                    raise ImageNotFound(f"container {record.name}: a layer of its image {record.spec.image} is gone "
                                         f"({os.path.basename(layer)[:12]}); remove the container")
-        path = cdir.path
+        spec = record.spec
         if spec.limits.disk is not None:
             cdir.layer()  # its disk mounted (after a reboot, it is not)
-        plan = self._rootfs_plan(path, config["lowerdirs"], spec, config["process"]["cwd"],
-                                 idmap_mod.IdMap.from_json(config["idmap"]))
+        plan = self._rootfs_plan(cdir.path, list(record.lowerdirs), spec, record.process.cwd, record.idmap)
         from .monitor import Job
 
-        job = Job(cdir=str(path), name=config["name"], plan=plan, hostname=config["hostname"],
-                  proc=_process_plan(config["process"], spec, config), cgroup=config["cgroup"], limits=spec.limits,
+        job = Job(cdir=str(cdir.path), name=record.name, plan=plan, hostname=record.hostname,
+                  proc=_process_plan(record.process, record), cgroup=record.cgroup, limits=spec.limits,
                   detached=detached, remove=spec.remove, log_max=spec.log_size, fresh=created is not None,
-                  network=self._net_job(cdir, spec, config), host_network=spec.network.mode == "host")
+                  network=self._net_job(cdir, record), host_network=spec.network.mode == "host")
         return job, spec
 
     def _listeners(self, spec: ContainerSpec) -> list[tuple[Any, int]]:
@@ -573,9 +550,9 @@ class Containers:
                 sock.close()
             listeners.clear()
 
-    def _net_job(self, cdir: ContainerDir, spec: ContainerSpec, config: dict[str, Any]) -> Any:
+    def _net_job(self, cdir: ContainerDir, record: ContainerRecord) -> Any:
         """The network part of a job: None (loopback only), or the network to join (made for ``bridge``)."""
-        name = spec.network.network
+        name = record.spec.network.network
         if name is None:
             return None
         from .monitor import NetJob
@@ -589,7 +566,7 @@ class Containers:
                 raise NetworkError(f"no such network: {name} (sandbox-kernel network create {name})") from None
             with contextlib.suppress(NetworkError):  # another process may make it at the same time
                 networks.create(DEFAULT_NETWORK)
-        return NetJob(str(self.store.root), name, cdir.id, config["name"], config["hostname"],
+        return NetJob(str(self.store.root), name, cdir.id, record.name, record.hostname,
                       os.environ.get(NETNS_ENV) or None)
 
     def start(self, ref: str) -> ContainerInfo:
@@ -625,13 +602,12 @@ class Containers:
         # (a warm slot has a network namespace of its own: a host-network container gets a slot made for it)
         slot = launcher.take_spare(key) if spec.network.mode != "host" else None
         try:
-            cid, config = self._create(spec, image, slot.speculation if slot is not None else None)
+            cid, record = self._create(spec, image, slot.speculation if slot is not None else None)
         except BaseException:
             if slot is not None:
                 launcher.drop(slot)
             raise
-        return self._foreground(ContainerDir(self.root / cid), (spec, config), slot, key, stdin, stdout, stderr,
-                                on_start)
+        return self._foreground(ContainerDir(self.root / cid), record, slot, key, stdin, stdout, stderr, on_start)
 
     def start_attached(self, ref: str, *, stdin: int | None = 0, stdout: Output = 1, stderr: Output = 2,
                        on_start: Callable[[str], None] | None = None) -> ContainerResult:
@@ -642,12 +618,12 @@ class Containers:
             raise ContainerError(f"container {ref} is already running")
         return self._foreground(cdir, None, None, None, stdin, stdout, stderr, on_start)
 
-    def _foreground(self, cdir: ContainerDir, created: tuple[ContainerSpec, dict[str, Any]] | None,
+    def _foreground(self, cdir: ContainerDir, created: ContainerRecord | None,
                     slot: Any, key: tuple[str, ...] | None, stdin: int | None, stdout: Output, stderr: Output,
                     on_start: Callable[[str], None] | None) -> ContainerResult:
         """Start ``cdir`` (just ``created``, or made earlier) with the caller's stdio and wait for its exit."""
         cid = cdir.id
-        remove = created[0].remove if created is not None else False
+        remove = created.spec.remove if created is not None else False
         listeners: list[tuple[Any, int]] = []
         with Relay(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
             try:
@@ -746,16 +722,13 @@ class Containers:
         if state is None or state.status != RUNNING:
             what = "paused: resume it first" if state and state.status == PAUSED else "not running"
             raise ContainerError(f"container {ref} is {what}")
-        config = cdir.read_config()
-        proc = dict(config["process"])
-        proc["argv"] = list(argv)
-        proc["env"] = {**proc["env"], **dict(env)}
-        if workdir:
-            proc["cwd"] = workdir
+        record = cdir.record()
+        proc = replace(record.process, argv=tuple(argv), env=tuple({**dict(record.process.env), **dict(env)}.items()),
+                       cwd=workdir or record.process.cwd)
         if user:
-            found = users_mod.resolve(user, config["lowerdirs"])
-            proc.update(uid=found.uid, gid=found.gid, groups=list(found.groups))
-        plan = _process_plan(proc, ContainerSpec.from_dict(config["spec"]), config)
+            found = users_mod.resolve(user, list(record.lowerdirs))
+            proc = replace(proc, uid=found.uid, gid=found.gid, groups=tuple(found.groups))
+        plan = _process_plan(proc, record)
         pidfd = _pidfd(state.pid1())
         if pidfd is None:
             raise ContainerError(f"container {ref} is not running")
@@ -765,7 +738,7 @@ class Containers:
                 stdio.close_child_ends()
                 try:
                     try:
-                        open_cgroup(config["cgroup"]).add(helper)
+                        open_cgroup(record.cgroup).add(helper)
                         os.write(go_w, b"g")
                     finally:
                         os.close(go_w)
@@ -810,10 +783,10 @@ class Containers:
         state = self._reconcile(cdir)
         if state is None or state.status not in (RUNNING, PAUSED):
             return state or State(status=EXITED)
-        config = cdir.read_config()
+        cgroup = cdir.record().cgroup
         if state.status == PAUSED:  # a frozen process cannot act on SIGTERM
             _send_signal(state.pid1(), signal.SIGKILL)
-            open_cgroup(config["cgroup"]).thaw()
+            open_cgroup(cgroup).thaw()
         else:
             _send_signal(state.pid1(), signal.SIGTERM)
         pidfd = _pidfd(state.pid1())
@@ -832,7 +805,7 @@ class Containers:
         cdir, state = self._running(ref)
         if state.status == PAUSED:
             raise ContainerError(f"container {ref} is already paused")
-        open_cgroup(cdir.read_config()["cgroup"]).freeze()
+        open_cgroup(cdir.record().cgroup).freeze()
         with cdir.locked() as state:
             if state.status == RUNNING:
                 state.status = PAUSED
@@ -841,7 +814,7 @@ class Containers:
         cdir, state = self._running(ref)
         if state.status != PAUSED:
             raise ContainerError(f"container {ref} is not paused")
-        open_cgroup(cdir.read_config()["cgroup"]).thaw()
+        open_cgroup(cdir.record().cgroup).thaw()
         with cdir.locked() as state:
             if state.status == PAUSED:
                 state.status = RUNNING
@@ -852,14 +825,31 @@ class Containers:
         """What the container changed over its image (``docker diff``), read while it is frozen."""
         from .snapshot import diff_container
 
-        return diff_container(self, ref)
+        cdir = self._find(ref)
+        return diff_container(cdir, cdir.record(), self._held_still(ref))
 
     def commit(self, ref: str, target: str | None = None, *, message: str | None = None,
                created_by: str | None = None, compression: Compression = "gzip") -> Image:
         """The container's changes as a new image (one layer over its image), tagged ``target``."""
         from .snapshot import commit
 
-        return commit(self, ref, target, message=message, created_by=created_by, compression=compression)
+        cdir = self._find(ref)
+        record = cdir.record()
+        return commit(self.store, cdir, record, self._held_still(ref), self.get(ref).command, target,
+                      message=message, created_by=created_by, compression=compression)
+
+    @contextlib.contextmanager
+    def _held_still(self, ref: str) -> Iterator[None]:
+        """A running container is paused while its files are read, then resumed (a paused one stays so)."""
+        if self.get(ref).state.status != RUNNING:
+            yield
+            return
+        self.pause(ref)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ContainerError):
+                self.resume(ref)
 
     # -- limits, stats, logs -------------------------------------------------------------------------------------
 
@@ -875,21 +865,18 @@ class Containers:
         state = self._reconcile(cdir)
         if state is None:
             raise ContainerNotFound(f"no such container: {ref}")
-        config = cdir.read_config()
-        spec = ContainerSpec.from_dict(config["spec"])
-        if limits.disk is not None and limits.disk != spec.limits.disk:
+        record = cdir.record()
+        if limits.disk is not None and limits.disk != record.spec.limits.disk:
             raise UsageError("the disk limit is fixed when a container is made: commit it and make a new one")
-        limits = replace(limits, disk=spec.limits.disk)
-        spec = replace(spec, limits=limits)
+        limits = replace(limits, disk=record.spec.limits.disk)
         if state.status in (RUNNING, PAUSED):
-            cgroup = open_cgroup(config["cgroup"])
+            cgroup = open_cgroup(record.cgroup)
             usage = cgroup.stats()
             check_limits(limits, usage.memory_current, usage.pids)
             cgroup.apply(limits)
         else:
             check_limits(limits)
-        config["spec"] = asdict(spec)
-        cdir.write_config(config)
+        cdir.save_record(record.with_limits(limits))
         return limits
 
     def disk_usage(self, ref: str) -> disk.Usage | None:
@@ -902,14 +889,13 @@ class Containers:
 
     def stats(self, ref: str) -> ContainerStats:
         cdir, _state = self._running(ref)
-        config = cdir.read_config()
-        usage = open_cgroup(config["cgroup"]).stats()
-        return ContainerStats(cdir.id, config["name"], usage, ContainerSpec.from_dict(config["spec"]).limits)
+        record = cdir.record()
+        return ContainerStats(cdir.id, record.name, open_cgroup(record.cgroup).stats(), record.spec.limits)
 
     def reset_peak(self, ref: str) -> bool:
         """Start the container's memory peak over (for a cell's peak); False where the cgroup cannot."""
         cdir, _state = self._running(ref)
-        return open_cgroup(cdir.read_config()["cgroup"]).reset_peak()
+        return open_cgroup(cdir.record().cgroup).reset_peak()
 
     def logs(self, ref: str, follow: bool = False,
              cancelled: Callable[[], bool] | None = None) -> Iterator[tuple[int, bytes]]:
@@ -939,17 +925,17 @@ class Containers:
         if state is None:
             return cdir.id
         # (read first: a --rm container's monitor removes its directory as soon as it has stopped)
-        config = cdir.read_config()
+        record = cdir.record()
         if state.status in (RUNNING, PAUSED):
             if not force:
                 raise ContainerError(f"container {ref} is {state.status}: stop it first, or use rm -f")
             self.stop(cdir.id, timeout=0)
-        network = ContainerSpec.from_dict(config["spec"]).network.network
+        network = record.spec.network.network
         if network is not None:  # now, not when its monitor gets to it: a network rm right after must work
             self._disconnect(cdir, network)
         with contextlib.suppress(CgroupError):
-            open_cgroup(config["cgroup"]).remove()
-        self._delete(cdir, config["name"])
+            open_cgroup(record.cgroup).remove()
+        self._delete(cdir, record.name)
         return cdir.id
 
     def _delete(self, cdir: ContainerDir, name: str) -> None:

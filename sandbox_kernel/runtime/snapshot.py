@@ -30,21 +30,22 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ContainerError, LayerError, SandboxError, StoreError
 from .fsutil import open_beneath
-from .idmap import IdMap
 from .image.layers import Compression, ExtractLimits, close_all, iter_tree, lower_fds, write_layer
 from .image.ref import parse_reference
 from .image.store import Image, Store
-from .state import RUNNING
 
 if TYPE_CHECKING:
-    from .container import Containers
+    from .record import ContainerRecord
+    from .state import ContainerDir
+
+Frozen = contextlib.AbstractContextManager[Any]  # holds the container still while its files are read
 
 
 @dataclass(frozen=True)
@@ -126,18 +127,14 @@ def diff(upper: Path, lowers: list[Path], mount_points: frozenset[str] | set[str
             if not (change.kind == "C" and stat.S_ISDIR(st.st_mode) and change.path not in parents)]
 
 
-def diff_container(containers: Containers, ref: str) -> list[Change]:
-    """``docker diff``: the container's changes, read while it is frozen (as commit reads them)."""
-    from .container import mount_points
-
-    cdir = containers._find(ref)
-    config = cdir.read_config()
-    info = containers.get(ref)
+def diff_container(cdir: ContainerDir, record: ContainerRecord, frozen: Frozen) -> list[Change]:
+    """``docker diff``: the container's changes, read while ``frozen`` holds it still (as commit reads them)."""
     try:
-        with _frozen(containers, ref, running=info.state.status == RUNNING):
-            return diff(cdir.layer()[0], [Path(p) for p in config["lowerdirs"]], mount_points(config))
+        with frozen:
+            return diff(cdir.layer()[0], [Path(p) for p in record.lowerdirs], record.mount_points())
     except LayerError as exc:
-        raise ContainerError(f"cannot diff container {ref}: {exc}") from None
+        raise ContainerError(f"cannot diff container {record.name}: {exc}") from None
+
 
 def _private(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_CLOEXEC, 0o600)
@@ -161,54 +158,36 @@ def _rfc3339(epoch: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-@contextlib.contextmanager
-def _frozen(containers: Containers, ref: str, running: bool) -> Iterator[None]:
-    """A running container is paused while its upper dir is read, then resumed (a paused one stays so)."""
-    if not running:
-        yield
-        return
-    containers.pause(ref)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ContainerError):
-            containers.resume(ref)
-
-
-def commit(containers: Containers, ref: str, target: str | None = None, *, message: str | None = None,
-           created_by: str | None = None, compression: Compression = "gzip") -> Image:
-    """Make an image of container ``ref``'s changes over its image, tagged ``target`` if given."""
-    from .container import mount_points
-
-    store: Store = containers.store
+def commit(store: Store, cdir: ContainerDir, record: ContainerRecord, frozen: Frozen, command: tuple[str, ...],
+           target: str | None = None, *, message: str | None = None, created_by: str | None = None,
+           compression: Compression = "gzip") -> Image:
+    """Make an image of the container's changes over its image, tagged ``target`` if given; its upper dir is
+    read while ``frozen`` holds the container still. ``command``: its history entry's default."""
     if target is not None:
         parse_reference(target)  # a bad name is refused before anything is written
-    cdir = containers._find(ref)
-    config = cdir.read_config()
-    info = containers.get(ref)
-    base = store.load_image(config["image_manifest"])
-    lowers = [Path(p) for p in config["lowerdirs"]]
+    base = store.load_image(record.image_manifest)
+    lowers = [Path(p) for p in record.lowerdirs]
     upper = cdir.layer()[0]  # (its disk mounted, if it has one)
     epoch = _epoch(base)
     with store.writing():
         tmp = store._tmp_path(".commit")
         try:
-            with _frozen(containers, ref, running=info.state.status == RUNNING):
+            with frozen:
                 fds = lower_fds(lowers)
                 try:
                     with open(tmp, "wb", opener=_private) as out:
                         written = write_layer(upper, out, compression=compression, epoch=None, clamp=epoch,
-                                              overlay_lowers=lowers, skip=_skipper(fds, mount_points(config)),
-                                              idmap=IdMap.from_json(config.get("idmap")))
+                                              overlay_lowers=lowers, skip=_skipper(fds, record.mount_points()),
+                                              idmap=record.idmap)
                         out.flush()
                         os.fsync(out.fileno())
                 finally:
                     close_all(fds)
             store.adopt(tmp, written.digest)  # hashed while written: moved in, not copied
         except LayerError as exc:
-            raise ContainerError(f"cannot commit container {ref}: {exc}") from None
+            raise ContainerError(f"cannot commit container {record.name}: {exc}") from None
         except OSError as exc:
-            raise StoreError(f"cannot commit container {ref}: {exc.strerror or exc}") from None
+            raise StoreError(f"cannot commit container {record.name}: {exc.strerror or exc}") from None
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -216,7 +195,7 @@ def commit(containers: Containers, ref: str, target: str | None = None, *, messa
         new_config["created"] = _rfc3339(epoch)
         new_config.setdefault("rootfs", {"type": "layers", "diff_ids": []})["diff_ids"].append(written.diff_id)
         entry: dict[str, Any] = {"created": _rfc3339(epoch),
-                                 "created_by": created_by or " ".join(info.command) or "sandbox-kernel commit"}
+                                 "created_by": created_by or " ".join(command) or "sandbox-kernel commit"}
         if message:
             entry["comment"] = message
         new_config.setdefault("history", []).append(entry)

@@ -40,8 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from . import disk
+from . import record as record_mod
 from .errors import StoreError
 from .fsutil import private_dir, remove_quietly, write_private
+from .record import ContainerRecord
 
 CREATED, STARTING, RUNNING, PAUSED, EXITED = "created", "starting", "running", "paused", "exited"
 ACTIVE = (STARTING, RUNNING, PAUSED)  # a monitor owns the container
@@ -180,14 +182,12 @@ class ContainerDir:
     def config_path(self) -> Path:
         return self.path / "config.json"
 
-    def read_config(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.config_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"container {self.id[:12]}: cannot read its config: {exc}") from None
+    def record(self) -> ContainerRecord:
+        """What the container was made as (its config.json, record.py)."""
+        return record_mod.load(self.config_path)
 
-    def write_config(self, config: dict[str, Any]) -> None:
-        _atomic_write(self.config_path, json.dumps(config))
+    def save_record(self, record: ContainerRecord) -> None:
+        record_mod.save(self.config_path, record)
 
     def read_state(self) -> State:
         try:

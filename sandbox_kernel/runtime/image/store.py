@@ -838,12 +838,14 @@ class Store:
         manifest) for as long as it exists: ``prune`` keeps them.
         """
         out: dict[str, list[str]] = {}
+        from ..record import load
+
         for config in (self.root / "containers").glob("*/config.json"):
             try:
-                data = json.loads(config.read_text())
-                out.setdefault(str(data["image_manifest"]), []).append(str(data["id"]))
-            except (OSError, ValueError, KeyError, TypeError):
+                record = load(config)
+            except StoreError:
                 continue
+            out.setdefault(record.image_manifest, []).append(record.id)
         return out
 
     def verify(self) -> list[str]:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .runtime import (
+    DEFAULT_ULIMITS,
     ContainerSpec,
     Limits,
     Mount,
@@ -20,11 +21,10 @@ from .runtime import (
     Store,
     UsageError,
     parse_env,
+    parse_publish,
     parse_size,
     parse_ulimit,
 )
-from .runtime.proxy import parse_publish
-from .runtime.spec import DEFAULT_ULIMITS
 
 if TYPE_CHECKING:  # the engine is imported by the commands that use it (pull, images... do not)
     from .runtime import Containers

@@ -10,7 +10,7 @@ from .runtime import Store
 
 
 def _networks(args: argparse.Namespace) -> Any:
-    from .runtime.network import Networks
+    from .runtime import Networks
 
     return Networks(Store(args.root).root)
 

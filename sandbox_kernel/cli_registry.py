@@ -23,11 +23,10 @@ def _store(args: argparse.Namespace) -> Store:
     return Store(args.root)
 
 
-def _options(args: argparse.Namespace, credentials: Any = None) -> Any:
-    from .runtime.image.transport import RegistryOptions
+def _options(args: argparse.Namespace) -> Any:
+    from .runtime import RegistryOptions
 
-    return RegistryOptions(insecure=args.insecure, ca_file=args.ca_file, cert_dir=args.cert_dir,
-                           credentials=credentials)
+    return RegistryOptions(insecure=args.insecure, ca_file=args.ca_file, cert_dir=args.cert_dir)
 
 
 class _Bars:
@@ -71,7 +70,7 @@ class _Bars:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from .runtime.image.pull import pull
+    from .runtime import pull
 
     bars = _Bars("Pull", args.quiet)
     try:
@@ -87,7 +86,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .runtime.image.push import push
+    from .runtime import push
 
     bars = _Bars("Push", args.quiet)
     try:
@@ -115,34 +114,23 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    from .runtime.image import credentials
-    from .runtime.image.registry import RegistryClient
+    from .runtime import login
 
-    registry = credentials.normalize(args.server or "docker.io")
     username = args.username
     if not username:
         if not sys.stdin.isatty() or args.password_stdin:
             raise UsageError("no user name: give --username")
         username = input("Username: ").strip()
-    creds = credentials.Credentials(username, _read_password(args))
-    client = RegistryClient(registry, _options(args, creds))
-    try:
-        client.transport.check_login()
-    finally:
-        client.close()
-    path = credentials.store(registry, creds)
+    _registry, path = login(args.server, username, _read_password(args), _options(args))
     print(f"Login Succeeded (credentials saved in {path})")
     return 0
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
-    from .runtime.image import credentials
+    from .runtime import logout
 
-    registry = credentials.normalize(args.server or "docker.io")
-    if credentials.remove(registry):
-        print(f"Removing login credentials for {registry}")
-    else:
-        print(f"Not logged in to {registry}")
+    registry, removed = logout(args.server)
+    print(f"Removing login credentials for {registry}" if removed else f"Not logged in to {registry}")
     return 0
 
 

@@ -20,8 +20,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .runtime import ContainerInfo, ContainerNotFound, Containers, ContainerSpec, Limits, Store
-from .runtime.host import HostCapacity, capacity
+from .runtime import (
+    ContainerInfo,
+    ContainerNotFound,
+    Containers,
+    ContainerSpec,
+    HostCapacity,
+    Limits,
+    Store,
+    capacity,
+)
 
 if TYPE_CHECKING:
     from .policy import SandboxPolicy

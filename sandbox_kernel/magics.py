@@ -43,7 +43,6 @@ from .runtime import (
     NetSpec,
     SandboxError,
     Store,
-    disk,
     format_size,
 )
 from .session import (
@@ -440,8 +439,8 @@ class ContainerMagics(Magics):
         if session.cid is None:
             return None
         try:  # (every cell: a stat and a statvfs, no more)
-            usage = disk.usage(self.containers.root / session.cid)
-        except OSError:
+            usage = self.containers.disk_usage(session.cid, attach=False)
+        except (OSError, SandboxError):
             return None
         full = usage is not None and usage.full
         said, session.disk_full_said = session.disk_full_said, full
@@ -731,7 +730,7 @@ class ContainerMagics(Magics):
 
     def _cmd_network(self, argv: list[str]) -> Any:
         """``%container network create NAME [--subnet CIDR] [--nat] [--allow-host] | ls | rm NAME...``"""
-        from .runtime.network import Networks
+        from .runtime import Networks
 
         networks = Networks(self.store.root)
         if argv[:1] == ["create"]:

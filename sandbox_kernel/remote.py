@@ -24,8 +24,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .client import ContainerRow, ImageRow, LimitsRow, Progress, ProgressCallback, StatsRow
-from .runtime import ContainerNotFound, ExecCancelled, RegistryError, SandboxError, UsageError, errors
-from .runtime.host import HostCapacity
+from .runtime import (
+    ContainerNotFound,
+    ExecCancelled,
+    HostCapacity,
+    RegistryError,
+    SandboxError,
+    UsageError,
+    errors,
+)
 
 HOST_ENV = "SANDBOX_KERNEL_HOST"
 TOKEN_ENV = "SANDBOX_KERNEL_TOKEN"

@@ -66,6 +66,15 @@ _WHERE = {
     "parse_size": ".spec",
     "parse_ulimit": ".spec",
     "State": ".state",
+    "HostCapacity": ".host",
+    "capacity": ".host",
+    "login": ".image.login",
+    "logout": ".image.login",
+    "Networks": ".network",
+    "NetworkError": ".network",
+    "parse_publish": ".proxy",
+    "DEFAULT_ULIMITS": ".spec",
+    "MIN_DISK": ".spec",
 }
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
@@ -98,6 +107,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         StoreError,
         UsageError,
     )
+    from .host import HostCapacity, capacity
     from .image.archive import (
         Loaded,
         load,
@@ -113,6 +123,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         extract_layer,
         write_layer,
     )
+    from .image.login import login, logout
     from .image.pull import ProgressEvent, PullResult, pull
     from .image.push import PushResult, push
     from .image.ref import (
@@ -126,7 +137,11 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         default_root,
     )
     from .image.transport import RegistryOptions
+    from .network import NetworkError, Networks
+    from .proxy import parse_publish
     from .spec import (
+        DEFAULT_ULIMITS,
+        MIN_DISK,
         ContainerSpec,
         Limits,
         Mount,
@@ -152,6 +167,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DEFAULT_ULIMITS",
+    "MIN_DISK",
     "RECIPES",
     "ArchiveError",
     "AuthError",
@@ -171,6 +188,7 @@ __all__ = [
     "ExecError",
     "ExtractLimits",
     "ExtractResult",
+    "HostCapacity",
     "Image",
     "ImageError",
     "ImageInUse",
@@ -180,6 +198,8 @@ __all__ = [
     "Loaded",
     "Mount",
     "NetSpec",
+    "NetworkError",
+    "Networks",
     "ProgressEvent",
     "PullResult",
     "PushResult",
@@ -193,12 +213,16 @@ __all__ = [
     "StoreError",
     "UsageError",
     "build",
+    "capacity",
     "default_root",
     "extract_layer",
     "format_size",
     "load",
+    "login",
+    "logout",
     "parse_cpus",
     "parse_env",
+    "parse_publish",
     "parse_reference",
     "parse_size",
     "parse_ulimit",

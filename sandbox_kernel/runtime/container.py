@@ -261,6 +261,8 @@ class Containers:
         cid = self.names.lookup(ref)
         if cid and (self.root / cid / "config.json").exists():
             return ContainerDir(self.root / cid)
+        if len(ref) == 64 and (self.root / ref / "config.json").exists():  # a full id: no listing needed
+            return ContainerDir(self.root / ref)
         matches = [d for d in self._dirs() if d.id.startswith(ref.lower()) and d.config_path.exists()]
         if len(matches) > 1:
             raise ContainerNotFound(f"container id prefix {ref!r} is ambiguous: {len(matches)} containers match")
@@ -879,9 +881,12 @@ class Containers:
         cdir.save_record(record.with_limits(limits))
         return limits
 
-    def disk_usage(self, ref: str) -> disk.Usage | None:
-        """What a container with a disk limit holds in its writable layer, and its size (None: no limit)."""
+    def disk_usage(self, ref: str, attach: bool = True) -> disk.Usage | None:
+        """What a container with a disk limit holds in its writable layer, and its size (None: no limit).
+        ``attach=False``: only if its disk is mounted now (a stat and a statvfs: cheap enough for every cell)."""
         cdir = self._find(ref)
+        if not attach:
+            return disk.usage(cdir.path)
         if not (cdir.path / disk.IMAGE).exists():
             return None
         cdir.layer()

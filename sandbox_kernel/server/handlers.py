@@ -43,6 +43,7 @@ from tornado.iostream import StreamClosedError
 
 from ..client import LimitsRow, LocalClient, Progress, as_json
 from ..runtime import (
+    MIN_DISK,
     ContainerNotFound,
     ExecCancelled,
     ImageInUse,
@@ -53,7 +54,6 @@ from ..runtime import (
     UsageError,
     format_size,
 )
-from ..runtime.spec import MIN_DISK
 
 BASE = "sandbox-kernel/api"
 PROGRESS_EVERY = 0.1  # seconds between progress events of a pull

@@ -25,10 +25,8 @@ from typing import Any
 
 from .client import ContainerRow, ImageRow, LimitsRow, Progress, ProgressCallback, StatsRow
 from .runtime import (
-    ContainerNotFound,
     ExecCancelled,
     HostCapacity,
-    RegistryError,
     SandboxError,
     UsageError,
     errors,
@@ -121,19 +119,7 @@ class RemoteClient:
             return RemoteError(f"{self.url} answered {status} without the sandbox-kernel API's JSON: is the "
                                "server extension enabled there?")
         message = message or f"the server answered {status}"
-        cls = getattr(errors, kind, None) if kind else None
-        if isinstance(cls, type) and issubclass(cls, SandboxError):
-            try:
-                return cls(message)
-            except TypeError:  # (one that wants more than a message)
-                pass
-        if status == 404:
-            return ContainerNotFound(message)
-        if status == 502:
-            return RegistryError(message)
-        if 400 <= status < 500:
-            return UsageError(message)
-        return RemoteError(f"{self.url}: {message}")
+        return errors.from_reply(status, kind, message) or RemoteError(f"{self.url}: {message}")
 
     def _events(self, path: str, body: Any, method: str = "POST") -> Iterator[tuple[str, Any]]:
         """Server-sent events of a streaming call, as they come."""

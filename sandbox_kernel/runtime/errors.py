@@ -25,6 +25,11 @@ message as one line; anything else is a bug and may show a traceback.
 
 Every message is meant to be read by a person in one line: it says what was
 being done, with which object, and what went wrong.
+
+Each class says what it is to every frontend, here and nowhere else: the CLI's
+exit status (``exit_code``), the REST API's HTTP status (``http_status``), and,
+back in a remote client, :func:`from_reply` turns a reply into the same class.
+(The magics show any of them as IPython's one-line UsageError.)
 """
 
 from __future__ import annotations
@@ -34,16 +39,20 @@ class SandboxError(Exception):
     """Base of every error the runtime raises on purpose."""
 
     exit_code = 1
+    http_status = 409  # the container or image is in a state that forbids it (running, stopped, ...)
 
 
 class UsageError(SandboxError):
     """The caller asked for something that does not make sense."""
 
     exit_code = 2
+    http_status = 400
 
 
 class ReferenceFormatError(SandboxError, ValueError):
     """An image reference or digest is malformed."""
+
+    http_status = 400
 
 
 class ImageError(SandboxError):
@@ -52,6 +61,8 @@ class ImageError(SandboxError):
 
 class ImageNotFound(ImageError, LookupError):
     """No image with that reference or id in the store."""
+
+    http_status = 404
 
 
 class ImageInUse(ImageError):
@@ -86,6 +97,8 @@ class LayerError(ImageError):
 class RegistryError(ImageError):
     """A registry could not be reached, refused a request or answered something unusable."""
 
+    http_status = 502  # the registry's fault, not the caller's or the server's
+
 
 class AuthError(RegistryError):
     """A registry wants credentials we do not have, or refused the ones we gave."""
@@ -106,6 +119,8 @@ class ContainerError(SandboxError):
 class ContainerNotFound(ContainerError, LookupError):
     """No container with that name, id or id prefix."""
 
+    http_status = 404
+
 
 class ExecError(ContainerError):
     """The container started but its command could not be executed."""
@@ -125,3 +140,21 @@ class UserNamespaceError(ContainerError):
 
 class ExecCancelled(ContainerError):
     """Whoever waited for an exec went away (a client that disconnected): its command was ended."""
+
+
+def from_reply(status: int, kind: str, message: str) -> SandboxError | None:
+    """The error a REST reply stands for: the class it names (``kind``, one of this tree), else the one its
+    status means (404 not found, 502 registry, other 4xx usage); None when neither says (the caller's to word)."""
+    cls = globals().get(kind) if kind else None
+    if isinstance(cls, type) and issubclass(cls, SandboxError):
+        try:
+            return cls(message)
+        except TypeError:  # (one that wants more than a message)
+            pass
+    if status == 404:
+        return ContainerNotFound(message)
+    if status == 502:
+        return RegistryError(message)
+    if 400 <= status < 500:
+        return UsageError(message)
+    return None

@@ -44,14 +44,8 @@ from tornado.iostream import StreamClosedError
 from ..client import LimitsRow, LocalClient, Progress, as_json
 from ..runtime import (
     MIN_DISK,
-    ContainerNotFound,
     ExecCancelled,
-    ImageInUse,
-    ImageNotFound,
-    ReferenceFormatError,
-    RegistryError,
     SandboxError,
-    UsageError,
     format_size,
 )
 
@@ -70,20 +64,8 @@ class _ClientGone(Exception):
     """The stream's client went away, or stopped reading for SLOW_CLIENT seconds: the work stops."""
 
 
-def _status_for(exc: SandboxError) -> int:
-    if isinstance(exc, ImageNotFound | ContainerNotFound):
-        return 404
-    if isinstance(exc, UsageError | ReferenceFormatError):
-        return 400
-    if isinstance(exc, RegistryError):
-        return 502
-    if isinstance(exc, ImageInUse):
-        return 409
-    return 409  # the container or image is in a state that forbids it (running, stopped, ...)
-
-
 def _http_error(exc: SandboxError) -> web.HTTPError:
-    error = web.HTTPError(_status_for(exc), "%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    error = web.HTTPError(exc.http_status, "%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     error.sandbox_error = type(exc).__name__  # type: ignore[attr-defined]  # (the reply's "error": for clients)
     return error
 
@@ -193,7 +175,7 @@ class _Handler(APIHandler):
                 pass  # nobody listens any more; the work has stopped
             except SandboxError as exc:
                 final = ("error", {"message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                                   "status": _status_for(exc), "error": type(exc).__name__})
+                                   "status": exc.http_status, "error": type(exc).__name__})
             except Exception as exc:  # a bug: still one line to the client, and the log has it
                 self.log.exception("sandbox-kernel: %s failed", self.request.path)
                 final = ("error", {"message": f"internal error: {type(exc).__name__}", "status": 500})

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
+from . import progress
 from .runtime import Store, UsageError
 
 PROG = "sandbox-kernel"
@@ -29,54 +29,15 @@ def _options(args: argparse.Namespace) -> Any:
     return RegistryOptions(insecure=args.insecure, ca_file=args.ca_file, cert_dir=args.cert_dir)
 
 
-class _Bars:
-    """Progress of a pull or push: tqdm bars on a terminal, else a line per finished blob."""
-
-    def __init__(self, verb: str, quiet: bool):
-        self.verb = verb
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty() and not quiet
-        self.bars: dict[str, Any] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, event: Any) -> None:
-        if self.quiet or event.status == "resolved":
-            return
-        short = event.digest.split(":", 1)[-1][:12]
-        with self.lock:
-            if self.tty:
-                self._draw(event, short)
-            elif event.status in ("exists", "complete", "mounted"):
-                said = {"exists": "Already exists", "mounted": "Mounted from another repository",
-                        "complete": f"{self.verb} complete"}[event.status]
-                print(f"{short}: {said}", file=sys.stderr, flush=True)
-
-    def _draw(self, event: Any, short: str) -> None:
-        from tqdm import tqdm
-
-        bar = self.bars.get(event.digest)
-        if bar is None:
-            bar = tqdm(total=event.total or None, desc=short, unit="B", unit_scale=True, unit_divisor=1024,
-                       position=len(self.bars), leave=True, file=sys.stderr, dynamic_ncols=True)
-            self.bars[event.digest] = bar
-        if event.status in ("downloading", "uploading", "complete", "exists", "mounted"):
-            bar.update(max(0, event.done - bar.n))
-        if event.status in ("exists", "complete", "mounted"):
-            bar.set_postfix_str({"exists": "exists", "mounted": "mounted", "complete": "done"}[event.status])
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
-
-
 def cmd_pull(args: argparse.Namespace) -> int:
     from .runtime import pull
 
-    bars = _Bars("Pull", args.quiet)
+    shown = progress.terminal("Pull", args.quiet)
     try:
-        result = pull(_store(args), args.reference, platform=args.platform, options=_options(args), progress=bars)
+        result = pull(_store(args), args.reference, platform=args.platform, options=_options(args),
+                      progress=progress.follow(args.reference, shown))
     finally:
-        bars.close()
+        shown.close()
     if not args.quiet:
         print(f"Digest: {result.digest}", file=sys.stderr)
         news = "Downloaded newer image" if result.downloaded else "Image is up to date"
@@ -88,11 +49,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from .runtime import push
 
-    bars = _Bars("Push", args.quiet)
+    shown = progress.terminal("Push", args.quiet)
     try:
-        result = push(_store(args), args.source, args.destination, options=_options(args), progress=bars)
+        result = push(_store(args), args.source, args.destination, options=_options(args),
+                      progress=progress.follow(args.source, shown))
     finally:
-        bars.close()
+        shown.close()
     print(f"{result.reference.tag}: digest: {result.digest} size: {result.size}")
     return 0
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from . import format as fmt
-from .client import Client, LimitsRow, Progress, limits_row, to_limits
+from . import progress
+from .client import Client, LimitsRow, limits_row, to_limits
 from .runtime import Limits, SandboxError, UsageError, format_size
 
 PROG = "sandbox-kernel"
@@ -37,18 +38,13 @@ def _images(client: Client, args: argparse.Namespace) -> int:
 
 
 def _pull(client: Client, args: argparse.Namespace) -> int:
-    done: set[str] = set()
-
-    def progress(state: Progress) -> None:
-        for digest, (got, total) in state.layers.items():
-            if total and got >= total and digest not in done:
-                done.add(digest)
-                if not args.quiet:
-                    print(f"{digest.split(':', 1)[-1][:12]}: Pull complete", flush=True)
-
-    digest = client.pull(args.reference, platform=args.platform, insecure=args.insecure, progress=progress)
+    shown = progress.terminal("Pull", args.quiet)
+    try:
+        digest = client.pull(args.reference, platform=args.platform, insecure=args.insecure, progress=shown)
+    finally:
+        shown.close()
     if not args.quiet:
-        print(f"Digest: {digest}")
+        print(f"Digest: {digest}", file=sys.stderr)
     print(args.reference)
     return 0
 

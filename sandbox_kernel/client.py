@@ -99,6 +99,7 @@ class Progress:
     layers: dict[str, list[int]] = field(default_factory=dict)  # digest -> [done, total]
     finished: bool = False
     started: float = field(default_factory=time.monotonic)
+    ends: dict[str, str] = field(default_factory=dict)  # digest -> complete | exists | mounted
 
     @property
     def done(self) -> int:
@@ -120,11 +121,19 @@ class Progress:
         return self.done / max(time.monotonic() - self.started, 1e-6)
 
     def update(self, status: str, digest: str, done: int, total: int) -> None:
-        if status in ("waiting", "downloading"):
+        """One event of the runtime's pull or push (ProgressEvent's status, digest, done, total)."""
+        if status in ("waiting", "downloading", "uploading"):
             self.layers[digest] = [done, total]
-        elif status in ("complete", "exists"):
+        elif status in ("complete", "exists", "mounted"):
             size = max(total, self.layers.get(digest, [0, 0])[1])
             self.layers[digest] = [size, size]
+            self.ends[digest] = status
+
+    def ended(self, digest: str) -> str | None:
+        """How a layer ended: complete, exists or mounted; None while it goes. (A state that came from a
+        server says bytes only: a layer with all of its bytes is complete.)"""
+        done, total = self.layers.get(digest, [0, 0])
+        return self.ends.get(digest) or ("complete" if total and done >= total else None)
 
 
 ProgressCallback = Callable[[Progress], None]

@@ -29,8 +29,8 @@ from traitlets import Integer
 from traitlets.config import Configurable
 
 from . import format as fmt
-from . import sanitize, values
-from .client import Client, ContainerRow, LimitsRow, LocalClient, Progress, limits_row, to_limits
+from . import progress, sanitize, values
+from .client import Client, ContainerRow, LimitsRow, LocalClient, limits_row, to_limits
 from .policy import SandboxPolicy
 from .remote import RemoteClient
 from .runtime import (
@@ -325,12 +325,7 @@ class ContainerMagics(Magics):
                 print(f"Building base image {recipe.name}...", file=sys.stderr)
                 return build(self.store, recipe.name)
         print(f"Pulling {ref}...", file=sys.stderr)
-
-        def progress(event: Any) -> None:
-            if event.status in ("complete", "exists"):
-                print(f"  {event.digest.split(':', 1)[-1][:12]}: {event.status}", file=sys.stderr)
-
-        return pull(self.store, ref, progress=progress).image
+        return pull(self.store, ref, progress=progress.follow(ref, progress.Lines("Pull", sys.stderr, "  "))).image
 
     def _session(self, args: Any) -> Session:
         name = args.name or self.default_name
@@ -577,15 +572,8 @@ class ContainerMagics(Magics):
         parser.add_argument("--platform")
         parser.add_argument("--insecure", action="store_true")
         args = parser.parse_args(argv)
-        done: set[str] = set()
-
-        def progress(state: Progress) -> None:
-            for digest, (got, total) in state.layers.items():
-                if total and got >= total and digest not in done:
-                    done.add(digest)
-                    print(f"{digest.split(':', 1)[-1][:12]}: complete")
-
-        digest = self.client.pull(args.reference, platform=args.platform, insecure=args.insecure, progress=progress)
+        digest = self.client.pull(args.reference, platform=args.platform, insecure=args.insecure,
+                                  progress=progress.Lines("Pull"))
         print(f"Digest: {digest}")
         return str(args.reference)
 

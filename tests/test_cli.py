@@ -168,3 +168,25 @@ def test_one_size_formatter_for_every_frontend():
     assert [format_size(n, docker=True) for n in (999, 4_260_000, 999_700, 67_108_864)] == [
         "999B", "4.26MB", "1MB", "67.1MB"]
     assert format_size(None, none="unlimited") == "unlimited"
+
+
+def test_progress_lines_say_each_layer_once_as_docker_does(capsys):
+    """The one line renderer (the CLI off a terminal, the magics): a layer's end once, from the runtime's
+    events or from a server's byte counts."""
+    import types
+
+    from sandbox_kernel import progress
+    from sandbox_kernel.client import Progress
+
+    lines = progress.Lines("Pull")
+    on_event = progress.follow("r", lines)
+    for status, digest, total, done in [("resolved", "sha256:top", 0, 0), ("waiting", "sha256:" + "a" * 64, 10, 0),
+                                        ("downloading", "sha256:" + "a" * 64, 10, 5),
+                                        ("exists", "sha256:" + "b" * 64, 3, 3),
+                                        ("complete", "sha256:" + "a" * 64, 10, 10),
+                                        ("complete", "sha256:" + "a" * 64, 10, 10)]:
+        on_event(types.SimpleNamespace(status=status, digest=digest, total=total, done=done))
+    remote = Progress("r", layers={"sha256:" + "c" * 64: [7, 7], "sha256:" + "d" * 64: [1, 9]})
+    progress.Lines("Pull")(remote)
+    assert capsys.readouterr().out.splitlines() == ["bbbbbbbbbbbb: Already exists", "aaaaaaaaaaaa: Pull complete",
+                                                    "cccccccccccc: Pull complete"]

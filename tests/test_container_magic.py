@@ -518,7 +518,7 @@ def test_pull_and_push_line_magics(ip, plain_registry, capsys):
     fresh = ContainerMagics(ip, store=Store(ip.sk.store.root.parent / "fresh-store"))
     ref = fresh._cmd_pull([remote, "--insecure"])
     out = capsys.readouterr().out
-    assert ref == remote and f"Digest: {image.manifest_digest}" in out and ": complete" in out
+    assert ref == remote and f"Digest: {image.manifest_digest}" in out and ": Pull complete" in out
     assert fresh.store.resolve(remote).id == image.id
     with pytest.raises(UsageError, match="cannot reach registry"):
         ip.run_line_magic("container", "pull 127.0.0.1:9/nothing:1 --insecure")

@@ -1,0 +1,91 @@
+"""Pull and push progress, one renderer per medium, each reading the client's :class:`~sandbox_kernel.client.Progress`.
+
+* :func:`terminal` (the CLI, local or remote): a tqdm bar per layer on a terminal,
+  else a line per layer as it ends (``ID: Pull complete``), as docker prints them;
+* :class:`Lines` (a notebook cell, or a terminal that is not one): those lines only;
+* the panel's bars are widgets (widgets.py), fed by the same states.
+
+:func:`follow` turns the runtime's progress events (a local pull or push) into states.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import IO, Any
+
+from .client import Progress
+
+SAID = {"complete": "{verb} complete", "exists": "Already exists", "mounted": "Mounted from another repository"}
+
+
+def follow(reference: str, render: Callable[[Progress], None]) -> Callable[[Any], None]:
+    """A progress callback for the runtime's pull or push that keeps a Progress and renders it at each event."""
+    state = Progress(reference)
+
+    def on_event(event: Any) -> None:
+        if event.status != "resolved":
+            state.update(event.status, event.digest, event.done, event.total)
+            render(state)
+
+    return on_event
+
+
+class Lines:
+    """A line per layer as it ends: ``3f4d90098f5b: Pull complete`` (or Already exists, Mounted from ...)."""
+
+    def __init__(self, verb: str = "Pull", stream: IO[str] | None = None, indent: str = ""):
+        self.verb, self.stream, self.indent = verb, stream, indent
+        self.said: set[str] = set()
+
+    def __call__(self, state: Progress) -> None:
+        for digest in state.layers:
+            ended = state.ended(digest)
+            if ended is not None and digest not in self.said:
+                self.said.add(digest)
+                print(f"{self.indent}{digest.split(':', 1)[-1][:12]}: {SAID[ended].format(verb=self.verb)}",
+                      file=self.stream or sys.stdout, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class Bars:
+    """A tqdm bar per layer (bytes, speed), on stderr."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, state: Progress) -> None:
+        from tqdm import tqdm
+
+        for digest, (done, total) in state.layers.items():
+            bar = self.bars.get(digest)
+            if bar is None:
+                bar = tqdm(total=total or None, desc=digest.split(":", 1)[-1][:12], unit="B", unit_scale=True,
+                           unit_divisor=1024, position=len(self.bars), leave=True, file=sys.stderr,
+                           dynamic_ncols=True)
+                self.bars[digest] = bar
+            bar.update(max(0, done - bar.n))
+            ended = state.ended(digest)
+            if ended is not None:
+                bar.set_postfix_str({"complete": "done"}.get(ended, ended))
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+class _Quiet:
+    def __call__(self, state: Progress) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def terminal(verb: str, quiet: bool = False) -> Lines | Bars | _Quiet:
+    """The CLI's progress: bars on a terminal, else lines on stderr; nothing with ``-q``."""
+    if quiet:
+        return _Quiet()
+    return Bars() if sys.stderr.isatty() else Lines(verb, sys.stderr)

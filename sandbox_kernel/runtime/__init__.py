@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 _WHERE = {
     "CgroupStats": ".cgroups",
-    "ContainerInfo": ".container",
-    "ContainerResult": ".container",
-    "ContainerStats": ".container",
+    "ContainerInfo": ".info",
+    "ContainerResult": ".info",
+    "ContainerStats": ".info",
     "Containers": ".container",
     "ArchiveError": ".errors",
     "AuthError": ".errors",
@@ -82,10 +82,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         CgroupStats,
     )
     from .container import (
-        ContainerInfo,
-        ContainerResult,
         Containers,
-        ContainerStats,
     )
     from .errors import (
         ArchiveError,
@@ -137,6 +134,11 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         default_root,
     )
     from .image.transport import RegistryOptions
+    from .info import (
+        ContainerInfo,
+        ContainerResult,
+        ContainerStats,
+    )
     from .network import NetworkError, Networks
     from .proxy import parse_publish
     from .spec import (

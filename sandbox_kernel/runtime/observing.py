@@ -1,0 +1,117 @@
+"""Looking at a container: its stats, logs and disk, and its changes (diff, commit)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import disk, logs
+from .cgroups import open_cgroup
+from .errors import (
+    ContainerError,
+)
+from .image.store import Image, Store
+from .info import ContainerInfo, ContainerStats
+from .state import (
+    ACTIVE,
+    RUNNING,
+    ContainerDir,
+    Names,
+    State,
+)
+
+if TYPE_CHECKING:
+    from .image.layers import Compression
+    from .snapshot import Change
+
+
+class _Observing:
+    """Stats, logs, disk usage, diff and commit (mixed into Containers)."""
+
+    # (the attributes and finders of Containers, container.py)
+    store: Store
+    root: Path
+    names: Names
+    warm_slots: bool
+    if TYPE_CHECKING:
+        def _find(self, ref: str) -> ContainerDir: ...
+        def _reconcile(self, cdir: ContainerDir) -> State | None: ...
+        def _disconnect(self, cdir: ContainerDir, network: str) -> None: ...
+        def get(self, ref: str) -> ContainerInfo: ...
+        def _running(self, ref: str) -> tuple[ContainerDir, State]: ...
+        def _delete(self, cdir: ContainerDir, name: str) -> None: ...
+        def stop(self, ref: str, timeout: float = 10.0) -> State: ...
+        def pause(self, ref: str) -> None: ...
+        def resume(self, ref: str) -> None: ...
+
+    def diff(self, ref: str) -> list[Change]:
+        """What the container changed over its image (``docker diff``), read while it is frozen."""
+        from .snapshot import diff_container
+
+        cdir = self._find(ref)
+        return diff_container(cdir, cdir.record(), self._held_still(ref))
+
+    def commit(self, ref: str, target: str | None = None, *, message: str | None = None,
+               created_by: str | None = None, compression: Compression = "gzip") -> Image:
+        """The container's changes as a new image (one layer over its image), tagged ``target``."""
+        from .snapshot import commit
+
+        cdir = self._find(ref)
+        record = cdir.record()
+        return commit(self.store, cdir, record, self._held_still(ref), self.get(ref).command, target,
+                      message=message, created_by=created_by, compression=compression)
+
+    @contextlib.contextmanager
+    def _held_still(self, ref: str) -> Iterator[None]:
+        """A running container is paused while its files are read, then resumed (a paused one stays so)."""
+        if self.get(ref).state.status != RUNNING:
+            yield
+            return
+        self.pause(ref)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ContainerError):
+                self.resume(ref)
+
+    def disk_usage(self, ref: str, attach: bool = True) -> disk.Usage | None:
+        """What a container with a disk limit holds in its writable layer, and its size (None: no limit).
+        ``attach=False``: only if its disk is mounted now (a stat and a statvfs: cheap enough for every cell)."""
+        cdir = self._find(ref)
+        if not attach:
+            return disk.usage(cdir.path)
+        if not (cdir.path / disk.IMAGE).exists():
+            return None
+        cdir.layer()
+        return disk.usage(cdir.path)
+
+    def stats(self, ref: str) -> ContainerStats:
+        cdir, _state = self._running(ref)
+        record = cdir.record()
+        return ContainerStats(cdir.id, record.name, open_cgroup(record.cgroup).stats(), record.spec.limits)
+
+    def reset_peak(self, ref: str) -> bool:
+        """Start the container's memory peak over (for a cell's peak); False where the cgroup cannot."""
+        cdir, _state = self._running(ref)
+        return open_cgroup(cdir.record().cgroup).reset_peak()
+
+    def logs(self, ref: str, follow: bool = False,
+             cancelled: Callable[[], bool] | None = None) -> Iterator[tuple[int, bytes]]:
+        """(stream, data) records of a detached container's output; stream 1 is stdout, 2 stderr.
+
+        ``follow``: then the new output as it comes, until the container stops
+        (or until ``cancelled()`` says so: a follower that went away).
+        """
+        cdir = self._find(ref)
+        if not follow:
+            return logs.read_log(cdir.path)
+
+        def running() -> bool:
+            if cancelled is not None and cancelled():
+                return False
+            state = self._reconcile(cdir) if cdir.path.exists() else None
+            return state is not None and state.status in ACTIVE
+
+        return logs.follow_log(cdir.path, running)

@@ -184,41 +184,13 @@ def monitor_main(sock: int, tied: bool, caller: int, speculation: Speculation | 
 
 def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | None, share_net: bool = False
              ) -> None:
-    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTSTP):
-        signal.signal(sig, signal.SIG_IGN)  # the caller forwards what the user types
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if tied:
-        # Our own session: a signal to the caller's process group (a terminal's Ctrl-C, Jupyter
-        # killing a kernel's group) is not for us; the caller passes on what the container must get.
-        os.setsid()
-        # The caller's death is a SIGTERM: a waiting slot cleans up, a running container is
-        # killed and its exit recorded, as if the caller had stopped it.
-        signal.signal(signal.SIGTERM, _caller_gone)
-        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != caller:
-            os._exit(1)
-    else:
-        sock_fd = _detach(sock_fd)
-    slot = socket.socket(fileno=sock_fd)
+    """A slot's life: its processes made ahead, the container's cgroup and rootfs too for a warm start
+    (:func:`_build_ahead`), the job awaited, then the container run (:func:`_run`)."""
+    slot = socket.socket(fileno=_tie_or_detach(sock_fd, tied, caller))
     niced = tied and _nice(WARM_NICE)  # a slot warms at a low priority, not to slow a running start
     warm = process.warm_up(share_net)  # ahead of the job when this is a warm slot
     refs = ProcRef.me(), ProcRef.of(warm.pid1)  # the state names both; asked now, not on the start's time
-    cgroup = None
-    if speculation is not None:
-        cgroup = open_cgroup(speculation.cgroup)
-        try:
-            ContainerDir(Path(speculation.cdir)).make(speculation.hostname, speculation.owner,
-                                                      speculation.plan.root_ids, speculation.disk_size)
-            process.prepare(warm, speculation.plan, speculation.hostname)  # PID 1 builds meanwhile
-            cgroup.create()
-            cgroup.restrict_devices(list(DEVICE_RULES))
-            cgroup.apply(Limits())  # the defaults: a job that keeps them writes nothing more
-            cgroup.add(warm.pid1)
-            cgroup.add(warm.command)
-            process.wait_built(warm)  # "ready" below means a container can start at once
-        except BaseException:
-            _drop(warm, cgroup, speculation)
-            raise
+    cgroup = _build_ahead(warm, speculation) if speculation is not None else None
     try:
         with contextlib.suppress(OSError):
             # For launcher.wait_warm(); with PID 1, so that the caller can signal it from the start.
@@ -245,6 +217,46 @@ def _monitor(sock_fd: int, tied: bool, caller: int, speculation: Speculation | N
               exit_code=125)
         return
     _run(job, warm, refs, status_w, tuple(fds[1:4]) if len(fds) == 4 else None, cgroup)
+
+
+def _tie_or_detach(sock_fd: int, tied: bool, caller: int) -> int:
+    """Signals as a monitor needs them; a tied monitor dies with ``caller``, an untied one leaves its session.
+    Returns the slot's socket fd (moved when detaching)."""
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTSTP):
+        signal.signal(sig, signal.SIG_IGN)  # the caller forwards what the user types
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not tied:
+        return _detach(sock_fd)
+    # Our own session: a signal to the caller's process group (a terminal's Ctrl-C, Jupyter
+    # killing a kernel's group) is not for us; the caller passes on what the container must get.
+    os.setsid()
+    # The caller's death is a SIGTERM: a waiting slot cleans up, a running container is
+    # killed and its exit recorded, as if the caller had stopped it.
+    signal.signal(signal.SIGTERM, _caller_gone)
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != caller:
+        os._exit(1)
+    return sock_fd
+
+
+def _build_ahead(warm: process.Warm, speculation: Speculation) -> Cgroup:
+    """A warm start: the next container's directory, rootfs (PID 1 builds it meanwhile) and cgroup, made
+    before its job comes, so that "ready" means it can start at once. (A cold start makes them in _run.)"""
+    cgroup = open_cgroup(speculation.cgroup)
+    try:
+        ContainerDir(Path(speculation.cdir)).make(speculation.hostname, speculation.owner,
+                                                  speculation.plan.root_ids, speculation.disk_size)
+        process.prepare(warm, speculation.plan, speculation.hostname)
+        cgroup.create()
+        cgroup.restrict_devices(list(DEVICE_RULES))
+        cgroup.apply(Limits())  # the defaults: a job that keeps them writes nothing more
+        cgroup.add(warm.pid1)
+        cgroup.add(warm.command)
+        process.wait_built(warm)
+    except BaseException:
+        _drop(warm, cgroup, speculation)
+        raise
+    return cgroup
 
 
 def _drop(warm: process.Warm, cgroup: Cgroup | None, speculation: Speculation | None) -> None:

@@ -124,7 +124,7 @@ def main() -> int:
         return 1
     from IPython.testing.globalipapp import start_ipython
 
-    from sandbox_kernel.magics import ContainerMagics
+    from sandbox_kernel.notebook.magics import ContainerMagics
 
     check = HostCheck()
     began = time.monotonic()

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name == "Panel":  # (ipywidgets is imported only by those who ask for the panel)
-        from .widgets import Panel
+        from .notebook.widgets import Panel
 
         return Panel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -25,7 +25,7 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    from .magics import register
+    from .notebook.magics import register
 
     register(ipython)
 

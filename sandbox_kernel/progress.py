@@ -3,7 +3,7 @@
 * :func:`terminal` (the CLI, local or remote): a tqdm bar per layer on a terminal,
   else a line per layer as it ends (``ID: Pull complete``), as docker prints them;
 * :class:`Lines` (a notebook cell, or a terminal that is not one): those lines only;
-* the panel's bars are widgets (widgets.py), fed by the same states.
+* the panel's bars are widgets (notebook/widgets.py), fed by the same states.
 
 :func:`follow` turns the runtime's progress events (a local pull or push) into states.
 """

@@ -20,7 +20,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from sandbox_kernel.magics import DEFAULT_IMAGE
+from sandbox_kernel.notebook.magics import DEFAULT_IMAGE
 from sandbox_kernel.runtime import SandboxError, Store
 
 IMAGE_OPTION = re.compile(r"--image[ =](\S+)")

@@ -21,9 +21,9 @@ from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 from leftovers import cgroup_limits, wait_for
 
-from sandbox_kernel.magics import ContainerMagics, Table
+from sandbox_kernel.notebook.magics import ContainerMagics, Table
+from sandbox_kernel.notebook.session import CellError, CellKilled
 from sandbox_kernel.runtime import Containers, Store, build
-from sandbox_kernel.session import CellError, CellKilled
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 pytest_plugins = ["registry_infra"]
@@ -36,7 +36,7 @@ class Recorder:
     """A sink that keeps what a cell sent, with the time each piece came."""
 
     def __init__(self, trusted: bool = False):
-        from sandbox_kernel import sanitize
+        from sandbox_kernel.notebook import sanitize
 
         self.trusted = trusted
         self.sanitize = sanitize
@@ -414,7 +414,7 @@ def test_kernel_exit_removes_containers_and_the_next_kernel_reconciles(magic_sto
     assert names == {"kept"}
     # a container whose kernel died without cleaning up (a made-up owner that is not running)
     containers = Containers(magic_store)
-    from sandbox_kernel.magics import KEEP_LABEL, OWNER_LABEL
+    from sandbox_kernel.notebook.magics import KEEP_LABEL, OWNER_LABEL
     from sandbox_kernel.runtime import ContainerSpec
 
     containers.create(ContainerSpec(image="localhost/busybox", name="orphan",

@@ -66,7 +66,7 @@ def test_notebooks_reproduce_their_outputs_with_nbval(fresh_store, host_netns):
     # nbval kills each kernel when its notebook ends (no atexit): the containers died with it, and the
     # next kernel that loads the extension removes them
     assert not [info.name for info in Containers(fresh_store).list(all=True) if info.running]
-    from sandbox_kernel.magics import ContainerMagics
+    from sandbox_kernel.notebook.magics import ContainerMagics
 
     assert ContainerMagics(None, store=fresh_store).containers.list(all=True) == []
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import struct
 
-from sandbox_kernel.session import MAX_CONTROL, MAX_FRAME, OutputLimits, Session
+from sandbox_kernel.notebook.session import MAX_CONTROL, MAX_FRAME, OutputLimits, Session
 
 
 def frame(message: object) -> bytes:

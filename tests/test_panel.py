@@ -1,4 +1,4 @@
-"""The panel (widgets.py) without a browser: ipywidgets with a dummy comm, driving real containers.
+"""The panel (notebook/widgets.py) without a browser: ipywidgets with a dummy comm, driving real containers.
 
 What a click or a slider does is checked where it lands: in the container's
 cgroup files, in the store, in the registry.
@@ -12,9 +12,9 @@ from ipywidgets.widgets.tests.utils import setup_test_comm, teardown_test_comm
 from leftovers import cgroup_limits, wait_for
 
 from sandbox_kernel.client import LimitsRow, LocalClient
+from sandbox_kernel.notebook.widgets import NEW, Panel
 from sandbox_kernel.runtime import Containers, ContainerSpec, Limits, Store, UsageError
 from sandbox_kernel.runtime.host import HostCapacity, check_limits
-from sandbox_kernel.widgets import NEW, Panel
 
 pytest_plugins = ["registry_infra"]
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
@@ -169,7 +169,7 @@ def test_buttons_stop_snapshot_start_remove_and_history(panel, client):
 
 
 def test_percent_container_panel_shows_the_kernels_store_and_sets_its_defaults(client):
-    from sandbox_kernel.magics import ContainerMagics
+    from sandbox_kernel.notebook.magics import ContainerMagics
 
     magics = ContainerMagics(None, store=client.store)
     shown = magics._cmd_panel(["--refresh", "30"])

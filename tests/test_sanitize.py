@@ -7,7 +7,7 @@ import base64
 import html
 from html.parser import HTMLParser
 
-from sandbox_kernel.sanitize import FRAME_MAX_HEIGHT, MARKDOWN_MAX, markdown_html, sanitize
+from sandbox_kernel.notebook.sanitize import FRAME_MAX_HEIGHT, MARKDOWN_MAX, markdown_html, sanitize
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()
 

@@ -293,7 +293,7 @@ def test_remote_client_does_what_the_local_one_does(served):
 def test_magics_and_cli_against_the_server(served, tmp_path, capsys):
     from IPython.core.error import UsageError as MagicUsageError
 
-    from sandbox_kernel.magics import ContainerMagics
+    from sandbox_kernel.notebook.magics import ContainerMagics
     from sandbox_kernel.runtime import Store
 
     server, store = served
@@ -366,7 +366,7 @@ def test_container_cells_run_on_the_server(served):
 
     from IPython.core.error import UsageError as MagicUsageError
 
-    from sandbox_kernel.magics import ContainerMagics, RemoteCellError
+    from sandbox_kernel.notebook.magics import ContainerMagics, RemoteCellError
     from sandbox_kernel.runtime import Store
 
     server, store = served
@@ -598,8 +598,8 @@ def test_the_panel_works_on_a_remote_client(served):
     """The panel makes the same calls over HTTP: it lists the server's images and changes a container's limits."""
     from ipywidgets.widgets.tests.utils import setup_test_comm, teardown_test_comm
 
+    from sandbox_kernel.notebook.widgets import Panel
     from sandbox_kernel.remote import RemoteClient
-    from sandbox_kernel.widgets import Panel
 
     server, store = served
     Containers(store).run_detached(ContainerSpec(image=BUSYBOX, name="panel-far", command=("sleep", "60")))

@@ -1,6 +1,6 @@
 """``%%container`` cells run by the server for a remote kernel (``%container --remote URL``).
 
-The server keeps one headless :class:`~sandbox_kernel.magics.ContainerMagics` (no
+The server keeps one headless :class:`~sandbox_kernel.notebook.magics.ContainerMagics` (no
 IPython shell: a namespace of its own for ``--in``/``--out`` values) and runs each
 cell through it, exactly as a local kernel would: same arguments, same agent,
 same limits and sentences. What the cell prints and displays is sent as it comes;
@@ -39,7 +39,7 @@ class _Sink:
 class CellRunner:
     def __init__(self, store: Store, policy: Any = None):
         """``policy``: the server's (ServerPolicy): a remote cell may ask for no more than ``POST /containers``."""
-        from ..magics import ContainerMagics
+        from ..notebook.magics import ContainerMagics
 
         self.namespace: dict[str, Any] = {}
         self.magics = ContainerMagics(types.SimpleNamespace(user_ns=self.namespace), store=store)
@@ -84,8 +84,8 @@ class CellRunner:
         from IPython.core.error import UsageError as MagicUsageError
         from IPython.core.magic_arguments import parse_argstring
 
-        from .. import values
-        from ..session import CellError
+        from ..notebook import values
+        from ..notebook.session import CellError
 
         try:
             self.namespace.clear()
@@ -112,7 +112,7 @@ class CellRunner:
 
     def interrupt(self) -> bool:
         """KeyboardInterrupt in the thread running a cell; False if none runs."""
-        from ..session import interrupt_thread
+        from ..notebook.session import interrupt_thread
 
         thread = self._thread
         if thread is None or not thread.is_alive() or thread.ident is None:

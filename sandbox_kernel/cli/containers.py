@@ -1,6 +1,6 @@
 """The container commands of ``sandbox-kernel``: run, create, start, exec, ps, stats, logs, stop, kill, rm, ...
 
-Same contract as cli.py: one-line errors, docker's flags and exit statuses.
+Same contract as cli/__init__.py: one-line errors, docker's flags and exit statuses.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .runtime import (
+from ..runtime import (
     DEFAULT_ULIMITS,
     ContainerSpec,
     Limits,
@@ -27,14 +27,14 @@ from .runtime import (
 )
 
 if TYPE_CHECKING:  # the engine is imported by the commands that use it (pull, images... do not)
-    from .runtime import Containers
+    from ..runtime import Containers
 
 PROG = "sandbox-kernel"
 Add = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
 
 def _containers(args: argparse.Namespace) -> Containers:
-    from .runtime import Containers
+    from ..runtime import Containers
 
     return Containers(Store(args.root), warm_slots=False)  # a CLI call runs one container and exits
 
@@ -134,7 +134,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from . import format as fmt
+    from .. import format as fmt
 
     infos = _containers(args).list(all=args.all)
     if args.quiet:
@@ -148,7 +148,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from . import format as fmt
+    from .. import format as fmt
 
     containers = _containers(args)
     names = args.containers or [info.id for info in containers.list()]
@@ -215,8 +215,8 @@ def cmd_commit(args: argparse.Namespace) -> int:
 
 def inspect_container(args: argparse.Namespace, name: str) -> dict[str, Any] | None:
     """The container's inspect object, or None when no container has that name or id."""
-    from . import format as fmt
-    from .runtime import ContainerNotFound
+    from .. import format as fmt
+    from ..runtime import ContainerNotFound
 
     try:
         return fmt.inspect_container(_containers(args).get(name))

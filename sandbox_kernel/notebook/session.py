@@ -9,7 +9,7 @@ Images without ``python3`` get a shell container: a sleeping ``/bin/sh`` as main
 process and every cell an ``exec`` of ``/bin/sh -c``.
 
 Everything that comes back is data: JSON frames of a bounded size, values in
-and out as JSON, bytes or ``.npy`` (never pickle), see :mod:`sandbox_kernel.values`.
+and out as JSON, bytes or ``.npy`` (never pickle), see :mod:`sandbox_kernel.notebook.values`.
 
 And it is bounded: a container that prints without end cannot fill the
 kernel. Each period (a cell, or the time between two cells) keeps at most
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .runtime import ContainerError, Containers, ContainerSpec, SandboxError, format_size
+from ..runtime import ContainerError, Containers, ContainerSpec, SandboxError, format_size
 
 AGENT_DIR = Path(__file__).resolve().parent / "agent"
 AGENT_MOUNT = "/.sandbox-kernel"

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from . import cli_registry
-from .cli_containers import add_commands, inspect_container
-from .runtime import SandboxError, Store, UsageError, format_size
+from ..runtime import SandboxError, Store, UsageError, format_size
+from . import registry
+from .containers import add_commands, inspect_container
 
 PROG = "sandbox-kernel"
 
@@ -33,7 +33,7 @@ def _store(args: argparse.Namespace) -> Store:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from .runtime import load
+    from ..runtime import load
 
     for loaded in load(_store(args), args.input, tag=args.tag):
         for tag in loaded.tags:
@@ -42,14 +42,14 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    from .runtime import save
+    from ..runtime import save
 
     save(_store(args), args.images, args.output)
     return 0
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from . import format as fmt
+    from .. import format as fmt
 
     store = _store(args)
     if args.json:
@@ -72,7 +72,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_rmi(args: argparse.Namespace) -> int:
-    from .runtime import parse_reference
+    from ..runtime import parse_reference
 
     store = _store(args)
     status = 0
@@ -93,7 +93,7 @@ def cmd_rmi(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from . import format as fmt
+    from .. import format as fmt
 
     store = _store(args)
     out = []
@@ -105,7 +105,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from . import format as fmt
+    from .. import format as fmt
 
     image = _store(args).resolve(args.image)
     if args.json:
@@ -124,7 +124,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from .runtime import RECIPES, build
+    from ..runtime import RECIPES, build
 
     store = _store(args)
     if args.name != "all" and args.name not in RECIPES:
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="REF")
     p.add_argument("--json", action="store_true", help="print JSON")
     add("prune", cmd_prune, "remove unused blobs and unpacked layers")
-    cli_registry.add_commands(add)
+    registry.add_commands(add)
     add_commands(add)
 
     image = sub.add_parser("image", help="image management (build base images)")
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--tag", help="name for the image (default localhost/NAME:latest)")
     p.add_argument("--rebuild", action="store_true", help="ignore the cache")
     p.set_defaults(func=cmd_image_build)
-    from .cli_networks import add_network_commands
+    from .networks import add_network_commands
 
     add_network_commands(sub, _Parser)
     return parser
@@ -196,8 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         host = args.host or os.environ.get("SANDBOX_KERNEL_HOST")
         if host:
-            from .cli_remote import run_remote
-            from .remote import RemoteClient
+            from ..remote import RemoteClient
+            from .remote import run_remote
 
             return run_remote(getattr(args, "subcommand", None) or args.func.__name__.removeprefix("cmd_"),
                               RemoteClient(host), args)

@@ -28,12 +28,12 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from traitlets import Integer
 from traitlets.config import Configurable
 
-from . import format as fmt
-from . import progress, sanitize, values
-from .client import Client, ContainerRow, LimitsRow, LocalClient, limits_row, to_limits
-from .policy import SandboxPolicy
-from .remote import RemoteClient
-from .runtime import (
+from .. import format as fmt
+from .. import progress
+from ..client import Client, ContainerRow, LimitsRow, LocalClient, limits_row, to_limits
+from ..policy import SandboxPolicy
+from ..remote import RemoteClient
+from ..runtime import (
     ContainerNotFound,
     Containers,
     ContainerSpec,
@@ -45,6 +45,7 @@ from .runtime import (
     Store,
     format_size,
 )
+from . import sanitize, values
 from .session import (
     AGENT_ARGV,
     AGENT_DIR,
@@ -318,7 +319,7 @@ class ContainerMagics(Magics):
             return self.store.resolve(ref)
         except ImageNotFound:
             pass
-        from .runtime import RECIPES, build, parse_reference, pull
+        from ..runtime import RECIPES, build, parse_reference, pull
 
         for recipe in RECIPES.values():
             if parse_reference(recipe.ref) == parse_reference(ref):
@@ -583,7 +584,7 @@ class ContainerMagics(Magics):
         parser.add_argument("destination", nargs="?")
         parser.add_argument("--insecure", action="store_true")
         args = parser.parse_args(argv)
-        from .runtime import RegistryOptions, push
+        from ..runtime import RegistryOptions, push
 
         result = push(self.store, args.source, args.destination, options=RegistryOptions(insecure=args.insecure))
         return f"{result.reference}@{result.digest}"
@@ -606,7 +607,7 @@ class ContainerMagics(Magics):
         parser.add_argument("image")
         parser.add_argument("command", nargs="...")
         args = parser.parse_args(argv)
-        from .runtime import parse_env
+        from ..runtime import parse_env
 
         if self.remote is not None:
             return self._run_remote(args)
@@ -718,7 +719,7 @@ class ContainerMagics(Magics):
 
     def _cmd_network(self, argv: list[str]) -> Any:
         """``%container network create NAME [--subnet CIDR] [--nat] [--allow-host] | ls | rm NAME...``"""
-        from .runtime import Networks
+        from ..runtime import Networks
 
         networks = Networks(self.store.root)
         if argv[:1] == ["create"]:

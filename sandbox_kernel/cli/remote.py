@@ -15,10 +15,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 
-from . import format as fmt
-from . import progress
-from .client import Client, LimitsRow, limits_row, to_limits
-from .runtime import Limits, SandboxError, UsageError, format_size
+from .. import format as fmt
+from .. import progress
+from ..client import Client, LimitsRow, limits_row, to_limits
+from ..runtime import Limits, SandboxError, UsageError, format_size
 
 PROG = "sandbox-kernel"
 
@@ -83,7 +83,7 @@ def _ps(client: Client, args: argparse.Namespace) -> int:
 
 def _limits(args: argparse.Namespace, base: Limits | None = None) -> LimitsRow | None:
     """What the limit options say, on ``base`` (default: the defaults); None when none is given."""
-    from .cli_containers import _disk
+    from .containers import _disk
 
     disk = _disk(args)
     if args.memory is None and args.cpus is None and args.pids_limit is None and disk is None:

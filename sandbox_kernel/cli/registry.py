@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import progress
-from .runtime import Store, UsageError
+from .. import progress
+from ..runtime import Store, UsageError
 
 PROG = "sandbox-kernel"
 
@@ -24,13 +24,13 @@ def _store(args: argparse.Namespace) -> Store:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from .runtime import RegistryOptions
+    from ..runtime import RegistryOptions
 
     return RegistryOptions(insecure=args.insecure, ca_file=args.ca_file, cert_dir=args.cert_dir)
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from .runtime import pull
+    from ..runtime import pull
 
     shown = progress.terminal("Pull", args.quiet)
     try:
@@ -47,7 +47,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .runtime import push
+    from ..runtime import push
 
     shown = progress.terminal("Push", args.quiet)
     try:
@@ -76,7 +76,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    from .runtime import login
+    from ..runtime import login
 
     username = args.username
     if not username:
@@ -89,7 +89,7 @@ def cmd_login(args: argparse.Namespace) -> int:
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
-    from .runtime import logout
+    from ..runtime import logout
 
     registry, removed = logout(args.server)
     print(f"Removing login credentials for {registry}" if removed else f"Not logged in to {registry}")

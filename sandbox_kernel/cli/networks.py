@@ -6,11 +6,11 @@ import argparse
 import json
 from typing import Any
 
-from .runtime import Store
+from ..runtime import Store
 
 
 def _networks(args: argparse.Namespace) -> Any:
-    from .runtime import Networks
+    from ..runtime import Networks
 
     return Networks(Store(args.root).root)
 
@@ -23,7 +23,7 @@ def cmd_network_create(args: argparse.Namespace) -> int:
 
 
 def cmd_network_ls(args: argparse.Namespace) -> int:
-    from . import format as fmt
+    from .. import format as fmt
 
     networks = _networks(args)
     rows = [{"Name": n.name, "Subnet": n.subnet, "Gateway": n.gateway, "Bridge": n.bridge, "MTU": n.mtu,
@@ -39,7 +39,7 @@ def cmd_network_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_network_rm(args: argparse.Namespace) -> int:
-    from .runtime import Containers
+    from ..runtime import Containers
 
     networks = _networks(args)
     containers = Containers(Store(args.root))

@@ -28,8 +28,8 @@ from typing import Any
 
 import ipywidgets as w
 
-from .client import Client, ContainerRow, LimitsRow, LocalClient, Progress, limits_row
-from .runtime import Limits, format_size
+from ..client import Client, ContainerRow, LimitsRow, LocalClient, Progress, limits_row
+from ..runtime import Limits, format_size
 
 NEW = "(defaults for new containers)"
 _MIB = 1 << 20

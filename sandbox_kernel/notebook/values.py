@@ -13,7 +13,7 @@ import io
 import json
 from typing import Any
 
-from .runtime import UsageError
+from ..runtime import UsageError
 
 MAX_VALUE = 64 << 20
 
@@ -24,7 +24,7 @@ class ValueRefused(UsageError):
 
 def encode(name: str, value: Any) -> dict[str, Any]:
     """A notebook value for ``--in`` (by the agent's own rule, :func:`wire_value`); a clear error for what cannot go."""
-    from .agent.agent import NotData, wire_value
+    from ..agent.agent import NotData, wire_value
 
     try:
         return wire_value(value)

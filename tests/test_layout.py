@@ -56,3 +56,15 @@ def test_the_check_sees_deep_imports(tmp_path):
     assert past_the_facade(package) == ["sandbox_kernel/cli.py:1: sandbox_kernel.runtime.spec",
                                         "sandbox_kernel/cli.py:2: sandbox_kernel.runtime.network",
                                         "sandbox_kernel/server/x.py:1: sandbox_kernel.runtime.network"]
+
+
+LOW_LEVEL = {"syscalls", "fsutil", "idmap", "spec", "record", "errors"}  # what image/ and the engine share
+
+
+def test_the_image_room_uses_only_the_low_level_helpers_of_the_runtime():
+    image = PACKAGE / "runtime" / "image"
+    reaching = [f"{p.relative_to(PACKAGE.parent)}:{line}: {name}" for p in image.glob("*.py")
+                for line, name in _imports(p, PACKAGE)
+                if name.startswith("sandbox_kernel.runtime.") and not name.startswith("sandbox_kernel.runtime.image")
+                and name.split(".")[2] not in LOW_LEVEL]
+    assert reaching == [], "\n".join(reaching)

@@ -277,7 +277,20 @@ def test_a_disk_filler_is_stopped_by_its_disk_and_the_cell_says_so(ip, magic_sto
     # a cell that frees space works, and the sentence is not said again for the same fill
     assert run(ip, "d", "os.remove('/tmp/fill'); 'freed'").data["text/plain"] == "'freed'"
     run(ip, "d --disk 1g", "open('/tmp/small', 'w').write('x')")  # (an existing container keeps its disk)
-    assert "--disk applies to new containers only" in capsys.readouterr().err
+    assert "(container d exists: --disk applies to new containers only)" in capsys.readouterr().err
+    run(ip, "d --disk 96m", "pass")  # the same as it was made with: nothing to say
+    assert "exists" not in capsys.readouterr().err
+
+
+def test_repeating_a_containers_options_says_nothing_and_changing_them_says_which(ip, capsys):
+    """A notebook that repeats --image in every cell is not told each time that it applies to new containers
+    only; a cell that asks for another image or hostname is, naming them."""
+    run(ip, "same --image localhost/busybox:latest --hostname h1", "true")
+    capsys.readouterr()
+    run(ip, "same --image localhost/busybox --hostname h1", "true")
+    assert "exists" not in capsys.readouterr().err
+    run(ip, "same --image localhost/debian-python --hostname h2", "true")
+    assert "(container same exists: --image, --hostname apply to new containers only)" in capsys.readouterr().err
 
 
 def test_stats_line(ip, capsys):

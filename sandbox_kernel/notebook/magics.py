@@ -331,16 +331,15 @@ class ContainerMagics(Magics):
     def _session(self, args: Any) -> Session:
         name = args.name or self.default_name
         session = self.sessions.get(name)
-        if args.disk is not None and (session is not None or self._exists(name)):
-            print(f"(container {name} exists: --disk applies to new containers only)", file=sys.stderr)
-            args.disk = None
+        given = args.disk is not None or args.image or args.volume or args.network or args.hostname
+        existing = self._existing(name) if given else None
+        if existing is not None:
+            self._note_ignored(name, args, existing.spec)
+            args.disk = None  # (a container keeps the disk it was made with)
         if session is not None and session.alive:
             limits = self._limits(args, self.containers.get(name).spec.limits)
             if limits is not None:
                 self.containers.update(name, limits)
-            if args.image or args.volume or args.network or args.hostname:
-                print(f"(container {name} exists: --image, -v, --network and --hostname apply to new containers "
-                      "only)", file=sys.stderr)
             return session
         if session is not None:
             with contextlib.suppress(Exception):
@@ -423,12 +422,34 @@ class ContainerMagics(Magics):
             error.add_sentence(problem)
         raise error
 
-    def _exists(self, name: str) -> bool:
+    def _existing(self, name: str) -> Any:
+        """Container ``name`` (ContainerInfo), or None when there is none."""
         try:
-            self.containers.get(name)
+            return self.containers.get(name)
         except ContainerNotFound:
-            return False
-        return True
+            return None
+
+    @staticmethod
+    def _note_ignored(name: str, args: Any, spec: ContainerSpec) -> None:
+        """A cell's options that would make another container than ``name`` is apply to new containers only:
+        say so, naming them, when one differs from what the container was made with (not when it repeats it)."""
+        from ..runtime import parse_reference, parse_size
+
+        differ = []
+        if args.image and str(parse_reference(args.image)) != str(parse_reference(spec.image)):
+            differ.append("--image")
+        volumes = tuple(Mount.parse(v) for v in args.volume)
+        if volumes and volumes != tuple(m for m in spec.mounts if m.target != AGENT_MOUNT):
+            differ.append("-v")
+        if args.network and NetSpec(args.network) != spec.network:
+            differ.append("--network")
+        if args.hostname and args.hostname != spec.hostname:
+            differ.append("--hostname")
+        if args.disk is not None and parse_size(args.disk, "--disk") != spec.limits.disk:
+            differ.append("--disk")
+        if differ:
+            verb = "applies" if len(differ) == 1 else "apply"
+            print(f"(container {name} exists: {', '.join(differ)} {verb} to new containers only)", file=sys.stderr)
 
     def _disk_sentence(self, session: Session) -> str | None:
         """One plain sentence the first time a cell finds the container's disk full; None otherwise."""

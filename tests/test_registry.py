@@ -469,3 +469,19 @@ def test_pull_by_digest_of_an_index_keeps_the_image(plain_registry, multiarch_la
     assert store.resolve(name).manifest_digest == multiarch_layout.amd64_digest
     both = pull(store, plain_registry.ref(f"multi/bydigest:v1@{multiarch_layout.index_digest}"), options=INSECURE)
     assert plain_registry.ref("multi/bydigest:v1") in store.tags() and both.downloaded == 0
+
+
+@pytest.mark.root
+def test_run_pulls_a_missing_image_as_docker_does(plain_registry, base_store, tmp_path):
+    """``run`` of an image the store lacks says so and pulls it (``--pull missing``, the default);
+    ``--pull never`` refuses it in one line; the pulled image then runs."""
+    ref = plain_registry.ref("runpull/busybox:1")
+    push(base_store, "localhost/busybox:latest", ref, options=INSECURE)
+    never = cli(tmp_path / "s", "run", "--rm", "--pull", "never", ref, "true")
+    assert never.returncode == 1 and never.stderr.strip() == f"sandbox-kernel: error: no such image: {ref}"
+    ran = cli(tmp_path / "s", "run", "--rm", "--insecure", ref, "echo", "pulled and ran")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == "pulled and ran\n"
+    assert ran.stderr.startswith(f"Unable to find image '{ref}' locally\n") and "Digest: sha256:" in ran.stderr
+    again = cli(tmp_path / "s", "run", "--rm", ref, "true")
+    assert (again.returncode, again.stderr) == (0, ""), "present now: no pull"

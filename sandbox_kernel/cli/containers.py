@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..runtime import (
     DEFAULT_ULIMITS,
     ContainerSpec,
+    ImageNotFound,
     Limits,
     Mount,
     NetSpec,
@@ -84,9 +85,25 @@ def _no_tty(args: argparse.Namespace) -> None:
         raise UsageError("-t: containers get no terminal yet; drop -t (stdin is passed as it is)")
 
 
+def _ensure_image(args: argparse.Namespace) -> None:
+    """docker's ``--pull``: ``missing`` (the default) pulls an image the store lacks, saying so first;
+    ``always`` pulls every time; ``never`` refuses a missing one."""
+    from .registry import pull_image
+
+    if args.pull == "missing":
+        try:
+            Store(args.root).resolve(args.image)
+            return
+        except ImageNotFound:
+            print(f"Unable to find image '{args.image}' locally", file=sys.stderr)
+    if args.pull != "never":
+        pull_image(args, args.image)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _no_tty(args)
     spec = _spec(args)
+    _ensure_image(args)
     containers = _containers(args)
     if args.detach:
         print(containers.run_detached(spec))
@@ -100,7 +117,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_create(args: argparse.Namespace) -> int:
     _no_tty(args)
-    print(_containers(args).create(_spec(args)))
+    spec = _spec(args)
+    _ensure_image(args)
+    print(_containers(args).create(spec))
     return 0
 
 
@@ -250,6 +269,9 @@ def _add_create_options(p: argparse.ArgumentParser) -> None:
                    help="host: no user namespace, container root is host root (trusted tools only)")
     p.add_argument("-i", "--interactive", action="store_true", help="accepted: stdin is always passed")
     p.add_argument("-t", "--tty", action="store_true", help="not supported yet")
+    p.add_argument("--pull", default="missing", choices=("missing", "always", "never"),
+                   help="pull the image before the run: when the store lacks it (default), always, or never")
+    p.add_argument("--insecure", action="store_true", help="for that pull: allow plain http or an unverified https")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
 

@@ -26,23 +26,29 @@ def _store(args: argparse.Namespace) -> Store:
 def _options(args: argparse.Namespace) -> Any:
     from ..runtime import RegistryOptions
 
-    return RegistryOptions(insecure=args.insecure, ca_file=args.ca_file, cert_dir=args.cert_dir)
+    return RegistryOptions(insecure=args.insecure, ca_file=getattr(args, "ca_file", None),
+                           cert_dir=getattr(args, "cert_dir", None))
 
 
-def cmd_pull(args: argparse.Namespace) -> int:
+def pull_image(args: argparse.Namespace, reference: str, quiet: bool = False) -> Any:
+    """Pull ``reference`` into the store of ``args``, with the terminal's progress (``run`` uses it too)."""
     from ..runtime import pull
 
-    shown = progress.terminal("Pull", args.quiet)
+    shown = progress.terminal("Pull", quiet)
     try:
-        result = pull(_store(args), args.reference, platform=args.platform, options=_options(args),
-                      progress=progress.follow(args.reference, shown))
+        result = pull(_store(args), reference, platform=getattr(args, "platform", None), options=_options(args),
+                      progress=progress.follow(reference, shown))
     finally:
         shown.close()
-    if not args.quiet:
+    if not quiet:
         print(f"Digest: {result.digest}", file=sys.stderr)
         news = "Downloaded newer image" if result.downloaded else "Image is up to date"
         print(f"Status: {news} for {result.reference.familiar()}", file=sys.stderr)
-    print(str(result.reference))
+    return result
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    print(str(pull_image(args, args.reference, args.quiet).reference))
     return 0
 
 

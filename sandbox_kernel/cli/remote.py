@@ -18,7 +18,7 @@ from dataclasses import asdict
 from .. import format as fmt
 from .. import progress
 from ..client import Client, LimitsRow, limits_row, to_limits
-from ..runtime import Limits, SandboxError, UsageError, format_size
+from ..runtime import ImageNotFound, Limits, SandboxError, UsageError, format_size
 
 PROG = "sandbox-kernel"
 
@@ -47,6 +47,15 @@ def _pull(client: Client, args: argparse.Namespace) -> int:
         print(f"Digest: {digest}", file=sys.stderr)
     print(args.reference)
     return 0
+
+
+def _pull_for_run(client: Client, args: argparse.Namespace) -> None:
+    """docker's ``run --pull``: the server pulls the image, its progress shown here as a pull's."""
+    shown = progress.terminal("Pull")
+    try:
+        client.pull(args.image, insecure=args.insecure, progress=shown)
+    finally:
+        shown.close()
 
 
 def _rmi(client: Client, args: argparse.Namespace) -> int:
@@ -107,7 +116,16 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         raise UsageError(f"{ignored[0]} is not available against a remote host")
     if args.detach and args.rm:
         raise UsageError("-d and --rm together are not available against a remote host")
-    cid = client.create(args.image, name=args.name, command=tuple(args.command), limits=_limits(args))
+    if args.pull == "always":
+        _pull_for_run(client, args)
+    try:
+        cid = client.create(args.image, name=args.name, command=tuple(args.command), limits=_limits(args))
+    except ImageNotFound:
+        if args.pull != "missing":
+            raise
+        print(f"Unable to find image '{args.image}' on {getattr(client, 'url', 'the server')}", file=sys.stderr)
+        _pull_for_run(client, args)
+        cid = client.create(args.image, name=args.name, command=tuple(args.command), limits=_limits(args))
     if args.detach:
         print(cid)
         return 0

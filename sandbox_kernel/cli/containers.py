@@ -232,6 +232,24 @@ def cmd_commit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cp(args: argparse.Namespace) -> int:
+    """``cp CONTAINER:PATH DEST`` or ``cp SRC CONTAINER:PATH`` (runtime/copying.py says what is safe and how)."""
+    from ..runtime import split_location
+
+    (src_in, src), (dest_in, dest) = split_location(args.source), split_location(args.destination)
+    if (src_in is None) == (dest_in is None):
+        raise UsageError("cp copies between the host and a container: exactly one of SRC and DEST is CONTAINER:PATH")
+    containers = _containers(args)
+    if src_in is not None:
+        done = containers.copy_from(src_in, src, dest, follow=args.follow_link)
+    else:
+        assert dest_in is not None
+        done = containers.copy_to(dest_in, src, dest, keep_owners=args.archive)
+    for line in done.skipped:
+        print(f"{PROG}: cp: skipped {line}", file=sys.stderr)
+    return 0
+
+
 def inspect_container(args: argparse.Namespace, name: str) -> dict[str, Any] | None:
     """The container's inspect object, or None when no container has that name or id."""
     from .. import format as fmt
@@ -281,6 +299,11 @@ def add_commands(add: Add) -> None:
     p.add_argument("-d", "--detach", action="store_true", help="run in the background; print the id")
     _add_create_options(p)
     _add_create_options(add("create", cmd_create, "create a container (start it with start)"))
+    p = add("cp", cmd_cp, "copy files between a running container and the host (CONTAINER:PATH on one side)")
+    p.add_argument("-a", "--archive", action="store_true", help="keep the files' owners (as the container sees them)")
+    p.add_argument("-L", "--follow-link", action="store_true", help="copy what a source symlink points to")
+    p.add_argument("source", metavar="SRC")
+    p.add_argument("destination", metavar="DEST")
     p = add("start", cmd_start, "start containers in the background")
     p.add_argument("containers", nargs="+", metavar="NAME")
     p = add("exec", cmd_exec, "run a command in a running container")

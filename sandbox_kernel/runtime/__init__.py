@@ -66,6 +66,8 @@ _WHERE = {
     "parse_size": ".spec",
     "parse_ulimit": ".spec",
     "State": ".state",
+    "Copied": ".copying",
+    "split_location": ".copying",
     "HostCapacity": ".host",
     "capacity": ".host",
     "login": ".image.login",
@@ -84,6 +86,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .container import (
         Containers,
     )
+    from .copying import Copied, split_location
     from .errors import (
         ArchiveError,
         AuthError,
@@ -185,6 +188,7 @@ __all__ = [
     "ContainerSpec",
     "ContainerStats",
     "Containers",
+    "Copied",
     "Descriptor",
     "ExecCancelled",
     "ExecError",
@@ -231,5 +235,6 @@ __all__ = [
     "pull",
     "push",
     "save",
+    "split_location",
     "write_layer",
 ]

@@ -20,6 +20,7 @@ import time
 
 from .cgroups import open_cgroup, remove_empty_parents
 from .control import _Control
+from .copying import _Copying
 from .errors import (
     CgroupError,
     ContainerError,
@@ -50,9 +51,10 @@ from .state import (
 __all__ = ["ContainerInfo", "ContainerResult", "ContainerStats", "Containers"]
 
 
-class Containers(_Starting, _Control, _Observing, _Removal):
+class Containers(_Starting, _Control, _Observing, _Copying, _Removal):
     """The containers of one store (``ROOT/containers``): finding and reconciling them here; creating and
-    starting (starting.py), stopping and limits (control.py), looking (observing.py), removing (removal.py)."""
+    starting (starting.py), stopping and limits (control.py), looking (observing.py), cp (copying.py),
+    removing (removal.py)."""
 
     def __init__(self, store: Store, *, warm_slots: bool = True):
         """``warm_slots``: after each foreground ``run``, prepare the next container's processes (and,

@@ -1,0 +1,319 @@
+"""``cp``: files between the host and a running container, both ways, as ``docker cp`` copies them.
+
+The container's side is reached through its PID 1's root (``/proc/PID/root``,
+the pid checked against its start time), and every path there is resolved with
+``openat2(RESOLVE_IN_ROOT)``: a symlink the container planted resolves inside
+the container, never to the host's files. Below the path given, a walk opens
+each entry relative to its directory without following any symlink (a symlink
+is copied as a symlink), stays on the file system it started on (``/proc``,
+``/sys`` and ``/dev`` are the runtime's, not the container's files; a volume is
+copied when asked for by its own path), and opens a file only after checking
+it is one (a FIFO swapped in would block).
+
+Out of a container: no device node is made on the host, and setuid and setgid
+bits are dropped (a container's root must not hand the host's root a setuid
+program); the copies belong to whoever runs ``cp``. Into a container: files
+belong to the container's root (``-a``: keep their owners, as seen inside), and
+no device node is copied in.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import syscalls
+from .errors import ContainerError, UsageError
+from .fsutil import open_beneath
+from .state import ProcRef
+
+if TYPE_CHECKING:
+    from .record import ContainerRecord
+    from .state import ContainerDir, State
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class Copied:
+    """What a copy did: files, bytes, and what it left out (with why), for the CLI to say."""
+
+    files: int = 0
+    bytes: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+class _Root:
+    """The container's root directory, as its PID 1 sees it, held open for one copy."""
+
+    def __init__(self, pid1: ProcRef, record: ContainerRecord):
+        try:
+            self.fd = os.open(f"/proc/{pid1.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            raise ContainerError(f"container {record.name} is not running") from None
+        if not pid1.alive():  # (the pid was reused between reading the state and opening its root)
+            os.close(self.fd)
+            raise ContainerError(f"container {record.name} is not running")
+        self.name = record.name
+        self.owner = record.idmap.root if record.idmap is not None else (0, 0)
+        self.base = record.idmap.uid if record.idmap is not None else 0
+        self.gbase = record.idmap.gid if record.idmap is not None else 0
+        # the container's own file systems: its root and its volumes (not the runtime's /proc, /sys, /dev)
+        self.devices = {os.fstat(self.fd).st_dev}
+        for mount in record.spec.mounts:
+            try:
+                fd = self.open(mount.target, os.O_PATH)
+            except OSError:
+                continue
+            self.devices.add(os.fstat(fd).st_dev)
+            os.close(fd)
+
+    def open(self, path: str, flags: int, follow: bool = False) -> int:
+        """``path`` in the container, resolved inside its root (a symlink there resolves there too); its last
+        component is not followed unless ``follow``."""
+        return syscalls.openat2(self.fd, path or "/", flags | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW),
+                                syscalls.RESOLVE_IN_ROOT)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def split_location(text: str) -> tuple[str | None, str]:
+    """docker cp's ``CONTAINER:PATH`` or a local path: (container or None, path). A local path with a colon is
+    written with a slash before it (``./a:b``)."""
+    head, sep, rest = text.partition(":")
+    if sep and head and "/" not in head and not text.startswith("."):
+        if not rest:
+            raise UsageError(f"invalid cp location {text!r}: CONTAINER:PATH needs a path")
+        return head, rest
+    return None, text
+
+
+def copy_out(root: _Root, path: str, dest: Path, follow: bool = False) -> Copied:
+    """``cp CONTAINER:PATH DEST``: into DEST if it is a directory, else as DEST. ``follow``: -L."""
+    done = Copied()
+    try:
+        src = root.open(path, os.O_PATH, follow=follow)
+    except OSError as exc:
+        raise ContainerError(f"cp: {root.name}:{path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(src)
+        if st.st_dev not in root.devices and not stat.S_ISLNK(st.st_mode):
+            raise ContainerError(f"cp: {root.name}:{path} is not the container's file (the runtime's /proc, /sys "
+                                 "or /dev)")
+        name = os.path.basename(path.rstrip("/")) or "root"
+        target = dest / name if dest.is_dir() and not path.endswith("/.") else dest
+        if path.endswith("/.") and stat.S_ISDIR(st.st_mode):  # docker's SRC/. : the contents
+            target.mkdir(parents=False, exist_ok=True)
+            _out_contents(root, src, target, st.st_dev, path, done)
+        else:
+            _out_entry(root, src, None, target, st, path, done)
+    finally:
+        os.close(src)
+    return done
+
+
+def _out_entry(root: _Root, fd: int, parent: int | None, target: Path, st: os.stat_result, shown: str,
+               done: Copied) -> None:
+    """One entry (``fd``: an O_PATH fd of it) to ``target`` on the host."""
+    mode = stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID)
+    if stat.S_ISLNK(st.st_mode):
+        link = os.readlink("", dir_fd=fd)  # (fd: an O_PATH fd of the symlink itself)
+        with _replacing(target):
+            os.symlink(link, target)
+        done.files += 1
+    elif stat.S_ISDIR(st.st_mode):
+        if target.exists() and not target.is_dir():
+            raise ContainerError(f"cp: cannot copy the directory {root.name}:{shown} over the file {target}")
+        target.mkdir(mode=0o700, exist_ok=True)
+        _out_contents(root, fd, target, st.st_dev, shown, done)
+        os.chmod(target, mode)
+    elif stat.S_ISREG(st.st_mode):
+        _out_file(fd, target, mode, shown, done)
+    else:
+        done.skipped.append(f"{shown}: a device node, FIFO or socket is not copied")
+
+
+def _out_contents(root: _Root, fd: int, target: Path, device: int, shown: str, done: Copied) -> None:
+    # (fd may be O_PATH: the same directory, reopened through its fd's magic link, to be read)
+    listing = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in sorted(os.listdir(listing)):
+            child = open_beneath(listing, name, os.O_PATH)
+            try:
+                st = os.fstat(child)
+                if st.st_dev != device and not stat.S_ISLNK(st.st_mode):
+                    done.skipped.append(f"{shown.rstrip('/')}/{name}: another file system (a mount), not copied")
+                    continue
+                _out_entry(root, child, listing, target / name, st, f"{shown.rstrip('/')}/{name}", done)
+            finally:
+                os.close(child)
+    finally:
+        os.close(listing)
+
+
+def _out_file(fd: int, target: Path, mode: int, shown: str, done: Copied) -> None:
+    src = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # (that very inode)
+    try:
+        if not stat.S_ISREG(os.fstat(src).st_mode):  # swapped for something else since it was looked at
+            done.skipped.append(f"{shown}: changed while copied, not copied")
+            return
+        with _replacing(target):
+            out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            while chunk := os.read(src, CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view):]
+                done.bytes += len(chunk)
+            os.fchmod(out, mode)
+        finally:
+            os.close(out)
+        done.files += 1
+    finally:
+        os.close(src)
+
+
+class _replacing:
+    """Remove a file or symlink at ``target`` first (a copy replaces it, as docker's does); a directory stays."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __enter__(self) -> None:
+        if self.target.is_symlink() or (self.target.exists() and not self.target.is_dir()):
+            self.target.unlink()
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def copy_in(root: _Root, src: Path, path: str, keep_owners: bool = False) -> Copied:
+    """``cp SRC CONTAINER:PATH``: into PATH if it is a directory there, else as PATH (its parent must exist)."""
+    done = Copied()
+    try:
+        st = os.lstat(src)
+    except OSError as exc:
+        raise ContainerError(f"cp: {src}: {exc.strerror}") from None
+    contents = str(src).endswith("/.")
+    try:
+        into = root.open(path, os.O_RDONLY | os.O_DIRECTORY, follow=True)
+        parent, name = into, (None if contents else src.name)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise ContainerError(f"cp: {root.name}:{path}: {exc.strerror}") from None
+        head, _, name = path.rstrip("/").rpartition("/")
+        try:
+            parent = root.open(head or "/", os.O_RDONLY | os.O_DIRECTORY, follow=True)
+        except OSError as exc2:
+            raise ContainerError(f"cp: {root.name}:{head or '/'}: {exc2.strerror}") from None
+    try:
+        if name is None:  # SRC/. into an existing directory: the contents
+            _in_contents(root, src, parent, keep_owners, done)
+        else:
+            _in_entry(root, src, st, parent, name, keep_owners, done)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ContainerError(f"cp: the container {root.name}'s disk is full") from None
+        raise ContainerError(f"cp: {root.name}:{path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(parent)
+    return done
+
+
+def _owner(root: _Root, st: os.stat_result, keep: bool) -> tuple[int, int]:
+    if not keep:
+        return root.owner
+    uid, gid = (st.st_uid if st.st_uid < 65536 else 65534), (st.st_gid if st.st_gid < 65536 else 65534)
+    return root.base + uid, root.gbase + gid  # (an id past the container's range: nobody)
+
+
+def _in_entry(root: _Root, src: Path, st: os.stat_result, parent: int, name: str, keep: bool, done: Copied) -> None:
+    uid, gid = _owner(root, st, keep)
+    if stat.S_ISLNK(st.st_mode):
+        _unlink_non_dir(parent, name)
+        os.symlink(os.readlink(src), name, dir_fd=parent)
+        os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
+        done.files += 1
+    elif stat.S_ISDIR(st.st_mode):
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            pass
+        sub = open_beneath(parent, name, os.O_RDONLY | os.O_DIRECTORY)  # (a symlink there: ELOOP, not followed)
+        try:
+            os.fchown(sub, uid, gid)
+            _in_contents(root, src, sub, keep, done)
+            os.fchmod(sub, stat.S_IMODE(st.st_mode))
+        finally:
+            os.close(sub)
+    elif stat.S_ISREG(st.st_mode):
+        _unlink_non_dir(parent, name)
+        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                      dir_fd=parent)
+        try:
+            with open(src, "rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(out, view):]
+                    done.bytes += len(chunk)
+            os.fchown(out, uid, gid)
+            os.fchmod(out, stat.S_IMODE(st.st_mode))
+        finally:
+            os.close(out)
+        done.files += 1
+    else:
+        done.skipped.append(f"{src}: a device node, FIFO or socket is not copied into a container")
+
+
+def _in_contents(root: _Root, src: Path, into: int, keep: bool, done: Copied) -> None:
+    for entry in sorted(os.scandir(src), key=lambda e: e.name):
+        _in_entry(root, Path(entry.path), entry.stat(follow_symlinks=False), into, entry.name, keep, done)
+
+
+def _unlink_non_dir(parent: int, name: str) -> None:
+    """A file or symlink in the way goes (a copy replaces it); a directory in the way is an error."""
+    try:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "a directory is in the way", name)
+    os.unlink(name, dir_fd=parent)
+
+
+class _Copying:
+    """``cp`` (mixed into Containers)."""
+
+    if TYPE_CHECKING:
+        def _running(self, ref: str) -> tuple[ContainerDir, State]: ...
+
+    def copy_from(self, ref: str, path: str, dest: str | os.PathLike[str], *, follow: bool = False) -> Copied:
+        """``cp CONTAINER:PATH DEST`` of a running container."""
+        root = self._root(ref)
+        try:
+            return copy_out(root, path, Path(dest), follow)
+        finally:
+            root.close()
+
+    def copy_to(self, ref: str, src: str | os.PathLike[str], path: str, *, keep_owners: bool = False) -> Copied:
+        """``cp SRC CONTAINER:PATH`` into a running container; the copies are its root's (``keep_owners``:
+        the files' own ids, as the container sees them)."""
+        root = self._root(ref)
+        try:
+            return copy_in(root, Path(src), path, keep_owners)
+        finally:
+            root.close()
+
+    def _root(self, ref: str) -> _Root:
+        try:
+            cdir, state = self._running(ref)
+        except ContainerError:
+            raise ContainerError(f"cp: container {ref} is not running (cp works on running containers here; "
+                                 "start it first)") from None
+        return _Root(state.pid1(), cdir.record())

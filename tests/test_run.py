@@ -262,8 +262,13 @@ def test_pid1_keeps_only_cap_kill(root):
 
 
 def test_image_must_exist(root):
-    proc = run(root, "localhost/none:1", "true")
+    """As docker: a missing image is pulled first (here from a registry that is not there), or with
+    --pull never refused; one line of error either way."""
+    proc = run(root, "--pull", "never", "localhost/none:1", "true")
     assert proc.returncode == 1 and proc.stderr == "sandbox-kernel: error: no such image: localhost/none:1\n"
+    proc = run(root, "localhost:9/none:1", "true")
+    assert proc.returncode == 1 and proc.stderr.splitlines()[0] == "Unable to find image 'localhost:9/none:1' locally"
+    assert proc.stderr.splitlines()[1].startswith("sandbox-kernel: error: cannot reach registry localhost:9")
 
 
 def test_our_pid1_is_not_dumpable(root):

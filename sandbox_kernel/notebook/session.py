@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from ..runtime import ContainerError, Containers, ContainerSpec, SandboxError, format_size
 
-AGENT_DIR = Path(__file__).resolve().parent / "agent"
+AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"  # (sandbox_kernel/agent, mounted read-only)
 AGENT_MOUNT = "/.sandbox-kernel"
 AGENT_ARGV = ("python3", f"{AGENT_MOUNT}/agent.py")
 SHELL_IDLE = ("/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done")

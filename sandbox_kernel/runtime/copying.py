@@ -82,6 +82,10 @@ class _Root:
         os.close(self.fd)
 
 
+def _why(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 def split_location(text: str) -> tuple[str | None, str]:
     """docker cp's ``CONTAINER:PATH`` or a local path: (container or None, path). A local path with a colon is
     written with a slash before it (``./a:b``)."""
@@ -99,7 +103,7 @@ def copy_out(root: _Root, path: str, dest: Path, follow: bool = False) -> Copied
     try:
         src = root.open(path, os.O_PATH, follow=follow)
     except OSError as exc:
-        raise ContainerError(f"cp: {root.name}:{path}: {exc.strerror}") from None
+        raise ContainerError(f"cp: {root.name}:{path}: {_why(exc)}") from None
     try:
         st = os.fstat(src)
         if st.st_dev not in root.devices and not stat.S_ISLNK(st.st_mode):
@@ -198,19 +202,19 @@ def copy_in(root: _Root, src: Path, path: str, keep_owners: bool = False) -> Cop
     try:
         st = os.lstat(src)
     except OSError as exc:
-        raise ContainerError(f"cp: {src}: {exc.strerror}") from None
+        raise ContainerError(f"cp: {src}: {_why(exc)}") from None
     contents = str(src).endswith("/.")
     try:
         into = root.open(path, os.O_RDONLY | os.O_DIRECTORY, follow=True)
         parent, name = into, (None if contents else src.name)
     except OSError as exc:
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
-            raise ContainerError(f"cp: {root.name}:{path}: {exc.strerror}") from None
+            raise ContainerError(f"cp: {root.name}:{path}: {_why(exc)}") from None
         head, _, name = path.rstrip("/").rpartition("/")
         try:
             parent = root.open(head or "/", os.O_RDONLY | os.O_DIRECTORY, follow=True)
         except OSError as exc2:
-            raise ContainerError(f"cp: {root.name}:{head or '/'}: {exc2.strerror}") from None
+            raise ContainerError(f"cp: {root.name}:{head or '/'}: {_why(exc2)}") from None
     try:
         if name is None:  # SRC/. into an existing directory: the contents
             _in_contents(root, src, parent, keep_owners, done)
@@ -219,7 +223,7 @@ def copy_in(root: _Root, src: Path, path: str, keep_owners: bool = False) -> Cop
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ContainerError(f"cp: the container {root.name}'s disk is full") from None
-        raise ContainerError(f"cp: {root.name}:{path}: {exc.strerror or exc}") from None
+        raise ContainerError(f"cp: {root.name}:{path}: {_why(exc)}") from None
     finally:
         os.close(parent)
     return done

@@ -6,7 +6,6 @@ import contextlib
 import os
 import signal
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cgroups import open_cgroup
@@ -15,15 +14,13 @@ from .errors import (
     ContainerNotFound,
     UsageError,
 )
-from .image.store import Store
-from .info import ContainerInfo
+from .room import Room
 from .spec import Limits
 from .state import (
     EXITED,
     PAUSED,
     RUNNING,
     ContainerDir,
-    Names,
     ProcRef,
     State,
 )
@@ -89,24 +86,8 @@ def _signal_number(sig: int | str) -> int:
         raise UsageError(f"invalid signal {sig!r}") from None
 
 
-class _Control:
+class _Control(Room):
     """Signals, the freezer and live limits (mixed into Containers)."""
-
-    # (the attributes and finders of Containers, container.py)
-    store: Store
-    root: Path
-    names: Names
-    warm_slots: bool
-    if TYPE_CHECKING:
-        def _find(self, ref: str) -> ContainerDir: ...
-        def _reconcile(self, cdir: ContainerDir) -> State | None: ...
-        def _disconnect(self, cdir: ContainerDir, network: str) -> None: ...
-        def get(self, ref: str) -> ContainerInfo: ...
-        def _running(self, ref: str) -> tuple[ContainerDir, State]: ...
-        def _delete(self, cdir: ContainerDir, name: str) -> None: ...
-        def stop(self, ref: str, timeout: float = 10.0) -> State: ...
-        def pause(self, ref: str) -> None: ...
-        def resume(self, ref: str) -> None: ...
 
     def _running(self, ref: str) -> tuple[ContainerDir, State]:
         cdir = self._find(ref)

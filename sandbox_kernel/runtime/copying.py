@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING
 from . import syscalls
 from .errors import ContainerError, UsageError
 from .fsutil import open_beneath
+from .room import Room
 from .state import ProcRef
 
 if TYPE_CHECKING:
     from .record import ContainerRecord
-    from .state import ContainerDir, State
 
 CHUNK = 1 << 20
 
@@ -291,11 +291,8 @@ def _unlink_non_dir(parent: int, name: str) -> None:
     os.unlink(name, dir_fd=parent)
 
 
-class _Copying:
+class _Copying(Room):
     """``cp`` (mixed into Containers)."""
-
-    if TYPE_CHECKING:
-        def _running(self, ref: str) -> tuple[ContainerDir, State]: ...
 
     def copy_from(self, ref: str, path: str, dest: str | os.PathLike[str], *, follow: bool = False) -> Copied:
         """``cp CONTAINER:PATH DEST`` of a running container."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import disk, logs
@@ -12,14 +11,12 @@ from .cgroups import open_cgroup
 from .errors import (
     ContainerError,
 )
-from .image.store import Image, Store
-from .info import ContainerInfo, ContainerStats
+from .image.store import Image
+from .info import ContainerStats
+from .room import Room
 from .state import (
     ACTIVE,
     RUNNING,
-    ContainerDir,
-    Names,
-    State,
 )
 
 if TYPE_CHECKING:
@@ -27,24 +24,8 @@ if TYPE_CHECKING:
     from .snapshot import Change
 
 
-class _Observing:
+class _Observing(Room):
     """Stats, logs, disk usage, diff and commit (mixed into Containers)."""
-
-    # (the attributes and finders of Containers, container.py)
-    store: Store
-    root: Path
-    names: Names
-    warm_slots: bool
-    if TYPE_CHECKING:
-        def _find(self, ref: str) -> ContainerDir: ...
-        def _reconcile(self, cdir: ContainerDir) -> State | None: ...
-        def _disconnect(self, cdir: ContainerDir, network: str) -> None: ...
-        def get(self, ref: str) -> ContainerInfo: ...
-        def _running(self, ref: str) -> tuple[ContainerDir, State]: ...
-        def _delete(self, cdir: ContainerDir, name: str) -> None: ...
-        def stop(self, ref: str, timeout: float = 10.0) -> State: ...
-        def pause(self, ref: str) -> None: ...
-        def resume(self, ref: str) -> None: ...
 
     def diff(self, ref: str) -> list[Change]:
         """What the container changed over its image (``docker diff``), read while it is frozen."""

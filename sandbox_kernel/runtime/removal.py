@@ -3,44 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .cgroups import open_cgroup
 from .errors import (
     CgroupError,
     ContainerError,
 )
-from .image.store import Store
-from .info import ContainerInfo
+from .room import Room
 from .state import (
     PAUSED,
     RUNNING,
     ContainerDir,
-    Names,
-    State,
     remove_dir,
 )
 
 
-class _Removal:
+class _Removal(Room):
     """rm (mixed into Containers)."""
-
-    # (the attributes and finders of Containers, container.py)
-    store: Store
-    root: Path
-    names: Names
-    warm_slots: bool
-    if TYPE_CHECKING:
-        def _find(self, ref: str) -> ContainerDir: ...
-        def _reconcile(self, cdir: ContainerDir) -> State | None: ...
-        def _disconnect(self, cdir: ContainerDir, network: str) -> None: ...
-        def get(self, ref: str) -> ContainerInfo: ...
-        def _running(self, ref: str) -> tuple[ContainerDir, State]: ...
-        def _delete(self, cdir: ContainerDir, name: str) -> None: ...
-        def stop(self, ref: str, timeout: float = 10.0) -> State: ...
-        def pause(self, ref: str) -> None: ...
-        def resume(self, ref: str) -> None: ...
 
     def remove(self, ref: str, force: bool = False) -> str:
         """``rm``: a running container needs ``force`` (it is killed first). Returns the id."""

@@ -33,9 +33,10 @@ from .errors import (
     ImageNotFound,
     UsageError,
 )
-from .image.store import Image, Store
+from .image.store import Image
 from .info import ContainerInfo, ContainerResult
 from .record import ETC_FILES, ContainerRecord, ProcessRecord
+from .room import Room
 from .rootfs import RootfsPlan
 from .spec import ContainerSpec
 from .state import (
@@ -46,7 +47,6 @@ from .state import (
     RUNNING,
     WARM_MARK,
     ContainerDir,
-    Names,
     ProcRef,
     State,
     layer_dirs,
@@ -285,24 +285,8 @@ def _wait_status(stdio: Relay, status_r: int, interrupts: _Interrupts,
     return int(data) if data.strip().isdigit() else 137  # no status: the helper was killed
 
 
-class _Starting:
+class _Starting(Room):
     """Create, start, run, wait, exec (mixed into Containers)."""
-
-    # (the attributes and finders of Containers, container.py)
-    store: Store
-    root: Path
-    names: Names
-    warm_slots: bool
-    if TYPE_CHECKING:
-        def _find(self, ref: str) -> ContainerDir: ...
-        def _reconcile(self, cdir: ContainerDir) -> State | None: ...
-        def _disconnect(self, cdir: ContainerDir, network: str) -> None: ...
-        def get(self, ref: str) -> ContainerInfo: ...
-        def _running(self, ref: str) -> tuple[ContainerDir, State]: ...
-        def _delete(self, cdir: ContainerDir, name: str) -> None: ...
-        def stop(self, ref: str, timeout: float = 10.0) -> State: ...
-        def pause(self, ref: str) -> None: ...
-        def resume(self, ref: str) -> None: ...
 
     def create(self, spec: ContainerSpec) -> str:
         """Make the container's directory and resolve what it runs; returns its id. Nothing runs yet."""

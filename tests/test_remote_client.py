@@ -32,3 +32,21 @@ def test_an_unknown_or_short_reply_is_one_line(reply, message):
 def test_a_list_route_wants_a_list():
     with pytest.raises(RemoteError, match="not the API's list"):
         client_answering({"images": []}).images()
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"memory": 1 << 20}, "limits: invalid --memory: the minimum is 4m"),
+    ({"cpus": 2000}, "limits: invalid --cpus 2000: must be between 0.01 and 1024"),
+    ({"pids": 0}, "limits: invalid --pids-limit: must be at least 1"),
+    ({"disk": 1 << 20}, "limits: invalid --disk: the minimum is 64m"),
+    ({"memroy": 1}, "limits: unknown field 'memroy'"),
+])
+def test_the_rest_api_refuses_limits_by_the_runtimes_rules(body, message):
+    """The server checks a limits body with spec.Limits, the rules the CLI and the magics use, not a copy."""
+    from tornado.web import HTTPError
+
+    from sandbox_kernel.server.handlers import _limits
+
+    with pytest.raises(HTTPError) as info:
+        _limits(body)
+    assert info.value.status_code == 400 and (info.value.log_message % info.value.args).startswith(message)

@@ -99,6 +99,9 @@ class Limits:
                       disk=self.disk if disk is None else parse_size(disk, "--disk"))
 
     def __post_init__(self) -> None:
+        """The rules of every limit, for every frontend (the CLI, the magics, the panel and the REST API)."""
+        if self.cpus is not None and not 0.01 <= self.cpus <= 1024:
+            raise UsageError(f"invalid --cpus {self.cpus:g}: must be between 0.01 and 1024")
         if self.memory is not None and self.memory < 4 << 20:
             raise UsageError("invalid --memory: the minimum is 4m")
         if self.memory_swap is not None and (self.memory is None or self.memory_swap < self.memory):

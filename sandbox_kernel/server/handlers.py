@@ -43,10 +43,10 @@ from tornado.iostream import StreamClosedError
 
 from ..client import LimitsRow, LocalClient, Progress, as_json
 from ..runtime import (
-    MIN_DISK,
     ExecCancelled,
+    Limits,
     SandboxError,
-    format_size,
+    UsageError,
 )
 
 BASE = "sandbox-kernel/api"
@@ -260,14 +260,10 @@ def _limits(body: Any) -> LimitsRow:
     disk = _optional(body, "disk", int, "an integer number of bytes or null")
     cpus = _optional(body, "cpus", (int, float), "a number of CPUs or null")
     pids = _optional(body, "pids", int, "an integer or null")
-    if cpus is not None and not 0.01 <= cpus <= 1024:
-        raise _bad("cpus: must be between 0.01 and 1024")
-    if memory is not None and memory < 4 << 20:
-        raise _bad("memory: the minimum is 4 MiB (4194304 bytes)")
-    if pids is not None and pids < 1:
-        raise _bad("pids: must be at least 1")
-    if disk is not None and disk < MIN_DISK:
-        raise _bad(f"disk: the minimum is {format_size(MIN_DISK)} ({MIN_DISK} bytes)")
+    try:  # the runtime's rules (spec.Limits), not a copy of them
+        Limits(memory=memory, cpus=None if cpus is None else float(cpus), pids=pids, disk=disk)
+    except UsageError as exc:
+        raise _bad(f"limits: {exc}") from None
     return LimitsRow(memory=memory, cpus=None if cpus is None else float(cpus), pids=pids, disk=disk)
 
 

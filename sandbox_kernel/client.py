@@ -90,6 +90,13 @@ class LimitsRow:
     pids: int | None
     disk: int | None = None  # the writable layer's size; fixed when the container is made (None: not said)
 
+    def with_options(self, memory: str | None = None, cpus: str | None = None, pids: int | None = None
+                     ) -> LimitsRow:
+        """These limits with the options a user typed (``256m``, ``0.5``, ``50``; None keeps one), parsed and
+        checked by the runtime's rules: the one step from a frontend's options to a row it sends."""
+        changed = Limits(memory=self.memory, cpus=self.cpus, pids=self.pids).with_options(memory, cpus, pids)
+        return LimitsRow(changed.memory, changed.cpus, changed.pids, self.disk)
+
 
 @dataclass
 class Progress:

@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 from .. import format as fmt
 from .. import progress
-from ..client import Client, LimitsRow, limits_row, to_limits
+from ..client import Client, LimitsRow, limits_row
 from ..runtime import ImageNotFound, Limits, SandboxError, UsageError, format_size
 
 PROG = "sandbox-kernel"
@@ -175,7 +175,7 @@ def _commit(client: Client, args: argparse.Namespace) -> int:
 def _update(client: Client, args: argparse.Namespace) -> int:
     for name in args.containers:
         current = client.limits(name)
-        client.set_limits(name, _limits(args, to_limits(current)) or current)
+        client.set_limits(name, current.with_options(args.memory or None, args.cpus or None, args.pids_limit))
         print(name)
     return 0
 

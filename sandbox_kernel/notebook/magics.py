@@ -732,8 +732,9 @@ class ContainerMagics(Magics):
         parser.add_argument("--pids-limit", type=int)
         args = parser.parse_args(argv)
         current = self.client.limits(args.container)
-        changed = self._limits(args, Limits(memory=current.memory, cpus=current.cpus, pids=current.pids))
-        limits = current if changed is None else self.client.set_limits(args.container, limits_row(changed))
+        given = args.memory is not None or args.cpus is not None or args.pids_limit is not None
+        limits = current if not given else self.client.set_limits(
+            args.container, current.with_options(args.memory, args.cpus, args.pids_limit))
         return Table([{"container": args.container, "memory": format_size(limits.memory),
                        "cpus": "no limit" if limits.cpus is None else f"{limits.cpus:g}",
                        "pids": "no limit" if limits.pids is None else limits.pids}])

@@ -182,3 +182,25 @@ def test_a_store_on_a_machine_without_mkfs_says_so(own, monkeypatch):
         containers.create(ContainerSpec(image=BUSYBOX, name="nomkfs", limits=Limits(disk=80 * MIB)))
     assert containers.list(all=True) == [] and [p.name for p in (store.root / "containers").iterdir()
                                                  if not p.name.startswith((".", "names"))] == []
+
+
+def test_a_loop_device_still_being_cleared_is_waited_for(tmp_path, monkeypatch):
+    """Just after its last unmount, an autoclear loop device still names the image but mounting it fails with EIO
+    (it is being cleared): attach waits a moment and tries again, instead of failing the start (1 run in ~10)."""
+    import errno
+
+    cdir = tmp_path / "c"
+    (cdir / disk.MOUNT).mkdir(parents=True)
+    (cdir / disk.IMAGE).write_bytes(b"")
+    tries: list[str] = []
+
+    def mount(device: str, where: Path) -> None:
+        tries.append(device)
+        if len(tries) < 3:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(disk, "_backing_loop", lambda st: "/dev/loop7")
+    monkeypatch.setattr(disk, "_mount", mount)
+    monkeypatch.setattr(disk, "mounted", lambda c: False)
+    disk.attach(cdir)
+    assert tries == ["/dev/loop7"] * 3

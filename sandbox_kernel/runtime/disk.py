@@ -28,6 +28,7 @@ import os
 import shutil
 import struct
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,6 +167,9 @@ def attach(cdir: Path) -> None:
                     _mount(device, cdir)
                     return
                 except OSError as exc:
+                    if exc.errno == errno.EIO:  # a device being cleared (its last user just unmounted it): it
+                        time.sleep(0.05)       # goes in a moment, and the next round attaches a fresh one
+                        continue
                     if exc.errno not in (errno.ENXIO, errno.ENODEV, errno.ENOENT):
                         raise DiskError(f"cannot mount the container's disk: {exc.strerror}") from None
                     continue

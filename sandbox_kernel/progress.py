@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from .client import Progress
+if TYPE_CHECKING:  # (the CLI imports this module at start: client.py and the engine only when a pull runs)
+    from .client import Progress
 
 SAID = {"complete": "{verb} complete", "exists": "Already exists", "mounted": "Mounted from another repository"}
 
 
 def follow(reference: str, render: Callable[[Progress], None]) -> Callable[[Any], None]:
     """A progress callback for the runtime's pull or push that keeps a Progress and renders it at each event."""
+    from .client import Progress
+
     state = Progress(reference)
 
     def on_event(event: Any) -> None:

@@ -337,7 +337,7 @@ class ContainerMagics(Magics):
             self._note_ignored(name, args, existing.spec)
             args.disk = None  # (a container keeps the disk it was made with)
         if session is not None and session.alive:
-            limits = self._limits(args, self.containers.get(name).spec.limits)
+            limits = self._limits(args, (existing or self.containers.get(name)).spec.limits)
             if limits is not None:
                 self.containers.update(name, limits)
             return session

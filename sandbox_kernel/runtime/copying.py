@@ -127,8 +127,8 @@ def _out_entry(root: _Root, fd: int, parent: int | None, target: Path, st: os.st
     mode = stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID)
     if stat.S_ISLNK(st.st_mode):
         link = os.readlink("", dir_fd=fd)  # (fd: an O_PATH fd of the symlink itself)
-        with _replacing(target):
-            os.symlink(link, target)
+        _clear(target)
+        os.symlink(link, target)
         done.files += 1
     elif stat.S_ISDIR(st.st_mode):
         if target.exists() and not target.is_dir():
@@ -166,8 +166,8 @@ def _out_file(fd: int, target: Path, mode: int, shown: str, done: Copied) -> Non
         if not stat.S_ISREG(os.fstat(src).st_mode):  # swapped for something else since it was looked at
             done.skipped.append(f"{shown}: changed while copied, not copied")
             return
-        with _replacing(target):
-            out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        _clear(target)
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             while chunk := os.read(src, CHUNK):
                 view = memoryview(chunk)
@@ -182,18 +182,10 @@ def _out_file(fd: int, target: Path, mode: int, shown: str, done: Copied) -> Non
         os.close(src)
 
 
-class _replacing:
-    """Remove a file or symlink at ``target`` first (a copy replaces it, as docker's does); a directory stays."""
-
-    def __init__(self, target: Path):
-        self.target = target
-
-    def __enter__(self) -> None:
-        if self.target.is_symlink() or (self.target.exists() and not self.target.is_dir()):
-            self.target.unlink()
-
-    def __exit__(self, *exc: object) -> None:
-        pass
+def _clear(target: Path) -> None:
+    """A file or symlink at ``target`` goes first (a copy replaces it, as docker's does); a directory stays."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        target.unlink()
 
 
 def copy_in(root: _Root, src: Path, path: str, keep_owners: bool = False) -> Copied:

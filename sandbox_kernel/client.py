@@ -14,10 +14,11 @@ below): one line each, for a panel's error line or the server's JSON reply.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .runtime import (
@@ -28,6 +29,7 @@ from .runtime import (
     HostCapacity,
     Limits,
     Store,
+    UsageError,
     capacity,
 )
 
@@ -42,6 +44,12 @@ class ImageRow:
     digest: str  # the manifest's
     size: int  # bytes, compressed layers
     created: str | None  # RFC 3339, from the image config
+
+
+@dataclass(frozen=True)
+class ImageRemoval:
+    untagged: list[str]  # the tags removed
+    deleted: str | None  # the image's id once it is gone (None: another tag or a container still keeps it)
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,8 @@ class ContainerRow:
     cpus: float | None
     pids: int | None
     pids_limit: int | None
+    command: str = ""  # as docker ps shows it: the argv joined by spaces
+    error: str | None = None  # why it ended when that was not its own doing (its monitor died, ...)
 
     @property
     def uptime(self) -> float | None:
@@ -146,14 +156,75 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
+@dataclass(frozen=True)
+class Stdio:
+    """The caller's own file descriptors, passed on as bytes (the local CLI): a container's output is not
+    decoded, its stdin is the caller's, and with ``tty`` it runs on a pseudo-terminal of its own."""
+
+    stdin: int | None = 0
+    stdout: int = 1
+    stderr: int = 2
+    tty: bool = False
+
+    def text(self) -> Callable[[str, str], None]:
+        """Output as ``(stream, text)`` calls (what a server sends), written to these fds."""
+
+        return lambda stream, text: _write(self.stderr if stream == "stderr" else self.stdout, text.encode())
+
+
+Output = Callable[[str, str], None] | Stdio  # a container's output: text to a callback, or bytes to the caller's fds
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``run`` and ``create`` say about a new container, as typed (docker's flags); the client parses it."""
+
+    image: str
+    command: tuple[str, ...] = ()
+    name: str | None = None
+    limits: LimitsRow | None = None  # None: the defaults (the admin's, in a notebook with a policy)
+    memory_swap: str | None = None
+    entrypoint: str | None = None
+    env: tuple[str, ...] = ()  # KEY=VALUE
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    volumes: tuple[str, ...] = ()  # SRC:DST[:ro]
+    publish: tuple[str, ...] = ()  # [IP:]HOST:CONTAINER
+    network: str = "none"
+    ulimits: tuple[str, ...] = ()  # NAME=SOFT[:HARD]
+    log_size: str | None = None
+    userns: str = ""
+    remove: bool = False
+
+    def local_only(self) -> list[str]:
+        """The flags given that only this machine's runtime can honour (its files, ports and networks)."""
+        return [flag for flag, used in (("-v", self.volumes), ("-p", self.publish), ("-e", self.env),
+                                        ("--network", self.network != "none"), ("--memory-swap", self.memory_swap),
+                                        ("--entrypoint", self.entrypoint is not None), ("-w", self.workdir),
+                                        ("-u", self.user), ("--hostname", self.hostname), ("--ulimit", self.ulimits),
+                                        ("--log-size", self.log_size), ("--userns", self.userns)) if used]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """A run's end: the container's id, and for a foreground run its exit code and the sentence that explains
+    it (an OOM kill; None when there is nothing to say)."""
+
+    id: str
+    exit_code: int | None = None
+    message: str | None = None
+
+
 class Client(Protocol):
     """What the panel, the server and the magics' line commands may ask."""
 
     def host(self) -> HostCapacity: ...
     def images(self) -> list[ImageRow]: ...
     def pull(self, reference: str, *, platform: str | None = None, insecure: bool = False,
-             progress: ProgressCallback | None = None) -> str: ...
-    def remove_image(self, reference: str, force: bool = False) -> list[str]: ...
+             progress: ProgressCallback | None = None, ca_file: str | None = None,
+             cert_dir: str | None = None) -> str: ...
+    def remove_image(self, reference: str, force: bool = False) -> ImageRemoval: ...
     def history(self, reference: str) -> list[dict[str, Any]]: ...
     def containers(self, all: bool = True) -> list[ContainerRow]: ...
     def container(self, ref: str) -> ContainerRow: ...
@@ -163,13 +234,15 @@ class Client(Protocol):
     def stop(self, ref: str, timeout: float = 10.0) -> None: ...
     def remove(self, ref: str, force: bool = False) -> str: ...
     def commit(self, ref: str, target: str | None = None, message: str | None = None,
-               created_by: str | None = None) -> str: ...
+               created_by: str | None = None, compression: str = "gzip") -> str: ...
     def stats(self, ref: str) -> StatsRow: ...
     def limits(self, ref: str) -> LimitsRow: ...
-    def set_limits(self, ref: str, limits: LimitsRow) -> LimitsRow: ...
-    def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None],
-             cancelled: Callable[[], bool] | None = None) -> int: ...
-    def logs(self, ref: str, output: Callable[[str, str], None], follow: bool = False,
+    def set_limits(self, ref: str, limits: LimitsRow, memory_swap: str | None = None) -> LimitsRow: ...
+    def exec(self, ref: str, argv: list[str], output: Output, cancelled: Callable[[], bool] | None = None, *,
+             env: tuple[str, ...] = (), user: str | None = None, workdir: str | None = None) -> int: ...
+    def run(self, options: RunOptions, output: Output | None = None, *, detach: bool = False,
+            start: bool = True) -> RunOutcome: ...
+    def logs(self, ref: str, output: Output, follow: bool = False,
              cancelled: Callable[[], bool] | None = None) -> int | None: ...
 
 
@@ -190,10 +263,12 @@ class LocalClient:
     """The client API on this machine's runtime (the store at ``store``'s root)."""
 
     def __init__(self, store: Store | None = None, containers: Containers | None = None,
-                 policy: SandboxPolicy | None = None):
-        """``policy``: what the admin allows (images, limits, volumes; policy.py); default: anything."""
+                 policy: SandboxPolicy | None = None, warm_slots: bool = True):
+        """``policy``: what the admin allows (images, limits, volumes; policy.py); default: anything.
+        ``warm_slots``: prepare the next container's start ahead (a caller that runs one and exits does not)."""
         self.store = store or Store()
         self._containers: Containers | None = containers
+        self._warm_slots = warm_slots
         self.policy = policy
         self._cpu: dict[str, tuple[float, int]] = {}  # container id -> (when, cpu ns) of the last listing
         self._lock = threading.Lock()
@@ -201,7 +276,7 @@ class LocalClient:
     @property
     def runtime(self) -> Containers:
         if self._containers is None:
-            self._containers = Containers(self.store)
+            self._containers = Containers(self.store, warm_slots=self._warm_slots)
         return self._containers
 
     def host(self) -> HostCapacity:
@@ -217,30 +292,27 @@ class LocalClient:
                 for r in fmt.image_rows(self.store)]
 
     def pull(self, reference: str, *, platform: str | None = None, insecure: bool = False,
-             progress: ProgressCallback | None = None) -> str:
+             progress: ProgressCallback | None = None, ca_file: str | None = None,
+             cert_dir: str | None = None) -> str:
+        from .progress import Follow
         from .runtime import RegistryOptions, pull
 
         if self.policy is not None:
             self.policy.check_image(reference)
-        state = Progress(reference)
-
-        def on_event(event: Any) -> None:
-            state.update(event.status, event.digest, event.done, event.total)
-            if progress is not None and event.status != "resolved":
-                progress(state)
-
-        result = pull(self.store, reference, platform=platform, options=RegistryOptions(insecure=insecure),
-                      progress=on_event)
-        state.finished = True
-        if progress is not None:
-            progress(state)
+        events = Follow(reference, progress)
+        result = pull(self.store, reference, platform=platform, progress=events,
+                      options=RegistryOptions(insecure=insecure, ca_file=ca_file, cert_dir=cert_dir))
+        events.finish()
         return result.digest
 
-    def remove_image(self, reference: str, force: bool = False) -> list[str]:
+    def remove_image(self, reference: str, force: bool = False) -> ImageRemoval:
         tags, image = self.store.remove_image(reference, force=force)
+        deleted = None
         if image.manifest_digest not in self.store.tags().values():
             self.store.prune()
-        return tags
+            if not self.store.has_blob(image.manifest_digest):  # (a container may still keep it)
+                deleted = image.id
+        return ImageRemoval(tags, deleted)
 
     def history(self, reference: str) -> list[dict[str, Any]]:
         from . import format as fmt
@@ -286,7 +358,7 @@ class LocalClient:
             finished_at=info.state.finished_at, exit_code=info.state.exit_code,
             cpu_percent=cpu_percent, memory=usage.memory_current if usage else None,
             memory_limit=limits.memory, cpus=limits.cpus, pids=usage.pids if usage else None,
-            pids_limit=limits.pids)
+            pids_limit=limits.pids, command=" ".join(info.command), error=info.state.error)
 
     def create(self, image: str, *, name: str | None = None, command: tuple[str, ...] = (),
                limits: LimitsRow | None = None, start: bool = True) -> str:
@@ -314,8 +386,11 @@ class LocalClient:
         return self.runtime.remove(ref, force=force)
 
     def commit(self, ref: str, target: str | None = None, message: str | None = None,
-               created_by: str | None = None) -> str:
-        return self.runtime.commit(ref, target, message=message, created_by=created_by).id
+               created_by: str | None = None, compression: str = "gzip") -> str:
+        if compression not in ("gzip", "zstd"):
+            raise UsageError(f"invalid compression {compression!r}: gzip or zstd")
+        return self.runtime.commit(ref, target, message=message, created_by=created_by,
+                                   compression=compression).id  # type: ignore[arg-type]
 
     def stats(self, ref: str) -> StatsRow:
         s = self.runtime.stats(ref)
@@ -328,33 +403,99 @@ class LocalClient:
     def limits(self, ref: str) -> LimitsRow:
         return limits_row(self.runtime.get(ref).spec.limits)
 
-    def set_limits(self, ref: str, limits: LimitsRow) -> LimitsRow:
+    def set_limits(self, ref: str, limits: LimitsRow, memory_swap: str | None = None) -> LimitsRow:
+        """``memory_swap``: ``update --memory-swap`` as typed (``-1``: unlimited swap)."""
         current = self.runtime.get(ref).spec.limits
         chosen = to_limits(limits, current)
+        if memory_swap is not None:
+            chosen = chosen.with_options(memory_swap=memory_swap)
         if self.policy is not None:
             self.policy.check_limits(chosen)
         return limits_row(self.runtime.update(ref, chosen))
 
-    def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None],
-             cancelled: Callable[[], bool] | None = None) -> int:
-        """Run ``argv`` in the container, its output to ``output(stream, text)``; its exit status. Once
-        ``cancelled()`` says so (or ``output`` raises), the command is ended."""
-        return self.runtime.exec(ref, argv, stdin=None,
-                                 stdout=lambda d: output("stdout", d.decode(errors="replace")),
-                                 stderr=lambda d: output("stderr", d.decode(errors="replace")), cancelled=cancelled)
+    def run(self, options: RunOptions, output: Output | None = None, *, detach: bool = False,
+            start: bool = True) -> RunOutcome:
+        """A new container from ``options``: with ``detach``, made (and started unless ``start`` is False) and
+        left running; else in the foreground, its output to ``output`` (as :meth:`exec`'s) until it exits
+        (Ctrl-C, SIGTERM and SIGHUP are passed on to it)."""
+        spec = self._spec(options)
+        if detach:
+            return RunOutcome(self.runtime.run_detached(spec) if start else self.runtime.create(spec))
+        stdin, stdout, stderr, tty = _stdio(output)
+        if tty and not any(key == "TERM" for key, _ in spec.env):  # (as docker -t)
+            spec = replace(spec, env=(*spec.env, ("TERM", "xterm")))
+        result = self.runtime.run(spec, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)
+        return RunOutcome(result.container_id or "", result.exit_code, result.message())
+
+    def _spec(self, options: RunOptions) -> ContainerSpec:
+        """The runtime's spec for ``options``, within the policy."""
+        from .runtime import DEFAULT_ULIMITS, Mount, NetSpec, parse_env, parse_publish, parse_size, parse_ulimit
+
+        if self.policy is not None:
+            self.policy.check_image(options.image)
+        base = self.policy.defaults() if self.policy is not None else Limits()
+        if options.limits is not None:
+            base = to_limits(options.limits, Limits(disk=base.disk))
+        limits = base.with_options(memory_swap=options.memory_swap) if options.memory_swap else base
+        spec = ContainerSpec(
+            image=options.image, command=tuple(options.command), name=options.name, limits=limits,
+            entrypoint=(options.entrypoint,) if options.entrypoint is not None else None,
+            env=parse_env(list(options.env)), workdir=options.workdir, user=options.user,
+            hostname=options.hostname, mounts=tuple(Mount.parse(v) for v in options.volumes),
+            network=NetSpec(options.network), ports=tuple(parse_publish(p) for p in options.publish),
+            remove=options.remove, ulimits=DEFAULT_ULIMITS + tuple(parse_ulimit(u) for u in options.ulimits),
+            log_size=parse_size(options.log_size, "--log-size") if options.log_size else ContainerSpec.log_size,
+            userns=options.userns)
+        if self.policy is not None:
+            self.policy.check(spec)
+        return spec
+
+    def exec(self, ref: str, argv: list[str], output: Output, cancelled: Callable[[], bool] | None = None, *,
+             env: tuple[str, ...] = (), user: str | None = None, workdir: str | None = None) -> int:
+        """Run ``argv`` in the container, its output to ``output`` (``output(stream, text)``, or the caller's
+        own fds: :class:`Stdio`); its exit status. Once ``cancelled()`` says so (or ``output`` raises), the
+        command is ended."""
+        from .runtime import parse_env
+
+        stdin, stdout, stderr, tty = _stdio(output)
+        if tty and not any(item.startswith("TERM=") for item in env):
+            env = (*env, "TERM=xterm")
+        return self.runtime.exec(ref, argv, env=parse_env(list(env)), user=user, workdir=workdir, stdin=stdin,
+                                 stdout=stdout, stderr=stderr, cancelled=cancelled, tty=tty)
 
 
-    def logs(self, ref: str, output: Callable[[str, str], None], follow: bool = False,
+    def logs(self, ref: str, output: Output, follow: bool = False,
              cancelled: Callable[[], bool] | None = None) -> int | None:
         """A detached container's output so far (with ``follow``: then as it comes, until it stops, or until
-        ``cancelled()``), to ``output(stream, text)``; its exit code if it has exited, else None."""
-        names = {1: "stdout", 2: "stderr"}
+        ``cancelled()``), to ``output`` (as :meth:`exec`'s); its exit code if it has exited, else None."""
+        _, stdout, stderr, _ = _stdio(output)
         for stream, data in self.runtime.logs(ref, follow=follow, cancelled=cancelled):
-            output(names.get(stream, "stdout"), data.decode(errors="replace"))
+            _write(stderr if stream == 2 else stdout, data)
         try:
             return self.runtime.get(ref).state.exit_code
         except ContainerNotFound:  # (a --rm container is gone once it stops)
             return None
+
+
+def _stdio(output: Output | None) -> tuple[int | None, Any, Any, bool]:
+    """The runtime's stdin, stdout, stderr and tty for an :data:`Output` (None: no stdin, the output dropped)."""
+    if isinstance(output, Stdio):
+        return output.stdin, output.stdout, output.stderr, output.tty
+    if output is None:
+        return None, None, None, False
+    text = output
+    return (None, lambda d: text("stdout", d.decode(errors="replace")),
+            lambda d: text("stderr", d.decode(errors="replace")), False)
+
+
+def _write(target: Any, data: bytes) -> None:
+    """``data`` to an fd (all of it) or a callback."""
+    if callable(target):
+        target(data)
+        return
+    view = memoryview(data)
+    while view:
+        view = view[os.write(target, view):]
 
 
 def as_json(value: Any) -> Any:

@@ -5,7 +5,7 @@
 * :class:`Lines` (a notebook cell, or a terminal that is not one): those lines only;
 * the panel's bars are widgets (notebook/widgets.py), fed by the same states.
 
-:func:`follow` turns the runtime's progress events (a local pull or push) into states.
+:class:`Follow` turns the runtime's progress events (a local pull or push) into states.
 """
 
 from __future__ import annotations
@@ -20,18 +20,26 @@ if TYPE_CHECKING:  # (the CLI imports this module at start: client.py and the en
 SAID = {"complete": "{verb} complete", "exists": "Already exists", "mounted": "Mounted from another repository"}
 
 
-def follow(reference: str, render: Callable[[Progress], None]) -> Callable[[Any], None]:
-    """A progress callback for the runtime's pull or push that keeps a Progress and renders it at each event."""
-    from .client import Progress
+class Follow:
+    """A progress callback for the runtime's pull or push: keeps a Progress and renders it at each event
+    (``render`` may be None: the state is then only kept); :meth:`finish` renders it finished."""
 
-    state = Progress(reference)
+    def __init__(self, reference: str, render: Callable[[Progress], None] | None) -> None:
+        from .client import Progress
 
-    def on_event(event: Any) -> None:
+        self.state = Progress(reference)
+        self.render = render
+
+    def __call__(self, event: Any) -> None:
         if event.status != "resolved":
-            state.update(event.status, event.digest, event.done, event.total)
-            render(state)
+            self.state.update(event.status, event.digest, event.done, event.total)
+            if self.render is not None:
+                self.render(self.state)
 
-    return on_event
+    def finish(self) -> None:
+        self.state.finished = True
+        if self.render is not None:
+            self.render(self.state)
 
 
 class Lines:

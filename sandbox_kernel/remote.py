@@ -23,7 +23,19 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .client import ContainerRow, ImageRow, LimitsRow, Progress, ProgressCallback, StatsRow
+from .client import (
+    ContainerRow,
+    ImageRemoval,
+    ImageRow,
+    LimitsRow,
+    Output,
+    Progress,
+    ProgressCallback,
+    RunOptions,
+    RunOutcome,
+    StatsRow,
+    Stdio,
+)
 from .runtime import (
     ExecCancelled,
     HostCapacity,
@@ -209,7 +221,10 @@ class RemoteClient:
         return [self._row(ImageRow, row) for row in self._list(self._request("GET", "images"))]
 
     def pull(self, reference: str, *, platform: str | None = None, insecure: bool = False,
-             progress: ProgressCallback | None = None) -> str:
+             progress: ProgressCallback | None = None, ca_file: str | None = None,
+             cert_dir: str | None = None) -> str:
+        if ca_file or cert_dir:
+            raise UsageError("--ca-file and --cert-dir name files of this machine: the server pulls with its own")
         state = Progress(reference)
 
         def on_event(event: str, data: Any) -> None:
@@ -227,8 +242,8 @@ class RemoteClient:
             progress(state)
         return str(result["digest"])
 
-    def remove_image(self, reference: str, force: bool = False) -> list[str]:
-        return list(self._request("DELETE", f"images/{_quote(reference)}?force={int(force)}")["untagged"])
+    def remove_image(self, reference: str, force: bool = False) -> ImageRemoval:
+        return self._row(ImageRemoval, self._request("DELETE", f"images/{_quote(reference)}?force={int(force)}"))
 
     def history(self, reference: str) -> list[dict[str, Any]]:
         return list(self._request("GET", f"images/{_quote(reference)}/history"))
@@ -258,7 +273,9 @@ class RemoteClient:
         return str(self._request("DELETE", f"containers/{_quote(ref)}?force={int(force)}")["id"])
 
     def commit(self, ref: str, target: str | None = None, message: str | None = None,
-               created_by: str | None = None) -> str:
+               created_by: str | None = None, compression: str = "gzip") -> str:
+        if compression != "gzip":
+            raise UsageError("--compression is not available against a remote host (its layers are gzip)")
         body = {k: v for k, v in (("reference", target), ("message", message), ("created_by", created_by)) if v}
         return str(self._request("POST", f"containers/{_quote(ref)}/commit", body)["id"])
 
@@ -268,19 +285,63 @@ class RemoteClient:
     def limits(self, ref: str) -> LimitsRow:
         return self._row(LimitsRow, self._request("GET", f"containers/{_quote(ref)}/limits"))
 
-    def set_limits(self, ref: str, limits: LimitsRow) -> LimitsRow:
+    def set_limits(self, ref: str, limits: LimitsRow, memory_swap: str | None = None) -> LimitsRow:
+        if memory_swap is not None:
+            raise UsageError("--memory-swap is not available against a remote host")
         body = {"memory": limits.memory, "cpus": limits.cpus, "pids": limits.pids}
         return self._row(LimitsRow, self._request("PUT", f"containers/{_quote(ref)}/limits", body))
 
-    def logs(self, ref: str, output: Callable[[str, str], None], follow: bool = False,
+    def logs(self, ref: str, output: Output, follow: bool = False,
              cancelled: Callable[[], bool] | None = None) -> int | None:
+        output = _text(output)
         result = self._stream_result(f"containers/{_quote(ref)}/logs?follow={int(follow)}", None,
                                      lambda event, data: output(event, data["text"]), method="GET",
                                      cancelled=cancelled)
         return None if result["exit_code"] is None else int(result["exit_code"])
 
-    def exec(self, ref: str, argv: list[str], output: Callable[[str, str], None],
-             cancelled: Callable[[], bool] | None = None) -> int:
+    def exec(self, ref: str, argv: list[str], output: Output, cancelled: Callable[[], bool] | None = None, *,
+             env: tuple[str, ...] = (), user: str | None = None, workdir: str | None = None) -> int:
+        if env or user or workdir:
+            raise UsageError("-e, -u and -w are not available against a remote host")
+        output = _text(output)
         result = self._stream_result(f"containers/{_quote(ref)}/exec", {"argv": list(argv)},
                                      lambda event, data: output(event, data["text"]), cancelled=cancelled)
         return int(result["exit_code"])
+
+    def run(self, options: RunOptions, output: Output | None = None, *, detach: bool = False,
+            start: bool = True) -> RunOutcome:
+        """A container made and started there; in the foreground, its output followed here until it exits
+        (Ctrl-C stops it there, as docker's signal proxy would) and, with ``remove``, removed after."""
+        local = options.local_only()
+        if local:
+            raise UsageError(f"{local[0]} is not available against a remote host")
+        if isinstance(output, Stdio) and output.tty:
+            raise UsageError("-t is not available against a remote host")
+        if detach and options.remove:
+            raise UsageError("-d and --rm together are not available against a remote host")
+        cid = self.create(options.image, name=options.name, command=options.command, limits=options.limits,
+                          start=start)
+        if detach:
+            return RunOutcome(cid)
+        text = _text(output)
+        try:
+            try:
+                code = self.logs(cid, text, follow=True)
+            except KeyboardInterrupt:
+                self.stop(cid, timeout=10)
+                code = self.logs(cid, lambda *_: None)  # (its output was shown; now its exit code)
+        finally:
+            if options.remove:
+                self.remove(cid, force=True)
+        return RunOutcome(cid, code)
+
+
+def _text(output: Output | None) -> Callable[[str, str], None]:
+    """What a server sends (text by stream) for ``output``."""
+    if output is None:
+        return lambda stream, text: None
+    if isinstance(output, Stdio):
+        if output.tty:
+            raise UsageError("-t is not available against a remote host")
+        return output.text()
+    return output

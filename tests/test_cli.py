@@ -179,7 +179,7 @@ def test_progress_lines_say_each_layer_once_as_docker_does(capsys):
     from sandbox_kernel.client import Progress
 
     lines = progress.Lines("Pull")
-    on_event = progress.follow("r", lines)
+    on_event = progress.Follow("r", lines)
     for status, digest, total, done in [("resolved", "sha256:top", 0, 0), ("waiting", "sha256:" + "a" * 64, 10, 0),
                                         ("downloading", "sha256:" + "a" * 64, 10, 5),
                                         ("exists", "sha256:" + "b" * 64, 3, 3),

@@ -308,7 +308,8 @@ def test_limits_change_live(ip):
     assert {k: v for k, v in cgroup_limits(cgroup).items() if k != "cpu_quota_us"} == {"memory": 96 << 20,
                                                                                        "pids": 50}
     table = ip.run_line_magic("container", "limits l --cpus 0.5")
-    assert table[0]["memory"] == "96 MiB" and table[0]["pids"] == 50 and table[0]["cpus"] == "0.5"
+    assert (table[0]["Memory"], table[0]["Pids"], table[0]["Cpus"]) == (96 << 20, 50, 0.5)
+    assert "101MB" in repr(table), "sizes as the CLI prints them (docker's units)"
     assert cgroup_limits(cgroup)["cpu_quota_us"] == 50_000, "0.5 CPU: 50 ms of each 100 ms"
     assert "<table>" in table._repr_html_()
 
@@ -379,21 +380,21 @@ def test_shell_cells_and_a_shell_only_image(ip):
 def test_line_magics(ip, capsys):
     run(ip, "lm", "open('/root/made.txt', 'w').write('hi')")
     images = ip.run_line_magic("container", "images")
-    assert isinstance(images, Table) and any(r["repository"] == "localhost/busybox" for r in images.rows)
+    assert isinstance(images, Table) and any(r["Repository"] == "localhost/busybox" for r in images.rows)
     ps = ip.run_line_magic("container", "ps")
-    assert any(r["name"] == "lm" for r in ps.rows)
+    assert any(r["Names"] == ["lm"] for r in ps.rows)
     diff = ip.run_line_magic("container", "diff lm")
     assert {"kind": "A", "path": "/root/made.txt"} in diff.rows
     image_id = ip.run_line_magic("container", "commit lm localhost/lm-snap:1 -m first")
     assert image_id.startswith("sha256:")
     history = ip.run_line_magic("container", "history localhost/lm-snap:1")
-    assert "open('/root/made.txt', 'w')" in history[0]["created by"] and history[0]["comment"] == "first"
+    assert "open('/root/made.txt', 'w')" in history[0]["CreatedBy"] and history[0]["Comment"] == "first"
     assert ip.run_line_magic("container", "exec lm cat /root/made.txt") == 0
     assert last(ip).text() == "hi"
     code = ip.run_line_magic("container", "run --rm localhost/lm-snap:1 cat /root/made.txt")
     assert code == 0 and last(ip).text() == "hi"
     stats = ip.run_line_magic("container", "stats lm")
-    assert stats[0]["container"] == "lm"
+    assert stats[0]["Name"] == "lm"
     with pytest.raises(UsageError, match="unknown subcommand"):
         ip.run_line_magic("container", "frob")
     with pytest.raises(UsageError, match="no such container"):
@@ -529,7 +530,7 @@ def test_pull_and_push_line_magics(ip, plain_registry, capsys):
     assert pushed.startswith(remote + "@sha256:")
     image = ip.sk.store.resolve("localhost/busybox")
     fresh = ContainerMagics(ip, store=Store(ip.sk.store.root.parent / "fresh-store"))
-    ref = fresh._cmd_pull([remote, "--insecure"])
+    ref = fresh.container_line(f"pull {remote} --insecure")
     out = capsys.readouterr().out
     assert ref == remote and f"Digest: {image.manifest_digest}" in out and ": Pull complete" in out
     assert fresh.store.resolve(remote).id == image.id

@@ -142,7 +142,7 @@ def test_exec_joins_namespaces_cgroup_and_security(root):
     assert lines[5:8] == ["CapEff:\t00000000800405fb", "NoNewPrivs:\t1", "Seccomp:\t2"]
     assert lines[8] == "4"
     pids = cli(root, "stats", "--json", "host1")
-    assert json.loads(pids.stdout)[0]["Limits"]["pids"] == 50
+    assert json.loads(pids.stdout)[0]["PidsLimit"] == 50
 
 
 def test_device_cgroup_allows_only_the_container_devices(root):
@@ -216,8 +216,8 @@ def test_update_limits_of_a_running_container(root):
     detached(root, "sleep 30", "--name", "grow", "--memory", "64m")
     assert cli(root, "update", "--memory", "128m", "--pids-limit", "77", "grow").returncode == 0
     stats = json.loads(cli(root, "stats", "--json", "grow").stdout)[0]
-    assert stats["Limits"]["memory"] == 128 << 20 and stats["Limits"]["pids"] == 77
-    assert stats["Usage"]["pids"] >= 1 and stats["Usage"]["memory_current"] > 0
+    assert stats["MemoryLimit"] == 128 << 20 and stats["PidsLimit"] == 77
+    assert stats["Pids"] >= 1 and stats["Memory"] > 0
     cgroup = json.loads(cli(root, "inspect", "grow").stdout)[0]["Id"][:32]
     assert cgroup_limits(cgroup) == {"memory": 128 << 20, "pids": 77, "cpu_quota_us": None}, "the cgroup's own files"
     assert cli(root, "update", "--cpus", "0.25", "grow").returncode == 0

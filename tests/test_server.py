@@ -300,13 +300,13 @@ def test_magics_and_cli_against_the_server(served, tmp_path, capsys):
     magics = ContainerMagics(None, store=Store(tmp_path / "empty"))  # nothing here: all of it is there
     try:
         assert magics._use_remote(["--remote", server.url, "--token", server.token]) == f"remote: {server.url}"
-        assert "localhost/busybox" in [r["repository"] for r in magics.container_line("images")]
+        assert "localhost/busybox" in [r["Repository"] for r in magics.container_line("images")]
         Containers(store).run_detached(ContainerSpec(image=BUSYBOX, name="far", command=("sleep", "60")))
-        assert [r["name"] for r in magics.container_line("ps")] == ["far"]
+        assert [r["Names"] for r in magics.container_line("ps")] == [["far"]]
         seen = magics.sink_factory = Seen()
         assert magics.container_line("exec far sh -c 'echo over there'") == 0 and seen == [("stdout", "over there\n")]
-        assert magics.container_line("limits far --memory 40m")[0]["memory"] == "40 MiB"
-        assert magics.container_line("stats far")[0]["container"] == "far"
+        assert magics.container_line("limits far --memory 40m")[0]["Memory"] == 40 * MIB
+        assert magics.container_line("stats far")[0]["Name"] == "far"
         seen.clear()
         assert magics.container_line("run --rm localhost/busybox sh -c 'echo ran there; exit 2'") == 2
         assert seen == [("stdout", "ran there\n")]

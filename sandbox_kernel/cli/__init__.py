@@ -15,8 +15,10 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from ..runtime import SandboxError, Store, UsageError, format_size
+from ..verbs import VERBS
 from . import registry
 from .containers import add_commands, inspect_container
+from .verbs import add_verbs
 
 PROG = "sandbox-kernel"
 
@@ -48,48 +50,9 @@ def cmd_save(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_images(args: argparse.Namespace) -> int:
-    from .. import format as fmt
-
-    store = _store(args)
-    if args.json:
-        print(json.dumps(fmt.image_rows(store, args.reference), indent=2))
-    elif args.quiet:
-        seen = []
-        for row in fmt.image_rows(store, args.reference):
-            short = row["Id"].split(":", 1)[1][:12]
-            if short not in seen:
-                seen.append(short)
-        print("\n".join(seen))
-    else:
-        print(fmt.images_table(store, args.reference))
-    return 0
-
-
 def cmd_tag(args: argparse.Namespace) -> int:
     _store(args).tag(args.source, args.target)
     return 0
-
-
-def cmd_rmi(args: argparse.Namespace) -> int:
-    from ..runtime import parse_reference
-
-    store = _store(args)
-    status = 0
-    for name in args.images:
-        try:
-            tags, image = store.remove_image(name, force=args.force)
-        except SandboxError as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        for tag in tags:
-            print(f"Untagged: {parse_reference(tag).familiar()}")
-        if image.manifest_digest not in store.tags().values():
-            store.prune()
-            if not store.has_blob(image.manifest_digest):  # a container may still keep it
-                print(f"Deleted: {image.id}")
-    return status
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -101,17 +64,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         container = inspect_container(args, name) if args.type != "image" else None
         out.append(container if container is not None else fmt.inspect_image(store.resolve(name)))
     print(json.dumps(out, indent=4))
-    return 0
-
-
-def cmd_history(args: argparse.Namespace) -> int:
-    from .. import format as fmt
-
-    image = _store(args).resolve(args.image)
-    if args.json:
-        print(json.dumps(fmt.history_rows(image), indent=2))
-    else:
-        print(fmt.history_table(image))
     return 0
 
 
@@ -156,23 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("save", cmd_save, "save images to an OCI archive")
     p.add_argument("images", nargs="+", metavar="REF")
     p.add_argument("-o", "--output", required=True, metavar="FILE")
-    p = add("images", cmd_images, "list images")
-    p.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]", help="only images of this repository")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
     p = add("tag", cmd_tag, "give an image another name")
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("target", metavar="TARGET")
-    p = add("rmi", cmd_rmi, "remove images")
-    p.add_argument("images", nargs="+", metavar="REF")
-    p.add_argument("-f", "--force", action="store_true", help="remove an image tagged in several repositories")
     p = add("inspect", cmd_inspect, "show containers or images as JSON")
     p.add_argument("names", nargs="+", metavar="NAME|REF")
     p.add_argument("--type", choices=["container", "image"], help="only look for this kind of object")
-    p = add("history", cmd_history, "show an image's history")
-    p.add_argument("image", metavar="REF")
-    p.add_argument("--json", action="store_true", help="print JSON")
     add("prune", cmd_prune, "remove unused blobs and unpacked layers")
+    add_verbs(add)  # the verbs of every frontend (run, ps, exec, images, pull, ...): local or -H
     registry.add_commands(add)
     add_commands(add)
 
@@ -195,12 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         host = args.host or os.environ.get("SANDBOX_KERNEL_HOST")
-        if host:
-            from ..remote import RemoteClient
-            from .remote import run_remote
-
-            return run_remote(getattr(args, "subcommand", None) or args.func.__name__.removeprefix("cmd_"),
-                              RemoteClient(host), args)
+        command = getattr(args, "subcommand", None) or "image"
+        if host and command not in VERBS:
+            raise UsageError(f"'{command}' works on this machine only, not against a remote host "
+                             f"(--host / $SANDBOX_KERNEL_HOST); remote: {', '.join(sorted(VERBS))}")
         return args.func(args)
     except SandboxError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""``pull``, ``push``, ``login``, ``logout``: the CLI side of registries.
+"""``push``, ``login``, ``logout``: the CLI side of registries (``pull`` is a shared verb: verbs/images.py).
 
 On a terminal every layer gets a tqdm bar on stderr (bytes, speed); elsewhere
 one line per layer when it is done, as docker prints them. Passwords never
@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import progress
 from ..runtime import Store, UsageError
+from ..verbs.images import tls_arguments
 
 PROG = "sandbox-kernel"
 
@@ -30,35 +31,13 @@ def _options(args: argparse.Namespace) -> Any:
                            cert_dir=getattr(args, "cert_dir", None))
 
 
-def pull_image(args: argparse.Namespace, reference: str, quiet: bool = False) -> Any:
-    """Pull ``reference`` into the store of ``args``, with the terminal's progress (``run`` uses it too)."""
-    from ..runtime import pull
-
-    shown = progress.terminal("Pull", quiet)
-    try:
-        result = pull(_store(args), reference, platform=getattr(args, "platform", None), options=_options(args),
-                      progress=progress.follow(reference, shown))
-    finally:
-        shown.close()
-    if not quiet:
-        print(f"Digest: {result.digest}", file=sys.stderr)
-        news = "Downloaded newer image" if result.downloaded else "Image is up to date"
-        print(f"Status: {news} for {result.reference.familiar()}", file=sys.stderr)
-    return result
-
-
-def cmd_pull(args: argparse.Namespace) -> int:
-    print(str(pull_image(args, args.reference, args.quiet).reference))
-    return 0
-
-
 def cmd_push(args: argparse.Namespace) -> int:
     from ..runtime import push
 
     shown = progress.terminal("Push", args.quiet)
     try:
         result = push(_store(args), args.source, args.destination, options=_options(args),
-                      progress=progress.follow(args.source, shown))
+                      progress=progress.Follow(args.source, shown))
     finally:
         shown.close()
     print(f"{result.reference.tag}: digest: {result.digest} size: {result.size}")
@@ -102,31 +81,17 @@ def cmd_logout(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tls_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--insecure", action="store_true",
-                   help="allow plain http, or https with a certificate that is not verified")
-    p.add_argument("--ca-file", metavar="FILE", help="also trust this CA certificate (PEM)")
-    p.add_argument("--cert-dir", metavar="DIR",
-                   help="docker's layout: *.crt CA certificates, NAME.cert/NAME.key client certificates")
-
-
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    p = add("pull", cmd_pull, "pull an image from a registry")
-    p.add_argument("reference", metavar="REF")
-    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-arch index (default: "
-                   "this machine's)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the reference")
-    _tls_options(p)
     p = add("push", cmd_push, "push an image to a registry")
     p.add_argument("source", metavar="REF")
     p.add_argument("destination", nargs="?", metavar="DEST", help="push under this name (default: REF)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress")
-    _tls_options(p)
+    tls_arguments(p)
     p = add("login", cmd_login, "log in to a registry (saved in docker's config.json)")
     p.add_argument("server", nargs="?", metavar="SERVER", help="default: Docker Hub")
     p.add_argument("-u", "--username")
     p.add_argument("-p", "--password", help="insecure: prefer --password-stdin")
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    _tls_options(p)
+    tls_arguments(p)
     p = add("logout", cmd_logout, "forget the saved credentials of a registry")
     p.add_argument("server", nargs="?", metavar="SERVER", help="default: Docker Hub")

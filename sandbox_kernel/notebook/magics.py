@@ -30,7 +30,7 @@ from traitlets.config import Configurable
 
 from .. import format as fmt
 from .. import progress
-from ..client import Client, ContainerRow, LimitsRow, LocalClient, limits_row, to_limits
+from ..client import Client, LimitsRow, LocalClient, Output, limits_row, to_limits
 from ..policy import SandboxPolicy
 from ..remote import RemoteClient
 from ..runtime import (
@@ -45,6 +45,7 @@ from ..runtime import (
     Store,
     format_size,
 )
+from ..verbs import VERBS, Done, Frontend, Listing, Verb
 from . import sanitize, values
 from .session import (
     AGENT_ARGV,
@@ -60,9 +61,10 @@ from .session import (
 )
 
 DEFAULT_IMAGE = "localhost/debian-python:latest"
-# what %container can do against a server (--remote, $SANDBOX_KERNEL_HOST): what its REST API offers
-REMOTE_COMMANDS = frozenset({"images", "pull", "ps", "run", "exec", "stop", "rm", "commit", "history", "limits",
-                             "stats", "panel"})
+# the shared verbs (sandbox_kernel/verbs) a cell offers, on this machine or against a server; of the notebook's own
+# commands, what works against a server (--remote, $SANDBOX_KERNEL_HOST)
+NOTEBOOK_VERBS = frozenset(name for name, verb in VERBS.items() if verb.notebook)
+REMOTE_COMMANDS = frozenset({"panel"})
 OWNER_LABEL = "sandbox-kernel.owner"
 KEEP_LABEL = "sandbox-kernel.keep"
 
@@ -84,11 +86,19 @@ def _owner_alive(owner: str) -> bool:
 
 
 class Table:
-    """Rows that render as an HTML table in a notebook and as text elsewhere."""
+    """Rows that render as an HTML table in a notebook and as text elsewhere; ``table[i]`` is row i's values
+    (a listing verb's rows are its ``--json`` objects; the cells are what the CLI's table shows)."""
 
-    def __init__(self, rows: list[dict[str, Any]], columns: list[str] | None = None):
+    def __init__(self, rows: list[dict[str, Any]], columns: list[str] | None = None,
+                 cells: list[list[str]] | None = None):
         self.rows = rows
         self.columns = columns or (list(rows[0]) if rows else [])
+        self.cells = cells if cells is not None else [["" if row.get(c) is None else str(row.get(c))
+                                                        for c in self.columns] for row in rows]
+
+    @classmethod
+    def of(cls, listing: Listing) -> Table:
+        return cls(listing.rows, listing.headers, listing.cells)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -96,17 +106,14 @@ class Table:
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.rows[index]
 
-    def _cells(self) -> list[list[str]]:
-        return [["" if row.get(c) is None else str(row.get(c)) for c in self.columns] for row in self.rows]
-
     def __repr__(self) -> str:
         if not self.rows:
             return "(none)"
-        return fmt.table(self._cells(), [c.upper() for c in self.columns])
+        return fmt.table(self.cells, [c.upper() for c in self.columns])
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in self._cells())
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in self.cells)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -150,8 +157,42 @@ class RemoteCellError(CellError):
         self.args = (lines[-1] if lines else evalue,)
 
 
-def _status_text(row: ContainerRow) -> str:
-    return fmt.status_text(row.status, row.created_at, row.started_at, row.finished_at, row.exit_code)
+class Cell(Frontend):
+    """The shared verbs in a cell (``%container VERB ...``): container output streams into the cell, progress
+    is a line per layer, and the magics hear of containers that stop, go or are committed."""
+
+    name = "a notebook cell"
+
+    def __init__(self, magics: ContainerMagics):
+        self.magics = magics
+
+    def output(self, tty: bool = False) -> Output:
+        return self.magics.sink_factory(False).stream
+
+    def progress(self, verb: str, quiet: bool = False) -> Any:
+        return progress.Lines(verb)
+
+    def note(self, text: str) -> None:
+        print(text, flush=True)  # (in a cell, stderr is for what went wrong)
+
+    def warning(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def forget(self, ref: str) -> None:
+        self.magics._forget(ref)
+
+    def created_by(self, ref: str) -> str | None:
+        cells = self.magics.cells.get(self._name(ref), [])
+        return "%%container\n" + "\n# ---\n".join(cells) if cells else None
+
+    def committed(self, ref: str) -> None:
+        self.magics.cells[self._name(ref)] = []
+
+    def _name(self, ref: str) -> str:
+        """The container's name (the magics keep its cells by name), ``ref`` itself against a server."""
+        if self.magics.remote is not None:
+            return ref
+        return self.magics.containers.get(ref).name
 
 
 @magics_class
@@ -326,7 +367,7 @@ class ContainerMagics(Magics):
                 print(f"Building base image {recipe.name}...", file=sys.stderr)
                 return build(self.store, recipe.name)
         print(f"Pulling {ref}...", file=sys.stderr)
-        return pull(self.store, ref, progress=progress.follow(ref, progress.Lines("Pull", sys.stderr, "  "))).image
+        return pull(self.store, ref, progress=progress.Follow(ref, progress.Lines("Pull", sys.stderr, "  "))).image
 
     def _session(self, args: Any) -> Session:
         name = args.name or self.default_name
@@ -517,16 +558,28 @@ class ContainerMagics(Magics):
         if words[0] in ("--remote", "--local"):
             return self._use_remote(words)
         command, rest = words[0], words[1:]
+        verb = VERBS.get(command) if command in NOTEBOOK_VERBS else None
         handler = getattr(self, f"_cmd_{command}", None)
-        if handler is None:
+        if verb is None and handler is None:
             raise UsageError(f"%container: unknown subcommand {command!r}")
-        if self.remote is not None and command not in REMOTE_COMMANDS:
+        if self.remote is not None and verb is None and command not in REMOTE_COMMANDS:
             raise UsageError(f"%container {command} works on this kernel's machine only, not against "
                              f"{self.remote.url} (%container --local to come back)")
         try:
+            if verb is not None:
+                return self._verb(verb, rest)
             return handler(rest)
         except SandboxError as exc:
             raise UsageError(str(exc)) from None
+
+    def _verb(self, verb: Verb, argv: list[str]) -> Any:
+        """A shared verb (sandbox_kernel/verbs) in this cell: a listing is a Table, a status is the value."""
+        parser = self._parser(verb.name)
+        verb.arguments(parser)
+        result = verb.call(self.client, parser.parse_args(argv), Cell(self))
+        if isinstance(result, Listing):
+            return Table.of(result)
+        return None if isinstance(result, Done) else result
 
     def _use_remote(self, words: list[str]) -> str:
         """``%container --remote URL [--token T]``: line commands go to that server; ``--local``: back here."""
@@ -576,28 +629,10 @@ class ContainerMagics(Magics):
                            defaults=limits_row(self.default_limits))
         return self.panel
 
-    def _cmd_images(self, argv: list[str]) -> Table:
-        rows = [r for r in self.client.images() if not argv or argv[0] in (r.ref, fmt.split_ref(r.ref)[0])]
-        return Table([{"repository": fmt.split_ref(r.ref)[0], "tag": fmt.split_ref(r.ref)[1],
-                       "id": r.id.split(":", 1)[1][:12], "created": fmt.time_ago(r.created),
-                       "size": format_size(r.size, docker=True)} for r in rows],
-                     ["repository", "tag", "id", "created", "size"])
-
     def _cmd_inspect(self, argv: list[str]) -> Any:
         if len(argv) != 1:
             raise UsageError("usage: %container inspect REF")
         return fmt.inspect_image(self.store.resolve(argv[0]))
-
-    def _cmd_pull(self, argv: list[str]) -> str:
-        parser = self._parser("pull")
-        parser.add_argument("reference")
-        parser.add_argument("--platform")
-        parser.add_argument("--insecure", action="store_true")
-        args = parser.parse_args(argv)
-        digest = self.client.pull(args.reference, platform=args.platform, insecure=args.insecure,
-                                  progress=progress.Lines("Pull"))
-        print(f"Digest: {digest}")
-        return str(args.reference)
 
     def _cmd_push(self, argv: list[str]) -> str:
         parser = self._parser("push")
@@ -610,66 +645,6 @@ class ContainerMagics(Magics):
         result = push(self.store, args.source, args.destination, options=RegistryOptions(insecure=args.insecure))
         return f"{result.reference}@{result.digest}"
 
-    def _cmd_ps(self, argv: list[str]) -> Table:
-        rows = self.client.containers(all="-a" in argv or "--all" in argv)
-        return Table([{"id": r.id[:12], "name": r.name, "image": r.image, "status": _status_text(r)}
-                      for r in rows], ["id", "name", "image", "status"])
-
-    def _cmd_run(self, argv: list[str]) -> int:
-        parser = self._parser("run")
-        parser.add_argument("--rm", action="store_true")
-        parser.add_argument("--name")
-        parser.add_argument("--memory", "-m")
-        parser.add_argument("--cpus")
-        parser.add_argument("--pids-limit", type=int)
-        parser.add_argument("--disk")
-        parser.add_argument("-e", "--env", action="append", default=[])
-        parser.add_argument("-v", "--volume", action="append", default=[])
-        parser.add_argument("image")
-        parser.add_argument("command", nargs="...")
-        args = parser.parse_args(argv)
-        from ..runtime import parse_env
-
-        if self.remote is not None:
-            return self._run_remote(args)
-        self._image(args.image)
-        spec = ContainerSpec(image=args.image, command=tuple(args.command), name=args.name, remove=args.rm,
-                             env=parse_env(args.env), mounts=tuple(Mount.parse(v) for v in args.volume),
-                             limits=self._limits(args) or Limits())
-        sink = self.sink_factory(False)
-        result = self.containers.run(spec, stdin=None,
-                                     stdout=lambda d: sink.stream("stdout", d.decode(errors="replace")),
-                                     stderr=lambda d: sink.stream("stderr", d.decode(errors="replace")))
-        message = result.message()
-        if message:
-            print(message, file=sys.stderr)
-        return result.exit_code
-
-    def _run_remote(self, args: Any) -> int:
-        """``%container run`` on the server: its output streams into the cell; its exit code is the value."""
-        if args.volume or args.env:
-            raise UsageError(f"-v and -e are not available against {self.remote.url if self.remote else ''}")
-        limits = self._limits(args)
-        cid = self.client.create(args.image, name=args.name, command=tuple(args.command),
-                                 limits=limits_row(limits) if limits is not None else None)
-        sink = self.sink_factory(False)
-        try:
-            try:
-                code = self.client.logs(cid, sink.stream, follow=True)
-            except KeyboardInterrupt:
-                self.client.stop(cid, timeout=GRACE)
-                code = self.client.logs(cid, lambda *_: None)
-        finally:
-            if args.rm:
-                self.client.remove(cid, force=True)
-        return 1 if code is None else code
-
-    def _cmd_exec(self, argv: list[str]) -> int:
-        if len(argv) < 2:
-            raise UsageError("usage: %container exec NAME COMMAND...")
-        sink = self.sink_factory(False)
-        return self.client.exec(argv[0], argv[1:], sink.stream)
-
     def _forget(self, ref: str) -> None:
         if self.remote is not None:
             return
@@ -679,65 +654,10 @@ class ContainerMagics(Magics):
             if session is not None:
                 session.close()
 
-    def _cmd_stop(self, argv: list[str]) -> None:
-        if not argv:
-            raise UsageError("usage: %container stop NAME...")
-        for ref in argv:
-            self._forget(ref)
-            with contextlib.suppress(SandboxError):  # (it may have stopped with its agent)
-                self.client.stop(ref)
-            print(ref)
-
-    def _cmd_rm(self, argv: list[str]) -> None:
-        force = "-f" in argv or "--force" in argv
-        names = [a for a in argv if a not in ("-f", "--force")]
-        if not names:
-            raise UsageError("usage: %container rm [-f] NAME...")
-        for ref in names:
-            if force:
-                self._forget(ref)
-            print(self.client.remove(ref, force=force))
-
-    def _cmd_commit(self, argv: list[str]) -> str:
-        parser = self._parser("commit")
-        parser.add_argument("container")
-        parser.add_argument("reference", nargs="?")
-        parser.add_argument("-m", "--message")
-        args = parser.parse_args(argv)
-        name = args.container if self.remote is not None else self.containers.get(args.container).name
-        cells = self.cells.get(name, [])
-        created_by = "%%container\n" + "\n# ---\n".join(cells) if cells else None
-        image_id = self.client.commit(args.container, args.reference, args.message, created_by)
-        self.cells[name] = []
-        return image_id
-
     def _cmd_diff(self, argv: list[str]) -> Table:
         if len(argv) != 1:
             raise UsageError("usage: %container diff NAME")
         return Table([{"kind": c.kind, "path": c.path} for c in self.containers.diff(argv[0])], ["kind", "path"])
-
-    def _cmd_history(self, argv: list[str]) -> Table:
-        if len(argv) != 1:
-            raise UsageError("usage: %container history IMAGE")
-        rows = self.client.history(argv[0])
-        return Table([{"created": fmt.time_ago(r["Created"]), "created by": r["CreatedBy"],
-                       "size": format_size(r["Size"], docker=True), "comment": r["Comment"]} for r in rows],
-                     ["created", "created by", "size", "comment"])
-
-    def _cmd_limits(self, argv: list[str]) -> Table:
-        parser = self._parser("limits")
-        parser.add_argument("container")
-        parser.add_argument("--memory", "-m")
-        parser.add_argument("--cpus")
-        parser.add_argument("--pids-limit", type=int)
-        args = parser.parse_args(argv)
-        current = self.client.limits(args.container)
-        given = args.memory is not None or args.cpus is not None or args.pids_limit is not None
-        limits = current if not given else self.client.set_limits(
-            args.container, current.with_options(args.memory, args.cpus, args.pids_limit))
-        return Table([{"container": args.container, "memory": format_size(limits.memory),
-                       "cpus": "no limit" if limits.cpus is None else f"{limits.cpus:g}",
-                       "pids": "no limit" if limits.pids is None else limits.pids}])
 
     def _cmd_network(self, argv: list[str]) -> Any:
         """``%container network create NAME [--subnet CIDR] [--nat] [--allow-host] | ls | rm NAME...``"""
@@ -767,16 +687,6 @@ class ContainerMagics(Magics):
             return None
         raise UsageError("usage: %container network create NAME [--subnet CIDR] [--nat] [--allow-host] | ls | "
                          "rm NAME...")
-
-    def _cmd_stats(self, argv: list[str]) -> Table:
-        rows = [r for r in self.client.containers(all=bool(argv)) if r.status in ("running", "paused")
-                and (not argv or r.name in argv or r.id in argv or any(r.id.startswith(a) for a in argv))]
-        missing = [a for a in argv if not any(a in (r.name, r.id) or r.id.startswith(a) for r in rows)]
-        if missing:
-            raise UsageError(f"no such running container: {missing[0]}")
-        return Table([{"container": r.name, "memory": format_size(r.memory), "limit": format_size(r.memory_limit),
-                       "cpu %": "" if r.cpu_percent is None else f"{r.cpu_percent:.1f}", "pids": r.pids}
-                      for r in rows], ["container", "memory", "limit", "cpu %", "pids"])
 
 
 def register(ipython: Any) -> ContainerMagics:

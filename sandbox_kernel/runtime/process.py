@@ -58,6 +58,7 @@ import select
 import signal
 import socket
 import struct
+import termios
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
@@ -200,6 +201,10 @@ def exec_command(proc: ProcessPlan, err_w: int, seccomp: security.Prepared | Non
     try:
         for sig in (*FORWARDED_SIGNALS, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
+        if os.isatty(0):  # run/exec -t: a session of our own, with the container's terminal as its terminal
+            with contextlib.suppress(PermissionError):  # (already a session leader: exec's child is one)
+                os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         _set_rlimits(proc)
         if userns is not None:  # full capabilities in it, none on the host from here on
             sc.setns(userns, sc.CLONE_NEWUSER)

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -245,6 +246,9 @@ int main(void)
     for (int i = 0; i < 3; i++)
         if (dup2(high[i], i) < 0)
             setup_failed("stdio", errno);
+    /* run -t: the terminal is ours, a session of our own its controlling terminal (Ctrl-C, job control) */
+    if (isatty(0) && (setsid() < 0 || ioctl(0, TIOCSCTTY, 0) < 0))
+        setup_failed("controlling terminal", errno);
     close(SOCK_FD);
     /* we are in the container's cgroup now: root our cgroup namespace there */
     if (unshare(CLONE_NEWCGROUP))

@@ -487,11 +487,13 @@ class _Starting(Room):
         return self.get(cdir.id)
 
     def run(self, spec: ContainerSpec, *, stdin: int | None = 0, stdout: Output = 1, stderr: Output = 2,
-            on_start: Callable[[str], None] | None = None) -> ContainerResult:
+            on_start: Callable[[str], None] | None = None, tty: bool = False) -> ContainerResult:
         """``run`` in the foreground: create, start, stream the output, wait; removed after with ``--rm``.
 
         ``stdout``/``stderr`` are fds (default: the caller's) or callbacks that
-        get each chunk as it comes. The container dies with the caller.
+        get each chunk as it comes; with ``tty`` the container runs on a
+        terminal of its own, all of its output to ``stdout`` (stdio.py). The
+        container dies with the caller.
         Interrupts while waiting are the container's (see :class:`_Interrupts`).
         """
         image = self.store.resolve(spec.image)
@@ -504,7 +506,8 @@ class _Starting(Room):
             if slot is not None:
                 launcher.drop(slot)
             raise
-        return self._foreground(ContainerDir(self.root / cid), record, slot, key, stdin, stdout, stderr, on_start)
+        return self._foreground(ContainerDir(self.root / cid), record, slot, key, Relay(stdin, stdout, stderr, tty),
+                                on_start)
 
     def start_attached(self, ref: str, *, stdin: int | None = 0, stdout: Output = 1, stderr: Output = 2,
                        on_start: Callable[[str], None] | None = None) -> ContainerResult:
@@ -513,16 +516,16 @@ class _Starting(Room):
         state = self._reconcile(cdir)
         if state is not None and state.status in (RUNNING, PAUSED):
             raise ContainerError(f"container {ref} is already running")
-        return self._foreground(cdir, None, None, None, stdin, stdout, stderr, on_start)
+        return self._foreground(cdir, None, None, None, Relay(stdin, stdout, stderr), on_start)
 
     def _foreground(self, cdir: ContainerDir, created: ContainerRecord | None,
-                    slot: Any, key: tuple[str, ...] | None, stdin: int | None, stdout: Output, stderr: Output,
+                    slot: Any, key: tuple[str, ...] | None, relay: Relay,
                     on_start: Callable[[str], None] | None) -> ContainerResult:
         """Start ``cdir`` (just ``created``, or made earlier) with the caller's stdio and wait for its exit."""
         cid = cdir.id
         remove = created.spec.remove if created is not None else False
         listeners: list[tuple[Any, int]] = []
-        with Relay(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
+        with relay as stdio, _Interrupts() as interrupts:
             try:
                 if on_start is not None:
                     on_start(cid)
@@ -602,7 +605,7 @@ class _Starting(Room):
 
     def exec(self, ref: str, argv: list[str] | tuple[str, ...], *, env: tuple[tuple[str, str], ...] = (),
              user: str | None = None, workdir: str | None = None, stdin: int | None = 0, stdout: Output = 1,
-             stderr: Output = 2, cancelled: Callable[[], bool] | None = None) -> int:
+             stderr: Output = 2, cancelled: Callable[[], bool] | None = None, tty: bool = False) -> int:
         """Run ``argv`` in a running container, with the same namespaces, cgroup and security; its exit status.
 
         ``cancelled``, asked a few times a second: once it says so, or once an
@@ -628,7 +631,7 @@ class _Starting(Room):
         if pidfd is None:
             raise ContainerError(f"container {ref} is not running")
         try:
-            with Relay(stdin, stdout, stderr) as stdio, _Interrupts() as interrupts:
+            with Relay(stdin, stdout, stderr, tty) as stdio, _Interrupts() as interrupts:
                 helper, go_w, err_r, status_r = launcher.start_exec(pidfd, plan, stdio.child_fds)
                 stdio.close_child_ends()
                 try:

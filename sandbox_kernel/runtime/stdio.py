@@ -6,6 +6,14 @@ through ``/proc/self/fd/N`` by the container's root (conmon and containerd's
 shim relay for the same reason). So fds 0-2 of the container are pipes, and
 :class:`Relay` copies the caller's stdin into one and the two output pipes to
 the caller's fds or callbacks, as the data comes.
+
+With ``tty`` (docker's ``-t``) the container gets a pseudo-terminal of its own
+instead: fds 0-2 are its slave end (the command makes it its controlling
+terminal, so the line discipline turns Ctrl-C into SIGINT and Ctrl-D into an
+end of file there), and the master end stays here. When the caller's stdin is
+a terminal, it is put in raw mode while the container runs (every key goes to
+the container, as with docker), its window size is copied at the start and at
+every SIGWINCH, and its mode is restored at the end.
 """
 
 from __future__ import annotations
@@ -14,6 +22,10 @@ import errno
 import fcntl
 import os
 import select
+import signal
+import termios
+import threading
+import tty as _tty
 from collections.abc import Callable
 
 Output = int | Callable[[bytes], None] | None  # an fd, a callback for each chunk, or None to discard
@@ -47,11 +59,14 @@ def _writer(target: Output) -> Callable[[bytes], None]:
 class Relay:
     """Pipes for the container's fds 0-2, and the copying between them and the caller."""
 
-    def __init__(self, stdin: int | None, stdout: Output, stderr: Output):
+    def __init__(self, stdin: int | None, stdout: Output, stderr: Output, tty: bool = False):
         if stdin is not None and not isinstance(stdin, int):
             raise TypeError("stdin must be an fd or None")
         self.source = stdin  # the caller's stdin: read only when poll says so (it is never made non-blocking)
         self.outputs = (stdout, stderr)
+        self.tty = tty
+        self._terminal: tuple[int, list[object]] | None = None  # the caller's terminal and its mode, to restore
+        self._winch: tuple[object] | None = None  # the SIGWINCH handler before ours, while ours is there
         self.pending = b""
         self.stdin_w: int | None = None
         self.readers: dict[int, Callable[[bytes], None]] = {}
@@ -59,6 +74,8 @@ class Relay:
         self._child_ends: list[int] = []
 
     def __enter__(self) -> Relay:
+        if self.tty:
+            return self._enter_tty()
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         if self.source is None:
             os.close(in_w)  # stdin at EOF, like /dev/null
@@ -73,6 +90,35 @@ class Relay:
         self._child_ends = ends
         self.child_fds = (ends[0], ends[1], ends[2])
         return self
+
+    def _enter_tty(self) -> Relay:
+        master, slave = os.openpty()  # (both close-on-exec: the child gets the slave through the monitor)
+        try:
+            self._child_ends = [slave]
+            self.child_fds = (slave, slave, slave)
+            self.readers[master] = _writer(self.outputs[0])  # one stream, as docker -t: stderr goes there too
+            if self.source is not None:
+                self.stdin_w = os.dup(master)  # (closed at the caller's EOF; the master stays open)
+                fcntl.fcntl(master, fcntl.F_SETFL, fcntl.fcntl(master, fcntl.F_GETFL) | os.O_NONBLOCK)
+            caller = self.source if self.source is not None and os.isatty(self.source) else None
+            if caller is not None:
+                self._resize(caller, master)
+                if threading.current_thread() is threading.main_thread():
+                    self._winch = (signal.signal(signal.SIGWINCH, lambda *_: self._resize(caller, master)),)
+                self._terminal = (caller, termios.tcgetattr(caller))
+                _tty.setraw(caller, termios.TCSANOW)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    @staticmethod
+    def _resize(caller: int, master: int) -> None:
+        """The caller's window size onto the container's terminal (which sends its foreground SIGWINCH)."""
+        try:
+            fcntl.ioctl(master, termios.TIOCSWINSZ, fcntl.ioctl(caller, termios.TIOCGWINSZ, b"\0" * 8))
+        except OSError:
+            pass
 
     def close_child_ends(self) -> None:
         """Once the child has its copies: only the container holds the other ends now."""
@@ -114,7 +160,14 @@ class Relay:
                 return
 
     def _copy_out(self, fd: int) -> None:
-        data = os.read(fd, CHUNK)
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # a terminal's master once no process holds the slave any more: its end
+            if exc.errno != errno.EIO:
+                raise
+            data = b""
         if data:
             self.readers[fd](data)
         else:
@@ -158,6 +211,13 @@ class Relay:
                 self._copy_out(r)
 
     def __exit__(self, *exc: object) -> None:
+        if self._terminal is not None:
+            termios.tcsetattr(self._terminal[0], termios.TCSADRAIN, self._terminal[1])
+            self._terminal = None
+        if self._winch is not None:
+            before = self._winch[0]
+            signal.signal(signal.SIGWINCH, before if before is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+            self._winch = None
         self.close_child_ends()
         self._close_stdin()
         for fd in list(self.readers):

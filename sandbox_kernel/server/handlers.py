@@ -328,7 +328,7 @@ class ImageHandler(_Handler):
     @web.authenticated
     @authorized("write")
     async def delete(self, ref: str) -> None:
-        self.reply({"untagged": await self.call(self.client.remove_image, _ref(ref), self.flag("force"))})
+        self.reply(await self.call(self.client.remove_image, _ref(ref), self.flag("force")))
 
 
 class HistoryHandler(_Handler):

@@ -1,11 +1,11 @@
-"""Docker-like text and JSON views of images and containers, shared by the CLI and the magics."""
+"""Docker-like views of images and containers: the times, tables and inspect objects the verbs show."""
 
 from __future__ import annotations
 
 import datetime as _dt
 from typing import Any
 
-from .runtime import ContainerInfo, ContainerStats, Image, Store, format_size, parse_reference
+from .runtime import ContainerInfo, Image, Store, parse_reference
 
 
 def _parse_time(text: str | None) -> _dt.datetime | None:
@@ -45,15 +45,12 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def image_rows(store: Store, match: str | None = None) -> list[dict[str, Any]]:
-    """One row per tag (docker's ``images [REPOSITORY[:TAG]]``), newest image first."""
-    wanted = parse_reference(match, default_tag=False) if match else None
+def image_rows(store: Store) -> list[dict[str, Any]]:
+    """One row per tag (docker's ``images``), newest image first."""
     rows = []
     for image in store.images():
         for tag in image.tags:
             ref = parse_reference(tag)
-            if wanted is not None and (ref.name != wanted.name or wanted.tag not in (None, ref.tag)):
-                continue
             rows.append(
                 {
                     "Repository": ref.familiar_name,
@@ -65,21 +62,6 @@ def image_rows(store: Store, match: str | None = None) -> list[dict[str, Any]]:
                 }
             )
     return rows
-
-
-def split_ref(ref: str) -> tuple[str, str]:
-    """``registry:5000/name:tag`` -> (``registry:5000/name``, ``tag``); no tag -> (ref, "")."""
-    name, _, tag = ref.rpartition(":")
-    return (name, tag) if name and "/" not in tag else (ref, "")
-
-
-def images_table(store: Store, match: str | None = None) -> str:
-    rows = [
-        [r["Repository"], r["Tag"] or "<none>", r["Id"].split(":", 1)[1][:12], time_ago(r["Created"]),
-         format_size(r["Size"], docker=True)]
-        for r in image_rows(store, match)
-    ]
-    return table(rows, ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"])
 
 
 def inspect_image(image: Image) -> dict[str, Any]:
@@ -133,67 +115,24 @@ def history_rows(image: Image) -> list[dict[str, Any]]:
     return rows
 
 
-def history_table(image: Image) -> str:
-    rows = []
-    for r in history_rows(image):
-        created_by = r["CreatedBy"] if len(r["CreatedBy"]) <= 45 else r["CreatedBy"][:44] + "…"
-        rid = r["Id"].split(":", 1)[1][:12] if r["Id"].startswith("sha256:") else r["Id"]
-        rows.append([rid, time_ago(r["Created"]), created_by, format_size(r["Size"], docker=True), r["Comment"]])
-    return table(rows, ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"])
-
-
 # -- containers -----------------------------------------------------------------------------------------------------
 
-def _iso(timestamp: float | None) -> str | None:
+def iso(timestamp: float | None) -> str | None:
     if not timestamp:
         return None
     return _dt.datetime.fromtimestamp(timestamp, _dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def container_status(info: ContainerInfo, now: float | None = None) -> str:
-    """docker ps's STATUS: ``Up 3 minutes``, ``Exited (0) 2 seconds ago``, ``Created``."""
-    state = info.state
-    return status_text(state.status, state.created_at, state.started_at, state.finished_at, state.exit_code, now)
-
-
 def status_text(status: str, created_at: float, started_at: float | None, finished_at: float | None,
                 exit_code: int | None, now: float | None = None) -> str:
-    """:func:`container_status` from the parts (what a remote server sends)."""
+    """docker ps's STATUS: ``Up 3 minutes``, ``Exited (0) 2 seconds ago``, ``Created``."""
     now_dt = _dt.datetime.fromtimestamp(now, _dt.UTC) if now else None
     if status in ("running", "paused", "starting"):
-        up = time_ago(_iso(started_at or created_at), now_dt).removesuffix(" ago")
+        up = time_ago(iso(started_at or created_at), now_dt).removesuffix(" ago")
         return f"Up {up}" + (" (Paused)" if status == "paused" else "")
     if status == "exited":
-        return f"Exited ({exit_code}) {time_ago(_iso(finished_at), now_dt)}"
+        return f"Exited ({exit_code}) {time_ago(iso(finished_at), now_dt)}"
     return "Created"
-
-
-def container_row(info: ContainerInfo) -> dict[str, Any]:
-    state = info.state
-    return {
-        "Id": info.id,
-        "Names": [info.name],
-        "Image": info.image,
-        "ImageID": info.image_id,
-        "Command": " ".join(info.command),
-        "Created": _iso(state.created_at),
-        "State": state.status,
-        "Status": container_status(info),
-        "ExitCode": state.exit_code,
-        "OOMKilled": state.oom_killed,
-        "Pid": state.pid,
-        "Error": state.error,
-    }
-
-
-def containers_table(infos: list[ContainerInfo]) -> str:
-    rows = []
-    for info in infos:
-        command = " ".join(info.command)
-        command = command if len(command) <= 20 else command[:19] + "…"
-        rows.append([info.short_id, info.image, f'"{command}"', time_ago(_iso(info.state.created_at)),
-                     container_status(info), info.name])
-    return table(rows, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"])
 
 
 def inspect_container(info: ContainerInfo) -> dict[str, Any]:
@@ -202,7 +141,7 @@ def inspect_container(info: ContainerInfo) -> dict[str, Any]:
     return {
         "Id": info.id,
         "Name": "/" + info.name,
-        "Created": _iso(state.created_at),
+        "Created": iso(state.created_at),
         "Path": info.command[0],
         "Args": list(info.command[1:]),
         "State": {
@@ -213,8 +152,8 @@ def inspect_container(info: ContainerInfo) -> dict[str, Any]:
             "Pid": state.pid,
             "ExitCode": state.exit_code,
             "Error": state.error or "",
-            "StartedAt": _iso(state.started_at),
-            "FinishedAt": _iso(state.finished_at),
+            "StartedAt": iso(state.started_at),
+            "FinishedAt": iso(state.finished_at),
         },
         "Image": info.image_id,
         "Config": {
@@ -239,16 +178,3 @@ def inspect_container(info: ContainerInfo) -> dict[str, Any]:
             "UsernsMode": spec.userns,
         },
     }
-
-
-def stats_table(stats: list[ContainerStats]) -> str:
-    rows = []
-    for item in stats:
-        usage, limits = item.usage, item.limits
-        mem = format_size(usage.memory_current or 0, docker=True)
-        limit = format_size(limits.memory or None, docker=True, none="unlimited")
-        peak = format_size(usage.memory_peak, docker=True, none="-")
-        cpu = f"{(usage.cpu_ns or 0) / 1e9:.2f}s"
-        pids = f"{usage.pids if usage.pids is not None else '-'} / {limits.pids or 'unlimited'}"
-        rows.append([item.id[:12], item.name, f"{mem} / {limit}", peak, cpu, pids])
-    return table(rows, ["CONTAINER ID", "NAME", "MEM USAGE / LIMIT", "MEM PEAK", "CPU TIME", "PIDS"])

@@ -309,7 +309,7 @@ def test_limits_change_live(ip):
                                                                                        "pids": 50}
     table = ip.run_line_magic("container", "limits l --cpus 0.5")
     assert (table[0]["Memory"], table[0]["Pids"], table[0]["Cpus"]) == (96 << 20, 50, 0.5)
-    assert "101MB" in repr(table), "sizes as the CLI prints them (docker's units)"
+    assert "96 MiB" in repr(table), "a limit in the units --memory takes"
     assert cgroup_limits(cgroup)["cpu_quota_us"] == 50_000, "0.5 CPU: 50 ms of each 100 ms"
     assert "<table>" in table._repr_html_()
 
@@ -397,6 +397,8 @@ def test_line_magics(ip, capsys):
     assert stats[0]["Name"] == "lm"
     with pytest.raises(UsageError, match="unknown subcommand"):
         ip.run_line_magic("container", "frob")
+    with pytest.raises(UsageError, match="no terminal here"):
+        ip.run_line_magic("container", "exec -it lm sh")
     with pytest.raises(UsageError, match="no such container"):
         ip.run_line_magic("container", "diff nothere")
     ip.run_line_magic("container", "rm -f lm")

@@ -332,3 +332,149 @@ def test_seccomp_refuses_escape_syscalls_but_not_ordinary_work(debian_store):
     assert results["unknown-1000"] == "38" and results["fchmodat2"] == "38", "newer syscalls are ENOSYS, not open"
     assert results["thread"] == "ok" and results["subprocess"] == "ok"
     assert results["proc1-root"] in ("is the container", "denied")
+
+
+class UserAtATerminal:
+    """The CLI started on a terminal of the test's own (a pty whose master end is the user's keyboard and
+    screen): what it prints is read as it comes, keys are typed into it."""
+
+    def __init__(self, argv: list[str], rows: int = 33, cols: int = 101):
+        import fcntl
+        import struct
+        import termios
+
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.mode = termios.tcgetattr(slave)
+        self.slave = slave
+
+        def controlling_terminal() -> None:  # (in the child: a session of its own, this terminal its terminal)
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                                     preexec_fn=controlling_terminal)
+        self.screen = b""
+
+    def resize(self, rows: int, cols: int) -> None:
+        """As a terminal window does: the kernel sends SIGWINCH to the program in the foreground."""
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def expect(self, text: bytes, timeout: float = 30.0) -> bytes:
+        """Read until ``text`` is on the screen; the screen so far (an event, with a bound for 'never')."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while text not in self.screen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"never saw {text!r} on the screen: {self.screen[-600:]!r}"
+            if select.select([self.master], [], [], left)[0]:
+                try:
+                    self.screen += os.read(self.master, 65536)
+                except OSError:  # every slave end is closed: the CLI has exited
+                    break
+        assert text in self.screen, f"{text!r} not on the screen: {self.screen[-600:]!r}"
+        return self.screen
+
+    def interrupt_until(self, text: bytes, timeout: float = 30.0) -> None:
+        """Ctrl-C until ``text`` shows next (one typed before the shell has handed its terminal to the command
+        goes to the shell, which ignores it, as on any terminal)."""
+        import time
+
+        start = len(self.screen)
+        deadline = time.monotonic() + timeout
+        while text not in self.screen[start:] and time.monotonic() < deadline:
+            self.type(b"\x03")
+            end = time.monotonic() + 0.5
+            while text not in self.screen[start:] and select.select([self.master], [], [], end - time.monotonic())[0]:
+                self.screen += os.read(self.master, 65536)
+        assert text in self.screen[start:], f"{text!r} not on the screen: {self.screen[-600:]!r}"
+
+    def close(self) -> int:
+        """The CLI's exit status, once it has exited; ``mode_after``: its terminal's mode then."""
+        import termios
+
+        try:
+            code = self.proc.wait(60)
+            self.mode_after = termios.tcgetattr(self.slave)
+            return code
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            os.close(self.master)
+            os.close(self.slave)
+
+
+def test_run_it_is_a_terminal_with_ctrl_c_ctrl_d_and_the_window_size(root):
+    """run -it on a terminal: the container's shell gets a terminal of its own with the caller's size (and its
+    changes), Ctrl-C interrupts the command in the foreground there (not the CLI), Ctrl-D ends the shell, and
+    the caller's terminal is as it was afterwards."""
+    user = UserAtATerminal([sys.executable, "-m", "sandbox_kernel", "--root", str(root), "run", "--rm", "-it",
+                            BUSYBOX, "sh"])
+    try:
+        user.expect(b"/ # ")  # the container's shell, on its terminal (what is typed is echoed there)
+        user.type(b"stty size; echo TERM=$TERM; [ -t 0 ] && echo on-a-$((1+1))\r")
+        user.expect(b"on-a-2")
+        assert b"\r\n33 101\r\n" in user.screen and b"TERM=xterm" in user.screen
+        user.resize(40, 120)
+        user.type(b"stty size\r")
+        user.expect(b"\r\n40 120\r\n")
+        user.type(b"sleep 60\r")
+        user.expect(b"sleep 60\r\n")
+        user.interrupt_until(b"/ # ")  # Ctrl-C: the prompt is back once the sleep is gone
+        user.type(b"echo slept-$?\r")
+        user.expect(b"slept-130")
+        user.type(b"echo still-$((2+2))\r")
+        user.expect(b"still-4")
+        user.type(b"\x04")  # Ctrl-D
+        assert user.close() == 0
+        assert user.mode_after == user.mode, "the caller's terminal mode is restored"
+    finally:
+        if user.proc.poll() is None:
+            user.proc.kill()
+            user.proc.wait()
+
+
+def test_exec_it_is_a_terminal_and_ctrl_c_reaches_it(root):
+    name = f"tty-{os.getpid()}"
+    cli = [sys.executable, "-m", "sandbox_kernel", "--root", str(root)]
+    started = subprocess.run([*cli, "run", "-d", "--name", name, BUSYBOX, "sleep", "600"], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert started.returncode == 0, started.stderr
+    try:
+        user = UserAtATerminal([*cli, "exec", "-it", name, "sh"], rows=20, cols=70)
+        try:
+            user.expect(b"/ # ")
+            user.type(b"stty size; cat /proc/1/comm\r")
+            user.expect(b"sandbox-init")
+            assert b"\r\n20 70\r\n" in user.screen
+            user.type(b"cat\r")
+            user.expect(b"cat\r\n")
+            user.interrupt_until(b"/ # ")
+            user.type(b"echo cat-$?\r")
+            user.expect(b"cat-130")
+            user.type(b"exit 3\r")
+            assert user.close() == 3
+        finally:
+            if user.proc.poll() is None:
+                user.proc.kill()
+                user.proc.wait()
+        piped = subprocess.run([*cli, "exec", "-t", name, "sh", "-c", "[ -t 1 ] && echo tty; echo err >&2"],
+                               capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert (piped.returncode, piped.stdout, piped.stderr) == (0, b"tty\r\nerr\r\n", b""), \
+            "-t without a terminal here: one stream, as docker -t"
+    finally:
+        subprocess.run([*cli, "rm", "-f", name], capture_output=True, timeout=60)
+
+
+def test_t_is_refused_where_there_is_no_terminal(root):
+    detached = subprocess.run([sys.executable, "-m", "sandbox_kernel", "--root", str(root), "run", "-d", "-t",
+                               BUSYBOX, "true"], capture_output=True, text=True, timeout=60)
+    assert detached.returncode == 2 and "-t with -d" in detached.stderr

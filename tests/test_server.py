@@ -242,10 +242,24 @@ def test_pull_streams_progress_from_the_local_registry(served, plain_registry):
     assert remote in [i["ref"] for i in server.request("GET", "images")[1]]
     dead = list(server.events("images/pull", {"reference": "127.0.0.1:9/nothing:1", "insecure": True}))
     assert [e for e, _ in dead] == ["error"] and "cannot reach registry" in dead[0][1]["message"]
+    # docker's run --pull missing against the server: an image it lacks is pulled there first, then run
+    fresh = plain_registry.ref("api/busybox:run")
+    push(store, BUSYBOX, fresh, options=RegistryOptions(insecure=True))
+    env = {**os.environ, "SANDBOX_KERNEL_HOST": server.url, "SANDBOX_KERNEL_TOKEN": server.token}
+    ran = subprocess.run([sys.executable, "-m", "sandbox_kernel", "run", "--rm", "--insecure", fresh, "echo", "ran"],
+                         capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    assert (ran.returncode, ran.stdout) == (0, "ran\n"), ran.stderr
+    assert ran.stderr.startswith(f"Unable to find image '{fresh}' on {server.url}\n")
+    assert "Digest: sha256:" in ran.stderr
+    assert fresh in [i["ref"] for i in server.request("GET", "images")[1]], "pulled into the server's store"
+    never = subprocess.run([sys.executable, "-m", "sandbox_kernel", "run", "--rm", "--pull", "never",
+                            plain_registry.ref("api/absent:1"), "true"], capture_output=True, text=True, timeout=60,
+                           env=env, stdin=subprocess.DEVNULL)
+    assert never.returncode == 1 and "Unable to find" not in never.stderr and "no such image" in never.stderr.lower()
 
 
 def test_remote_client_does_what_the_local_one_does(served):
-    from sandbox_kernel.client import LimitsRow, LocalClient
+    from sandbox_kernel.client import ImageRemoval, LimitsRow, LocalClient
     from sandbox_kernel.remote import RemoteClient, RemoteError
     from sandbox_kernel.runtime import ContainerNotFound, ImageNotFound, UsageError
 
@@ -274,7 +288,8 @@ def test_remote_client_does_what_the_local_one_does(served):
     remote.stop("remote-one", timeout=1)
     assert next(r for r in remote.containers() if r.name == "remote-one").status == "exited"
     assert remote.remove("remote-one") == cid
-    assert remote.remove_image("localhost/remote:1") == ["localhost/remote:1"]
+    assert remote.remove_image("localhost/remote:1") == ImageRemoval(["localhost/remote:1"], image_id), \
+        "its last tag gone and no container left on it: deleted"
     # errors come back as the runtime's, one line each
     with pytest.raises(ContainerNotFound, match="no such container: remote-one"):
         remote.start("remote-one")
@@ -333,6 +348,8 @@ def test_magics_and_cli_against_the_server(served, tmp_path, capsys):
     executed = run("exec", "cli-far", "sh", "-c", "echo from the server; exit 3")
     assert (executed.returncode, executed.stdout) == (3, "from the server\n")
     assert run("update", "--memory", "48m", "cli-far").returncode == 0
+    no_tty = run("exec", "-t", "cli-far", "true")
+    assert no_tty.returncode == 2 and "-t is not available against a remote host" in no_tty.stderr
     assert Containers(store).get("cli-far").spec.limits.memory == 48 * MIB
     assert run("rm", "-f", "cli-far").stdout.strip() == "cli-far"
     # a foreground run there: its output here as it comes, its exit code ours, --rm removes it

@@ -4,7 +4,6 @@ update and limits."""
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -179,12 +178,6 @@ def logs(client: Client, args: argparse.Namespace, front: Frontend) -> Done:
 
 # -- ps, stats, limits --------------------------------------------------------------------------------------------
 
-def _iso(timestamp: float | None) -> str | None:
-    if not timestamp:
-        return None
-    return _dt.datetime.fromtimestamp(timestamp, _dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 def _status(row: ContainerRow) -> str:
     return fmt.status_text(row.status, row.created_at, row.started_at, row.finished_at, row.exit_code)
 
@@ -198,12 +191,12 @@ def _ps_arguments(p: argparse.ArgumentParser) -> None:
 @verb("ps", "list containers", _ps_arguments)
 def ps(client: Client, args: argparse.Namespace, front: Frontend) -> Listing:
     found = client.containers(all=args.all)
-    rows = [{"Id": r.id, "Names": [r.name], "Image": r.image, "Command": r.command, "Created": _iso(r.created_at),
+    rows = [{"Id": r.id, "Names": [r.name], "Image": r.image, "Command": r.command, "Created": fmt.iso(r.created_at),
              "State": r.status, "Status": _status(r), "ExitCode": r.exit_code, "Error": r.error} for r in found]
     cells = []
     for r in found:
         command = r.command if len(r.command) <= 20 else r.command[:19] + "…"
-        cells.append([r.id[:12], r.image, f'"{command}"', fmt.time_ago(_iso(r.created_at)), _status(r), r.name])
+        cells.append([r.id[:12], r.image, f'"{command}"', fmt.time_ago(fmt.iso(r.created_at)), _status(r), r.name])
     return Listing(rows, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], cells,
                    [r.id[:12] for r in found])
 
@@ -246,10 +239,9 @@ def limits(client: Client, args: argparse.Namespace, front: Frontend) -> Listing
         if given else current
     return Listing([{"Container": args.container, "Memory": row.memory, "Cpus": row.cpus, "Pids": row.pids,
                      "Disk": row.disk}], ["CONTAINER", "MEMORY", "CPUS", "PIDS", "DISK"],
-                   [[args.container, format_size(row.memory, docker=True, none="unlimited"),
+                   [[args.container, format_size(row.memory, none="unlimited"),  # (binary: as --memory 64m says)
                      "unlimited" if row.cpus is None else f"{row.cpus:g}",
-                     "unlimited" if row.pids is None else str(row.pids),
-                     format_size(row.disk, docker=True, none="-")]])
+                     "unlimited" if row.pids is None else str(row.pids), format_size(row.disk, none="-")]])
 
 
 def _update_arguments(p: argparse.ArgumentParser) -> None:

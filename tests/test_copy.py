@@ -1,4 +1,4 @@
-"""``cp`` between the host and a running container (runtime/copying.py), through the CLI, as root."""
+"""``cp`` between the host and a container, running or stopped (runtime/copying.py), through the CLI, as root."""
 
 from __future__ import annotations
 
@@ -92,10 +92,43 @@ def test_what_cp_refuses_is_one_line(box, root, tmp_path):
     assert proc.returncode == 1 and "is not the container's file" in proc.stderr
     both = cli(box, "cp", "box:/data/f", "box:/tmp/f")
     assert both.returncode == 2 and "exactly one of SRC and DEST" in both.stderr
-    cli(box, "stop", "-t", "0", "box")
-    stopped = cli(box, "cp", "box:/data/f", str(tmp_path / "y"))
-    assert stopped.returncode == 1 and stopped.stderr.strip() == (
-        "sandbox-kernel: error: cp: container box is not running (cp works on running containers here; start "
-        "it first)")
-    for refused in (proc, both, stopped):
+    missing = cli(box, "cp", "nobox:/data/f", str(tmp_path / "y"))
+    assert missing.returncode == 1 and "no such container: nobox" in missing.stderr
+    for refused in (proc, both, missing):
         assert refused.stderr.count("\n") == 1
+
+
+def test_a_stopped_container_is_copied_into_and_out_of(root, tmp_path):
+    """docker's create, cp, start: a file copied into a created container is there when it runs, as its
+    root's; after it exits, what it made comes out; its symlinks still resolve inside it; its volumes are not
+    there while it is stopped, so a path in one is refused; and nothing stays mounted."""
+    before = cgroups()
+    secret = tmp_path / "secret"
+    secret.write_text("the host's secret\n")
+    volume = tmp_path / "vol"
+    volume.mkdir()
+    script = (f"cat /root/in.txt; stat -c %u:%g /root/in.txt; ln -s {secret} /root/up; echo made > /root/out.txt")
+    made = cli(root, "create", "--name", "later", "-v", f"{volume}:/vol:ro", BUSYBOX, "sh", "-c", script)
+    assert made.returncode == 0, made.stderr
+    try:
+        given = tmp_path / "in.txt"
+        given.write_text("given before the start\n")
+        os.chown(given, 4343, 4343)
+        copied = cli(root, "cp", str(given), "later:/root/in.txt")
+        assert copied.returncode == 0, copied.stderr
+        assert "later" not in Path("/proc/self/mountinfo").read_text() and str(root) not in Path(
+            "/proc/self/mountinfo").read_text(), "its overlay was mounted nowhere"
+        assert cli(root, "start", "later").returncode == 0
+        assert cli(root, "wait", "later").stdout == "0\n"
+        assert cli(root, "logs", "later").stdout == "given before the start\n0:0\n", "there, and its root's"
+        out = cli(root, "cp", "later:/root/out.txt", str(tmp_path / "out.txt"))
+        assert out.returncode == 0 and (tmp_path / "out.txt").read_text() == "made\n"
+        followed = cli(root, "cp", "-L", "later:/root/up", str(tmp_path / "got"))
+        assert followed.returncode == 1 and "No such file or directory" in followed.stderr, followed.stderr
+        assert not (tmp_path / "got").exists()
+        into_volume = cli(root, "cp", str(given), "later:/vol/x")
+        assert into_volume.returncode == 1 and "is in a volume (/vol)" in into_volume.stderr
+        assert list(volume.iterdir()) == []
+    finally:
+        cli(root, "rm", "-f", "later")
+    assert_nothing_left(root, before)

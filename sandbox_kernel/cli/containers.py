@@ -90,7 +90,7 @@ def inspect_container(args: argparse.Namespace, name: str) -> dict[str, Any] | N
 
 
 def add_commands(add: Add) -> None:
-    p = add("cp", cmd_cp, "copy files between a running container and the host (CONTAINER:PATH on one side)")
+    p = add("cp", cmd_cp, "copy files between a container and the host (CONTAINER:PATH on one side)")
     p.add_argument("-a", "--archive", action="store_true", help="keep the files' owners (as the container sees them)")
     p.add_argument("-L", "--follow-link", action="store_true", help="copy what a source symlink points to")
     p.add_argument("source", metavar="SRC")

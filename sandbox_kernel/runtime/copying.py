@@ -1,7 +1,11 @@
-"""``cp``: files between the host and a running container, both ways, as ``docker cp`` copies them.
+"""``cp``: files between the host and a container, both ways, as ``docker cp`` copies them.
 
-The container's side is reached through its PID 1's root (``/proc/PID/root``,
-the pid checked against its start time), and every path there is resolved with
+A running container's side is reached through its PID 1's root
+(``/proc/PID/root``, the pid checked against its start time); a stopped one's
+(created or exited) through its overlay mounted nowhere (fsopen/fsmount: an fd
+is the only way to it, and it goes with the fd), under the container's lock so
+that no start mounts the same upper dir meanwhile (its volumes are not there:
+a path in one is refused). Every path there is resolved with
 ``openat2(RESOLVE_IN_ROOT)``: a symlink the container planted resolves inside
 the container, never to the host's files. Below the path given, a walk opens
 each entry relative to its directory without following any symlink (a symlink
@@ -19,9 +23,12 @@ no device node is copied in.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +37,7 @@ from . import syscalls
 from .errors import ContainerError, UsageError
 from .fsutil import open_beneath
 from .room import Room
-from .state import ProcRef
+from .state import PAUSED, RUNNING, STARTING, ProcRef
 
 if TYPE_CHECKING:
     from .record import ContainerRecord
@@ -48,16 +55,13 @@ class Copied:
 
 
 class _Root:
-    """The container's root directory, as its PID 1 sees it, held open for one copy."""
+    """The container's root directory (as its PID 1 sees it, or its overlay when it is stopped), held open for
+    one copy."""
 
-    def __init__(self, pid1: ProcRef, record: ContainerRecord):
-        try:
-            self.fd = os.open(f"/proc/{pid1.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            raise ContainerError(f"container {record.name} is not running") from None
-        if not pid1.alive():  # (the pid was reused between reading the state and opening its root)
-            os.close(self.fd)
-            raise ContainerError(f"container {record.name} is not running")
+    def __init__(self, fd: int, record: ContainerRecord, running: bool = True):
+        self.fd = fd
+        self.running = running
+        self.volumes = [m.target for m in record.spec.mounts]
         self.name = record.name
         self.owner = record.idmap.root if record.idmap is not None else (0, 0)
         self.base = record.idmap.uid if record.idmap is not None else 0
@@ -77,6 +81,59 @@ class _Root:
         component is not followed unless ``follow``."""
         return syscalls.openat2(self.fd, path or "/", flags | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW),
                                 syscalls.RESOLVE_IN_ROOT)
+
+    @classmethod
+    def of_running(cls, pid1: ProcRef, record: ContainerRecord) -> _Root:
+        try:
+            fd = os.open(f"/proc/{pid1.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            raise ContainerError(f"container {record.name} is not running") from None
+        if not pid1.alive():  # (the pid was reused between reading the state and opening its root)
+            os.close(fd)
+            raise ContainerError(f"container {record.name} is not running")
+        return cls(fd, record)
+
+    @classmethod
+    def of_stopped(cls, links: Path, names: tuple[str, ...], upper: Path, work: Path, record: ContainerRecord
+                   ) -> _Root:
+        """The overlay of a container that is not running: its layers (``names``: short links in ``links``,
+        store.short_links) under its upper dir, mounted nowhere, nosuid and nodev."""
+        lower = ":".join(names)
+        options = [("lowerdir", lower)] if len(lower) <= syscalls.FSCONFIG_STRING_MAX else \
+            [("lowerdir+", name) for name in names]  # (Linux 6.5: one layer at a time)
+        options += [("upperdir", str(upper)), ("workdir", str(work)), ("index", "off"), ("redirect_dir", "off")]
+        if any(len(value) > syscalls.FSCONFIG_STRING_MAX for _, value in options):
+            raise ContainerError(f"cp: the store's path is too long to mount {record.name}'s files while it is "
+                                 "stopped: start it, then cp")
+        result: list[int | BaseException] = []
+
+        def mount() -> None:  # a thread with a working directory of its own: the layers' names are relative
+            try:
+                syscalls.unshare(syscalls.CLONE_FS)
+                os.chdir(links)
+                result.append(syscalls.detached_mount("overlay", options,
+                                                      syscalls.MOUNT_ATTR_NOSUID | syscalls.MOUNT_ATTR_NODEV))
+            except BaseException as exc:  # (reported in the caller's thread)
+                result.append(exc)
+
+        worker = threading.Thread(target=mount, name="cp-overlay")
+        worker.start()
+        worker.join()
+        if isinstance(result[0], BaseException):
+            exc = result[0]
+            raise ContainerError(f"cp: cannot mount {record.name}'s files while it is stopped: "
+                                 f"{_why(exc) if isinstance(exc, OSError) else exc}") from None
+        return cls(result[0], record, running=False)
+
+    def check_path(self, path: str) -> None:
+        """A stopped container's volumes are not mounted: a path in one would land in its own layer."""
+        if self.running:
+            return
+        clean = os.path.normpath("/" + path.lstrip("/"))  # (not "//": normpath keeps a leading pair)
+        for target in self.volumes:
+            if clean == target or clean.startswith(target.rstrip("/") + "/"):
+                raise ContainerError(f"cp: {self.name}:{path} is in a volume ({target}), which is mounted only "
+                                     "while the container runs: start it, or copy to the volume's source")
 
     def close(self) -> None:
         os.close(self.fd)
@@ -100,6 +157,7 @@ def split_location(text: str) -> tuple[str | None, str]:
 def copy_out(root: _Root, path: str, dest: Path, follow: bool = False) -> Copied:
     """``cp CONTAINER:PATH DEST``: into DEST if it is a directory, else as DEST. ``follow``: -L."""
     done = Copied()
+    root.check_path(path)
     try:
         src = root.open(path, os.O_PATH, follow=follow)
     except OSError as exc:
@@ -191,6 +249,7 @@ def _clear(target: Path) -> None:
 def copy_in(root: _Root, src: Path, path: str, keep_owners: bool = False) -> Copied:
     """``cp SRC CONTAINER:PATH``: into PATH if it is a directory there, else as PATH (its parent must exist)."""
     done = Copied()
+    root.check_path(path)
     try:
         st = os.lstat(src)
     except OSError as exc:
@@ -287,26 +346,37 @@ class _Copying(Room):
     """``cp`` (mixed into Containers)."""
 
     def copy_from(self, ref: str, path: str, dest: str | os.PathLike[str], *, follow: bool = False) -> Copied:
-        """``cp CONTAINER:PATH DEST`` of a running container."""
-        root = self._root(ref)
-        try:
+        """``cp CONTAINER:PATH DEST``, of a running container or a stopped one."""
+        with self._root(ref) as root:
             return copy_out(root, path, Path(dest), follow)
-        finally:
-            root.close()
 
     def copy_to(self, ref: str, src: str | os.PathLike[str], path: str, *, keep_owners: bool = False) -> Copied:
-        """``cp SRC CONTAINER:PATH`` into a running container; the copies are its root's (``keep_owners``:
-        the files' own ids, as the container sees them)."""
-        root = self._root(ref)
-        try:
+        """``cp SRC CONTAINER:PATH`` into a running or a stopped container; the copies are its root's
+        (``keep_owners``: the files' own ids, as the container sees them)."""
+        with self._root(ref) as root:
             return copy_in(root, Path(src), path, keep_owners)
-        finally:
-            root.close()
 
-    def _root(self, ref: str) -> _Root:
-        try:
-            cdir, state = self._running(ref)
-        except ContainerError:
-            raise ContainerError(f"cp: container {ref} is not running (cp works on running containers here; "
-                                 "start it first)") from None
-        return _Root(state.pid1(), cdir.record())
+    @contextlib.contextmanager
+    def _root(self, ref: str) -> Iterator[_Root]:
+        """The container's root for one copy: a running one's, or a stopped one's overlay while its lock is
+        held (a start waits until the copy is done)."""
+        cdir = self._find(ref)
+        state = self._reconcile(cdir)
+        if state is not None and state.status in (RUNNING, PAUSED, STARTING):
+            root = _Root.of_running(state.pid1(), cdir.record())
+            try:
+                yield root
+            finally:
+                root.close()
+            return
+        with cdir.locked() as locked:
+            if locked.status in (RUNNING, PAUSED, STARTING):  # (started meanwhile)
+                raise ContainerError(f"cp: container {ref} started while cp looked at it: try again")
+            record = cdir.record()
+            links, names = self.store.short_links(record.lowerdirs)
+            upper, work = cdir.layer()  # (its disk attached, if it has one)
+            root = _Root.of_stopped(links, names, upper, work, record)
+            try:
+                yield root
+            finally:
+                root.close()

@@ -17,7 +17,8 @@ _SYSCALL_NUMBERS = {
     # Syscalls from 424 on have the same number on every architecture (one table since Linux 5.1).
     "openat2": {"x86_64": 437, "aarch64": 437, "riscv64": 437, "ppc64le": 437, "s390x": 437},
 }
-_UNIFIED = {"open_tree": 428, "move_mount": 429, "mount_setattr": 442}
+_UNIFIED = {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+            "mount_setattr": 442}
 
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -75,6 +76,7 @@ def have_openat2() -> bool:
 
 # -- namespaces, mounts, process attributes ------------------------------------------------------------------
 
+CLONE_FS = 0x00000200
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
@@ -154,6 +156,29 @@ def move_mount(fd: int, target_fd: int) -> None:
     """move_mount(2) (Linux 5.2): attach the detached mount ``fd`` where ``target_fd`` (an O_PATH fd) is."""
     _check(libc.syscall(ctypes.c_long(_UNIFIED["move_mount"]), ctypes.c_int(fd), b"", ctypes.c_int(target_fd), b"",
                         ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)), "move_mount")
+
+
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 0x1
+FSCONFIG_STRING_MAX = 255  # (the kernel copies at most 256 bytes of a value, its NUL included)
+
+
+def detached_mount(fstype: str, options: list[tuple[str, str]], attrs: int = 0) -> int:
+    """A new file system mounted nowhere (fsopen, fsconfig, fsmount; Linux 5.2): an fd of its root, the only
+    way to reach it, and it goes with the fd's last user. ``options``: (key, value) strings in order."""
+    fs = _check(libc.syscall(ctypes.c_long(_UNIFIED["fsopen"]), _b(fstype), ctypes.c_uint(1)), "fsopen", fstype)
+    try:
+        for key, value in options:
+            _check(libc.syscall(ctypes.c_long(_UNIFIED["fsconfig"]), ctypes.c_int(fs),
+                                ctypes.c_uint(FSCONFIG_SET_STRING), _b(key), _b(value), ctypes.c_int(0)),
+                   f"{fstype} option {key}", value)
+        _check(libc.syscall(ctypes.c_long(_UNIFIED["fsconfig"]), ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_CMD_CREATE),
+                            None, None, ctypes.c_int(0)), f"make the {fstype} file system")
+        return _check(libc.syscall(ctypes.c_long(_UNIFIED["fsmount"]), ctypes.c_int(fs),
+                                   ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attrs)), "fsmount")
+    finally:
+        os.close(fs)
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:

@@ -18,23 +18,15 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .runtime import (
-    ContainerInfo,
-    ContainerNotFound,
-    Containers,
-    ContainerSpec,
-    HostCapacity,
-    Limits,
-    Store,
-    UsageError,
-    capacity,
-)
+from .runtime import ContainerNotFound, ContainerSpec, Limits, Store, UsageError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (the engine is imported when a call needs it: `images` does not start one)
     from .policy import SandboxPolicy
+    from .progress import Progress
+    from .runtime import ContainerInfo, Containers, HostCapacity
 
 
 @dataclass(frozen=True)
@@ -108,52 +100,7 @@ class LimitsRow:
         return LimitsRow(changed.memory, changed.cpus, changed.pids, self.disk)
 
 
-@dataclass
-class Progress:
-    """A pull as it goes: bytes per layer and in all; ``fraction`` is what a bar shows."""
-
-    reference: str
-    layers: dict[str, list[int]] = field(default_factory=dict)  # digest -> [done, total]
-    finished: bool = False
-    started: float = field(default_factory=time.monotonic)
-    ends: dict[str, str] = field(default_factory=dict)  # digest -> complete | exists | mounted
-
-    @property
-    def done(self) -> int:
-        return sum(d for d, _ in self.layers.values())
-
-    @property
-    def total(self) -> int:
-        return sum(t for _, t in self.layers.values())
-
-    @property
-    def fraction(self) -> float:
-        if self.finished:
-            return 1.0
-        return self.done / self.total if self.total else 0.0
-
-    @property
-    def speed(self) -> float:
-        """Bytes per second so far."""
-        return self.done / max(time.monotonic() - self.started, 1e-6)
-
-    def update(self, status: str, digest: str, done: int, total: int) -> None:
-        """One event of the runtime's pull or push (ProgressEvent's status, digest, done, total)."""
-        if status in ("waiting", "downloading", "uploading"):
-            self.layers[digest] = [done, total]
-        elif status in ("complete", "exists", "mounted"):
-            size = max(total, self.layers.get(digest, [0, 0])[1])
-            self.layers[digest] = [size, size]
-            self.ends[digest] = status
-
-    def ended(self, digest: str) -> str | None:
-        """How a layer ended: complete, exists or mounted; None while it goes. (A state that came from a
-        server says bytes only: a layer with all of its bytes is complete.)"""
-        done, total = self.layers.get(digest, [0, 0])
-        return self.ends.get(digest) or ("complete" if total and done >= total else None)
-
-
-ProgressCallback = Callable[[Progress], None]
+ProgressCallback = Callable[["Progress"], None]  # (Progress: progress.py)
 
 
 @dataclass(frozen=True)
@@ -276,10 +223,14 @@ class LocalClient:
     @property
     def runtime(self) -> Containers:
         if self._containers is None:
+            from .runtime import Containers
+
             self._containers = Containers(self.store, warm_slots=self._warm_slots)
         return self._containers
 
     def host(self) -> HostCapacity:
+        from .runtime import capacity
+
         return capacity()
 
     # -- images ---------------------------------------------------------------------------------------------------

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .runtime import ContainerInfo, Image, Store, parse_reference
+from .runtime import parse_reference
+
+if TYPE_CHECKING:
+    from .runtime import ContainerInfo, Image, Store
 
 
 def _parse_time(text: str | None) -> _dt.datetime | None:

@@ -1,4 +1,5 @@
-"""Pull and push progress, one renderer per medium, each reading the client's :class:`~sandbox_kernel.client.Progress`.
+"""Pull and push progress: the state of one (:class:`Progress`, what the client API reports) and one renderer
+per medium, each reading that state.
 
 * :func:`terminal` (the CLI, local or remote): a tqdm bar per layer on a terminal,
   else a line per layer as it ends (``ID: Pull complete``), as docker prints them;
@@ -11,13 +12,58 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # (the CLI imports this module at start: client.py and the engine only when a pull runs)
-    from .client import Progress
+from dataclasses import dataclass, field
+from typing import IO, Any
 
 SAID = {"complete": "{verb} complete", "exists": "Already exists", "mounted": "Mounted from another repository"}
+
+
+@dataclass
+class Progress:
+    """A pull as it goes: bytes per layer and in all; ``fraction`` is what a bar shows."""
+
+    reference: str
+    layers: dict[str, list[int]] = field(default_factory=dict)  # digest -> [done, total]
+    finished: bool = False
+    started: float = field(default_factory=time.monotonic)
+    ends: dict[str, str] = field(default_factory=dict)  # digest -> complete | exists | mounted
+
+    @property
+    def done(self) -> int:
+        return sum(d for d, _ in self.layers.values())
+
+    @property
+    def total(self) -> int:
+        return sum(t for _, t in self.layers.values())
+
+    @property
+    def fraction(self) -> float:
+        if self.finished:
+            return 1.0
+        return self.done / self.total if self.total else 0.0
+
+    @property
+    def speed(self) -> float:
+        """Bytes per second so far."""
+        return self.done / max(time.monotonic() - self.started, 1e-6)
+
+    def update(self, status: str, digest: str, done: int, total: int) -> None:
+        """One event of the runtime's pull or push (ProgressEvent's status, digest, done, total)."""
+        if status in ("waiting", "downloading", "uploading"):
+            self.layers[digest] = [done, total]
+        elif status in ("complete", "exists", "mounted"):
+            size = max(total, self.layers.get(digest, [0, 0])[1])
+            self.layers[digest] = [size, size]
+            self.ends[digest] = status
+
+    def ended(self, digest: str) -> str | None:
+        """How a layer ended: complete, exists or mounted; None while it goes. (A state that came from a
+        server says bytes only: a layer with all of its bytes is complete.)"""
+        done, total = self.layers.get(digest, [0, 0])
+        return self.ends.get(digest) or ("complete" if total and done >= total else None)
+
 
 
 class Follow:
@@ -25,8 +71,6 @@ class Follow:
     (``render`` may be None: the state is then only kept); :meth:`finish` renders it finished."""
 
     def __init__(self, reference: str, render: Callable[[Progress], None] | None) -> None:
-        from .client import Progress
-
         self.state = Progress(reference)
         self.render = render
 

@@ -29,13 +29,13 @@ from .client import (
     ImageRow,
     LimitsRow,
     Output,
-    Progress,
     ProgressCallback,
     RunOptions,
     RunOutcome,
     StatsRow,
     Stdio,
 )
+from .progress import Progress
 from .runtime import (
     ExecCancelled,
     HostCapacity,

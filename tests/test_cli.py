@@ -176,7 +176,7 @@ def test_progress_lines_say_each_layer_once_as_docker_does(capsys):
     import types
 
     from sandbox_kernel import progress
-    from sandbox_kernel.client import Progress
+    from sandbox_kernel.progress import Progress
 
     lines = progress.Lines("Pull")
     on_event = progress.Follow("r", lines)
@@ -190,3 +190,17 @@ def test_progress_lines_say_each_layer_once_as_docker_does(capsys):
     progress.Lines("Pull")(remote)
     assert capsys.readouterr().out.splitlines() == ["bbbbbbbbbbbb: Already exists", "aaaaaaaaaaaa: Pull complete",
                                                     "cccccccccccc: Pull complete"]
+
+
+def test_the_parser_is_built_for_the_command_named_and_whole_otherwise(capsys):
+    """A call builds only its command's parser (argparse takes a tenth of a CLI call to build them all); an
+    unknown word or a help request gets the whole parser, which names every command."""
+    from sandbox_kernel.cli import build_parser, command_word, main
+
+    assert [command_word(a) for a in (["ps"], ["--root", "/x", "ps", "-a"], ["--root=/x", "-H", "u", "run", "b"],
+                                       ["-h"], [], ["--root", "/x"])] == ["ps", "ps", "run", None, None, None]
+    assert list(build_parser(only="ps").commands) == ["ps"]
+    assert {"ps", "run", "cp", "image", "network", "limits"} <= set(build_parser().commands)
+    assert main(["frob"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'frob'" in err and "'cp'" in err and "'network'" in err

@@ -68,3 +68,17 @@ def test_the_image_room_uses_only_the_low_level_helpers_of_the_runtime():
                 if name.startswith("sandbox_kernel.runtime.") and not name.startswith("sandbox_kernel.runtime.image")
                 and name.split(".")[2] not in LOW_LEVEL]
     assert reaching == [], "\n".join(reaching)
+
+
+ENGINE = {"Containers", "Store", "Networks", "pull", "push", "load", "save", "build", "login", "logout"}
+
+
+def test_the_verbs_reach_the_runtime_only_through_a_client():
+    """Each verb is written once for a LocalClient and a RemoteClient: one that takes the engine itself
+    (Containers, the Store, pull, ...) would work on this machine only."""
+    taken = []
+    for path in sorted((PACKAGE / "verbs").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "runtime" and node.level:
+                taken += [f"{path.name}:{node.lineno}: {a.name}" for a in node.names if a.name in ENGINE]
+    assert taken == [], "the verbs call the client, not the engine:\n" + "\n".join(taken)

@@ -26,6 +26,8 @@ PROG = "sandbox-kernel"
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit 2."""
 
+    commands: dict[str, argparse.ArgumentParser] = {}  # noqa: RUF012  (the top parser's: its subcommands)
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
@@ -88,7 +90,31 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Unbuilt:
+    """A command's parser not built: the command line names another one (argparse takes ~20 ms to build all
+    of them, a tenth of a CLI call)."""
+
+    def add_argument(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command an argv names (the first word that is not a global option or its value); None for help."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--root", "-H", "--host"):
+            next(words, None)
+        elif word.startswith("--root=") or word.startswith("--host="):
+            continue
+        elif word.startswith("-"):
+            return None  # (-h, or a mistake: the whole parser says what is wrong)
+        else:
+            return word
+    return None
+
+
+def build_parser(only: str | None = None) -> _Parser:
+    """The CLI's parser; ``only``: just that command's (the others are named nowhere)."""
     parser = _Parser(prog=PROG, description="Containers for notebooks, with docker's habits.")
     parser.add_argument("--root", help="the store directory (default $SANDBOX_KERNEL_ROOT or /var/lib/sandbox-kernel)")
     parser.add_argument("-H", "--host", metavar="URL",
@@ -96,8 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default $SANDBOX_KERNEL_HOST; its token in $SANDBOX_KERNEL_TOKEN)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    parser.commands = sub.choices
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        if only is not None and name != only:
+            return _Unbuilt()  # type: ignore[return-value]
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func, subcommand=name)  # (not args.command: run's CMD is args.command too)
         return p
@@ -119,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_commands(add)
     add_commands(add)
 
+    if only is not None and only not in ("image", "network"):
+        return parser
     image = sub.add_parser("image", help="image management (build base images)")
     image_sub = image.add_subparsers(dest="image_command", metavar="COMMAND", parser_class=_Parser)
     image_sub.required = True
@@ -134,11 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    word = command_word(argv)
+    parser = build_parser(only=word)
+    if word is not None and word not in parser.commands:
+        parser = build_parser()  # (no such command: the whole parser lists them)
     try:
         args = parser.parse_args(argv)
         host = args.host or os.environ.get("SANDBOX_KERNEL_HOST")
-        command = getattr(args, "subcommand", None) or "image"
+        command = getattr(args, "subcommand", None) or args.command
         if host and command not in VERBS:
             raise UsageError(f"'{command}' works on this machine only, not against a remote host "
                              f"(--host / $SANDBOX_KERNEL_HOST); remote: {', '.join(sorted(VERBS))}")

@@ -32,7 +32,11 @@ def _each(args: argparse.Namespace, action: Callable[[Containers, str], Any]) ->
     from .verbs import Terminal
 
     containers = _containers(args)
-    return each(Terminal(), args.containers, lambda name: action(containers, name)).code
+
+    def act(name: str) -> None:
+        action(containers, name)
+
+    return each(Terminal(), args.containers, act).code
 
 
 def cmd_kill(args: argparse.Namespace) -> int:

@@ -16,8 +16,6 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import format as fmt
-from .. import progress
 from ..verbs import VERBS, Done, Frontend, Listing, Result, Verb
 
 if TYPE_CHECKING:
@@ -40,6 +38,8 @@ class Terminal(Frontend):
         return Stdio(tty=tty)
 
     def progress(self, verb: str, quiet: bool = False) -> Any:
+        from .. import progress
+
         return progress.terminal(verb, quiet)
 
 
@@ -64,6 +64,8 @@ def show(result: Result, args: argparse.Namespace) -> int:
         elif getattr(args, "quiet", False):
             print("\n".join(result.ids))
         else:
+            from .. import format as fmt
+
             print(fmt.table(result.cells, result.headers))
         return 0
     if isinstance(result, Done):

@@ -28,7 +28,8 @@ from typing import Any
 
 import ipywidgets as w
 
-from ..client import Client, ContainerRow, LimitsRow, LocalClient, Progress, limits_row
+from ..client import Client, ContainerRow, LimitsRow, LocalClient, limits_row
+from ..progress import Progress
 from ..runtime import Limits, format_size
 
 NEW = "(defaults for new containers)"

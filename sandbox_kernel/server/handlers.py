@@ -41,7 +41,8 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ..client import LimitsRow, LocalClient, Progress, as_json
+from ..client import LimitsRow, LocalClient, as_json
+from ..progress import Progress
 from ..runtime import (
     ExecCancelled,
     Limits,

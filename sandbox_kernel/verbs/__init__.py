@@ -22,9 +22,8 @@ What a verb gives back is rendered by the frontend's medium:
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from ..client import Client, Output
@@ -32,18 +31,17 @@ if TYPE_CHECKING:
 PROG = "sandbox-kernel"
 
 
-@dataclass(frozen=True)
-class Listing:
+# (plain classes, not dataclasses: every CLI call imports this module, and a dataclass costs a millisecond to make)
+class Listing(NamedTuple):
     """Rows for ``--json`` (and a notebook's Table), the table's headers and cells, and the ids ``-q`` prints."""
 
     rows: list[dict[str, Any]]
     headers: list[str]
     cells: list[list[str]]
-    ids: list[str] = field(default_factory=list)
+    ids: Sequence[str] = ()
 
 
-@dataclass(frozen=True)
-class Done:
+class Done(NamedTuple):
     """A verb that said what it did as it went; ``code`` is its exit status (1: one of its targets failed)."""
 
     code: int = 0
@@ -104,8 +102,7 @@ Call = Callable[["Client", argparse.Namespace, Frontend], Result]
 Arguments = Callable[[argparse.ArgumentParser], None]
 
 
-@dataclass(frozen=True)
-class Verb:
+class Verb(NamedTuple):
     name: str
     help: str
     arguments: Arguments
@@ -126,22 +123,24 @@ def verb(name: str, help: str, arguments: Arguments, notebook: bool = True) -> C
     return register
 
 
-def each(front: Frontend, names: list[str], action: Callable[[str], object]) -> Done:
-    """``action`` on every name, saying each name done; a failure is one line and the others go on (docker's
-    habit); a usage error is the same for all of them and stops at once."""
+def each(front: Frontend, names: list[str], action: Callable[[str], Iterable[str] | None]) -> Done:
+    """``action`` on every name, saying what it returns (the lines of its result; None: the name, as docker
+    says what it stopped or removed); a failure is one line and the others go on (docker's habit); a usage
+    error is the same for all of them and stops at once."""
     from ..runtime import SandboxError, UsageError
 
     code = 0
     for name in names:
         try:
-            action(name)
+            said = action(name)
         except UsageError:
             raise
         except SandboxError as exc:
             front.error(str(exc))
             code = 1
             continue
-        front.say(name)
+        for line in [name] if said is None else said:
+            front.say(line)
     return Done(code)
 
 

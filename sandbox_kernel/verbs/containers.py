@@ -7,7 +7,6 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from .. import format as fmt
 from ..runtime import ImageNotFound, Limits, UsageError, format_size
 from . import Done, Frontend, Listing, each, pull_shown, verb
 
@@ -179,6 +178,8 @@ def logs(client: Client, args: argparse.Namespace, front: Frontend) -> Done:
 # -- ps, stats, limits --------------------------------------------------------------------------------------------
 
 def _status(row: ContainerRow) -> str:
+    from .. import format as fmt
+
     return fmt.status_text(row.status, row.created_at, row.started_at, row.finished_at, row.exit_code)
 
 
@@ -190,6 +191,8 @@ def _ps_arguments(p: argparse.ArgumentParser) -> None:
 
 @verb("ps", "list containers", _ps_arguments)
 def ps(client: Client, args: argparse.Namespace, front: Frontend) -> Listing:
+    from .. import format as fmt  # (here: the run path does not pay for it)
+
     found = client.containers(all=args.all)
     rows = [{"Id": r.id, "Names": [r.name], "Image": r.image, "Command": r.command, "Created": fmt.iso(r.created_at),
              "State": r.status, "Status": _status(r), "ExitCode": r.exit_code, "Error": r.error} for r in found]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from .. import format as fmt
 from ..runtime import format_size, parse_reference
-from . import Done, Frontend, Listing, familiar, pull_shown, verb
+from . import Done, Frontend, Listing, each, familiar, pull_shown, verb
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -25,6 +24,7 @@ def _images_arguments(p: argparse.ArgumentParser) -> None:
 
 @verb("images", "list images", _images_arguments)
 def images(client: Client, args: argparse.Namespace, front: Frontend) -> Listing:
+    from .. import format as fmt
     wanted = parse_reference(args.reference, default_tag=False) if args.reference else None
     rows = []
     for row in client.images():  # (one row per tag, newest image first)
@@ -69,6 +69,8 @@ def _history_arguments(p: argparse.ArgumentParser) -> None:
 
 @verb("history", "show an image's history", _history_arguments)
 def history(client: Client, args: argparse.Namespace, front: Frontend) -> Listing:
+    from .. import format as fmt
+
     rows = client.history(args.image)
     cells = []
     for r in rows:
@@ -87,20 +89,10 @@ def _rmi_arguments(p: argparse.ArgumentParser) -> None:
 @verb("rmi", "remove images", _rmi_arguments)
 def rmi(client: Client, args: argparse.Namespace, front: Frontend) -> Done:
     """Untag each image; once no tag is left, it is deleted (its blobs go unless a container still uses them)."""
-    from ..runtime import SandboxError, UsageError
 
-    code = 0
-    for ref in args.images:
-        try:
-            removal = client.remove_image(ref, force=args.force)
-        except UsageError:
-            raise
-        except SandboxError as exc:
-            front.error(str(exc))
-            code = 1
-            continue
-        for tag in removal.untagged:
-            front.say(f"Untagged: {familiar(tag)}")
-        if removal.deleted is not None:
-            front.say(f"Deleted: {removal.deleted}")
-    return Done(code)
+    def remove(ref: str) -> list[str]:
+        removal = client.remove_image(ref, force=args.force)
+        deleted = [f"Deleted: {removal.deleted}"] if removal.deleted is not None else []
+        return [f"Untagged: {familiar(tag)}" for tag in removal.untagged] + deleted
+
+    return each(front, args.images, remove)

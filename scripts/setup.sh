@@ -7,18 +7,28 @@ cd "$(dirname "$0")/.."
 # gcc and libc6-dev: the runtime compiles its small exec helper (sandbox_kernel/runtime/sk_exec.c).
 # chromium: the panel's browser test drives Debian's chromium with Playwright (no browser download).
 DEB_PACKAGES=(busybox-static mmdebstrap skopeo umoci zstd podman runc bubblewrap gcc libc6-dev docker-registry chromium)
+# The cgroup v2 part of the suite boots Debian's kernel in a VM (scripts/test-vm.sh, with virtme-ng from PyPI): qemu
+# and the kernel, without what they merely recommend (firmware for other machines, a GUI).
+VM_PACKAGES=(qemu-system-x86 linux-image-amd64)
 
-missing=()
-for pkg in "${DEB_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-  sudo=""
+# install_missing [APT OPTION...] -- PACKAGE...: the packages not installed yet, in one apt-get call
+install_missing() {
+  local options=() missing=() pkg
+  while [ "$1" != "--" ]; do options+=("$1"); shift; done
+  shift
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  ((${#missing[@]})) || return 0
+  local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "setup: installing Debian packages: ${missing[*]}"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" </dev/null >/dev/null
-fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq ${options[@]+"${options[@]}"} "${missing[@]}" \
+    </dev/null >/dev/null
+}
+install_missing -- "${DEB_PACKAGES[@]}"
+install_missing --no-install-recommends -- "${VM_PACKAGES[@]}"
 
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then

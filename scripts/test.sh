@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# Command 2: set up what is missing, lint, and run the whole test suite.
+# Command 2: set up what is missing, lint, and run the whole test suite: the host part (every test), then the
+# cgroup v2 part in a VM with Debian's kernel (scripts/test-vm.sh: the tests marked `cgroups` once more, on a
+# kernel with cgroup2 alone). Either failing fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check sandbox_kernel tests benchmarks scripts
-exec .venv/bin/python -m pytest "$@"
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+echo "== the cgroup v2 part, in a VM (scripts/test-vm.sh)"
+vm=0
+bash scripts/test-vm.sh || vm=$?
+if [ "$status" -eq 0 ]; then status=$vm; fi
+exit "$status"

@@ -388,6 +388,7 @@ def real_cgroup():
         assert not cg.exists()
 
 
+@pytest.mark.cgroups
 @pytest.mark.root
 def test_real_memory_limit_oom_kill_is_detected(real_cgroup):
     real_cgroup.apply(Limits(memory=64 << 20, pids=100))
@@ -399,6 +400,7 @@ def test_real_memory_limit_oom_kill_is_detected(real_cgroup):
     assert stats.memory_peak is not None and stats.memory_peak >= 60 << 20
 
 
+@pytest.mark.cgroups
 @pytest.mark.root
 def test_real_pids_limit_stops_a_fork_loop(real_cgroup):
     real_cgroup.apply(Limits(pids=10))
@@ -412,6 +414,7 @@ def test_real_pids_limit_stops_a_fork_loop(real_cgroup):
     assert real_cgroup.procs() == []
 
 
+@pytest.mark.cgroups
 @pytest.mark.root
 def test_real_stats_and_freeze(real_cgroup):
     """--cpus 0.5 as the kernel counts it: a spinning task is throttled period after period, and the CPU time
@@ -436,6 +439,7 @@ def test_real_stats_and_freeze(real_cgroup):
         proc.wait(timeout=30)
 
 
+@pytest.mark.cgroups
 def test_real_memory_peak_resets_on_v1(real_cgroup):
     if not isinstance(real_cgroup, CgroupV1):
         pytest.skip("the memory peak can be reset on cgroup v1 only")

@@ -237,6 +237,7 @@ def test_a_cell_that_ignores_sigint_is_killed_and_the_agent_restarted(ip):
     assert run(ip, "k", "open('/tmp/file').read()").data["text/plain"] == "'kept'"
 
 
+@pytest.mark.cgroups
 def test_timeout(ip):
     """The timeout fires (the cell would end after 60 s with no error otherwise)."""
     with pytest.raises(CellError, match=r"ran past --timeout 1 s and was interrupted"):
@@ -246,6 +247,7 @@ def test_timeout(ip):
                                   "while True: time.sleep(0.05)")
 
 
+@pytest.mark.cgroups
 def test_oom_is_one_sentence_with_the_limit(ip):
     run(ip, "m --memory 64m", "x = 1")
     with pytest.raises(CellKilled) as info:
@@ -299,6 +301,7 @@ def test_stats_line(ip, capsys):
     assert out.startswith("wall ") and " ms, CPU " in out and "peak memory" in out
 
 
+@pytest.mark.cgroups
 def test_limits_change_live(ip):
     """A later cell's limits reach the running container's cgroup (read from the cgroup's own files)."""
     run(ip, "l --memory 128m", "x = 1")

@@ -296,6 +296,7 @@ def test_open_by_handle_at_is_refused(syscalls):
     assert syscalls["open_by_handle_at"] == "EPERM", f"open_by_handle_at gave {syscalls['open_by_handle_at']}"
 
 
+@pytest.mark.cgroups
 def test_device_nodes_cannot_be_made(syscalls, bb):
     assert syscalls["mknod-block-8:0"] == "EPERM", f"a block device was made ({syscalls['mknod-block-8:0']})"
     assert syscalls["mknod-char-1:1"] == "EPERM", f"/dev/mem's node was made ({syscalls['mknod-char-1:1']})"
@@ -308,6 +309,7 @@ def test_device_nodes_cannot_be_made(syscalls, bb):
 # -- shell-level attempts, from busybox ------------------------------------------------------------------------
 
 
+@pytest.mark.cgroups
 def test_mount_and_umount_fail_and_the_mount_table_is_unchanged(bb):
     attempts = {
         "bind-root": "mount --bind / /mnt",
@@ -357,6 +359,7 @@ def test_insmod_and_rmmod_fail(bb):
         assert Path("/proc/modules").read_text() == host_modules, "the host's module list changed"
 
 
+@pytest.mark.cgroups
 def test_host_files_are_unreachable_through_proc_roots(bb, tmp_path):
     marker = tmp_path / "host-marker-7f3a"
     marker.write_text("host secret\n")
@@ -482,6 +485,7 @@ def test_volume_target_with_dotdot_stays_inside(bb, tmp_path):
     assert snapshot(tmp_path) == before, "a mount target was made on the host"
 
 
+@pytest.mark.cgroups
 def test_masked_proc_and_sys_paths_stay_masked(bb):
     masked = ("/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
               "/proc/sched_debug", "/proc/scsi", "/proc/timer_list", "/proc/timer_stats", "/sys/firmware",
@@ -592,6 +596,23 @@ def test_chroot_breakout_stays_in_the_container(pyroot, tmp_path):
                    "fd-marker": "False", "proc-self-root": "/"}, f"chroot + chdir .. left the container: {out}"
 
 
+@pytest.mark.cgroups
+def test_no_device_outside_the_allowlist_can_be_made_or_opened_even_by_host_root(bb, tmp_path):
+    """Why cgroup v2 needs no device program here (runc attaches a BPF_PROG_TYPE_CGROUP_DEVICE one; v1 has
+    the devices controller, set too): a container's command cannot make a device node (no CAP_MKNOD, also
+    as host root with --userns=host, and seccomp), a layer that holds one is refused, and every file system
+    it can write is nodev, so a node put in a volume from outside cannot be opened. Its /dev is the
+    allowlisted host nodes, bound in one by one. Run on this host and on a cgroup v2 kernel (the VM)."""
+    (tmp_path / "vol").mkdir()
+    os.mknod(tmp_path / "vol" / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # (opens anywhere without nodev)
+    for opts in ((), ("--userns=host",)):
+        proc = sh(bb, "mknod /tmp/mem c 1 1 2>/dev/null; echo made $?; mknod /dev/shm/sda b 8 0 2>/dev/null;"
+                      " echo made-in-shm $?; (exec 3< /vol/null) 2>/dev/null; echo opened $?",
+                  "-v", f"{tmp_path / 'vol'}:/vol:ro", *opts)
+        assert results(proc) == {"made": "1", "made-in-shm": "1", "opened": "1"}, (opts, proc.stdout)
+
+
+@pytest.mark.cgroups
 def test_dev_holds_exactly_the_allowlisted_devices(bb):
     proc = sh(bb, "find /dev | sort | while read f; do stat -c '%n %F %t:%T' $f; done;"
                   "readlink /dev/ptmx; readlink /dev/fd")
@@ -624,6 +645,7 @@ def _host_can_open(where: Path, major: int, minor: int, kind: int) -> bool:
         probe.unlink()
 
 
+@pytest.mark.cgroups
 def test_a_device_node_in_a_volume_cannot_be_opened(bb, tmp_path):
     """A device node in a volume opens nothing: volumes are nodev, and the device cgroup (v1) denies the rest."""
     devs = tmp_path / "devs"

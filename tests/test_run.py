@@ -112,6 +112,7 @@ def test_proc_and_sys_are_protected(root):
     assert os.listdir("/sys/firmware") and len(Path("/proc/timer_list").read_bytes()) > 0
 
 
+@pytest.mark.cgroups
 def test_device_node_limits(root):
     proc = sh(root, "ls /dev | tr '\\n' ' '; head -c 4 /dev/zero | wc -c")
     devices = set(proc.stdout.split()[:-1])
@@ -204,6 +205,7 @@ def test_missing_command_is_127(root):
     assert proc.stderr == "sandbox-kernel: error: exec no-such-command: executable file not found in $PATH\n"
 
 
+@pytest.mark.cgroups
 def test_oom_kill_is_reported(root, debian_store):
     proc = run(debian_store.root, "--memory", "64m", "localhost/debian-python",
                "python3", "-c", "x = bytearray(200 << 20); print('survived')")
@@ -212,6 +214,7 @@ def test_oom_kill_is_reported(root, debian_store):
     assert proc.stderr == "sandbox-kernel: out of memory (limit 64 MiB): the container was killed\n"
 
 
+@pytest.mark.cgroups
 def test_fork_bomb_stops_at_the_pids_limit(root):
     proc = sh(root, "while :; do sleep 3 & done", "--pids-limit", "20")
     assert proc.returncode == 2 and "can't fork" in proc.stderr, "the shell runs out of processes and gives up"

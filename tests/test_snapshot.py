@@ -101,6 +101,7 @@ def test_the_same_steps_give_the_same_digests(containers, monkeypatch):
     assert containers.store.resolve("localhost/repro:first").config["created"] == "2023-11-14T22:13:20Z"
 
 
+@pytest.mark.cgroups
 def test_a_running_container_is_committed_and_goes_on(containers):
     script = "echo before > /state; i=0; while true; do i=$((i+1)); echo $i > /counter; sleep 0.01; done"
     cid = containers.run_detached(ContainerSpec(image=BUSYBOX, command=("sh", "-c", script), name="busy"))

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The cgroup v2 part of the suite, on a real cgroup v2 kernel: a VM booted with Debian's kernel.
+#
+#     bash scripts/test-vm.sh [PYTEST ARGS]
+#
+# virtme-ng boots the newest /boot/vmlinuz-* (Debian's linux-image-amd64, which scripts/setup.sh
+# installs) under qemu's software emulation (TCG: a nested KVM guest hangs on this kind of machine),
+# over this machine's own file system, read-only: the checkout, its .venv and the cached test images
+# are the host's. The guest comes up with cgroup2 alone. Inside, the stores and pytest's temporary
+# files are on an ext4 disk of the guest's own (overlayfs cannot put its upper dir on the shared file
+# system), and the tests
+# marked `cgroups` (the ones that touch cgroups for real) run with pytest; what it prints comes here
+# as it goes, and its exit status is this script's. A run takes a few minutes (the boot about 25 s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+kernel=$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "$kernel" ] || [ ! -x .venv/bin/vng ] || ! command -v qemu-system-x86_64 >/dev/null; then
+  echo "test-vm: missing a kernel in /boot, qemu-system-x86_64 or .venv/bin/vng: run bash scripts/setup.sh" >&2
+  exit 2
+fi
+# The cached base images the fixtures load, and the compiled exec helper: made here if they are missing
+# (the guest cannot make them: the host's files are read-only there).
+.venv/bin/python -c 'import tempfile
+from sandbox_kernel.runtime import Store, build, exec_helper
+exec_helper.path()
+with tempfile.TemporaryDirectory() as d:
+    for name in ("busybox", "debian-python"):
+        build(Store(d + "/" + name), name)' >/dev/null
+
+scratch=$(mktemp -d /var/tmp/sk-vm.XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
+# The guest's /tmp: an ext4 of its own (a sparse file here, a disk there). Not a tmpfs: idmapped mounts of
+# a tmpfs need Linux 6.3, and the containers' --disk files need room that a tmpfs in 4 GiB of RAM has not.
+truncate -s 40G "$scratch/tmp.img"
+mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$scratch/tmp.img"
+printf '%q ' "$@" > "$scratch/args"
+# only the files that hold marked tests: collecting the others (Jupyter, schemathesis) takes minutes under TCG
+files=$(grep -l "pytest.mark.cgroups" tests/test_*.py | tr '\n' ' ')
+cat > "$scratch/inner.sh" <<EOF
+set -u
+disk=\$(ls /dev/vd? /dev/sd? 2>/dev/null | head -n 1)
+mount -t ext4 "\$disk" /tmp && chmod 1777 /tmp || { echo "test-vm: no disk for /tmp in the guest" >&2; echo 1 > "$scratch/status"; exit; }
+modprobe loop 2>/dev/null  # (--disk: loop devices)
+cd "$repo"
+export PYTHONDONTWRITEBYTECODE=1 HOME=/tmp/home SANDBOX_KERNEL_CACHE="${SANDBOX_KERNEL_CACHE:-$HOME/.cache/sandbox-kernel}"
+mkdir -p /tmp/home
+eval ".venv/bin/python -m pytest -m cgroups -p no:cacheprovider --basetemp=/tmp/pytest \$(cat $scratch/args) $files"
+echo \$? > "$scratch/status"
+EOF
+PATH="$repo/.venv/bin:$PATH" vng --disable-kvm -r "$kernel" --rwdir "$scratch" --memory 4G --cpus "$(nproc)" \
+  --disk "$scratch/tmp.img" --exec "bash $scratch/inner.sh" </dev/null
+status=$(cat "$scratch/status" 2>/dev/null || echo 1)
+exit "$status"

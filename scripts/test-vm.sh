@@ -31,7 +31,7 @@ with tempfile.TemporaryDirectory() as d:
 
 scratch=$(mktemp -d /var/tmp/sk-vm.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
-# The guest's /tmp: an ext4 of its own (a sparse file here, a disk there). Not a tmpfs: idmapped mounts of
+# The guest's files: an ext4 of its own (a sparse file here, a disk there). Not a tmpfs: idmapped mounts of
 # a tmpfs need Linux 6.3, and the containers' --disk files need room that a tmpfs in 4 GiB of RAM has not.
 truncate -s 40G "$scratch/tmp.img"
 mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$scratch/tmp.img"
@@ -40,13 +40,15 @@ printf '%q ' "$@" > "$scratch/args"
 files=$(grep -l "pytest.mark.cgroups" tests/test_*.py | tr '\n' ' ')
 cat > "$scratch/inner.sh" <<EOF
 set -u
+# (not on /tmp: the checkout may be there)
+work=/mnt
 disk=\$(ls /dev/vd? /dev/sd? 2>/dev/null | head -n 1)
-mount -t ext4 "\$disk" /tmp && chmod 1777 /tmp || { echo "test-vm: no disk for /tmp in the guest" >&2; echo 1 > "$scratch/status"; exit; }
+mount -t ext4 "\$disk" \$work && chmod 1777 \$work || { echo "test-vm: no disk for the guest's files" >&2; echo 1 > "$scratch/status"; exit; }
 modprobe loop 2>/dev/null  # (--disk: loop devices)
 cd "$repo"
-export PYTHONDONTWRITEBYTECODE=1 HOME=/tmp/home SANDBOX_KERNEL_CACHE="${SANDBOX_KERNEL_CACHE:-$HOME/.cache/sandbox-kernel}"
-mkdir -p /tmp/home
-eval ".venv/bin/python -m pytest -m cgroups -p no:cacheprovider --basetemp=/tmp/pytest \$(cat $scratch/args) $files"
+export PYTHONDONTWRITEBYTECODE=1 HOME=\$work/home TMPDIR=\$work/tmp SANDBOX_KERNEL_CACHE="${SANDBOX_KERNEL_CACHE:-$HOME/.cache/sandbox-kernel}"
+mkdir -p \$HOME \$TMPDIR
+eval ".venv/bin/python -m pytest -m cgroups -p no:cacheprovider --basetemp=\$work/pytest \$(cat $scratch/args) $files"
 echo \$? > "$scratch/status"
 EOF
 PATH="$repo/.venv/bin:$PATH" vng --disable-kvm -r "$kernel" --rwdir "$scratch" --memory 4G --cpus "$(nproc)" \

@@ -440,7 +440,9 @@ def _stdio(output: Output | None) -> tuple[int | None, Any, Any, bool]:
 
 
 def _write(target: Any, data: bytes) -> None:
-    """``data`` to an fd (all of it) or a callback."""
+    """``data`` to an fd (all of it) or a callback; None drops it."""
+    if target is None:
+        return
     if callable(target):
         target(data)
         return

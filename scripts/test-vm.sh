@@ -51,7 +51,8 @@ mkdir -p \$HOME \$TMPDIR
 eval ".venv/bin/python -m pytest -m cgroups -p no:cacheprovider --basetemp=\$work/pytest \$(cat $scratch/args) $files"
 echo \$? > "$scratch/status"
 EOF
+# (through a pipe: qemu opens its console output anew, which truncates a log file that stdout is)
 PATH="$repo/.venv/bin:$PATH" vng --disable-kvm -r "$kernel" --rwdir "$scratch" --memory 4G --cpus "$(nproc)" \
-  --disk "$scratch/tmp.img" --exec "bash $scratch/inner.sh" </dev/null
+  --disk "$scratch/tmp.img" --exec "bash $scratch/inner.sh" </dev/null 2>&1 | cat || true
 status=$(cat "$scratch/status" 2>/dev/null || echo 1)
 exit "$status"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import subprocess
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from leftovers import assert_nothing_left, cgroups
+from leftovers import assert_nothing_left, cgroups, wait_for
 
 from sandbox_kernel.runtime import exec_helper
 
@@ -357,6 +358,7 @@ class UserAtATerminal:
         self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
                                      preexec_fn=controlling_terminal)
         self.screen = b""
+        self.seen = 0  # how far expect() has matched
 
     def resize(self, rows: int, cols: int) -> None:
         """As a terminal window does: the kernel sends SIGWINCH to the program in the foreground."""
@@ -370,11 +372,12 @@ class UserAtATerminal:
         os.write(self.master, keys)
 
     def expect(self, text: bytes, timeout: float = 30.0) -> bytes:
-        """Read until ``text`` is on the screen; the screen so far (an event, with a bound for 'never')."""
+        """Read until ``text`` shows past what was matched before; the screen so far (an event, with a bound
+        for 'never')."""
         import time
 
         deadline = time.monotonic() + timeout
-        while text not in self.screen:
+        while text not in self.screen[self.seen:]:
             left = deadline - time.monotonic()
             assert left > 0, f"never saw {text!r} on the screen: {self.screen[-600:]!r}"
             if select.select([self.master], [], [], left)[0]:
@@ -382,22 +385,30 @@ class UserAtATerminal:
                     self.screen += os.read(self.master, 65536)
                 except OSError:  # every slave end is closed: the CLI has exited
                     break
-        assert text in self.screen, f"{text!r} not on the screen: {self.screen[-600:]!r}"
+        assert text in self.screen[self.seen:], f"{text!r} not on the screen: {self.screen[-600:]!r}"
+        self.seen = self.screen.index(text, self.seen) + len(text)
         return self.screen
 
-    def interrupt_until(self, text: bytes, timeout: float = 30.0) -> None:
-        """Ctrl-C until ``text`` shows next (one typed before the shell has handed its terminal to the command
-        goes to the shell, which ignores it, as on any terminal)."""
-        import time
+    def command(self, line: bytes) -> None:
+        """Type ``line`` once the shell's next prompt is on the screen (typed ahead, a terminal echoes it
+        before the shell reads it, which a test cannot tell from the shell's own output)."""
+        self.expect(b"/ # ")
+        self.type(line + b"\r")
 
-        start = len(self.screen)
-        deadline = time.monotonic() + timeout
-        while text not in self.screen[start:] and time.monotonic() < deadline:
-            self.type(b"\x03")
-            end = time.monotonic() + 0.5
-            while text not in self.screen[start:] and select.select([self.master], [], [], end - time.monotonic())[0]:
-                self.screen += os.read(self.master, 65536)
-        assert text in self.screen[start:], f"{text!r} not on the screen: {self.screen[-600:]!r}"
+    @staticmethod
+    def wait_for_process(*argv: str) -> None:
+        """Until a process runs ``argv``: its exec has happened, in the terminal's foreground (a shell with
+        job control puts it there before the exec)."""
+        wanted = "\0".join(argv).encode() + b"\0"
+
+        def running() -> bool:
+            for proc in Path("/proc").iterdir():
+                with contextlib.suppress(OSError):
+                    if proc.name.isdigit() and (proc / "cmdline").read_bytes() == wanted:
+                        return True
+            return False
+
+        wait_for(running, what=" ".join(argv))
 
     def close(self) -> int:
         """The CLI's exit status, once it has exited; ``mode_after``: its terminal's mode then."""
@@ -422,20 +433,19 @@ def test_run_it_is_a_terminal_with_ctrl_c_ctrl_d_and_the_window_size(root):
     user = UserAtATerminal([sys.executable, "-m", "sandbox_kernel", "--root", str(root), "run", "--rm", "-it",
                             BUSYBOX, "sh"])
     try:
-        user.expect(b"/ # ")  # the container's shell, on its terminal (what is typed is echoed there)
-        user.type(b"stty size; echo TERM=$TERM; [ -t 0 ] && echo on-a-$((1+1))\r")
-        user.expect(b"on-a-2")
-        assert b"\r\n33 101\r\n" in user.screen and b"TERM=xterm" in user.screen
+        user.command(b"stty size; echo TERM=$TERM; [ -t 0 ] && echo on-a-$((1+1))")
+        user.expect(b"\r\n33 101\r\nTERM=xterm\r\non-a-2")
         user.resize(40, 120)
-        user.type(b"stty size\r")
+        user.command(b"stty size")
         user.expect(b"\r\n40 120\r\n")
-        user.type(b"sleep 60\r")
-        user.expect(b"sleep 60\r\n")
-        user.interrupt_until(b"/ # ")  # Ctrl-C: the prompt is back once the sleep is gone
-        user.type(b"echo slept-$?\r")
+        user.command(b"sleep 62")
+        user.wait_for_process("sleep", "62")
+        user.type(b"\x03")  # Ctrl-C
+        user.command(b"echo slept-$?")
         user.expect(b"slept-130")
-        user.type(b"echo still-$((2+2))\r")
+        user.command(b"echo still-$((2+2))")
         user.expect(b"still-4")
+        user.expect(b"/ # ")
         user.type(b"\x04")  # Ctrl-D
         assert user.close() == 0
         assert user.mode_after == user.mode, "the caller's terminal mode is restored"
@@ -454,15 +464,14 @@ def test_exec_it_is_a_terminal_and_ctrl_c_reaches_it(root):
     try:
         user = UserAtATerminal([*cli, "exec", "-it", name, "sh"], rows=20, cols=70)
         try:
+            user.command(b"stty size; cat /proc/1/comm")
+            user.expect(b"\r\n20 70\r\nsandbox-init")
+            user.command(b"sleep 63")
+            user.wait_for_process("sleep", "63")
+            user.type(b"\x03")
+            user.command(b"echo slept-$?")
+            user.expect(b"slept-130")
             user.expect(b"/ # ")
-            user.type(b"stty size; cat /proc/1/comm\r")
-            user.expect(b"sandbox-init")
-            assert b"\r\n20 70\r\n" in user.screen
-            user.type(b"cat\r")
-            user.expect(b"cat\r\n")
-            user.interrupt_until(b"/ # ")
-            user.type(b"echo cat-$?\r")
-            user.expect(b"cat-130")
             user.type(b"exit 3\r")
             assert user.close() == 3
         finally:

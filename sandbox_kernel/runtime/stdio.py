@@ -67,6 +67,7 @@ class Relay:
         self.tty = tty
         self._terminal: tuple[int, list[object]] | None = None  # the caller's terminal and its mode, to restore
         self._winch: tuple[object] | None = None  # the SIGWINCH handler before ours, while ours is there
+        self._master: int | None = None  # the terminal's master end, while it is open (tty)
         self.pending = b""
         self.stdin_w: int | None = None
         self.readers: dict[int, Callable[[bytes], None]] = {}
@@ -97,14 +98,15 @@ class Relay:
             self._child_ends = [slave]
             self.child_fds = (slave, slave, slave)
             self.readers[master] = _writer(self.outputs[0])  # one stream, as docker -t: stderr goes there too
+            self._master = master
             if self.source is not None:
                 self.stdin_w = os.dup(master)  # (closed at the caller's EOF; the master stays open)
                 fcntl.fcntl(master, fcntl.F_SETFL, fcntl.fcntl(master, fcntl.F_GETFL) | os.O_NONBLOCK)
             caller = self.source if self.source is not None and os.isatty(self.source) else None
             if caller is not None:
-                self._resize(caller, master)
+                self._resize(caller)
                 if threading.current_thread() is threading.main_thread():
-                    self._winch = (signal.signal(signal.SIGWINCH, lambda *_: self._resize(caller, master)),)
+                    self._winch = (signal.signal(signal.SIGWINCH, lambda *_: self._resize(caller)),)
                 self._terminal = (caller, termios.tcgetattr(caller))
                 _tty.setraw(caller, termios.TCSANOW)
         except BaseException:
@@ -112,11 +114,13 @@ class Relay:
             raise
         return self
 
-    @staticmethod
-    def _resize(caller: int, master: int) -> None:
-        """The caller's window size onto the container's terminal (which sends its foreground SIGWINCH)."""
+    def _resize(self, caller: int) -> None:
+        """The caller's window size onto the container's terminal (which sends its foreground SIGWINCH); once
+        the master is closed, nothing (its fd number may be another file's by then)."""
+        if self._master is None:
+            return
         try:
-            fcntl.ioctl(master, termios.TIOCSWINSZ, fcntl.ioctl(caller, termios.TIOCGWINSZ, b"\0" * 8))
+            fcntl.ioctl(self._master, termios.TIOCSWINSZ, fcntl.ioctl(caller, termios.TIOCGWINSZ, b"\0" * 8))
         except OSError:
             pass
 
@@ -171,6 +175,8 @@ class Relay:
         if data:
             self.readers[fd](data)
         else:
+            if fd == self._master:
+                self._master = None
             os.close(fd)
             del self.readers[fd]
 
@@ -220,6 +226,7 @@ class Relay:
             self._winch = None
         self.close_child_ends()
         self._close_stdin()
+        self._master = None
         for fd in list(self.readers):
             os.close(fd)
         self.readers.clear()

@@ -7,9 +7,13 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check sandbox_kernel tests benchmarks scripts
 status=0
+start=$SECONDS
 .venv/bin/python -m pytest "$@" || status=$?
+host=$((SECONDS - start))
 echo "== the cgroup v2 part, in a VM (scripts/test-vm.sh)"
 vm=0
+start=$SECONDS
 bash scripts/test-vm.sh || vm=$?
+echo "== host part: $host s (exit $status); VM part: $((SECONDS - start)) s (exit $vm)"
 if [ "$status" -eq 0 ]; then status=$vm; fi
 exit "$status"

@@ -75,16 +75,14 @@ def disk_option(args: argparse.Namespace) -> str | None:
     return size
 
 
-def limits_given(args: argparse.Namespace, base: LimitsRow | None = None) -> LimitsRow | None:
-    """``base`` (default: the defaults) with the limit options given; None when none is given."""
+def limits_given(args: argparse.Namespace) -> LimitsRow | None:
+    """The defaults with the limit options given, checked; None when none is given (the client's defaults)."""
     from ..client import limits_row
 
     disk = disk_option(args)
     if args.memory is None and args.cpus is None and args.pids_limit is None and disk is None:
         return None
-    if base is None:
-        return limits_row(Limits().with_options(args.memory or None, args.cpus or None, args.pids_limit, disk=disk))
-    return base.with_options(args.memory or None, args.cpus or None, args.pids_limit)
+    return limits_row(Limits().with_options(args.memory or None, args.cpus or None, args.pids_limit, disk=disk))
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:

@@ -313,19 +313,12 @@ class LocalClient:
 
     def create(self, image: str, *, name: str | None = None, command: tuple[str, ...] = (),
                limits: LimitsRow | None = None, start: bool = True) -> str:
+        """The REST API's create: :meth:`run` detached, with what that API says of a container."""
         if self.policy is not None:
             self.policy.check_image(image)
         self.store.resolve(image)  # a clear error for an image that is not here, before anything is made
-        if limits is not None:  # (a disk not said is the admin's default, as with no limits at all)
-            chosen = to_limits(limits, Limits(disk=self.policy.defaults().disk) if self.policy is not None else None)
-        else:
-            chosen = self.policy.defaults() if self.policy is not None else Limits()
-        spec = ContainerSpec(image=image, name=name, command=tuple(command), limits=chosen)
-        if self.policy is not None:
-            self.policy.check(spec)
-        if start:
-            return self.runtime.run_detached(spec)
-        return self.runtime.create(spec)
+        return self.run(RunOptions(image=image, name=name, command=tuple(command), limits=limits), detach=True,
+                        start=start).id
 
     def start(self, ref: str) -> None:
         self.runtime.start(ref)
@@ -379,7 +372,8 @@ class LocalClient:
         return RunOutcome(result.container_id or "", result.exit_code, result.message())
 
     def _spec(self, options: RunOptions) -> ContainerSpec:
-        """The runtime's spec for ``options``, within the policy."""
+        """The runtime's spec for ``options``, within the policy (a disk not said is the admin's default, as with
+        no limits at all)."""
         from .runtime import DEFAULT_ULIMITS, Mount, NetSpec, parse_env, parse_publish, parse_size, parse_ulimit
 
         if self.policy is not None:
@@ -413,7 +407,6 @@ class LocalClient:
             env = (*env, "TERM=xterm")
         return self.runtime.exec(ref, argv, env=parse_env(list(env)), user=user, workdir=workdir, stdin=stdin,
                                  stdout=stdout, stderr=stderr, cancelled=cancelled, tty=tty)
-
 
     def logs(self, ref: str, output: Output, follow: bool = False,
              cancelled: Callable[[], bool] | None = None) -> int | None:

@@ -315,15 +315,13 @@ class RemoteClient:
         local = options.local_only()
         if local:
             raise UsageError(f"{local[0]} is not available against a remote host")
-        if isinstance(output, Stdio) and output.tty:
-            raise UsageError("-t is not available against a remote host")
+        text = _text(output)  # (-t is refused here, before anything is made)
         if detach and options.remove:
             raise UsageError("-d and --rm together are not available against a remote host")
         cid = self.create(options.image, name=options.name, command=options.command, limits=options.limits,
                           start=start)
         if detach:
             return RunOutcome(cid)
-        text = _text(output)
         try:
             try:
                 code = self.logs(cid, text, follow=True)

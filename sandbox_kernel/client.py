@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .runtime import ContainerNotFound, ContainerSpec, Limits, Store, UsageError
+from .runtime import UNLIMITED_SWAP, ContainerNotFound, ContainerSpec, Limits, Store, UsageError
 
 if TYPE_CHECKING:  # (the engine is imported when a call needs it: `images` does not start one)
     from .policy import SandboxPolicy
@@ -200,7 +200,7 @@ def limits_row(limits: Limits) -> LimitsRow:
 def to_limits(row: LimitsRow, base: Limits | None = None) -> Limits:
     """A runtime Limits from a row (memory_swap kept from ``base`` while it still fits)."""
     swap = base.memory_swap if base is not None else None
-    if swap is not None and (row.memory is None or swap < row.memory):
+    if swap is not None and (row.memory is None or (swap < row.memory and swap != UNLIMITED_SWAP)):
         swap = None
     disk = row.disk if row.disk is not None else base.disk if base is not None else None
     return Limits(memory=row.memory, memory_swap=swap, cpus=row.cpus, pids=row.pids, disk=disk)

@@ -24,7 +24,7 @@ from sandbox_kernel.runtime.cgroups import (
     remove_empty_parents,
 )
 from sandbox_kernel.runtime.errors import CgroupError
-from sandbox_kernel.runtime.spec import Limits, UsageError, parse_size
+from sandbox_kernel.runtime.spec import UNLIMITED_SWAP, Limits, UsageError, parse_size
 
 HYBRID = """\
 24 1 254:0 / / rw,relatime - ext4 /dev/vda rw
@@ -65,6 +65,54 @@ def test_discover_hybrid_v1_and_v2(tmp_path):
         discover(_mountinfo(tmp_path, "24 1 254:0 / / rw - ext4 /dev/vda rw\n"))
 
 
+def _cgroup_tree(top: Path, owned: dict[str, int]) -> None:
+    """Directories under ``top`` as a cgroup2 mount has them, each with the delegation files, owned as ``owned``
+    says (relative path -> uid; the rest root's)."""
+    for relative, uid in owned.items():
+        path = top / relative
+        path.mkdir(parents=True, exist_ok=True)
+        for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+            if name:
+                (path / name).touch()
+            os.chown(path / name, uid, uid)
+
+
+@pytest.mark.root
+def test_a_user_finds_the_subtree_delegated_to_it(tmp_path):
+    """systemd's layout: user@1234.service and below are the user's, user-1234.slice is not; the containers'
+    cgroups go under the highest of the user's own (not under its own leaf, where its processes are)."""
+    top, me = tmp_path / "cgroup", 1234
+    service = "user.slice/user-1234.slice/user@1234.service"
+    _cgroup_tree(top, {"user.slice/user-1234.slice": 0, service: me, f"{service}/app.slice": me,
+                       f"{service}/app.slice/jupyter.scope": me})
+    mountinfo = _mountinfo(tmp_path, V2_ONLY.replace("/sys/fs/cgroup", str(top)))
+    own = tmp_path / "self-cgroup"
+    own.write_text(f"0::/{service}/app.slice/jupyter.scope\n")
+    found = discover(mountinfo, str(own), uid=me)
+    assert (found.v2_base, found.v2_refusal) == (top / service, None)
+    fake = FakeV2Kernel(top)
+    cg = open_cgroup("c1", found, fake)
+    assert cg.path == top / service / "sandbox-kernel" / "c1"
+    # a delegation file left to root: that cgroup is not delegated
+    os.chown(top / service / "cgroup.threads", 0, 0)
+    assert discover(mountinfo, str(own), uid=me).v2_base == top / service / "app.slice"
+    # the caller in the delegated cgroup itself: it cannot hold children with controllers too
+    own.write_text(f"0::/{service}\n")
+    os.chown(top / service / "cgroup.threads", me, me)
+    assert "holds your processes itself" in discover(mountinfo, str(own), uid=me).v2_refusal
+    # nothing of the user's: the sentence on how to get delegation, and nothing is made
+    own.write_text("0::/user.slice/user-1234.slice\n")
+    refused = discover(mountinfo, str(own), uid=me)
+    assert refused.v2_base is None and "Delegate=yes" in refused.v2_refusal
+    cg = open_cgroup("c2", refused, fake)
+    assert not cg.exists() and cg.paths() == []
+    with pytest.raises(CgroupError, match="need a cgroup v2 subtree delegated to you"):
+        cg.create()
+    cg.remove()  # nothing to remove: no error
+    own.write_text("12:pids:/\n")
+    assert "in no cgroup v2" in discover(mountinfo, str(own), uid=me).v2_refusal
+
+
 def test_this_host_is_discovered():
     hierarchy = discover()
     assert hierarchy.version in ("v1", "v2", "hybrid")
@@ -89,6 +137,10 @@ def test_limits_validate():
         Limits(memory=1024)
     with pytest.raises(UsageError, match="memory-swap"):
         Limits(memory=64 << 20, memory_swap=32 << 20)
+    with pytest.raises(UsageError, match="needs --memory"):
+        Limits().with_options(memory_swap="-1")
+    assert Limits(memory=64 << 20).with_options(memory_swap="-1").swap_beyond_memory() is None, "-1: no limit"
+    assert Limits(memory=64 << 20).swap_beyond_memory() == 0, "no --memory-swap: no swap, as docker"
     assert Limits(cpus=0.5).cpu_quota_us() == 50_000
     assert Limits().pids == 2048
 
@@ -214,6 +266,8 @@ def test_v2_limits_and_update(tmp_path):
     assert fake.read(cg.path / "memory.swap.max") == str((1 << 30) - (512 << 20))
     assert fake.read(cg.path / "cpu.max") == "max 100000"
     assert fake.read(cg.path / "pids.max") == "max"
+    cg.apply(Limits(memory=512 << 20).with_options(memory_swap="-1"))  # docker's -1: swap without limit
+    assert (fake.read(cg.path / "memory.max"), fake.read(cg.path / "memory.swap.max")) == (str(512 << 20), "max")
 
 
 def test_v2_stats_and_oom(tmp_path):
@@ -334,6 +388,10 @@ def test_v1_memory_and_swap_are_set_in_a_valid_order():
     assert fake.order[-2:] == ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
     cg.apply(Limits(memory=None, pids=None))  # unlimited again
     assert fake.values == {"memory.limit_in_bytes": "-1", "memory.memsw.limit_in_bytes": "-1"}
+    cg.apply(Limits(memory=64 << 20, memory_swap=UNLIMITED_SWAP, pids=None))  # --memory-swap -1
+    assert fake.values == {"memory.limit_in_bytes": str(64 << 20), "memory.memsw.limit_in_bytes": "-1"}
+    cg.apply(Limits(memory=64 << 20, memory_swap=96 << 20, pids=None))
+    assert fake.values == {"memory.limit_in_bytes": str(64 << 20), "memory.memsw.limit_in_bytes": str(96 << 20)}
 
 
 # -- the real cgroups of this host (root) -------------------------------------------------------------
@@ -402,6 +460,24 @@ def test_real_memory_limit_oom_kill_is_detected(real_cgroup):
 
 @pytest.mark.cgroups
 @pytest.mark.root
+def test_real_memory_and_swap(real_cgroup):
+    """200 MiB touched under --memory 64m: past --memory-swap 128m the kernel kills; with -1 (no swap limit)
+    the rest goes to swap."""
+    with open("/proc/meminfo") as f:
+        if next(int(line.split()[1]) for line in f if line.startswith("SwapTotal:")) < 512 << 10:
+            pytest.skip("this host has no swap to go into (the cgroup v2 VM of scripts/test-vm.sh has)")
+    real_cgroup.apply(Limits(memory=64 << 20, memory_swap=128 << 20))
+    proc = _spawn_in(real_cgroup, "memory")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -9 and "survived" not in out and real_cgroup.stats().oom_kills >= 1
+    real_cgroup.apply(Limits(memory=64 << 20, memory_swap=UNLIMITED_SWAP))
+    proc = _spawn_in(real_cgroup, "memory")
+    out, _ = proc.communicate(timeout=120)
+    assert (proc.returncode, out) == (0, "survived\n")
+
+
+@pytest.mark.cgroups
+@pytest.mark.root
 def test_real_pids_limit_stops_a_fork_loop(real_cgroup):
     real_cgroup.apply(Limits(pids=10))
     proc = _spawn_in(real_cgroup, "fork")
@@ -451,3 +527,141 @@ def test_real_memory_peak_resets_on_v1(real_cgroup):
         assert (real_cgroup.stats().memory_peak or 0) < 32 << 20
     finally:
         real_cgroup.kill()
+
+
+# -- a user who is not root, in a subtree delegated to it (cgroup v2, in the VM of scripts/test-vm.sh) ------
+
+_DELEGATEE = textwrap.dedent("""
+    import json, os, subprocess, sys
+    sys.stdin.readline()                       # wait until root has put us in our cgroup
+    from sandbox_kernel.runtime.cgroups import discover, open_cgroup
+    from sandbox_kernel.runtime.errors import CgroupError
+    from sandbox_kernel.runtime.spec import Limits
+    hog = sys.argv[1]
+    found = discover()
+    out = {"uid": os.getuid(), "base": str(found.v2_base), "refusal": found.v2_refusal}
+    if found.v2_refusal:
+        try:
+            open_cgroup("mine").create()
+        except CgroupError as exc:
+            out["create"] = str(exc)
+        print(json.dumps(out)); sys.exit()
+
+    def spawn(cg, mode):
+        proc = subprocess.Popen([sys.executable, "-c", hog, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+        cg.add(proc.pid)
+        proc.stdin.write("go\\n"); proc.stdin.flush()
+        return proc
+
+    cg = open_cgroup("mine")
+    cg.create()
+    out["path"] = str(cg.path)
+    cg.apply(Limits(memory=64 << 20, pids=10, cpus=0.5))
+    proc = spawn(cg, "memory")
+    text, _ = proc.communicate(timeout=60)
+    out["oom"] = [proc.returncode, "survived" in text, cg.stats().oom_kills]
+    proc = spawn(cg, "fork")
+    out["forked"] = int(proc.stdout.readline())
+    stats = cg.stats()
+    out["pids"] = [stats.pids, stats.pids_limit_hits]
+    cg.freeze(); cg.thaw()
+    cg.apply(Limits(memory=128 << 20, pids=20))   # a live update
+    out["memory.max"] = open(cg.path / "memory.max").read().strip()
+    for name in ("memory.max", "pids.max"):      # the delegated cgroup's own limits stay the admin's
+        try:
+            with open(found.v2_base / name, "w") as fh:
+                fh.write("max")
+            out[name + " of the base"] = "written"
+        except PermissionError:
+            out[name + " of the base"] = "refused"
+    cg.kill()
+    out["killed"] = proc.wait(timeout=30)
+    cg.remove()
+    parent = found.v2_base / "sandbox-kernel"
+    out["left"] = sorted(os.listdir(parent)) if parent.exists() else []
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture
+def delegatee(tmp_path):
+    """A local user the test makes, a cgroup v2 subtree given to it as the kernel's documentation says
+    (``sk-delegated-*``: the directory and its cgroup.procs, cgroup.subtree_control and cgroup.threads are
+    the user's; its own limits stay root's), a leaf in it for the user's process, and a copy of the package the
+    user can read (the checkout may be under a directory it cannot enter). All removed at the end."""
+    import json
+    import pwd
+    import shutil
+    import tempfile
+    import uuid
+
+    hierarchy = discover()
+    if hierarchy.version != "v2":
+        pytest.skip("cgroup v2 delegation needs a host with cgroup v2 alone (scripts/test-vm.sh boots one)")
+    name = f"sk-deleg-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True,
+                   capture_output=True)
+    readable = Path(tempfile.mkdtemp(prefix="sk-deleg-"))
+    top = hierarchy.v2 / name
+    try:
+        user = pwd.getpwnam(name)
+        readable.chmod(0o755)
+        shutil.copytree(Path(__file__).resolve().parents[1] / "sandbox_kernel", readable / "sandbox_kernel",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        enabled = (hierarchy.v2 / "cgroup.subtree_control").read_text().split()
+        missing = [c for c in ("memory", "cpu", "pids") if c not in enabled]
+        if missing:
+            (hierarchy.v2 / "cgroup.subtree_control").write_text(" ".join("+" + c for c in missing))
+        top.mkdir()
+        for entry in (top, top / "cgroup.procs", top / "cgroup.subtree_control", top / "cgroup.threads"):
+            os.chown(entry, user.pw_uid, user.pw_gid)
+        (top / "home").mkdir()  # the admin's leaf for the user's processes
+
+        def run_as_user(leaf: Path | None) -> dict:
+            proc = subprocess.Popen(["/usr/bin/python3", "-B", "-c", _DELEGATEE, _HOG], user=user.pw_uid,
+                                    group=user.pw_gid, extra_groups=[], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+                                    env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(readable)})
+            if leaf is not None:
+                (leaf / "cgroup.procs").write_text(str(proc.pid))
+            out, err = proc.communicate("go\n", timeout=180)
+            assert proc.returncode == 0, err
+            return json.loads(out)
+
+        yield user, top, run_as_user
+    finally:
+        if (top / "cgroup.kill").exists():
+            (top / "cgroup.kill").write_text("1")
+        for path in sorted(top.glob("**/"), key=lambda p: len(p.parts), reverse=True) if top.exists() else []:
+            wait_for(lambda path=path: not (path / "cgroup.procs").read_text().split(), what=f"{path} empty")
+            path.rmdir()
+        shutil.rmtree(readable, ignore_errors=True)
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+@pytest.mark.cgroups
+@pytest.mark.root
+def test_a_user_without_root_limits_its_processes_in_its_delegated_subtree(delegatee):
+    """As the kernel's cgroup v2 documentation describes delegation: the user makes its cgroups under the
+    subtree given to it, moves its own processes there, sets memory, pids and CPU limits, reads OOM kills and
+    the pids-limit hits, freezes, updates live, kills and removes; the subtree's own limits stay the admin's."""
+    user, top, run_as_user = delegatee
+    out = run_as_user(top / "home")
+    assert (out["uid"], out["base"], out["refusal"]) == (user.pw_uid, str(top), None)
+    assert out["path"] == str(top / "sandbox-kernel" / "mine")
+    returncode, survived, oom_kills = out["oom"]
+    assert (returncode, survived) == (-9, False) and oom_kills >= 1
+    assert out["forked"] == 9 and out["pids"][0] == 10 and out["pids"][1] >= 1
+    assert out["memory.max"] == str(128 << 20)
+    assert out["memory.max of the base"] == out["pids.max of the base"] == "refused"
+    assert out["killed"] == -9 and out["left"] == []
+
+
+@pytest.mark.cgroups
+@pytest.mark.root
+def test_a_user_with_nothing_delegated_is_told_how_to_get_it(delegatee):
+    _, _, run_as_user = delegatee
+    out = run_as_user(None)  # left in root's cgroup
+    assert out["base"] == "None" and "Delegate=yes" in out["refusal"]
+    assert out["create"] == out["refusal"], "creating a cgroup is refused with that sentence"

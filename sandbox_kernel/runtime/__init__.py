@@ -59,6 +59,7 @@ _WHERE = {
     "ContainerSpec": ".spec",
     "Limits": ".spec",
     "Mount": ".spec",
+    "UNLIMITED_SWAP": ".spec",
     "NetSpec": ".spec",
     "format_size": ".spec",
     "parse_cpus": ".spec",

@@ -8,6 +8,14 @@ Hybrid hosts (v1 controllers plus an empty cgroup2 mount, like this project's
 CI machine) are driven through v1, where the controllers are. File names
 follow runc's ``libcontainer/cgroups/fs`` (v1) and ``fs2`` (v2).
 
+On v2 a caller who is not root puts its containers under the subtree delegated
+to it, as the kernel's cgroup-v2 documentation describes delegation: the
+highest cgroup above its own whose directory, ``cgroup.procs``,
+``cgroup.subtree_control`` and ``cgroup.threads`` belong to it (systemd's
+``user@UID.service`` with ``Delegate=yes``, or one an admin made and gave to
+the user). Without one, making a cgroup fails with one sentence saying how
+to get one.
+
 Every file access goes through a :class:`CgroupFS`, so that the v2 paths can be
 tested against a fake kernel on hosts that only have v1 (tests/test_cgroups.py).
 """
@@ -36,14 +44,18 @@ class Hierarchy:
     version: str  # "v1", "v2" or "hybrid"
     v1: dict[str, Path]  # controller -> mount point
     v2: Path | None  # the cgroup2 mount
+    v2_base: Path | None = None  # the v2 cgroup that sandbox-kernel/ goes in; None: the mount's root (root callers)
+    v2_refusal: str | None = None  # why this caller (not root) has no v2 cgroup to make containers' cgroups in
 
     @property
     def driver(self) -> str:
         return "v2" if self.version == "v2" else "v1"
 
 
-def discover(mountinfo: str = "/proc/self/mountinfo") -> Hierarchy:
-    """Read which controllers are mounted where; raise CgroupError if none are usable."""
+def discover(mountinfo: str = "/proc/self/mountinfo", own_cgroup: str = "/proc/self/cgroup",
+             uid: int | None = None) -> Hierarchy:
+    """Read which controllers are mounted where (and on v2, for a caller who is not root, which subtree is
+    delegated to it); raise CgroupError if none are usable."""
     v1: dict[str, Path] = {}
     v2: Path | None = None
     try:
@@ -68,8 +80,48 @@ def discover(mountinfo: str = "/proc/self/mountinfo") -> Hierarchy:
     if "memory" in v1:
         return Hierarchy("hybrid" if v2 is not None else "v1", v1, v2)
     if v2 is not None:
-        return Hierarchy("v2", {}, v2)
+        uid = os.geteuid() if uid is None else uid
+        if uid == 0:
+            return Hierarchy("v2", {}, v2)
+        base, refusal = delegated_subtree(v2, own_cgroup, uid)
+        return Hierarchy("v2", {}, v2, base, refusal)
     raise CgroupError("no cgroup file system is mounted (need cgroup v1 controllers or cgroup2)")
+
+
+DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads")
+
+
+def delegated_subtree(mount: Path, own_cgroup: str, uid: int) -> tuple[Path | None, str | None]:
+    """The v2 subtree delegated to ``uid`` that holds the caller's own cgroup (the highest cgroup on the way
+    up whose directory and DELEGATED_FILES are the user's: the leaf the caller is in may be the admin's), or
+    None and the sentence that says why not."""
+    how = ("memory, CPU and pids limits need a cgroup v2 subtree delegated to you: systemd's user@UID.service "
+           "with Delegate=yes (a login session or `loginctl enable-linger`), or a cgroup an admin made and gave "
+           "you (chown of the directory and its cgroup.procs, cgroup.subtree_control and cgroup.threads)")
+    try:
+        with open(own_cgroup) as fh:
+            relative = next((line.split(":", 2)[2].strip() for line in fh if line.startswith("0::")), None)
+    except OSError:
+        relative = None
+    if not relative:
+        return None, f"{how}; this process is in no cgroup v2"
+    own = mount / relative.lstrip("/")
+    base = None
+    for candidate in (own, *own.parents):
+        if candidate == mount or mount not in candidate.parents:
+            break
+        try:
+            if all(os.stat(candidate / name).st_uid == uid for name in ("", *DELEGATED_FILES)):
+                base = candidate  # (and on up: the highest one)
+        except OSError:
+            break
+    if base is None:
+        return None, f"{how}; your cgroup {own} is not yours"
+    if base == own:
+        return None, (f"the cgroup delegated to you ({base}) holds your processes itself, so it cannot also hold "
+                      f"containers' cgroups (cgroup v2 keeps processes in leaves): start Jupyter in a child cgroup "
+                      f"of it (e.g. systemd-run --user --scope)")
+    return base, None
 
 
 class CgroupFS:
@@ -269,12 +321,12 @@ class CgroupV1(Cgroup):
 
     def _set_memory(self, memory: Path, limits: Limits) -> None:
         mem = str(limits.memory) if limits.memory is not None else "-1"
-        swap_total = limits.memory_swap or limits.memory  # no swap beyond the memory limit by default
+        swap = limits.swap_beyond_memory()  # no swap beyond the memory limit by default
         memsw = memory / "memory.memsw.limit_in_bytes"
         has_swap_accounting = self.fs.exists(memsw)
         steps = [(memory / "memory.limit_in_bytes", mem)]
         if has_swap_accounting:
-            steps.append((memsw, str(swap_total) if swap_total is not None else "-1"))
+            steps.append((memsw, str(limits.memory + swap) if swap is not None and limits.memory else "-1"))
         # memsw must stay >= memory: raising limits goes memsw first, lowering memory first.
         try:
             for path, value in steps:
@@ -349,14 +401,16 @@ class CgroupV2(Cgroup):
     @property
     def _parent(self) -> Path:
         assert self.hierarchy.v2 is not None
-        return self.hierarchy.v2 / PARENT
+        if self.hierarchy.v2_refusal:
+            raise CgroupError(self.hierarchy.v2_refusal)
+        return (self.hierarchy.v2_base or self.hierarchy.v2) / PARENT
 
     @property
     def path(self) -> Path:
         return self._parent / self.name
 
     def paths(self) -> list[Path]:
-        return [self.path]
+        return [] if self.hierarchy.v2_refusal else [self.path]
 
     def create(self) -> None:
         # Top down: a controller must be enabled in a parent's subtree_control
@@ -380,11 +434,8 @@ class CgroupV2(Cgroup):
         self._write(self.path / "memory.max", str(limits.memory) if limits.memory is not None else "max")
         swap_path = self.path / "memory.swap.max"
         if self.fs.exists(swap_path):
-            if limits.memory is None:
-                swap = "max"
-            else:
-                swap = str((limits.memory_swap or limits.memory) - limits.memory)
-            self._write(swap_path, swap)
+            swap = limits.swap_beyond_memory()
+            self._write(swap_path, str(swap) if swap is not None else "max")
         quota = limits.cpu_quota_us()
         self._write(self.path / "cpu.max", f"{quota if quota is not None else 'max'} {CPU_PERIOD_US}")
         self._write(self.path / "pids.max", str(limits.pids) if limits.pids is not None else "max")
@@ -452,8 +503,8 @@ def remove_empty_parents(hierarchy: Hierarchy | None = None, fs: CgroupFS | None
     hierarchy = hierarchy or discover()
     fs = fs or CgroupFS()
     parents = [mount / PARENT for mount in hierarchy.v1.values()]
-    if hierarchy.v2 is not None:
-        parents.append(hierarchy.v2 / PARENT)
+    if hierarchy.v2 is not None and not hierarchy.v2_refusal:
+        parents.append((hierarchy.v2_base or hierarchy.v2) / PARENT)
     for parent in parents:
         try:
             fs.rmdir(parent)

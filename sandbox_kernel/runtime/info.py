@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .cgroups import CgroupStats
-from .spec import ContainerSpec, Limits, format_size
+from .spec import UNLIMITED_SWAP, ContainerSpec, Limits, format_size
 from .state import (
     PAUSED,
     RUNNING,
@@ -21,11 +21,15 @@ class ContainerResult:
     oom_killed: bool = False
     memory_limit: int | None = None
     container_id: str | None = None
+    memory_swap: int | None = None  # memory and swap together, when --memory-swap gave more than --memory
 
     def message(self) -> str | None:
         """The one plain sentence a user needs when a limit ended the container."""
         if self.oom_killed:
-            limit = f" (limit {format_size(self.memory_limit)})" if self.memory_limit else ""
+            swap = (f", {format_size(self.memory_swap)} with swap"
+                    if self.memory_swap and self.memory_limit and self.memory_swap > self.memory_limit
+                    else ", with swap" if self.memory_swap == UNLIMITED_SWAP else "")
+            limit = f" (limit {format_size(self.memory_limit)}{swap})" if self.memory_limit else ""
             return f"out of memory{limit}: the container was killed"
         return None
 

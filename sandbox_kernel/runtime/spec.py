@@ -71,6 +71,7 @@ def parse_cpus(text: str | float) -> float:
 
 
 MIN_DISK = 64 << 20  # (an ext4 journal and its metadata take a few MiB)
+UNLIMITED_SWAP = -1  # Limits.memory_swap for docker's --memory-swap -1: --memory of RAM, and swap without limit
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ class Limits:
     """Resource limits; ``None`` means unlimited (pids is limited by default)."""
 
     memory: int | None = None  # bytes
-    memory_swap: int | None = None  # memory + swap, bytes (docker's --memory-swap); None: same as memory
+    memory_swap: int | None = None  # memory + swap, bytes (docker's --memory-swap); None: same as memory (no swap);
+    # UNLIMITED_SWAP: as much swap as the host has
     cpus: float | None = None  # cores, as a CFS quota
     pids: int | None = DEFAULT_PIDS_LIMIT
     disk: int | None = None  # bytes of its writable layer (runtime/disk.py); fixed when the container is made
@@ -93,7 +95,7 @@ class Limits:
         every frontend (CLI, magics, remote CLI) does."""
         swap = self.memory_swap
         if memory_swap is not None:
-            swap = None if memory_swap == "-1" else parse_size(memory_swap, "--memory-swap")
+            swap = UNLIMITED_SWAP if memory_swap.strip() == "-1" else parse_size(memory_swap, "--memory-swap")
         return Limits(memory=self.memory if memory is None else parse_size(memory, "--memory"), memory_swap=swap,
                       cpus=self.cpus if cpus is None else parse_cpus(cpus), pids=self.pids if pids is None else pids,
                       disk=self.disk if disk is None else parse_size(disk, "--disk"))
@@ -104,8 +106,15 @@ class Limits:
             raise UsageError(f"invalid --cpus {self.cpus:g}: must be between 0.01 and 1024")
         if self.memory is not None and self.memory < 4 << 20:
             raise UsageError("invalid --memory: the minimum is 4m")
-        if self.memory_swap is not None and (self.memory is None or self.memory_swap < self.memory):
-            raise UsageError("invalid --memory-swap: needs --memory and must be at least as large")
+        if self.memory_swap is not None and (self.memory is None or (self.memory_swap < self.memory
+                                                                     and self.memory_swap != UNLIMITED_SWAP)):
+            raise UsageError("invalid --memory-swap: needs --memory and must be at least as large (or -1)")
+
+    def swap_beyond_memory(self) -> int | None:
+        """How much swap the container may use on top of --memory: 0 by default, None without limit."""
+        if self.memory is None or self.memory_swap == UNLIMITED_SWAP:
+            return None
+        return (self.memory_swap or self.memory) - self.memory
         if self.pids is not None and self.pids < 1:
             raise UsageError("invalid --pids-limit: must be at least 1")
         if self.disk is not None and self.disk < MIN_DISK:

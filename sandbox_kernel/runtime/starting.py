@@ -569,7 +569,7 @@ class _Starting(Room):
         oom = bool(event.get("oom_killed"))
         if event.get("event") != "exited":  # the monitor died under us
             self._reconcile(cdir)
-        return ContainerResult(exit_code, oom, spec.limits.memory, cid)
+        return ContainerResult(exit_code, oom, spec.limits.memory, cid, spec.limits.memory_swap)
 
     def run_detached(self, spec: ContainerSpec) -> str:
         """``run -d``: create and start; returns the id once the container runs."""

@@ -31,8 +31,9 @@ def nothing_left_behind(root):
     yield
     launcher.drop_spare()  # the warm slot an in-process run leaves for the next one
     # whatever a test left running is removed first (a failing test must not leak either)
-    for line in cli(root, "ps", "-a", "-q").stdout.split():
-        cli(root, "rm", "-f", line)
+    left = cli(root, "ps", "-a", "-q").stdout.split()
+    if left:
+        cli(root, "rm", "-f", *left)
     assert_nothing_left(root, before)
 
 
@@ -216,12 +217,25 @@ def test_pause_freezes_and_unpause_thaws(root):
 
 @pytest.mark.cgroups
 def test_update_limits_of_a_running_container(root):
-    detached(root, "sleep 600", "--name", "grow", "--memory", "64m")
+    """update changes the cgroup's own files live; below what the container uses (24 MiB of /dev/shm, three
+    processes) it is one line, exit 2 (a usage error), and nothing changed: on v2 the kernel would OOM-kill
+    the container instead of refusing the lower memory.max, so the runtime checks first."""
+    detached(root, "dd if=/dev/zero of=/dev/shm/held bs=1M count=24 2>/dev/null; sleep 600 & sleep 600",
+             "--name", "grow", "--memory", "64m")
+    containers = Containers(Store(root))
+    wait_for(lambda: (containers.stats("grow").usage.memory_current or 0) >= 24 << 20, what="24 MiB in use")
+    cgroup = json.loads(cli(root, "inspect", "grow").stdout)[0]["Id"][:32]
+    for option, value, sentence in [("--memory", "16m", "memory limit 16 MiB is below what the container uses now"),
+                                    ("--pids-limit", "2", "pids limit 2 is below the container's processes now")]:
+        refused = cli(root, "update", option, value, "grow")
+        assert (refused.returncode, refused.stderr.count("\n")) == (2, 1), refused.stderr
+        assert sentence in refused.stderr
+        assert cgroup_limits(cgroup) == {"memory": 64 << 20, "pids": 2048, "cpu_quota_us": None}, "nothing changed"
+        assert cli(root, "inspect", "grow").stdout.count('"running"') >= 1
     assert cli(root, "update", "--memory", "128m", "--pids-limit", "77", "grow").returncode == 0
     stats = json.loads(cli(root, "stats", "--json", "grow").stdout)[0]
     assert stats["MemoryLimit"] == 128 << 20 and stats["PidsLimit"] == 77
     assert stats["Pids"] >= 1 and stats["Memory"] > 0
-    cgroup = json.loads(cli(root, "inspect", "grow").stdout)[0]["Id"][:32]
     assert cgroup_limits(cgroup) == {"memory": 128 << 20, "pids": 77, "cpu_quota_us": None}, "the cgroup's own files"
     assert cli(root, "update", "--cpus", "0.25", "grow").returncode == 0
     assert cgroup_limits(cgroup) == {"memory": 128 << 20, "pids": 77, "cpu_quota_us": 25_000}

@@ -215,6 +215,24 @@ def test_oom_kill_is_reported(root, debian_store):
     assert proc.stderr == "sandbox-kernel: out of memory (limit 64 MiB): the container was killed\n"
 
 
+def _swap_total() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("SwapTotal:"))
+
+
+@pytest.mark.cgroups
+def test_memory_swap_lets_a_container_go_past_its_memory_into_swap(root, debian_store, exec_path):
+    """--memory 64m --memory-swap 256m: 150 MiB fit (the rest is swapped out); without --memory-swap they do
+    not (test_oom_kill_is_reported, as docker), nor above the total (test_cgroups, with -1 too)."""
+    if _swap_total() < 512 << 20:
+        pytest.skip("this host has no swap to go into (the cgroup v2 VM of scripts/test-vm.sh has)")
+    if exec_path == "python":
+        pytest.skip("the cgroup is the same whichever command process runs: the sk-exec run shows it")
+    fits = run(debian_store.root, "--memory", "64m", "--memory-swap", "256m", "localhost/debian-python",
+               "python3", "-c", "x = bytearray(150 << 20); print('survived')")
+    assert (fits.returncode, fits.stdout) == (0, "survived\n"), fits.stderr
+
+
 @pytest.mark.cgroups
 def test_fork_bomb_stops_at_the_pids_limit(root):
     proc = sh(root, "while :; do sleep 3 & done", "--pids-limit", "20")

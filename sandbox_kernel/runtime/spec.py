@@ -109,16 +109,16 @@ class Limits:
         if self.memory_swap is not None and (self.memory is None or (self.memory_swap < self.memory
                                                                      and self.memory_swap != UNLIMITED_SWAP)):
             raise UsageError("invalid --memory-swap: needs --memory and must be at least as large (or -1)")
+        if self.pids is not None and self.pids < 1:
+            raise UsageError("invalid --pids-limit: must be at least 1")
+        if self.disk is not None and self.disk < MIN_DISK:
+            raise UsageError(f"invalid --disk: the minimum is {MIN_DISK >> 20}m")
 
     def swap_beyond_memory(self) -> int | None:
         """How much swap the container may use on top of --memory: 0 by default, None without limit."""
         if self.memory is None or self.memory_swap == UNLIMITED_SWAP:
             return None
         return (self.memory_swap or self.memory) - self.memory
-        if self.pids is not None and self.pids < 1:
-            raise UsageError("invalid --pids-limit: must be at least 1")
-        if self.disk is not None and self.disk < MIN_DISK:
-            raise UsageError(f"invalid --disk: the minimum is {MIN_DISK >> 20}m")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -89,7 +91,7 @@ def test_a_user_finds_the_subtree_delegated_to_it(tmp_path):
     own = tmp_path / "self-cgroup"
     own.write_text(f"0::/{service}/app.slice/jupyter.scope\n")
     found = discover(mountinfo, str(own), uid=me)
-    assert (found.v2_base, found.v2_refusal) == (top / service, None)
+    assert (found.v2_base, found.refusal) == (top / service, None)
     fake = FakeV2Kernel(top)
     cg = open_cgroup("c1", found, fake)
     assert cg.path == top / service / "sandbox-kernel" / "c1"
@@ -99,18 +101,18 @@ def test_a_user_finds_the_subtree_delegated_to_it(tmp_path):
     # the caller in the delegated cgroup itself: it cannot hold children with controllers too
     own.write_text(f"0::/{service}\n")
     os.chown(top / service / "cgroup.threads", me, me)
-    assert "holds your processes itself" in discover(mountinfo, str(own), uid=me).v2_refusal
+    assert "holds your processes itself" in discover(mountinfo, str(own), uid=me).refusal
     # nothing of the user's: the sentence on how to get delegation, and nothing is made
     own.write_text("0::/user.slice/user-1234.slice\n")
     refused = discover(mountinfo, str(own), uid=me)
-    assert refused.v2_base is None and "Delegate=yes" in refused.v2_refusal
+    assert refused.v2_base is None and "Delegate=yes" in refused.refusal
     cg = open_cgroup("c2", refused, fake)
     assert not cg.exists() and cg.paths() == []
     with pytest.raises(CgroupError, match="need a cgroup v2 subtree delegated to you"):
         cg.create()
     cg.remove()  # nothing to remove: no error
     own.write_text("12:pids:/\n")
-    assert "in no cgroup v2" in discover(mountinfo, str(own), uid=me).v2_refusal
+    assert "in no cgroup v2" in discover(mountinfo, str(own), uid=me).refusal
 
 
 def test_this_host_is_discovered():
@@ -529,7 +531,7 @@ def test_real_memory_peak_resets_on_v1(real_cgroup):
         real_cgroup.kill()
 
 
-# -- a user who is not root, in a subtree delegated to it (cgroup v2, in the VM of scripts/test-vm.sh) ------
+# -- a user who is not root, in a subtree delegated to it (cgroup v1 here; v2 in the VM of scripts/test-vm.sh) --
 
 _DELEGATEE = textwrap.dedent("""
     import json, os, subprocess, sys
@@ -539,8 +541,8 @@ _DELEGATEE = textwrap.dedent("""
     from sandbox_kernel.runtime.spec import Limits
     hog = sys.argv[1]
     found = discover()
-    out = {"uid": os.getuid(), "base": str(found.v2_base), "refusal": found.v2_refusal}
-    if found.v2_refusal:
+    out = {"uid": os.getuid(), "parents": [str(p) for p in found.parents()], "refusal": found.refusal}
+    if found.refusal:
         try:
             open_cgroup("mine").create()
         except CgroupError as exc:
@@ -554,9 +556,10 @@ _DELEGATEE = textwrap.dedent("""
         proc.stdin.write("go\\n"); proc.stdin.flush()
         return proc
 
+    v2 = found.driver == "v2"
     cg = open_cgroup("mine")
     cg.create()
-    out["path"] = str(cg.path)
+    out["paths"] = [str(p) for p in cg.paths()]
     cg.apply(Limits(memory=64 << 20, pids=10, cpus=0.5))
     proc = spawn(cg, "memory")
     text, _ = proc.communicate(timeout=60)
@@ -567,75 +570,116 @@ _DELEGATEE = textwrap.dedent("""
     out["pids"] = [stats.pids, stats.pids_limit_hits]
     cg.freeze(); cg.thaw()
     cg.apply(Limits(memory=128 << 20, pids=20))   # a live update
-    out["memory.max"] = open(cg.path / "memory.max").read().strip()
-    for name in ("memory.max", "pids.max"):      # the delegated cgroup's own limits stay the admin's
-        try:
-            with open(found.v2_base / name, "w") as fh:
-                fh.write("max")
-            out[name + " of the base"] = "written"
+    memory = cg.path / "memory.max" if v2 else cg._dir("memory") / "memory.limit_in_bytes"
+    out["memory limit"] = int(open(memory).read())
+    base = {c: (found.v2 if v2 else found.v1[c]) / found.base for c in ("memory", "pids")}
+    for name in (base["memory"] / ("memory.max" if v2 else "memory.limit_in_bytes"), base["pids"] / "pids.max"):
+        try:                                     # the delegated cgroup's own limits stay the admin's
+            with open(name, "w") as fh:
+                fh.write("max" if name.name != "memory.limit_in_bytes" else "-1")
+            out[name.name + " of the base"] = "written"
         except PermissionError:
-            out[name + " of the base"] = "refused"
+            out[name.name + " of the base"] = "refused"
     cg.kill()
     out["killed"] = proc.wait(timeout=30)
     cg.remove()
-    parent = found.v2_base / "sandbox-kernel"
-    out["left"] = sorted(os.listdir(parent)) if parent.exists() else []
+    out["left"] = sorted(x for p in found.parents() if p.exists() for x in os.listdir(p) if (p / x).is_dir())
     print(json.dumps(out))
 """)
 
 
+class Delegatee:
+    """A local user the test makes, and a copy of the package it can read (the checkout may be under a
+    directory it cannot enter). ``delegate()`` gives it a subtree: on v1 with ``sandbox-kernel system
+    delegate``, on v2 as the kernel's documentation says an admin does (``sk-deleg-*``: the directory and its
+    cgroup.procs, cgroup.subtree_control and cgroup.threads are the user's, its own limits stay root's, and
+    a leaf in it for the user's processes). Everything goes at the end."""
+
+    def __init__(self, hierarchy, name: str, readable: Path):
+        import pwd
+
+        self.hierarchy, self.name, self.readable = hierarchy, name, readable
+        self.user = pwd.getpwnam(name)
+        self.v2_top = hierarchy.v2 / name if hierarchy.driver == "v2" else None
+
+    def delegate(self) -> Path | None:
+        """Give the user its subtree; the leaf its processes must start in (v2), or None."""
+        if self.v2_top is None:
+            done = subprocess.run([sys.executable, "-m", "sandbox_kernel", "system", "delegate", self.name],
+                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            assert done.returncode == 0 and done.stdout.startswith("Made "), done.stderr
+            return None
+        v2 = self.hierarchy.v2
+        enabled = (v2 / "cgroup.subtree_control").read_text().split()
+        missing = [c for c in ("memory", "cpu", "pids") if c not in enabled]
+        if missing:
+            (v2 / "cgroup.subtree_control").write_text(" ".join("+" + c for c in missing))
+        top = self.v2_top
+        top.mkdir()
+        for entry in (top, top / "cgroup.procs", top / "cgroup.subtree_control", top / "cgroup.threads"):
+            os.chown(entry, self.user.pw_uid, self.user.pw_gid)
+        (top / "home").mkdir()
+        return top / "home"
+
+    def run(self, leaf: Path | None) -> dict:
+        """_DELEGATEE as the user (in ``leaf`` if given); what it printed."""
+        import json
+
+        proc = subprocess.Popen(["/usr/bin/python3", "-B", "-c", _DELEGATEE, _HOG], user=self.user.pw_uid,
+                                group=self.user.pw_gid, extra_groups=[], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(self.readable)})
+        if leaf is not None:
+            (leaf / "cgroup.procs").write_text(str(proc.pid))
+        out, err = proc.communicate("go\n", timeout=180)
+        assert proc.returncode == 0, err
+        return json.loads(out)
+
+    def subtrees(self) -> list[Path]:
+        if self.v2_top is not None:
+            return [self.v2_top]
+        mounts = dict.fromkeys(m for c, m in self.hierarchy.v1.items() if c != "devices")  # (root's to write)
+        return [m / "sandbox-kernel-users" / str(self.user.pw_uid) for m in mounts]
+
+    def clean(self) -> None:
+        """Kill what the user left in its subtrees (a failed test), then remove them."""
+        from sandbox_kernel.runtime.delegation import delegate
+
+        for top in self.subtrees():
+            trees = sorted(top.glob("**/"), key=lambda p: len(p.parts), reverse=True) if top.exists() else []
+            for path in trees:
+                for pid in (path / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+                wait_for(lambda path=path: not (path / "cgroup.procs").read_text().split(), what=f"{path} empty")
+            if self.v2_top is not None:
+                for path in trees:
+                    path.rmdir()
+        if self.v2_top is None:
+            delegate(self.name, remove=True, hierarchy=self.hierarchy)
+
+
 @pytest.fixture
-def delegatee(tmp_path):
-    """A local user the test makes, a cgroup v2 subtree given to it as the kernel's documentation says
-    (``sk-delegated-*``: the directory and its cgroup.procs, cgroup.subtree_control and cgroup.threads are
-    the user's; its own limits stay root's), a leaf in it for the user's process, and a copy of the package the
-    user can read (the checkout may be under a directory it cannot enter). All removed at the end."""
-    import json
-    import pwd
+def delegatee():
     import shutil
     import tempfile
     import uuid
 
-    hierarchy = discover()
-    if hierarchy.version != "v2":
-        pytest.skip("cgroup v2 delegation needs a host with cgroup v2 alone (scripts/test-vm.sh boots one)")
     name = f"sk-deleg-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True,
-                   capture_output=True)
+    made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
     readable = Path(tempfile.mkdtemp(prefix="sk-deleg-"))
-    top = hierarchy.v2 / name
+    user = None
     try:
-        user = pwd.getpwnam(name)
         readable.chmod(0o755)
         shutil.copytree(Path(__file__).resolve().parents[1] / "sandbox_kernel", readable / "sandbox_kernel",
                         ignore=shutil.ignore_patterns("__pycache__"))
-        enabled = (hierarchy.v2 / "cgroup.subtree_control").read_text().split()
-        missing = [c for c in ("memory", "cpu", "pids") if c not in enabled]
-        if missing:
-            (hierarchy.v2 / "cgroup.subtree_control").write_text(" ".join("+" + c for c in missing))
-        top.mkdir()
-        for entry in (top, top / "cgroup.procs", top / "cgroup.subtree_control", top / "cgroup.threads"):
-            os.chown(entry, user.pw_uid, user.pw_gid)
-        (top / "home").mkdir()  # the admin's leaf for the user's processes
-
-        def run_as_user(leaf: Path | None) -> dict:
-            proc = subprocess.Popen(["/usr/bin/python3", "-B", "-c", _DELEGATEE, _HOG], user=user.pw_uid,
-                                    group=user.pw_gid, extra_groups=[], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
-                                    env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(readable)})
-            if leaf is not None:
-                (leaf / "cgroup.procs").write_text(str(proc.pid))
-            out, err = proc.communicate("go\n", timeout=180)
-            assert proc.returncode == 0, err
-            return json.loads(out)
-
-        yield user, top, run_as_user
+        user = Delegatee(discover(), name, readable)
+        yield user
     finally:
-        if (top / "cgroup.kill").exists():
-            (top / "cgroup.kill").write_text("1")
-        for path in sorted(top.glob("**/"), key=lambda p: len(p.parts), reverse=True) if top.exists() else []:
-            wait_for(lambda path=path: not (path / "cgroup.procs").read_text().split(), what=f"{path} empty")
-            path.rmdir()
+        if user is not None:
+            user.clean()
         shutil.rmtree(readable, ignore_errors=True)
         subprocess.run(["userdel", name], check=False, capture_output=True)
 
@@ -643,25 +687,56 @@ def delegatee(tmp_path):
 @pytest.mark.cgroups
 @pytest.mark.root
 def test_a_user_without_root_limits_its_processes_in_its_delegated_subtree(delegatee):
-    """As the kernel's cgroup v2 documentation describes delegation: the user makes its cgroups under the
-    subtree given to it, moves its own processes there, sets memory, pids and CPU limits, reads OOM kills and
-    the pids-limit hits, freezes, updates live, kills and removes; the subtree's own limits stay the admin's."""
-    user, top, run_as_user = delegatee
-    out = run_as_user(top / "home")
-    assert (out["uid"], out["base"], out["refusal"]) == (user.pw_uid, str(top), None)
-    assert out["path"] == str(top / "sandbox-kernel" / "mine")
+    """The user makes its cgroups under the subtree given to it, moves its own processes there, sets memory,
+    pids and CPU limits, reads OOM kills and the pids-limit hits, freezes, updates live, kills and removes;
+    the subtree's own limits stay the admin's. v1: `system delegate`; v2 (the VM): an admin-made subtree."""
+    leaf = delegatee.delegate()
+    out = delegatee.run(leaf)
+    uid = delegatee.user.pw_uid
+    assert (out["uid"], out["refusal"]) == (uid, None)
+    assert out["parents"] == [str(top / "sandbox-kernel") for top in delegatee.subtrees()]
+    assert out["paths"] and all(p.endswith("/sandbox-kernel/mine") and "devices" not in p for p in out["paths"])
     returncode, survived, oom_kills = out["oom"]
     assert (returncode, survived) == (-9, False) and oom_kills >= 1
     assert out["forked"] == 9 and out["pids"][0] == 10 and out["pids"][1] >= 1
-    assert out["memory.max"] == str(128 << 20)
-    assert out["memory.max of the base"] == out["pids.max of the base"] == "refused"
+    assert out["memory limit"] == 128 << 20
+    assert [v for k, v in out.items() if k.endswith(" of the base")] == ["refused", "refused"]
     assert out["killed"] == -9 and out["left"] == []
 
 
 @pytest.mark.cgroups
 @pytest.mark.root
 def test_a_user_with_nothing_delegated_is_told_how_to_get_it(delegatee):
-    _, _, run_as_user = delegatee
-    out = run_as_user(None)  # left in root's cgroup
-    assert out["base"] == "None" and "Delegate=yes" in out["refusal"]
+    out = delegatee.run(None)  # nothing given (v2: left in root's cgroup)
+    assert out["parents"] == [] and out["refusal"]
+    assert ("Delegate=yes" if delegatee.v2_top else "sudo sandbox-kernel system delegate $USER") in out["refusal"]
     assert out["create"] == out["refusal"], "creating a cgroup is refused with that sentence"
+
+
+@pytest.mark.root
+def test_delegate_is_idempotent_and_remove_refuses_a_used_subtree(delegatee):
+    from sandbox_kernel.runtime.delegation import delegate
+
+    if delegatee.v2_top is not None:
+        with pytest.raises(UsageError, match="systemd"):
+            delegate(delegatee.name)
+        return
+    made = delegate(delegatee.name)
+    assert made == delegatee.subtrees() and delegate(delegatee.name) == [], "a second time changes nothing"
+    uid = delegatee.user.pw_uid
+    for top in made:
+        assert all(os.stat(top / n).st_uid == uid for n in ("", "cgroup.procs", "tasks"))
+        assert os.stat(top / "pids.max" if (top / "pids.max").exists() else top / "notify_on_release").st_uid == 0
+    held = subprocess.Popen(["sleep", "60"])
+    try:
+        (made[0] / "cgroup.procs").write_text(str(held.pid))
+        with pytest.raises(UsageError, match="still holds processes"):
+            delegate(delegatee.name, remove=True)
+    finally:
+        held.kill()
+        held.wait()
+    wait_for(lambda: not (made[0] / "cgroup.procs").read_text().split(), what="the subtree empty")
+    assert delegate(delegatee.name, remove=True) == made
+    assert not any(top.exists() for top in made)
+    with pytest.raises(UsageError, match="no such user"):
+        delegate("sk-no-such-user")

@@ -90,6 +90,18 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_system_delegate(args: argparse.Namespace) -> int:
+    from ..runtime.delegation import delegate
+
+    changed = delegate(args.user, remove=args.remove)
+    verb = "Removed" if args.remove else "Made"
+    for path in changed:
+        print(f"{verb} {path}")
+    if not changed:
+        print(f"{args.user}: {'nothing to remove' if args.remove else 'already delegated'}")
+    return 0
+
+
 class _Unbuilt:
     """A command's parser not built: the command line names another one (argparse takes ~20 ms to build all
     of them, a tenth of a CLI call)."""
@@ -148,7 +160,7 @@ def build_parser(only: str | None = None) -> _Parser:
     registry.add_commands(add)
     add_commands(add)
 
-    if only is not None and only not in ("image", "network"):
+    if only is not None and only not in ("image", "network", "system"):
         return parser
     image = sub.add_parser("image", help="image management (build base images)")
     image_sub = image.add_subparsers(dest="image_command", metavar="COMMAND", parser_class=_Parser)
@@ -158,6 +170,14 @@ def build_parser(only: str | None = None) -> _Parser:
     p.add_argument("-t", "--tag", help="name for the image (default localhost/NAME:latest)")
     p.add_argument("--rebuild", action="store_true", help="ignore the cache")
     p.set_defaults(func=cmd_image_build)
+    system = sub.add_parser("system", help="what root sets up once for this host")
+    system_sub = system.add_subparsers(dest="system_command", metavar="COMMAND", parser_class=_Parser)
+    system_sub.required = True
+    p = system_sub.add_parser("delegate", help="give USER a cgroup subtree of its own (cgroup v1), for its "
+                              "containers' limits; idempotent")
+    p.add_argument("user", metavar="USER", help="a user name or uid")
+    p.add_argument("--remove", action="store_true", help="take the subtree away (refused while it is used)")
+    p.set_defaults(func=cmd_system_delegate)
     from .networks import add_network_commands
 
     add_network_commands(sub, _Parser)

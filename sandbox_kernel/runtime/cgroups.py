@@ -8,13 +8,15 @@ Hybrid hosts (v1 controllers plus an empty cgroup2 mount, like this project's
 CI machine) are driven through v1, where the controllers are. File names
 follow runc's ``libcontainer/cgroups/fs`` (v1) and ``fs2`` (v2).
 
-On v2 a caller who is not root puts its containers under the subtree delegated
-to it, as the kernel's cgroup-v2 documentation describes delegation: the
+A caller who is not root puts its containers under the subtree delegated to
+it. On v2, as the kernel's cgroup-v2 documentation describes delegation: the
 highest cgroup above its own whose directory, ``cgroup.procs``,
 ``cgroup.subtree_control`` and ``cgroup.threads`` belong to it (systemd's
 ``user@UID.service`` with ``Delegate=yes``, or one an admin made and gave to
-the user). Without one, making a cgroup fails with one sentence saying how
-to get one.
+the user). On v1, ``sandbox-kernel-users/UID`` in each controller, which
+root makes once with ``sandbox-kernel system delegate USER``
+(runtime/delegation.py). Without one, making a cgroup fails with one
+sentence saying how to get one.
 
 Every file access goes through a :class:`CgroupFS`, so that the v2 paths can be
 tested against a fake kernel on hosts that only have v1 (tests/test_cgroups.py).
@@ -33,6 +35,7 @@ from .errors import CgroupError
 from .spec import CPU_PERIOD_US, Limits
 
 PARENT = "sandbox-kernel"
+USERS = "sandbox-kernel-users"  # v1: the subtrees `system delegate` gives to users who are not root, by uid
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "devices")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 
@@ -44,8 +47,23 @@ class Hierarchy:
     version: str  # "v1", "v2" or "hybrid"
     v1: dict[str, Path]  # controller -> mount point
     v2: Path | None  # the cgroup2 mount
-    v2_base: Path | None = None  # the v2 cgroup that sandbox-kernel/ goes in; None: the mount's root (root callers)
-    v2_refusal: str | None = None  # why this caller (not root) has no v2 cgroup to make containers' cgroups in
+    base: str = ""  # where sandbox-kernel/ goes, relative to each mount: "" for root, else the delegated subtree
+    refusal: str | None = None  # why this caller (not root) has no cgroup to make containers' cgroups in
+
+    @property
+    def v2_base(self) -> Path | None:
+        """The v2 cgroup that sandbox-kernel/ goes in."""
+        return None if self.v2 is None or self.refusal else self.v2 / self.base
+
+    def parents(self) -> list[Path]:
+        """The sandbox-kernel/ directories the containers' cgroups go in (one per mount the driver uses)."""
+        if self.refusal:
+            return []
+        if self.driver == "v2":
+            assert self.v2 is not None
+            return [self.v2 / self.base / PARENT]
+        used = V1_USER_CONTROLLERS if self.base else V1_CONTROLLERS
+        return [mount / self.base / PARENT for mount in dict.fromkeys(m for c, m in self.v1.items() if c in used)]
 
     @property
     def driver(self) -> str:
@@ -77,18 +95,41 @@ def discover(mountinfo: str = "/proc/self/mountinfo", own_cgroup: str = "/proc/s
             for opt in options:
                 if opt in V1_CONTROLLERS and opt not in v1:
                     v1[opt] = mount_point
+    uid = os.geteuid() if uid is None else uid
     if "memory" in v1:
-        return Hierarchy("hybrid" if v2 is not None else "v1", v1, v2)
+        version = "hybrid" if v2 is not None else "v1"
+        if uid == 0:
+            return Hierarchy(version, v1, v2)
+        return Hierarchy(version, v1, v2, f"{USERS}/{uid}", _v1_refusal(v1, uid))
     if v2 is not None:
-        uid = os.geteuid() if uid is None else uid
         if uid == 0:
             return Hierarchy("v2", {}, v2)
         base, refusal = delegated_subtree(v2, own_cgroup, uid)
-        return Hierarchy("v2", {}, v2, base, refusal)
+        return Hierarchy("v2", {}, v2, "" if base is None else str(base.relative_to(v2)), refusal)
     raise CgroupError("no cgroup file system is mounted (need cgroup v1 controllers or cgroup2)")
 
 
 DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads")
+V1_DELEGATED_FILES = ("cgroup.procs", "tasks")
+V1_USER_CONTROLLERS = tuple(c for c in V1_CONTROLLERS if c != "devices")  # (only root may write device rules)
+
+
+def _v1_refusal(v1: dict[str, Path], uid: int) -> str | None:
+    """None when every controller a user's containers use has ``sandbox-kernel-users/UID`` given to ``uid``
+    (directory, cgroup.procs and tasks); else the sentence that says how to get it."""
+    for controller in V1_USER_CONTROLLERS:
+        mount = v1.get(controller)
+        if mount is None:
+            continue
+        subtree = mount / USERS / str(uid)
+        try:
+            if all(os.stat(subtree / name).st_uid == uid for name in ("", *V1_DELEGATED_FILES)):
+                continue
+        except OSError:
+            pass
+        return ("memory, CPU and pids limits need a cgroup subtree of your own, which root makes once on this "
+                "host (cgroup v1): sudo sandbox-kernel system delegate $USER")
+    return None
 
 
 def delegated_subtree(mount: Path, own_cgroup: str, uid: int) -> tuple[Path | None, str | None]:
@@ -294,12 +335,18 @@ class CgroupV1(Cgroup):
 
     def _dir(self, controller: str) -> Path | None:
         mount = self.hierarchy.v1.get(controller)
-        return None if mount is None else mount / PARENT / self.name
+        if mount is None or (self.hierarchy.base and controller not in V1_USER_CONTROLLERS):
+            return None
+        return mount / self.hierarchy.base / PARENT / self.name
 
     def paths(self) -> list[Path]:
+        if self.hierarchy.refusal:
+            return []
         return [p for c in V1_CONTROLLERS if (p := self._dir(c)) is not None]
 
     def create(self) -> None:
+        if self.hierarchy.refusal:
+            raise CgroupError(self.hierarchy.refusal)
         for path in self.paths():
             try:
                 self.fs.mkdir(path)
@@ -401,16 +448,16 @@ class CgroupV2(Cgroup):
     @property
     def _parent(self) -> Path:
         assert self.hierarchy.v2 is not None
-        if self.hierarchy.v2_refusal:
-            raise CgroupError(self.hierarchy.v2_refusal)
-        return (self.hierarchy.v2_base or self.hierarchy.v2) / PARENT
+        if self.hierarchy.refusal:
+            raise CgroupError(self.hierarchy.refusal)
+        return self.hierarchy.v2 / self.hierarchy.base / PARENT
 
     @property
     def path(self) -> Path:
         return self._parent / self.name
 
     def paths(self) -> list[Path]:
-        return [] if self.hierarchy.v2_refusal else [self.path]
+        return [] if self.hierarchy.refusal else [self.path]
 
     def create(self) -> None:
         # Top down: a controller must be enabled in a parent's subtree_control
@@ -502,10 +549,7 @@ def remove_empty_parents(hierarchy: Hierarchy | None = None, fs: CgroupFS | None
     """
     hierarchy = hierarchy or discover()
     fs = fs or CgroupFS()
-    parents = [mount / PARENT for mount in hierarchy.v1.values()]
-    if hierarchy.v2 is not None and not hierarchy.v2_refusal:
-        parents.append((hierarchy.v2_base or hierarchy.v2) / PARENT)
-    for parent in parents:
+    for parent in hierarchy.parents():
         try:
             fs.rmdir(parent)
         except OSError:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from leftovers import cpu_throttled, wait_for
+from localusers import LocalUser, local_user
 
 from sandbox_kernel.runtime.cgroups import (
     PARENT,
@@ -589,18 +590,14 @@ _DELEGATEE = textwrap.dedent("""
 
 
 class Delegatee:
-    """A local user the test makes, and a copy of the package it can read (the checkout may be under a
-    directory it cannot enter). ``delegate()`` gives it a subtree: on v1 with ``sandbox-kernel system
-    delegate``, on v2 as the kernel's documentation says an admin does (``sk-deleg-*``: the directory and its
-    cgroup.procs, cgroup.subtree_control and cgroup.threads are the user's, its own limits stay root's, and
-    a leaf in it for the user's processes). Everything goes at the end."""
+    """A local user the test makes (tests/localusers.py). ``delegate()`` gives it a subtree: on v1 with
+    ``sandbox-kernel system delegate``, on v2 as the kernel's documentation says an admin does (``sk-user-*``:
+    the directory and its cgroup.procs, cgroup.subtree_control and cgroup.threads are the user's, its own limits
+    stay root's, and a leaf in it for the user's processes). Everything goes at the end."""
 
-    def __init__(self, hierarchy, name: str, readable: Path):
-        import pwd
-
-        self.hierarchy, self.name, self.readable = hierarchy, name, readable
-        self.user = pwd.getpwnam(name)
-        self.v2_top = hierarchy.v2 / name if hierarchy.driver == "v2" else None
+    def __init__(self, hierarchy, user: LocalUser):
+        self.hierarchy, self.user, self.name = hierarchy, user, user.name
+        self.v2_top = hierarchy.v2 / user.name if hierarchy.driver == "v2" else None
 
     def delegate(self) -> Path | None:
         """Give the user its subtree; the leaf its processes must start in (v2), or None."""
@@ -617,7 +614,7 @@ class Delegatee:
         top = self.v2_top
         top.mkdir()
         for entry in (top, top / "cgroup.procs", top / "cgroup.subtree_control", top / "cgroup.threads"):
-            os.chown(entry, self.user.pw_uid, self.user.pw_gid)
+            os.chown(entry, self.user.uid, self.user.gid)
         (top / "home").mkdir()
         return top / "home"
 
@@ -625,10 +622,7 @@ class Delegatee:
         """_DELEGATEE as the user (in ``leaf`` if given); what it printed."""
         import json
 
-        proc = subprocess.Popen(["/usr/bin/python3", "-B", "-c", _DELEGATEE, _HOG], user=self.user.pw_uid,
-                                group=self.user.pw_gid, extra_groups=[], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
-                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(self.readable)})
+        proc = self.user.popen(_DELEGATEE, _HOG)
         if leaf is not None:
             (leaf / "cgroup.procs").write_text(str(proc.pid))
         out, err = proc.communicate("go\n", timeout=180)
@@ -639,7 +633,7 @@ class Delegatee:
         if self.v2_top is not None:
             return [self.v2_top]
         mounts = dict.fromkeys(m for c, m in self.hierarchy.v1.items() if c != "devices")  # (root's to write)
-        return [m / "sandbox-kernel-users" / str(self.user.pw_uid) for m in mounts]
+        return [m / "sandbox-kernel-users" / str(self.user.uid) for m in mounts]
 
     def clean(self) -> None:
         """Kill what the user left in its subtrees (a failed test), then remove them."""
@@ -661,27 +655,12 @@ class Delegatee:
 
 @pytest.fixture
 def delegatee():
-    import shutil
-    import tempfile
-    import uuid
-
-    name = f"sk-deleg-{uuid.uuid4().hex[:6]}"
-    made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                          capture_output=True, text=True)
-    assert made.returncode == 0, made.stderr
-    readable = Path(tempfile.mkdtemp(prefix="sk-deleg-"))
-    user = None
-    try:
-        readable.chmod(0o755)
-        shutil.copytree(Path(__file__).resolve().parents[1] / "sandbox_kernel", readable / "sandbox_kernel",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        user = Delegatee(discover(), name, readable)
-        yield user
-    finally:
-        if user is not None:
-            user.clean()
-        shutil.rmtree(readable, ignore_errors=True)
-        subprocess.run(["userdel", name], check=False, capture_output=True)
+    with local_user() as user:
+        delegatee = Delegatee(discover(), user)
+        try:
+            yield delegatee
+        finally:
+            delegatee.clean()
 
 
 @pytest.mark.cgroups
@@ -692,7 +671,7 @@ def test_a_user_without_root_limits_its_processes_in_its_delegated_subtree(deleg
     the subtree's own limits stay the admin's. v1: `system delegate`; v2 (the VM): an admin-made subtree."""
     leaf = delegatee.delegate()
     out = delegatee.run(leaf)
-    uid = delegatee.user.pw_uid
+    uid = delegatee.user.uid
     assert (out["uid"], out["refusal"]) == (uid, None)
     assert out["parents"] == [str(top / "sandbox-kernel") for top in delegatee.subtrees()]
     assert out["paths"] and all(p.endswith("/sandbox-kernel/mine") and "devices" not in p for p in out["paths"])
@@ -723,7 +702,7 @@ def test_delegate_is_idempotent_and_remove_refuses_a_used_subtree(delegatee):
         return
     made = delegate(delegatee.name)
     assert made == delegatee.subtrees() and delegate(delegatee.name) == [], "a second time changes nothing"
-    uid = delegatee.user.pw_uid
+    uid = delegatee.user.uid
     for top in made:
         assert all(os.stat(top / n).st_uid == uid for n in ("", "cgroup.procs", "tasks"))
         assert os.stat(top / "pids.max" if (top / "pids.max").exists() else top / "notify_on_release").st_uid == 0

@@ -1,0 +1,244 @@
+"""The user namespace of a caller who is not root: made once, kept, joined (podman's pause process).
+
+Mapping a range of ids takes ``newuidmap`` and ``newgidmap`` (setuid helpers
+of Debian's uidmap, which check /etc/subuid and /etc/subgid): two process
+starts that no container start should pay. So the namespace is made once per
+user and kept alive by a small process, the *keeper* (``sleep infinity``,
+named ``sandbox-kernel: user namespace``); later calls find it through
+``keeper.pid`` in the user's run directory and join it with ``setns``.
+
+Inside, the user's own id is root and, when /etc/subuid and /etc/subgid give
+the user a range, ids 1..65535 are the first 65535 of that range, so images
+with several users and ``apt-get`` work. Without a range only the user's id
+is mapped (every file of another owner shows as nobody, and changing owners
+fails); the keeper says so once, in one sentence naming the command that adds
+a range.
+
+The run directory is ``$XDG_RUNTIME_DIR/sandbox-kernel`` (or, when that is
+unset, ``/tmp/sandbox-kernel-UID``), 0700 and the user's own: one made by
+anybody else, or a symlink, is refused, never used.
+
+    ensure()      the keeper, made if there is none alive
+    join(keeper)  enter its user namespace (the caller must be single-threaded)
+    stop()        end the keeper (the next ensure() makes a new one)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import syscalls as sc
+from .errors import UserNamespaceError
+from .idmap import SIZE, SUBGID, SUBUID, _ranges
+
+NAME = "sandbox-kernel: user namespace"
+
+# The keeper: forks away (so that it is nobody's child: no zombie in a long-lived caller), unshares a user
+# namespace, says so with its pid, waits for its maps, then becomes `sleep infinity` (a small process to keep
+# alive). Stdlib only, started with -I -S: it needs nothing of ours.
+_KEEPER = r"""
+import ctypes, os, sys
+if os.fork():
+    os._exit(0)
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x10000000) != 0:
+    print("error", os.strerror(ctypes.get_errno()), flush=True)
+    sys.exit(1)
+print("ready", os.getpid(), flush=True)
+if sys.stdin.readline() != "mapped\n":
+    sys.exit(1)
+null = os.open("/dev/null", os.O_RDWR)
+for fd in (0, 1, 2):
+    os.dup2(null, fd)
+os.execv(sys.argv[1], [sys.argv[2], "infinity"])
+"""
+
+
+@dataclass(frozen=True)
+class Keeper:
+    """A live keeper: its pid, the maps its namespace has, and (when it was just made) a note for the user."""
+
+    pid: int
+    uid_map: str
+    gid_map: str
+    note: str | None = None
+
+    @property
+    def single_id(self) -> bool:
+        return len(self.uid_map.strip().splitlines()) == 1
+
+
+def run_dir() -> Path:
+    """The caller's private run directory (made 0700 if missing; refused unless the caller's and 0700)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    path = Path(base) / "sandbox-kernel" if base else Path(f"/tmp/sandbox-kernel-{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise UserNamespaceError(f"{path} is not a private directory of yours (another user may have made it): "
+                                 f"remove it, or set XDG_RUNTIME_DIR")
+    return path
+
+
+def subordinate(kind: str) -> tuple[int, int] | None:
+    """(start, count) of the caller's first range in /etc/subuid (kind "uid") or /etc/subgid, at most 65535 ids
+    (the container's 1..65535); None without one."""
+    uid = os.getuid()
+    try:
+        names = {pwd.getpwuid(uid).pw_name, str(uid)}
+    except KeyError:
+        names = {str(uid)}
+    for name, start, count in _ranges(SUBUID if kind == "uid" else SUBGID):
+        if name in names and count > 0 and start > 0:
+            return start, min(count, SIZE - 1)
+    return None
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (when it started, in clock ticks): a pid and this name one process."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(directory: Path) -> Keeper | None:
+    """The keeper ``keeper.pid`` names, if it still runs, is the caller's and has a user namespace of its own."""
+    try:
+        pid_text, started = (directory / "keeper.pid").read_text().split()
+        pid = int(pid_text)
+        if _start_time(pid) != started or os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            return None
+        if os.readlink(f"/proc/{pid}/ns/user") == os.readlink("/proc/self/ns/user"):
+            return None
+        with open(f"/proc/{pid}/uid_map") as u, open(f"/proc/{pid}/gid_map") as g:
+            return Keeper(pid, u.read(), g.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _map(pid: int, note_parts: list[str]) -> None:
+    """Write the keeper's maps: through newuidmap/newgidmap with the caller's ranges, or its own id alone."""
+    uid, gid = os.getuid(), os.getgid()
+    ranges = subordinate("uid"), subordinate("gid")
+    helpers = shutil.which("newuidmap"), shutil.which("newgidmap")
+    if ranges[0] and ranges[1] and helpers[0] and helpers[1]:
+        for helper, own, (start, count) in ((helpers[0], uid, ranges[0]), (helpers[1], gid, ranges[1])):
+            done = subprocess.run([helper, str(pid), "0", str(own), "1", "1", str(start), str(count)],
+                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            if done.returncode != 0:
+                why = (done.stderr.strip().splitlines() or ["failed"])[-1]
+                raise UserNamespaceError(f"{os.path.basename(helper)} refused the range {start}-"
+                                         f"{start + count - 1}: {why}")
+        return
+    # One id: a process may map its own id into a namespace it made, with setgroups denied first.
+    Path(f"/proc/{pid}/setgroups").write_text("deny")
+    Path(f"/proc/{pid}/uid_map").write_text(f"0 {uid} 1")
+    Path(f"/proc/{pid}/gid_map").write_text(f"0 {gid} 1")
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    missing = "newuidmap and newgidmap (Debian's uidmap)" if not all(helpers) else \
+        f"a range of ids for {user} in /etc/subuid and /etc/subgid"
+    note_parts.append(f"containers get one id (yours, as root) because there is no {missing}: images with other "
+                      f"users and apt-get need it (as root: apt-get install uidmap; usermod --add-subuids "
+                      f"100000-165535 --add-subgids 100000-165535 {user})")
+
+
+def _make(directory: Path) -> Keeper:
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    try:
+        child = os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", "-c", _KEEPER, sleep, NAME],
+                               {k: v for k, v in os.environ.items() if k in ("PATH", "LANG")},
+                               file_actions=[(os.POSIX_SPAWN_DUP2, to_child_r, 0),
+                                             (os.POSIX_SPAWN_DUP2, from_child_w, 1)],
+                               setsid=True)
+        os.waitpid(child, 0)  # (it forks the keeper and ends)
+    finally:
+        os.close(to_child_r)
+        os.close(from_child_w)
+    pid = None
+    try:
+        with os.fdopen(from_child_r, "r") as said, os.fdopen(to_child_w, "w") as tell:
+            line = said.readline().split()
+            if len(line) != 2 or line[0] != "ready" or not line[1].isdigit():
+                why = " ".join(line[1:]) if line else "the keeper ended"
+                raise UserNamespaceError(f"cannot make a user namespace: {why} (are user namespaces allowed to "
+                                         f"users here? sysctl user.max_user_namespaces)")
+            pid = int(line[1])
+            notes: list[str] = []
+            _map(pid, notes)
+            tell.write("mapped\n")
+    except BaseException:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise
+    started = _start_time(pid)
+    temporary = directory / f".keeper.pid.{os.getpid()}"
+    temporary.write_text(f"{pid} {started}\n")
+    temporary.rename(directory / "keeper.pid")
+    found = _alive(directory)
+    if found is None:
+        raise UserNamespaceError("the user namespace's keeper ended as soon as it was made")
+    return Keeper(found.pid, found.uid_map, found.gid_map, " ".join(notes) or None)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    fd = os.open(directory / "keeper.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def ensure() -> Keeper:
+    """The caller's keeper: the live one, or a new one (``note`` then says what the user should know)."""
+    if os.geteuid() == 0:
+        raise UserNamespaceError("root's containers make their own user namespaces (runtime/idmap.py)")
+    directory = run_dir()
+    with _locked(directory):
+        return _alive(directory) or _make(directory)
+
+
+def join(keeper: Keeper) -> None:
+    """Enter the keeper's user namespace: the caller is root there from now on. Single-threaded callers only
+    (the kernel refuses a process with other threads)."""
+    fd = os.open(f"/proc/{keeper.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sc.setns(fd, sc.CLONE_NEWUSER)
+    except OSError as exc:
+        raise UserNamespaceError(f"cannot join the user namespace of keeper {keeper.pid}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def stop() -> bool:
+    """End the caller's keeper, if one runs; True if it did."""
+    directory = run_dir()
+    with _locked(directory):
+        found = _alive(directory)
+        with contextlib.suppress(FileNotFoundError):
+            (directory / "keeper.pid").unlink()
+        if found is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(found.pid, signal.SIGTERM)
+        return True

@@ -1,0 +1,95 @@
+"""Local users that a test makes (useradd), with a copy of the package they can read: the checkout (and its
+.venv) may be under a directory other users cannot enter, so their Python is /usr/bin/python3 with the copy
+on PYTHONPATH (the runtime needs nothing outside the standard library). Removed at the end, with their
+/etc/subuid and /etc/subgid ranges."""
+
+from __future__ import annotations
+
+import contextlib
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sandbox_kernel"
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    name: str
+    uid: int
+    gid: int
+    readable: Path  # holds sandbox_kernel/ (a copy), readable by the user
+    subids: tuple[int, int] | None  # (start, count) in /etc/subuid and /etc/subgid
+
+    def popen(self, code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """``python3 -c code args`` as this user (no other groups), text pipes on stdin, stdout and stderr."""
+        return subprocess.Popen(["/usr/bin/python3", "-B", "-c", code, *args], user=self.uid, group=self.gid,
+                                extra_groups=[], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd="/",
+                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(self.readable), **(env or {})})
+
+
+def kill_processes_of(uid: int) -> None:
+    """SIGKILL every process whose real uid is ``uid``, and wait until none is left."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    status = (entry / "status").read_text()
+                    state = next(line.split()[1] for line in status.splitlines() if line.startswith("State:"))
+                    real = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
+                    if real == uid and state not in ("Z", "X"):
+                        found.append(int(entry.name))
+        if not found:
+            return
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert time.monotonic() < deadline, f"processes of uid {uid} left: {found}"
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def local_user(subids: bool = False) -> Iterator[LocalUser]:
+    """A new system user (no home, no login), with a free 65536-id range when ``subids``."""
+    from sandbox_kernel.runtime.idmap import SIZE, _free_start
+
+    name = f"sk-user-{uuid.uuid4().hex[:6]}"
+    made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    readable = Path(tempfile.mkdtemp(prefix="sk-user-"))
+    entry = pwd.getpwnam(name)
+    try:
+        ranges = None
+        if subids:
+            start = _free_start()
+            span = f"{start}-{start + SIZE - 1}"
+            given = subprocess.run(["usermod", "--add-subuids", span, "--add-subgids", span, name],
+                                   capture_output=True, text=True)
+            assert given.returncode == 0, given.stderr
+            ranges = (start, SIZE)
+        readable.chmod(0o755)
+        shutil.copytree(PACKAGE, readable / "sandbox_kernel", ignore=shutil.ignore_patterns("__pycache__"))
+        yield LocalUser(name, entry.pw_uid, entry.pw_gid, readable, ranges)
+    finally:
+        kill_processes_of(entry.pw_uid)  # (a failed test's: every process of this new user is the test's)
+        shutil.rmtree(readable, ignore_errors=True)
+        shutil.rmtree(f"/tmp/sandbox-kernel-{entry.pw_uid}", ignore_errors=True)  # its default run directory
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+        for path in ("/etc/subuid", "/etc/subgid"):  # (userdel removes them; a failed run must not leave one)
+            text = Path(path).read_text()
+            if f"{name}:" in text:
+                Path(path).write_text("".join(line for line in text.splitlines(True)
+                                              if not line.startswith(f"{name}:")))

@@ -708,13 +708,14 @@ def test_delegate_is_idempotent_and_remove_refuses_a_used_subtree(delegatee):
         assert os.stat(top / "pids.max" if (top / "pids.max").exists() else top / "notify_on_release").st_uid == 0
     held = subprocess.Popen(["sleep", "60"])
     try:
-        (made[0] / "cgroup.procs").write_text(str(held.pid))
+        (made[-1] / "cgroup.procs").write_text(str(held.pid))
         with pytest.raises(UsageError, match="still holds processes"):
             delegate(delegatee.name, remove=True)
+        assert all(top.exists() for top in made), "a refusal takes nothing away"
     finally:
         held.kill()
         held.wait()
-    wait_for(lambda: not (made[0] / "cgroup.procs").read_text().split(), what="the subtree empty")
+    wait_for(lambda: not (made[-1] / "cgroup.procs").read_text().split(), what="the subtree empty")
     assert delegate(delegatee.name, remove=True) == made
     assert not any(top.exists() for top in made)
     with pytest.raises(UsageError, match="no such user"):

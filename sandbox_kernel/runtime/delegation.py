@@ -47,7 +47,11 @@ def delegate(user: str, remove: bool = False, hierarchy: Hierarchy | None = None
         raise UsageError("this host has cgroup v2: a user's subtree there is systemd's (user@UID.service with "
                          "Delegate=yes, given to users with a login session or `loginctl enable-linger USER`)")
     changed = []
-    for subtree in _subtrees(hierarchy, entry.pw_uid):
+    subtrees = _subtrees(hierarchy, entry.pw_uid)
+    if remove:
+        for subtree in subtrees:  # (all checked before any goes: a refusal leaves the delegation whole)
+            _refuse_if_used(subtree)
+    for subtree in subtrees:
         try:
             if remove:
                 if _remove_tree(subtree):
@@ -68,14 +72,23 @@ def delegate(user: str, remove: bool = False, hierarchy: Hierarchy | None = None
     return changed
 
 
-def _remove_tree(top: Path) -> bool:
-    """rmdir ``top`` and the (empty) cgroups below it, deepest first; refused while a process is in one."""
+def _tree(top: Path) -> list[Path]:
+    """``top`` and the cgroups below it, deepest first (none when it is not there)."""
     if not top.exists():
-        return False
+        return []
     below = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
-    for path in (*below, top):
+    return [*below, top]
+
+
+def _refuse_if_used(top: Path) -> None:
+    for path in _tree(top):
         if (path / "cgroup.procs").read_text().split():
             raise UsageError(f"{path} still holds processes: stop the user's containers first")
-    for path in (*below, top):
+
+
+def _remove_tree(top: Path) -> bool:
+    """rmdir ``top`` and the (empty) cgroups below it, deepest first; False when it was not there."""
+    tree = _tree(top)
+    for path in tree:
         path.rmdir()
-    return True
+    return bool(tree)

@@ -20,11 +20,11 @@ if [ -z "$kernel" ] || [ ! -x .venv/bin/vng ] || ! command -v qemu-system-x86_64
   echo "test-vm: missing a kernel in /boot, qemu-system-x86_64 or .venv/bin/vng: run bash scripts/setup.sh" >&2
   exit 2
 fi
-# The cached base images the fixtures load, and the compiled exec helper: made here if they are missing
-# (the guest cannot make them: the host's files are read-only there).
 started=$(date +%s)
 # bytecode for what changed since the last set-up (the guest cannot write it: every command would compile anew)
 .venv/bin/python -m compileall -q sandbox_kernel >/dev/null
+# The cached base images the fixtures load, and the compiled exec helper: made here if they are missing
+# (the guest cannot make them: the host's files are read-only there).
 .venv/bin/python -c 'import tempfile
 from sandbox_kernel.runtime import Store, build, exec_helper
 exec_helper.path()

@@ -6,10 +6,13 @@ on PYTHONPATH (the runtime needs nothing outside the standard library). Removed 
 from __future__ import annotations
 
 import contextlib
+import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,10 +39,6 @@ class LocalUser:
 
 def kill_processes_of(uid: int) -> None:
     """SIGKILL every process whose real uid is ``uid``, and wait until none is left."""
-    import os
-    import signal
-    import time
-
     deadline = time.monotonic() + 30
     while True:
         found = []

@@ -6,11 +6,12 @@
 # virtme-ng boots the newest /boot/vmlinuz-* (Debian's linux-image-amd64, which scripts/setup.sh
 # installs) under qemu's software emulation (TCG: a nested KVM guest hangs on this kind of machine),
 # over this machine's own file system, read-only: the checkout, its .venv and the cached test images
-# are the host's. The guest comes up with cgroup2 alone. Inside, the stores and pytest's temporary
-# files are on an ext4 disk of the guest's own (overlayfs cannot put its upper dir on the shared file
-# system), and the tests
-# marked `cgroups` (the ones that touch cgroups for real) run with pytest; what it prints comes here
-# as it goes, and its exit status is this script's. A run takes a few minutes (the boot about 25 s).
+# are the host's (/etc takes changes in the guest alone, for the users the tests make). The guest
+# comes up with cgroup2 alone. Inside, the stores, pytest's temporary files and 1 GiB of swap are on an
+# ext4 disk of the guest's own (overlayfs cannot put its upper dir on the shared file system), and the
+# tests marked `cgroups` (the ones that touch cgroups for real) run with pytest; what it prints comes
+# here as it goes, and its exit status is this script's. A run takes about ten minutes on a 2-core
+# machine (the boot about 35 s; under emulation a Python start takes about 2 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD

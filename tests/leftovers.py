@@ -65,6 +65,12 @@ def cgroup_limits(cgroup: str) -> dict[str, int | None]:
             "cpu_quota_us": v1("cpu", "cpu.cfs_quota_us")}
 
 
+def swap_total() -> int:
+    """Bytes of swap this host has (/proc/meminfo's SwapTotal)."""
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("SwapTotal:"))
+
+
 def cgroup_pids(cgroup: str) -> list[int]:
     """The host PIDs in a container's cgroup (v2, else v1's pids controller)."""
     for path in (CGROUP_ROOT / "sandbox-kernel" / cgroup / "cgroup.procs",

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from leftovers import cpu_throttled, wait_for
+from leftovers import cpu_throttled, swap_total, wait_for
 from localusers import LocalUser, local_user
 
 from sandbox_kernel.runtime.cgroups import (
@@ -466,9 +466,8 @@ def test_real_memory_limit_oom_kill_is_detected(real_cgroup):
 def test_real_memory_and_swap(real_cgroup):
     """200 MiB touched under --memory 64m: past --memory-swap 128m the kernel kills; with -1 (no swap limit)
     the rest goes to swap."""
-    with open("/proc/meminfo") as f:
-        if next(int(line.split()[1]) for line in f if line.startswith("SwapTotal:")) < 512 << 10:
-            pytest.skip("this host has no swap to go into (the cgroup v2 VM of scripts/test-vm.sh has)")
+    if swap_total() < 512 << 20:
+        pytest.skip("this host has no swap to go into (the cgroup v2 VM of scripts/test-vm.sh has)")
     real_cgroup.apply(Limits(memory=64 << 20, memory_swap=128 << 20))
     proc = _spawn_in(real_cgroup, "memory")
     out, _ = proc.communicate(timeout=60)

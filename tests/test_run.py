@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from leftovers import assert_nothing_left, cgroups, wait_for
+from leftovers import assert_nothing_left, cgroups, swap_total, wait_for
 
 from sandbox_kernel.runtime import exec_helper
 
@@ -215,16 +215,11 @@ def test_oom_kill_is_reported(root, debian_store):
     assert proc.stderr == "sandbox-kernel: out of memory (limit 64 MiB): the container was killed\n"
 
 
-def _swap_total() -> int:
-    with open("/proc/meminfo") as f:
-        return next(int(line.split()[1]) << 10 for line in f if line.startswith("SwapTotal:"))
-
-
 @pytest.mark.cgroups
 def test_memory_swap_lets_a_container_go_past_its_memory_into_swap(root, debian_store, exec_path):
     """--memory 64m --memory-swap 256m: 150 MiB fit (the rest is swapped out); without --memory-swap they do
     not (test_oom_kill_is_reported, as docker), nor above the total (test_cgroups, with -1 too)."""
-    if _swap_total() < 512 << 20:
+    if swap_total() < 512 << 20:
         pytest.skip("this host has no swap to go into (the cgroup v2 VM of scripts/test-vm.sh has)")
     if exec_path == "python":
         pytest.skip("the cgroup is the same whichever command process runs: the sk-exec run shows it")

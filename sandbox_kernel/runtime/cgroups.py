@@ -63,7 +63,7 @@ class Hierarchy:
             assert self.v2 is not None
             return [self.v2 / self.base / PARENT]
         used = V1_USER_CONTROLLERS if self.base else V1_CONTROLLERS
-        return [mount / self.base / PARENT for mount in dict.fromkeys(m for c, m in self.v1.items() if c in used)]
+        return [mount / self.base / PARENT for mount in v1_mounts(self.v1, used)]
 
     @property
     def driver(self) -> str:
@@ -114,16 +114,22 @@ V1_DELEGATED_FILES = ("cgroup.procs", "tasks")
 V1_USER_CONTROLLERS = tuple(c for c in V1_CONTROLLERS if c != "devices")  # (only root may write device rules)
 
 
+def v1_mounts(v1: dict[str, Path], controllers: tuple[str, ...]) -> list[Path]:
+    """The mounts of these v1 controllers, each once (cpu and cpuacct often share one)."""
+    return list(dict.fromkeys(mount for controller, mount in v1.items() if controller in controllers))
+
+
+def _owned(cgroup: Path, files: tuple[str, ...], uid: int) -> bool:
+    """Whether ``cgroup`` and these files of it belong to ``uid`` (OSError when one is not there)."""
+    return all(os.stat(cgroup / name).st_uid == uid for name in ("", *files))
+
+
 def _v1_refusal(v1: dict[str, Path], uid: int) -> str | None:
     """None when every controller a user's containers use has ``sandbox-kernel-users/UID`` given to ``uid``
     (directory, cgroup.procs and tasks); else the sentence that says how to get it."""
-    for controller in V1_USER_CONTROLLERS:
-        mount = v1.get(controller)
-        if mount is None:
-            continue
-        subtree = mount / USERS / str(uid)
+    for mount in v1_mounts(v1, V1_USER_CONTROLLERS):
         try:
-            if all(os.stat(subtree / name).st_uid == uid for name in ("", *V1_DELEGATED_FILES)):
+            if _owned(mount / USERS / str(uid), V1_DELEGATED_FILES, uid):
                 continue
         except OSError:
             pass
@@ -152,7 +158,7 @@ def delegated_subtree(mount: Path, own_cgroup: str, uid: int) -> tuple[Path | No
         if candidate == mount or mount not in candidate.parents:
             break
         try:
-            if all(os.stat(candidate / name).st_uid == uid for name in ("", *DELEGATED_FILES)):
+            if _owned(candidate, DELEGATED_FILES, uid):
                 base = candidate  # (and on up: the highest one)
         except OSError:
             break

@@ -19,7 +19,7 @@ import os
 import pwd
 from pathlib import Path
 
-from .cgroups import USERS, V1_DELEGATED_FILES, V1_USER_CONTROLLERS, Hierarchy, discover
+from .cgroups import USERS, V1_DELEGATED_FILES, V1_USER_CONTROLLERS, Hierarchy, discover, v1_mounts
 from .errors import CgroupError, UsageError
 
 
@@ -28,11 +28,6 @@ def _user(user: str) -> pwd.struct_passwd:
         return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
     except KeyError:
         raise UsageError(f"no such user: {user}") from None
-
-
-def _subtrees(hierarchy: Hierarchy, uid: int) -> list[Path]:
-    mounts = dict.fromkeys(m for c, m in hierarchy.v1.items() if c in V1_USER_CONTROLLERS)  # (cpu,cpuacct: one)
-    return [mount / USERS / str(uid) for mount in mounts]
 
 
 def delegate(user: str, remove: bool = False, hierarchy: Hierarchy | None = None) -> list[Path]:
@@ -47,7 +42,7 @@ def delegate(user: str, remove: bool = False, hierarchy: Hierarchy | None = None
         raise UsageError("this host has cgroup v2: a user's subtree there is systemd's (user@UID.service with "
                          "Delegate=yes, given to users with a login session or `loginctl enable-linger USER`)")
     changed = []
-    subtrees = _subtrees(hierarchy, entry.pw_uid)
+    subtrees = [mount / USERS / str(entry.pw_uid) for mount in v1_mounts(hierarchy.v1, V1_USER_CONTROLLERS)]
     if remove:
         for subtree in subtrees:  # (all checked before any goes: a refusal leaves the delegation whole)
             _refuse_if_used(subtree)

@@ -40,6 +40,7 @@ from pathlib import Path
 from . import syscalls as sc
 from .errors import UserNamespaceError
 from .idmap import SIZE, SUBGID, SUBUID, _ranges
+from .state import ProcRef
 
 NAME = "sandbox-kernel: user namespace"
 
@@ -105,21 +106,11 @@ def subordinate(kind: str) -> tuple[int, int] | None:
     return None
 
 
-def _start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (when it started, in clock ticks): a pid and this name one process."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def _alive(directory: Path) -> Keeper | None:
     """The keeper ``keeper.pid`` names, if it still runs, is the caller's and has a user namespace of its own."""
     try:
-        pid_text, started = (directory / "keeper.pid").read_text().split()
-        pid = int(pid_text)
-        if _start_time(pid) != started or os.stat(f"/proc/{pid}").st_uid != os.getuid():
+        pid, started = map(int, (directory / "keeper.pid").read_text().split())
+        if not ProcRef(pid, started).alive() or os.stat(f"/proc/{pid}").st_uid != os.getuid():
             return None
         if os.readlink(f"/proc/{pid}/ns/user") == os.readlink("/proc/self/ns/user"):
             return None
@@ -189,9 +180,11 @@ def _make(directory: Path) -> Keeper:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         raise
-    started = _start_time(pid)
+    keeper = ProcRef.of(pid)
+    if keeper is None:
+        raise UserNamespaceError("the user namespace's keeper ended as soon as it was made")
     temporary = directory / f".keeper.pid.{os.getpid()}"
-    temporary.write_text(f"{pid} {started}\n")
+    temporary.write_text(f"{keeper.pid} {keeper.start}\n")
     temporary.rename(directory / "keeper.pid")
     found = _alive(directory)
     if found is None:

@@ -21,12 +21,20 @@ API, and the sandboxed kernel, are where a user cannot change it.
 from __future__ import annotations
 
 import fnmatch
-import os
 
 from traitlets import Bool, Float, Integer, List, Unicode
 from traitlets.config import Configurable
 
-from .runtime import ContainerSpec, Limits, UsageError, format_size, parse_reference, parse_size
+from .runtime import (
+    ContainerSpec,
+    Limits,
+    UsageError,
+    format_size,
+    limit_refusal,
+    parse_reference,
+    parse_size,
+    rootless,
+)
 
 
 class SandboxPolicy(Configurable):
@@ -66,10 +74,14 @@ class SandboxPolicy(Configurable):
                              f"({', '.join(self.allowed_images) or 'none'}: c.SandboxPolicy.allowed_images)")
 
     def defaults(self) -> Limits:
-        """The limits of a container whose cell asks for none."""
-        memory = parse_size(self.default_memory, "default_memory") if self.default_memory else None
-        disk = parse_size(self.default_disk, "default_disk") if self.default_disk and _disk_limits() else None
-        limits = Limits(memory=memory, cpus=self.default_cpus, pids=self.default_pids, disk=disk)
+        """The limits of a container whose cell asks for none: none where the host cannot set them (a user who
+        is not root with no cgroup delegated; then a ``max_*`` refuses every cell, as it must)."""
+        if limit_refusal() is not None:
+            limits = Limits()
+        else:
+            memory = parse_size(self.default_memory, "default_memory") if self.default_memory else None
+            disk = parse_size(self.default_disk, "default_disk") if self.default_disk and _disk_limits() else None
+            limits = Limits(memory=memory, cpus=self.default_cpus, pids=self.default_pids, disk=disk)
         self.check_limits(limits)
         return limits
 
@@ -115,4 +127,4 @@ class ServerPolicy(SandboxPolicy):
 
 def _disk_limits() -> bool:
     """Whether this process can give containers a disk limit (root: loop devices; see runtime/disk.py)."""
-    return os.geteuid() == 0
+    return not rootless()

@@ -40,6 +40,11 @@ def assert_nothing_left(store_root: Path, before: set[Path], wait: float = 30.0)
         assert not names.exists() or list(names.iterdir()) == [], "container names left"
 
 
+def mounts_under(path: Path) -> list[str]:
+    """Lines of the host's mount table that name ``path`` (as a mount point or in their options)."""
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(path) in line]
+
+
 def wait_for_gone(containers: Path, deadline: float) -> None:
     """A --rm container's directory (``.gone-ID``) and name may still be on their way out: the monitor
     removes them after it has told the caller the exit status."""

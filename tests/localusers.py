@@ -11,12 +11,15 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from leftovers import wait_for
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sandbox_kernel"
 
@@ -92,3 +95,56 @@ def local_user(subids: bool = False) -> Iterator[LocalUser]:
             if f"{name}:" in text:
                 Path(path).write_text("".join(line for line in text.splitlines(True)
                                               if not line.startswith(f"{name}:")))
+
+
+class Delegatee:
+    """A local user the test makes (tests/localusers.py). ``delegate()`` gives it a subtree: on v1 with
+    ``sandbox-kernel system delegate``, on v2 as the kernel's documentation says an admin does (``sk-user-*``:
+    the directory and its cgroup.procs, cgroup.subtree_control and cgroup.threads are the user's, its own limits
+    stay root's, and a leaf in it for the user's processes). Everything goes at the end."""
+
+    def __init__(self, hierarchy, user: LocalUser):
+        self.hierarchy, self.user, self.name = hierarchy, user, user.name
+        self.v2_top = hierarchy.v2 / user.name if hierarchy.driver == "v2" else None
+
+    def delegate(self) -> Path | None:
+        """Give the user its subtree; the leaf its processes must start in (v2), or None."""
+        if self.v2_top is None:
+            done = subprocess.run([sys.executable, "-m", "sandbox_kernel", "system", "delegate", self.name],
+                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            assert done.returncode == 0 and done.stdout.startswith("Made "), done.stderr
+            return None
+        v2 = self.hierarchy.v2
+        enabled = (v2 / "cgroup.subtree_control").read_text().split()
+        missing = [c for c in ("memory", "cpu", "pids") if c not in enabled]
+        if missing:
+            (v2 / "cgroup.subtree_control").write_text(" ".join("+" + c for c in missing))
+        top = self.v2_top
+        top.mkdir()
+        for entry in (top, top / "cgroup.procs", top / "cgroup.subtree_control", top / "cgroup.threads"):
+            os.chown(entry, self.user.uid, self.user.gid)
+        (top / "home").mkdir()
+        return top / "home"
+
+    def subtrees(self) -> list[Path]:
+        if self.v2_top is not None:
+            return [self.v2_top]
+        mounts = dict.fromkeys(m for c, m in self.hierarchy.v1.items() if c != "devices")  # (root's to write)
+        return [m / "sandbox-kernel-users" / str(self.user.uid) for m in mounts]
+
+    def clean(self) -> None:
+        """Kill what the user left in its subtrees (a failed test), then remove them."""
+        from sandbox_kernel.runtime.delegation import delegate
+
+        for top in self.subtrees():
+            trees = sorted(top.glob("**/"), key=lambda p: len(p.parts), reverse=True) if top.exists() else []
+            for path in trees:
+                for pid in (path / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+                wait_for(lambda path=path: not (path / "cgroup.procs").read_text().split(), what=f"{path} empty")
+            if self.v2_top is not None:
+                for path in trees:
+                    path.rmdir()
+        if self.v2_top is None:
+            delegate(self.name, remove=True, hierarchy=self.hierarchy)

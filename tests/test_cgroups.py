@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from leftovers import cpu_throttled, swap_total, wait_for
-from localusers import LocalUser, local_user
+from localusers import Delegatee, local_user
 
 from sandbox_kernel.runtime.cgroups import (
     PARENT,
@@ -108,9 +106,15 @@ def test_a_user_finds_the_subtree_delegated_to_it(tmp_path):
     refused = discover(mountinfo, str(own), uid=me)
     assert refused.v2_base is None and "Delegate=yes" in refused.refusal
     cg = open_cgroup("c2", refused, fake)
-    assert not cg.exists() and cg.paths() == []
+    before = list(fake.writes)
+    cg.create()  # (a run without limits runs: in no cgroup of ours)
+    cg.apply(Limits())
+    cg.add(1234)
+    assert not cg.exists() and cg.paths() == [] and fake.writes == before
     with pytest.raises(CgroupError, match="need a cgroup v2 subtree delegated to you"):
-        cg.create()
+        cg.apply(Limits(memory=64 << 20))
+    with pytest.raises(CgroupError, match="need a cgroup v2 subtree delegated to you"):
+        cg.freeze()
     cg.remove()  # nothing to remove: no error
     own.write_text("12:pids:/\n")
     assert "in no cgroup v2" in discover(mountinfo, str(own), uid=me).refusal
@@ -543,8 +547,10 @@ _DELEGATEE = textwrap.dedent("""
     found = discover()
     out = {"uid": os.getuid(), "parents": [str(p) for p in found.parents()], "refusal": found.refusal}
     if found.refusal:
+        cg = open_cgroup("mine")
+        cg.create(); cg.apply(Limits()); cg.add(os.getpid())  # a run without limits runs (in no cgroup)
         try:
-            open_cgroup("mine").create()
+            cg.apply(Limits(memory=64 << 20))
         except CgroupError as exc:
             out["create"] = str(exc)
         print(json.dumps(out)); sys.exit()
@@ -588,68 +594,16 @@ _DELEGATEE = textwrap.dedent("""
 """)
 
 
-class Delegatee:
-    """A local user the test makes (tests/localusers.py). ``delegate()`` gives it a subtree: on v1 with
-    ``sandbox-kernel system delegate``, on v2 as the kernel's documentation says an admin does (``sk-user-*``:
-    the directory and its cgroup.procs, cgroup.subtree_control and cgroup.threads are the user's, its own limits
-    stay root's, and a leaf in it for the user's processes). Everything goes at the end."""
+def run_delegatee(delegatee: Delegatee, leaf: Path | None) -> dict:
+    """_DELEGATEE as the user (in ``leaf`` if given); what it printed."""
+    import json
 
-    def __init__(self, hierarchy, user: LocalUser):
-        self.hierarchy, self.user, self.name = hierarchy, user, user.name
-        self.v2_top = hierarchy.v2 / user.name if hierarchy.driver == "v2" else None
-
-    def delegate(self) -> Path | None:
-        """Give the user its subtree; the leaf its processes must start in (v2), or None."""
-        if self.v2_top is None:
-            done = subprocess.run([sys.executable, "-m", "sandbox_kernel", "system", "delegate", self.name],
-                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
-            assert done.returncode == 0 and done.stdout.startswith("Made "), done.stderr
-            return None
-        v2 = self.hierarchy.v2
-        enabled = (v2 / "cgroup.subtree_control").read_text().split()
-        missing = [c for c in ("memory", "cpu", "pids") if c not in enabled]
-        if missing:
-            (v2 / "cgroup.subtree_control").write_text(" ".join("+" + c for c in missing))
-        top = self.v2_top
-        top.mkdir()
-        for entry in (top, top / "cgroup.procs", top / "cgroup.subtree_control", top / "cgroup.threads"):
-            os.chown(entry, self.user.uid, self.user.gid)
-        (top / "home").mkdir()
-        return top / "home"
-
-    def run(self, leaf: Path | None) -> dict:
-        """_DELEGATEE as the user (in ``leaf`` if given); what it printed."""
-        import json
-
-        proc = self.user.popen(_DELEGATEE, _HOG)
-        if leaf is not None:
-            (leaf / "cgroup.procs").write_text(str(proc.pid))
-        out, err = proc.communicate("go\n", timeout=180)
-        assert proc.returncode == 0, err
-        return json.loads(out)
-
-    def subtrees(self) -> list[Path]:
-        if self.v2_top is not None:
-            return [self.v2_top]
-        mounts = dict.fromkeys(m for c, m in self.hierarchy.v1.items() if c != "devices")  # (root's to write)
-        return [m / "sandbox-kernel-users" / str(self.user.uid) for m in mounts]
-
-    def clean(self) -> None:
-        """Kill what the user left in its subtrees (a failed test), then remove them."""
-        from sandbox_kernel.runtime.delegation import delegate
-
-        for top in self.subtrees():
-            trees = sorted(top.glob("**/"), key=lambda p: len(p.parts), reverse=True) if top.exists() else []
-            for path in trees:
-                for pid in (path / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-                wait_for(lambda path=path: not (path / "cgroup.procs").read_text().split(), what=f"{path} empty")
-            if self.v2_top is not None:
-                for path in trees:
-                    path.rmdir()
-        if self.v2_top is None:
-            delegate(self.name, remove=True, hierarchy=self.hierarchy)
+    proc = delegatee.user.popen(_DELEGATEE, _HOG)
+    if leaf is not None:
+        (leaf / "cgroup.procs").write_text(str(proc.pid))
+    out, err = proc.communicate("go\n", timeout=180)
+    assert proc.returncode == 0, err
+    return json.loads(out)
 
 
 @pytest.fixture
@@ -669,7 +623,7 @@ def test_a_user_without_root_limits_its_processes_in_its_delegated_subtree(deleg
     pids and CPU limits, reads OOM kills and the pids-limit hits, freezes, updates live, kills and removes;
     the subtree's own limits stay the admin's. v1: `system delegate`; v2 (the VM): an admin-made subtree."""
     leaf = delegatee.delegate()
-    out = delegatee.run(leaf)
+    out = run_delegatee(delegatee, leaf)
     uid = delegatee.user.uid
     assert (out["uid"], out["refusal"]) == (uid, None)
     assert out["parents"] == [str(top / "sandbox-kernel") for top in delegatee.subtrees()]
@@ -685,10 +639,10 @@ def test_a_user_without_root_limits_its_processes_in_its_delegated_subtree(deleg
 @pytest.mark.cgroups
 @pytest.mark.root
 def test_a_user_with_nothing_delegated_is_told_how_to_get_it(delegatee):
-    out = delegatee.run(None)  # nothing given (v2: left in root's cgroup)
+    out = run_delegatee(delegatee, None)  # nothing given (v2: left in root's cgroup)
     assert out["parents"] == [] and out["refusal"]
     assert ("Delegate=yes" if delegatee.v2_top else "sudo sandbox-kernel system delegate $USER") in out["refusal"]
-    assert out["create"] == out["refusal"], "creating a cgroup is refused with that sentence"
+    assert out["create"] == out["refusal"], "a limit is refused with that sentence"
 
 
 @pytest.mark.root

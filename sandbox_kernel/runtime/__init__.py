@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 _WHERE = {
     "CgroupStats": ".cgroups",
+    "limit_refusal": ".cgroups",
+    "rootless": ".userns_keeper",
     "ContainerInfo": ".info",
     "ContainerResult": ".info",
     "ContainerStats": ".info",
@@ -83,6 +85,7 @@ _WHERE = {
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
     from .cgroups import (
         CgroupStats,
+        limit_refusal,
     )
     from .container import (
         Containers,
@@ -161,6 +164,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .state import (
         State,
     )
+    from .userns_keeper import rootless
 
 
 def __getattr__(name: str) -> Any:
@@ -224,6 +228,7 @@ __all__ = [
     "default_root",
     "extract_layer",
     "format_size",
+    "limit_refusal",
     "load",
     "login",
     "logout",
@@ -235,6 +240,7 @@ __all__ = [
     "parse_ulimit",
     "pull",
     "push",
+    "rootless",
     "save",
     "split_location",
     "write_layer",

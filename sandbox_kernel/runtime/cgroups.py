@@ -28,9 +28,10 @@ import errno
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import userns_keeper
 from .errors import CgroupError
 from .spec import CPU_PERIOD_US, Limits
 
@@ -95,7 +96,7 @@ def discover(mountinfo: str = "/proc/self/mountinfo", own_cgroup: str = "/proc/s
             for opt in options:
                 if opt in V1_CONTROLLERS and opt not in v1:
                     v1[opt] = mount_point
-    uid = os.geteuid() if uid is None else uid
+    uid = userns_keeper.host_uid() if uid is None else uid
     if "memory" in v1:
         version = "hybrid" if v2 is not None else "v1"
         if uid == 0:
@@ -346,13 +347,9 @@ class CgroupV1(Cgroup):
         return mount / self.hierarchy.base / PARENT / self.name
 
     def paths(self) -> list[Path]:
-        if self.hierarchy.refusal:
-            return []
         return [p for c in V1_CONTROLLERS if (p := self._dir(c)) is not None]
 
     def create(self) -> None:
-        if self.hierarchy.refusal:
-            raise CgroupError(self.hierarchy.refusal)
         for path in self.paths():
             try:
                 self.fs.mkdir(path)
@@ -454,8 +451,6 @@ class CgroupV2(Cgroup):
     @property
     def _parent(self) -> Path:
         assert self.hierarchy.v2 is not None
-        if self.hierarchy.refusal:
-            raise CgroupError(self.hierarchy.refusal)
         return self.hierarchy.v2 / self.hierarchy.base / PARENT
 
     @property
@@ -463,7 +458,7 @@ class CgroupV2(Cgroup):
         return self._parent / self.name
 
     def paths(self) -> list[Path]:
-        return [] if self.hierarchy.refusal else [self.path]
+        return [self.path]
 
     def create(self) -> None:
         # Top down: a controller must be enabled in a parent's subtree_control
@@ -539,10 +534,67 @@ class CgroupV2(Cgroup):
             time.sleep(0.001)
 
 
+class Unlimited(Cgroup):
+    """The "cgroup" of a container of a user with no delegated subtree (``hierarchy.refusal``): none.
+
+    Such a container runs without limits, in its caller's cgroup; asking for a
+    limit, pausing or freezing it is refused with the sentence that says how
+    to get delegation. Its processes die with its PID 1 (its pid namespace).
+    """
+
+    def _refuse(self) -> CgroupError:
+        return CgroupError(self.hierarchy.refusal or "no cgroup")
+
+    def paths(self) -> list[Path]:
+        return []
+
+    def create(self) -> None:
+        pass
+
+    def apply(self, limits: Limits) -> None:
+        if replace(limits, disk=None) != Limits():
+            raise self._refuse()
+
+    def add(self, pid: int) -> None:
+        pass
+
+    def procs(self) -> list[int]:
+        return []
+
+    def stats(self) -> CgroupStats:
+        return CgroupStats(None, None, None, None, 0, 0)
+
+    def freeze(self) -> None:
+        raise self._refuse()
+
+    def thaw(self) -> None:
+        raise self._refuse()
+
+    def remove(self, timeout: float = 5.0) -> None:
+        pass
+
+
+_pinned: Hierarchy | None = None
+
+
+def pin(hierarchy: Hierarchy) -> None:
+    """Use ``hierarchy`` from now on in this process (a monitor that is about to join its user's namespace,
+    where every cgroup of the user shows as root's and discovery could no longer tell what is delegated)."""
+    global _pinned
+    _pinned = hierarchy
+
+
+def limit_refusal() -> str | None:
+    """Why this caller's containers can have no memory, CPU or pids limit (nothing delegated), or None."""
+    if not userns_keeper.rootless():
+        return None
+    return (_pinned or discover()).refusal
+
+
 def open_cgroup(name: str, hierarchy: Hierarchy | None = None, fs: CgroupFS | None = None) -> Cgroup:
     """The cgroup of container ``name`` on this host (not created yet)."""
-    hierarchy = hierarchy or discover()
-    cls = CgroupV2 if hierarchy.driver == "v2" else CgroupV1
+    hierarchy = hierarchy or _pinned or discover()
+    cls = Unlimited if hierarchy.refusal else CgroupV2 if hierarchy.driver == "v2" else CgroupV1
     return cls(name, hierarchy, fs)
 
 
@@ -553,7 +605,7 @@ def remove_empty_parents(hierarchy: Hierarchy | None = None, fs: CgroupFS | None
     just-removed child for a moment (EBUSY); calls that list containers sweep
     again.
     """
-    hierarchy = hierarchy or discover()
+    hierarchy = hierarchy or _pinned or discover()
     fs = fs or CgroupFS()
     for parent in hierarchy.parents():
         try:

@@ -149,7 +149,7 @@ def path() -> str | None:
     Made once per process; a forked child that closed the copy's fd (a
     detached monitor closes everything) gets a new one.
     """
-    if os.environ.get(ENV_SWITCH, "1") == "0" or _unusable():
+    if os.environ.get(ENV_SWITCH, "1") == "0":
         return None
     known = _sealed.get("helper")
     if known is not None:
@@ -160,6 +160,8 @@ def path() -> str | None:
                 return f"/proc/self/fd/{fd}"
         except OSError:
             pass
+    if _unusable():
+        return None
     try:
         fd = sealed_copy(build())
     except (HelperError, OSError):
@@ -177,6 +179,22 @@ def _unusable() -> bool:
     except (HelperError, OSError):
         return True
     return False
+
+
+def sealed_state() -> dict[str, tuple[int, int, int]]:
+    """This process's sealed copies, for a process it execs with their fds (adopt_sealed)."""
+    return dict(_sealed)
+
+
+def adopt_sealed(state: dict[str, tuple[int, int, int]]) -> None:
+    """Take over the sealed copies the process that exec'ed us made (their fds came with the exec), so that
+    nothing is checked again here: a fork server in a user's namespace sees every host directory of
+    another owner as nobody's, and could not tell a safe path from an unsafe one."""
+    for name, (fd, dev, ino) in state.items():
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            os.set_inheritable(fd, False)
+            _sealed[name] = (fd, dev, ino)
 
 
 def kept_fds() -> list[int]:

@@ -99,6 +99,24 @@ def write_private(path: str | os.PathLike[str], data: bytes, *, sync: bool = Fal
 
 
 def remove_tree(name: str | os.PathLike[str], dir_fd: int | None = None, *, missing_ok: bool = True) -> None:
+    """``rm -rf name`` (relative to ``dir_fd``) that never follows a symlink (see :func:`_remove_tree`).
+
+    For a user who is not root, what its containers made belongs to ids of its range, which only its
+    user namespace may remove: refused here, it is removed there (inside.py).
+    """
+    try:
+        _remove_tree(name, dir_fd, missing_ok)
+    except PermissionError:
+        from . import userns_keeper
+
+        if dir_fd is not None or not userns_keeper.rootless() or userns_keeper.joined():
+            raise
+        from . import inside
+
+        inside.call(_remove_tree, os.path.abspath(name), None, missing_ok)
+
+
+def _remove_tree(name: str | os.PathLike[str], dir_fd: int | None, missing_ok: bool) -> None:
     """``rm -rf name`` (relative to ``dir_fd``) that never follows a symlink.
 
     Iterative, so a 2000-level tree is no RecursionError, and it holds only

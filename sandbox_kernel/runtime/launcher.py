@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import exec_helper, process
+from . import cgroups, exec_helper, process, userns_keeper
 from . import syscalls as sc
 from .cgroups import open_cgroup
 from .errors import ContainerError, SandboxError
@@ -45,7 +45,7 @@ from .state import WARM_MARK, ProcRef, remove_dir
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # where this sandbox_kernel package is
 SERVER_MAIN = ("import sys; sys.path.insert(0, sys.argv[1]); "
-               "from sandbox_kernel.runtime.launcher import serve; serve(int(sys.argv[2]))")
+               "from sandbox_kernel.runtime.launcher import serve; serve(int(sys.argv[2]), *sys.argv[3:])")
 _direct_children: list[int] = []
 # One warm slot for the next foreground start (SANDBOX_KERNEL_WARM_SLOTS=0: none).
 WARM_SLOTS = os.environ.get("SANDBOX_KERNEL_WARM_SLOTS", "1") != "0"
@@ -98,6 +98,11 @@ def _run_child(kind: str, args: tuple[Any, ...], fds: list[int], parent: int) ->
             from .proxy import run_proxy
 
             run_proxy(args, fds)  # type: ignore[arg-type]
+        elif kind == "inside":
+            from .inside import child_main
+
+            sc.close_all_but(fds)
+            child_main(args, fds)
         else:
             _child_exec(args[0], fds)
     finally:
@@ -107,8 +112,11 @@ def _run_child(kind: str, args: tuple[Any, ...], fds: list[int], parent: int) ->
 # -- the caller's side ----------------------------------------------------------------------------------------------
 
 def _fork(kind: str, args: tuple[Any, ...], fds: list[int], *, reap_now: bool) -> int:
-    """Run ``kind`` in a forked child with ``fds``; its pid (not a child of ours through the server)."""
-    if single_threaded():
+    """Run ``kind`` in a forked child with ``fds``; its pid (not a child of ours through the server).
+
+    A monitor of a user who is not root always comes from the fork server, which runs in the user's
+    namespace (see :func:`serve`)."""
+    if single_threaded() and not (kind == "monitor" and userns_keeper.rootless()):
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
@@ -365,6 +373,11 @@ def start_proxy(args: tuple[Any, ...], listener: int, pidfd: int) -> None:
     _fork("proxy", args, [listener, pidfd], reap_now=True)
 
 
+def fork_inside(args: tuple[Any, ...], fds: list[int]) -> int:
+    """Fork a child for inside.call (it joins the caller's user namespace); its pid, to reap_wait."""
+    return _fork("inside", args, fds, reap_now=False)
+
+
 def reap() -> None:
     """Collect directly forked children that have exited (the server reaps its own)."""
     for pid in list(_direct_children):
@@ -432,8 +445,24 @@ def _get_server() -> _ForkServer:
         return _server
 
 
-def serve(fd: int) -> None:
-    """The fork server's loop (single-threaded): fork one child per request until the caller goes."""
+def serve(fd: int, inside: str = "") -> None:
+    """The fork server's loop (single-threaded): fork one child per request until the caller goes.
+
+    For a user who is not root the server runs in the user's namespace (userns_keeper.py), so that its
+    monitors and the containers' PID 1 are made there. It must have been *exec'ed* there, not only have
+    joined it: the kernel lets a process join a container through PID 1's pidfd (exec) only when it may
+    ptrace PID 1, and PID 1 is not dumpable, so that takes CAP_SYS_PTRACE in the namespace its memory
+    belongs to, which is the one its program was exec'ed in (the host's would need the host's root). So
+    the server, started on the host, does what needs the host's view (the exec helper checked and sealed,
+    the cgroups delegated to the user), joins, and execs itself again with that (``inside``).
+    """
+    if inside:
+        uid, sealed, hierarchy = pickle.loads(bytes.fromhex(inside))
+        userns_keeper.joined_as(uid)
+        exec_helper.adopt_sealed(sealed)
+        cgroups.pin(hierarchy)
+    elif userns_keeper.rootless():
+        _exec_inside(fd)
     sock = socket.socket(fileno=fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt of the kernel is not for us
     signal.signal(signal.SIGCHLD, lambda *_: _reap_all())
@@ -463,6 +492,17 @@ def serve(fd: int) -> None:
             sock.send(str(pid).encode())
         except OSError:
             return
+
+
+def _exec_inside(fd: int) -> None:
+    """The fork server's first stage for a user who is not root (see :func:`serve`). Never returns."""
+    process.preload()  # the exec helper: checked and copied while host paths still look as they are
+    state = (os.geteuid(), exec_helper.sealed_state(), cgroups.discover())
+    userns_keeper.join(userns_keeper.ensure())
+    for kept in (fd, *exec_helper.kept_fds()):
+        os.set_inheritable(kept, True)
+    os.execv(sys.executable, [sys.executable, "-I", "-c", SERVER_MAIN, PACKAGE_PARENT, str(fd),
+                              pickle.dumps(state).hex()])
 
 
 def _reap_all() -> None:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import process
+from . import exec_helper, process, userns_keeper
 from . import syscalls as sc
 from .cgroups import Cgroup, open_cgroup
 from .errors import ExecError, SandboxError
@@ -130,7 +130,7 @@ def _detach(keep: int) -> int:
         os.dup2(null, target)
     if keep != 3:
         os.dup2(keep, 3)
-    sc.close_range(4)
+    sc.close_all_but([3, *exec_helper.kept_fds()])  # (the exec helper's sealed copy stays: PID 1 spawns it)
     return 3
 
 
@@ -158,7 +158,7 @@ def _caller_died(pid1: int) -> None:
 
 def _nice(value: int) -> bool:
     """Lower our priority if it can be raised back (CAP_SYS_NICE); True if it was lowered."""
-    if os.geteuid() != 0 or os.getpriority(os.PRIO_PROCESS, 0) != 0:
+    if userns_keeper.rootless() or os.getpriority(os.PRIO_PROCESS, 0) != 0:
         return False
     os.setpriority(os.PRIO_PROCESS, 0, value)
     return True

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from . import disk, logs
-from .cgroups import open_cgroup
+from .cgroups import Unlimited, open_cgroup
 from .errors import (
     ContainerError,
 )
@@ -46,8 +46,11 @@ class _Observing(Room):
 
     @contextlib.contextmanager
     def _held_still(self, ref: str) -> Iterator[None]:
-        """A running container is paused while its files are read, then resumed (a paused one stays so)."""
-        if self.get(ref).state.status != RUNNING:
+        """A running container is paused while its files are read, then resumed (a paused one stays so).
+        One with no cgroup (a user with nothing delegated: cgroups.Unlimited) cannot be: its files are read
+        as they are, as ``docker commit --pause=false`` does."""
+        if self.get(ref).state.status != RUNNING or isinstance(open_cgroup(self._find(ref).record().cgroup),
+                                                                Unlimited):
             yield
             return
         self.pause(ref)

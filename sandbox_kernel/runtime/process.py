@@ -62,7 +62,7 @@ import termios
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
-from . import exec_helper, security
+from . import exec_helper, security, userns_keeper
 from . import idmap as idmap_mod
 from . import rootfs as rootfs_mod
 from . import syscalls as sc
@@ -220,7 +220,11 @@ def exec_command(proc: ProcessPlan, err_w: int, seccomp: security.Prepared | Non
         _drop_bounding(keep)
         sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
         sc.capset(keep, keep, keep)
-        os.setgroups(list(proc.groups))
+        try:
+            os.setgroups(list(proc.groups))
+        except PermissionError:
+            if proc.groups or not _setgroups_denied():
+                raise
         os.setgid(proc.gid)
         os.setuid(proc.uid)  # a non-root uid loses the capabilities here
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
@@ -237,6 +241,16 @@ def exec_command(proc: ProcessPlan, err_w: int, seccomp: security.Prepared | Non
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         _report(err_w, f"{EXEC_PREFIX}{code} exec {proc.argv[0]}: {detail}")
     os._exit(127)
+
+
+def _setgroups_denied() -> bool:
+    """A user namespace that maps one id (a user with no /etc/subgid range) denies setgroups: the groups the
+    process has are then all it can have, and an empty list asked for is not an error."""
+    try:
+        with open("/proc/self/setgroups") as fh:
+            return fh.read().strip() == "deny"
+    except OSError:
+        return False
 
 
 def _error_line(exc: BaseException) -> str:
@@ -632,7 +646,8 @@ def join_and_exec(pidfd: int, proc: ProcessPlan, go_r: int, err_w: int, status_w
         os.close(go_r)
         _set_rlimits(proc)  # while we are host root (raising a hard limit needs it)
         # Every namespace at once, atomically, through the pidfd (Linux 5.8): no /proc path races.
-        sc.setns(pidfd, JOIN | (sc.CLONE_NEWUSER if proc.userns else 0))
+        # (a user's namespace is the container's own when we were forked in it: launcher.serve)
+        sc.setns(pidfd, JOIN | (sc.CLONE_NEWUSER if proc.userns and not userns_keeper.joined() else 0))
         os.close(pidfd)
         child = os.fork()  # in the container's pid namespace
         if child == 0:

@@ -74,6 +74,7 @@ class RootfsPlan:
     # per mount: the host (uid, gid) the container's root writes as there (an idmapped mount), or None (a plain bind)
     volume_owners: tuple[tuple[int, int] | None, ...] = ()
     disk_dir: str | None = None  # with a disk limit: the container's directory, whose disk holds upper and work
+    rootless: bool = False  # built in the namespace of a user who is not root: overlay with userxattr
 
     @property
     def root_ids(self) -> tuple[int, int] | None:
@@ -290,6 +291,9 @@ def setup(plan: RootfsPlan, hostname: str, volume_userns: dict[tuple[int, int], 
     #    page: many layers are named by short links, relative to their directory (docker's overlay2 way).
     lower = ":".join(plan.lower_links if plan.lower_root else plan.lowerdirs)
     options = f"lowerdir={lower},upperdir={plan.upperdir},workdir={plan.workdir},index=off,redirect_dir=off"
+    if plan.rootless:  # (trusted.* xattrs are the host root's: overlay keeps its own in user.* instead,
+        # and then follows no redirect, as the kernel requires: "off" would follow them in lower layers)
+        options = options.replace("redirect_dir=off", "redirect_dir=nofollow") + ",userxattr"
     if len(options) >= MAX_MOUNT_OPTIONS or len(plan.lowerdirs) > MAX_LAYERS:
         raise ContainerError(f"the image has too many layers ({len(plan.lowerdirs)}) for overlay; "
                              "commit fewer snapshots on top of each other, or flatten the image")
@@ -297,7 +301,14 @@ def setup(plan: RootfsPlan, hostname: str, volume_userns: dict[tuple[int, int], 
     try:
         if plan.lower_root:
             os.chdir(plan.lower_root)
-        sc.mount("overlay", plan.rootfs, "overlay", 0, options)
+        try:
+            sc.mount("overlay", plan.rootfs, "overlay", 0, options)
+        except OSError as exc:
+            if plan.rootless and exc.errno in (errno.EINVAL, errno.EPERM):
+                raise ContainerError(f"cannot mount the image's overlay in your user namespace "
+                                     f"({exc.strerror}): containers of users who are not root need Linux 5.11 "
+                                     f"or later (this is {os.uname().release})") from None
+            raise
     finally:
         os.fchdir(here)  # (the caller's working directory matters to pivot_root)
         os.close(here)
@@ -334,8 +345,13 @@ def setup(plan: RootfsPlan, hostname: str, volume_userns: dict[tuple[int, int], 
         finally:
             os.close(dev_dir)
         tty_gid = 5 + (owner[1] if owner is not None else 0)  # the container's tty group
-        _mount_at(root_fd, "/dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
-                  f"newinstance,ptmxmode=0666,mode=0620,gid={tty_gid}")
+        pts = "newinstance,ptmxmode=0666,mode=0620"
+        try:
+            _mount_at(root_fd, "/dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, f"{pts},gid={tty_gid}")
+        except OSError as exc:  # a user's namespace with its own id alone has no group 5
+            if not plan.rootless or exc.errno != errno.EINVAL:
+                raise
+            _mount_at(root_fd, "/dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, pts)
         _mount_at(root_fd, "/dev/shm", "shm", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
                   f"mode=1777,size=65536k{ids}")
         _mount_at(root_fd, "/dev/mqueue", "mqueue", "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)

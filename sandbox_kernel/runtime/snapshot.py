@@ -35,13 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import userns_keeper
 from .errors import ContainerError, LayerError, SandboxError, StoreError
 from .fsutil import open_beneath
-from .image.layers import Compression, ExtractLimits, close_all, iter_tree, lower_fds, write_layer
+from .image.layers import Compression, ExtractLimits, WrittenLayer, close_all, iter_tree, lower_fds, write_layer
 from .image.ref import parse_reference
 from .image.store import Image, Store
 
 if TYPE_CHECKING:
+    from .idmap import IdMap
     from .record import ContainerRecord
     from .state import ContainerDir
 
@@ -131,9 +133,26 @@ def diff_container(cdir: ContainerDir, record: ContainerRecord, frozen: Frozen) 
     """``docker diff``: the container's changes, read while ``frozen`` holds it still (as commit reads them)."""
     try:
         with frozen:
-            return diff(cdir.layer()[0], [Path(p) for p in record.lowerdirs], record.mount_points())
+            args = (cdir.layer()[0], [Path(p) for p in record.lowerdirs], record.mount_points())
+            if userns_keeper.rootless():  # (its files belong to ids of the user's range: read them there)
+                from . import inside
+
+                return inside.call(diff, *args)
+            return diff(*args)
     except LayerError as exc:
         raise ContainerError(f"cannot diff container {record.name}: {exc}") from None
+
+
+def _write_upper(upper: Path, lowers: list[Path], mount_points: frozenset[str] | set[str], compression: Compression,
+                 clamp: int, idmap: IdMap | None, out_fd: int) -> WrittenLayer:
+    """The upper dir over ``lowers`` (top first) as a layer, written to ``out_fd`` (left open)."""
+    fds = lower_fds(lowers)
+    try:
+        with os.fdopen(os.dup(out_fd), "wb") as out:
+            return write_layer(upper, out, compression=compression, epoch=None, clamp=clamp, overlay_lowers=lowers,
+                               skip=_skipper(fds, mount_points), idmap=idmap)
+    finally:
+        close_all(fds)
 
 
 def _private(path: str, flags: int) -> int:
@@ -172,17 +191,16 @@ def commit(store: Store, cdir: ContainerDir, record: ContainerRecord, frozen: Fr
     with store.writing():
         tmp = store._tmp_path(".commit")
         try:
-            with frozen:
-                fds = lower_fds(lowers)
-                try:
-                    with open(tmp, "wb", opener=_private) as out:
-                        written = write_layer(upper, out, compression=compression, epoch=None, clamp=epoch,
-                                              overlay_lowers=lowers, skip=_skipper(fds, record.mount_points()),
-                                              idmap=record.idmap)
-                        out.flush()
-                        os.fsync(out.fileno())
-                finally:
-                    close_all(fds)
+            with frozen, open(tmp, "wb", opener=_private) as out:
+                if userns_keeper.rootless():  # (its files belong to ids of the user's range: read them there)
+                    from . import inside
+
+                    written = inside.call(_write_upper, upper, lowers, record.mount_points(), compression, epoch,
+                                          None, fds=(out.fileno(),))
+                else:
+                    written = _write_upper(upper, lowers, record.mount_points(), compression, epoch, record.idmap,
+                                           out.fileno())
+                os.fsync(out.fileno())
             store.adopt(tmp, written.digest)  # hashed while written: moved in, not copied
         except LayerError as exc:
             raise ContainerError(f"cannot commit container {record.name}: {exc}") from None

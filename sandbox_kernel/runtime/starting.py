@@ -14,6 +14,7 @@ import json
 import os
 import resource
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,12 +22,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import disk
+from . import disk, userns_keeper
 from . import idmap as idmap_mod
 from . import users as users_mod
-from .cgroups import open_cgroup
+from .cgroups import limit_refusal, open_cgroup
 from .control import _alive, _kill_quietly, _pidfd, _send_signal
 from .errors import (
+    CgroupError,
     ContainerError,
     ExecCancelled,
     ExecError,
@@ -38,7 +40,7 @@ from .info import ContainerInfo, ContainerResult
 from .record import ETC_FILES, ContainerRecord, ProcessRecord
 from .room import Room
 from .rootfs import RootfsPlan
-from .spec import ContainerSpec
+from .spec import ContainerSpec, Limits
 from .state import (
     ACTIVE,
     CREATED,
@@ -111,7 +113,8 @@ def _rlimits(ulimits: tuple[tuple[str, int, int], ...]) -> tuple[tuple[int, int,
 
 def _process_plan(proc: ProcessRecord, record: ContainerRecord) -> process.ProcessPlan:
     spec = record.spec
-    userns = record.idmap is not None
+    # (a user who is not root: the container is in that user's namespace, which exec joins too)
+    userns = record.idmap is not None or userns_keeper.rootless()
     return process.ProcessPlan(
         argv=proc.argv,
         env=proc.env,
@@ -129,6 +132,24 @@ def _process_plan(proc: ProcessRecord, record: ContainerRecord) -> process.Proce
 def _idmap(spec: ContainerSpec) -> idmap_mod.IdMap | None:
     """The user namespace's map of a new container (None: host ids, ``--userns=host``)."""
     return None if spec.userns == "host" else idmap_mod.default()
+
+
+def _rootless_checks(spec: ContainerSpec) -> userns_keeper.Keeper:
+    """What a container of a user who is not root cannot have (yet), refused before anything is made; and
+    its user namespace, made now if it is not there (with the one note a user with no id range gets)."""
+    if spec.network.mode not in ("none", "host"):
+        raise UsageError("networks for containers of users who are not root are not built yet: use --network "
+                         "none (the default) or host")
+    if spec.limits.disk is not None:
+        raise UsageError("--disk needs root (it mounts a file system of its own); as a user who is not root, "
+                         "a container's writable layer is limited by your own disk quota only")
+    refusal = limit_refusal()
+    if refusal is not None and replace(spec.limits, disk=None) != Limits():  # (no delegated subtree)
+        raise CgroupError(refusal)
+    keeper = userns_keeper.ensure()
+    if keeper.note:
+        print(f"sandbox-kernel: {keeper.note}", file=sys.stderr)
+    return keeper
 
 
 def _volume_owners(spec: ContainerSpec, idmap: idmap_mod.IdMap | None) -> tuple[tuple[int, int] | None, ...]:
@@ -295,21 +316,24 @@ class _Starting(Room):
     def _create(self, spec: ContainerSpec, image: Image,
                 warm: Speculation | None = None) -> tuple[str, ContainerRecord]:
         """``create``: the id and record; with ``warm``, it takes the id and directory a warm slot prepared."""
-        if os.geteuid() != 0:  # (until the rootless work is done: docs/architecture.md)
-            raise UsageError("containers need root in this version (containers of users who are not root are "
-                             "being built); images, pull, push, save, load and tag work for every user")
+        rootless = userns_keeper.rootless()
+        keeper = _rootless_checks(spec) if rootless else None
         if spec.name is not None and (not spec.name or not all(c.isalnum() or c in "_.-" for c in spec.name)
                                       or not spec.name[0].isalnum()):
             raise UsageError(f"invalid container name {spec.name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
         from .host import check_ulimits
 
         check_ulimits(spec.ulimits)
-        mapping = _idmap(spec)
+        mapping = None if rootless else _idmap(spec)
         lowers = [str(d) for d in reversed(self.store.unpack(image, idmap=mapping))]  # top first
         cid = warm.cid if warm is not None else os.urandom(32).hex()
         name = spec.name or f"sk-{cid[:12]}"
         hostname = spec.hostname or cid[:12]
         user = users_mod.resolve(spec.user or (image.config.get("config") or {}).get("User") or "0", lowers)
+        if keeper is not None and keeper.single_id and (user.uid or user.gid or any(user.groups)):
+            raise UsageError(f"user {spec.user or user.uid} of the container is not root, and your containers get "
+                             f"one id alone (yours, as root); root gives them 65536 with: "
+                             f"{userns_keeper.how_to_add_range()}")
         record = ContainerRecord(
             id=cid, name=name, image_id=image.id, image_manifest=image.manifest_digest, idmap=mapping, spec=spec,
             cgroup=cid[:32], hostname=hostname, lowerdirs=tuple(lowers),
@@ -385,6 +409,7 @@ class _Starting(Room):
             mounts=spec.mounts,
             cwd=cwd,
             disk_dir=str(path) if spec.limits.disk is not None else None,
+            rootless=userns_keeper.rootless(),
         )
 
     def _job(self, cdir: ContainerDir, detached: bool,

@@ -21,6 +21,8 @@ anybody else, or a symlink, is refused, never used.
     ensure()      the keeper, made if there is none alive
     join(keeper)  enter its user namespace (the caller must be single-threaded)
     stop()        end the keeper (the next ensure() makes a new one)
+    host_uid()    who this process is on the host, also after join() (inside, getuid() says 0)
+    rootless()    whether this process's containers are a user's who is not root
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .idmap import SIZE, SUBGID, SUBUID, _ranges
 from .state import ProcRef
 
 NAME = "sandbox-kernel: user namespace"
+_host_uid: int | None = None  # set by join(): this process's uid on the host
 
 # The keeper: forks away (so that it is nobody's child: no zombie in a long-lived caller), unshares a user
 # namespace, says so with its pid, waits for its maps, then becomes `sleep infinity` (a small process to keep
@@ -138,15 +141,23 @@ def _map(pid: int, note_parts: list[str]) -> None:
     Path(f"/proc/{pid}/setgroups").write_text("deny")
     Path(f"/proc/{pid}/uid_map").write_text(f"0 {uid} 1")
     Path(f"/proc/{pid}/gid_map").write_text(f"0 {gid} 1")
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = str(uid)
     missing = "newuidmap and newgidmap (Debian's uidmap)" if not all(helpers) else \
-        f"a range of ids for {user} in /etc/subuid and /etc/subgid"
+        f"range of ids for {_user_name()} in /etc/subuid and /etc/subgid"
     note_parts.append(f"containers get one id (yours, as root) because there is no {missing}: images with other "
-                      f"users and apt-get need it (as root: apt-get install uidmap; usermod --add-subuids "
-                      f"100000-165535 --add-subgids 100000-165535 {user})")
+                      f"users and apt-get need it (as root: {how_to_add_range()})")
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def how_to_add_range() -> str:
+    """What root runs once so that the caller's containers get 65536 ids."""
+    return (f"apt-get install uidmap; usermod --add-subuids 100000-165535 --add-subgids 100000-165535 "
+            f"{_user_name()}")
 
 
 def _make(directory: Path) -> Keeper:
@@ -211,16 +222,42 @@ def ensure() -> Keeper:
         return _alive(directory) or _make(directory)
 
 
-def join(keeper: Keeper) -> None:
+def joined_as(uid: int) -> None:
+    """Say that this process is in the keeper's namespace already (exec'ed there by one that joined it as
+    ``uid``: launcher.serve)."""
+    global _host_uid
+    _host_uid = uid
+
+
+def host_uid() -> int:
+    """This process's effective uid on the host (inside the keeper's namespace getuid() says 0)."""
+    return os.geteuid() if _host_uid is None else _host_uid
+
+
+def rootless() -> bool:
+    """Whether this process works for a user who is not root (also once it joined the keeper)."""
+    return host_uid() != 0
+
+
+def joined() -> bool:
+    """Whether this process is in its keeper's namespace (where host files of others show as nobody's)."""
+    return _host_uid is not None
+
+
+def join(keeper: Keeper | int) -> None:
     """Enter the keeper's user namespace: the caller is root there from now on. Single-threaded callers only
-    (the kernel refuses a process with other threads)."""
-    fd = os.open(f"/proc/{keeper.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    (the kernel refuses a process with other threads). Whatever checks host paths must run before."""
+    global _host_uid
+    pid = keeper if isinstance(keeper, int) else keeper.pid
+    uid = os.geteuid()
+    fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     try:
         sc.setns(fd, sc.CLONE_NEWUSER)
     except OSError as exc:
-        raise UserNamespaceError(f"cannot join the user namespace of keeper {keeper.pid}: {exc.strerror}") from None
+        raise UserNamespaceError(f"cannot join the user namespace of keeper {pid}: {exc.strerror}") from None
     finally:
         os.close(fd)
+    _host_uid = uid
 
 
 def stop() -> bool:

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from .. import idmap as idmap_mod
 from .. import syscalls
@@ -90,7 +90,7 @@ class _Extractor:
         limits: ExtractLimits,
         trusted: bool,
         whiteouts: WhiteoutMode,
-        chown: bool,
+        chown: bool | Literal["mapped"],
         idmap: IdMap | None = None,
     ):
         self.root_fd = root_fd
@@ -327,7 +327,7 @@ class _Extractor:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         try:
             if self.chown:
-                os.fchown(fd, member.uid, member.gid)
+                self.set_owner(member, fd)
             os.fchmod(fd, self.mode_of(member))
             self.set_xattrs(fd, member)
         finally:
@@ -362,7 +362,7 @@ class _Extractor:
                 if not reader.copy_to(fd, member.size):
                     raise LayerError("unexpected end of data", entry=entry, rule="corrupt")
             if self.chown:
-                os.fchown(fd, member.uid, member.gid)  # (clears setuid bits: chmod comes after)
+                self.set_owner(member, fd)  # (clears setuid bits: chmod comes after)
             if not direct:
                 os.fchmod(fd, mode)
             self.set_xattrs(fd, member)
@@ -386,9 +386,22 @@ class _Extractor:
             lambda: os.link(target[-1], name, src_dir_fd=src_parent, dst_dir_fd=parent, follow_symlinks=False),
         )
 
+    def set_owner(self, member: tarfile.TarInfo, fd: int | None = None, parent: int | None = None,
+                  name: str = "") -> None:
+        """The entry's owner; with ``chown="mapped"`` an owner this user namespace has no id for (it maps one
+        id alone) is left as it is (the unpacker's: the container's root), as rootless podman does."""
+        try:
+            if fd is not None:
+                os.fchown(fd, member.uid, member.gid)
+            else:
+                os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+        except OSError as exc:
+            if self.chown != "mapped" or exc.errno != errno.EINVAL:
+                raise
+
     def owner_times(self, parent: int, name: str, member: tarfile.TarInfo, symlink: bool = False) -> None:
         if self.chown:
-            os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+            self.set_owner(member, parent=parent, name=name)
         if not symlink:
             os.chmod(name, self.mode_of(member), dir_fd=parent)  # a fifo we just made
         os.utime(name, ns=_times(member), dir_fd=parent, follow_symlinks=False)
@@ -533,7 +546,7 @@ def _apply_stream(
     limits: ExtractLimits,
     trusted: bool,
     whiteouts: WhiteoutMode,
-    chown: bool,
+    chown: bool | Literal["mapped"],
     idmap: IdMap | None = None,
 ) -> ExtractResult:
     prefetch = _Prefetcher(decompressed(src))
@@ -577,13 +590,14 @@ def extract_layer(
     limits: ExtractLimits = ExtractLimits(),
     trusted: bool = False,
     whiteouts: WhiteoutMode = "overlay",
-    chown: bool | None = None,
+    chown: bool | Literal["mapped"] | None = None,
     idmap: IdMap | None = None,
 ) -> ExtractResult:
     """Unpack one layer into the new directory ``target`` (which must not exist).
 
     ``idmap``: owners as containers with that map see them on the host (only
-    when owners are set at all: ``chown``, by default as root). On any error
+    when owners are set at all: ``chown``, by default as root; ``"mapped"``:
+    an owner this user namespace has no id for stays the unpacker's). On any error
     ``target`` is removed again, so a rejected layer leaves nothing.
     """
     target = Path(target)

@@ -5,11 +5,14 @@
                                   (annotation org.opencontainers.image.ref.name
                                   = the full reference, docker.io/library/x:y)
       blobs/sha256/HEX            content-addressed blobs
-      layers/HEX[-trusted][-mUID-GID]/
+      layers/HEX[-trusted][-mUID-GID][-userns[1]]/
                                   each layer unpacked once per id map, an overlay
                                   lowerdir: with its owners as the host sees them in
                                   containers whose root is host UID:GID (idmap.py);
-                                  without the suffix, with the layer's own owners
+                                  without the suffix, with the layer's own owners;
+                                  -userns: unpacked in the user namespace of a user
+                                  who is not root (inside.py); -userns1: one that
+                                  maps one id
       l/SHORT -> ../layers/NAME   short names for overlay's options (a deep chain of snapshots)
       tmp/                        writes in flight
       locks/                      flock files
@@ -46,6 +49,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from .. import idmap as idmap_mod
+from .. import userns_keeper
 from ..errors import BlobError, ImageInUse, ImageNotFound, ReferenceFormatError, StoreError, UserNamespaceError
 from ..fsutil import private_dir, remove_quietly, unsafe_ancestor
 from . import media
@@ -57,6 +61,7 @@ from .ref import Reference, digest_hex, looks_like_id, parse_reference, validate
 
 CHUNK = 1 << 20
 DEFAULT_MAP = "default"  # the id map of this caller's containers (idmap.default), for layer_dir and unpack
+ROOTLESS_SUFFIX = "-userns"  # a layer unpacked in the namespace of a user who is not root (inside.py)
 PRIVATE_DIRS = ("blobs", "blobs/sha256", "layers", "l", "tmp", "locks", "containers", "containers/names",
                 "networks")
 
@@ -191,6 +196,21 @@ def _publish_dir(tmp: Path, target: Path) -> None:
         if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
             raise
         remove_quietly(tmp)
+
+
+def _unpack_inside(tmp: str, target: str, diff_id: str, limits: ExtractLimits, single_id: bool,
+                   blob_fd: int) -> ExtractResult:
+    """A layer of a user who is not root, unpacked in its user namespace (inside.py): owners as the image
+    says, so ids of the user's range on the host (``single_id``: a namespace of one id, where other owners
+    stay root's); opaque directories in the form overlay reads there (``userxattr``). Published by rename
+    there too (its top directory may be an id of the range's)."""
+    from .layers import extract_layer
+
+    with os.fdopen(os.dup(blob_fd), "rb") as fh:
+        result = extract_layer(fh, tmp, expected_diff_id=diff_id, limits=limits, whiteouts="userxattr",
+                               chown="mapped" if single_id else True)
+    _publish_dir(Path(tmp), Path(target))
+    return result
 
 
 def _create_private(path: Path) -> BinaryIO:
@@ -663,6 +683,8 @@ class Store:
         """Where layer ``diff_id`` is unpacked for containers with ``idmap`` (None: with the layer's own owners)."""
         mapping = self._map(idmap)
         suffix = ("-trusted" if trusted else "") + (mapping.suffix if mapping is not None else "")
+        if userns_keeper.rootless():  # owners of the user's range, opaque dirs as user.overlay.* xattrs
+            suffix += ROOTLESS_SUFFIX + ("1" if userns_keeper.ensure().single_id else "")
         return self.root / "layers" / (digest_hex(diff_id) + suffix)
 
     def unpack(self, image: Image, *, trusted: bool = False, limits: ExtractLimits | None = None,
@@ -739,6 +761,11 @@ class Store:
         tmp = self._tmp_path(".layer")
         try:
             with self.open_blob(desc["digest"]) as fh:
+                if userns_keeper.rootless():  # (its owners are ids of the user's range: set inside)
+                    from .. import inside
+
+                    return inside.call(_unpack_inside, str(tmp), str(target), diff_id, limits or ExtractLimits(),
+                                       target.name.endswith(ROOTLESS_SUFFIX + "1"), fds=(fh.fileno(),))
                 result = extract_layer(fh, tmp, expected_diff_id=diff_id, trusted=trusted,
                                        limits=limits or ExtractLimits(), idmap=idmap)
             _publish_dir(tmp, target)

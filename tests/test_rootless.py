@@ -1,0 +1,362 @@
+"""Containers of users who are not root, run by users the tests make (useradd, /etc/subuid ranges).
+
+Each test runs a script as such a user (tests/localusers.py: /usr/bin/python3 with a copy of the package it
+can read) that drives the runtime's API in its own store and prints what it saw as JSON; the test then looks
+from outside, as root: who owns what on the host, what is left. Root made the base images; the users load
+them from an archive anyone may read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from leftovers import mounts_under
+from localusers import Delegatee, LocalUser, local_user
+
+from sandbox_kernel.runtime import save
+from sandbox_kernel.runtime.cgroups import discover
+
+pytestmark = pytest.mark.root
+
+# Every script waits for one line on stdin (so that root can first put it in a delegated cgroup v2), then
+# works on its own store with `containers` and leaves what it saw in `out`, printed as JSON at the end.
+PREAMBLE = """
+import json, os, sys
+sys.stdin.readline()
+from pathlib import Path
+from sandbox_kernel.runtime import Containers, ContainerSpec, Limits, Store, load
+from sandbox_kernel.runtime.errors import SandboxError
+store = Store(Path(os.environ["XDG_DATA_HOME"]) / "sandbox-kernel")
+containers = Containers(store, warm_slots=False)
+out = {}
+
+def run(image, *argv, **options):
+    chunks = []
+    result = containers.run(ContainerSpec(image=image, command=argv, remove=True, **options), stdin=None,
+                            stdout=chunks.append, stderr=chunks.append)
+    return result.exit_code, b"".join(chunks).decode()
+
+def listing(store, digest):
+    import tarfile
+    with tarfile.open(store.blob_path(digest)) as tf:
+        return [f"{m.name} {m.type!r} {m.uid}:{m.gid} {oct(m.mode)} {m.mtime} {m.size} {m.linkname} {m.pax_headers}"
+                for m in tf]
+
+def refusal(call, *args, **kwargs):
+    try:
+        call(*args, **kwargs)
+    except SandboxError as exc:
+        return str(exc)
+    return None
+"""
+EPILOGUE = "\nprint(json.dumps(out))\n"
+
+# The same changes, rootless and as root: a directory of another owner, a removed file (a whiteout), a
+# directory of the image removed and made again (opaque), a symlink.
+STEPS = ("mkdir -p /data/sub && echo x > /data/sub/f && chown -R 1000:1000 /data && chmod 700 /data/sub && "
+         "rm /bin/ls && rm -rf /home && mkdir /home && echo y > /home/y && ln -s /data/sub/f /link")
+
+
+@dataclass(frozen=True)
+class Home:
+    """A user and the data directory its store goes in."""
+
+    user: LocalUser
+    data: Path
+
+    def run(self, script: str, *args: str, leaf: Path | None = None, timeout: float = 300) -> dict:
+        """PREAMBLE + ``script`` as the user (in the cgroup ``leaf`` first, if given); the JSON it printed."""
+        proc = self.user.popen(PREAMBLE + script + EPILOGUE, *args, env={"XDG_DATA_HOME": str(self.data)})
+        if leaf is not None:
+            (leaf / "cgroup.procs").write_text(str(proc.pid))
+        out, err = proc.communicate("go\n", timeout=timeout)
+        assert proc.returncode == 0, err
+        return json.loads(out.splitlines()[-1]) | {"stderr": err}
+
+    @property
+    def store(self) -> Path:
+        return self.data / "sandbox-kernel"
+
+
+@pytest.fixture(scope="module")
+def archives(base_store, debian_store) -> Iterator[Path]:
+    """busybox and debian-python as archives every user may read, in a directory every user may enter."""
+    top = Path(tempfile.mkdtemp(prefix="sk-rootless-"))
+    top.chmod(0o755)
+    try:
+        save(base_store, ["localhost/busybox:latest"], top / "busybox.tar")
+        save(debian_store, ["localhost/debian-python:latest"], top / "debian.tar")
+        for name in ("busybox.tar", "debian.tar"):
+            (top / name).chmod(0o644)
+        yield top
+    finally:
+        shutil.rmtree(top)
+
+
+def _home(user: LocalUser, top: Path) -> Home:
+    data = top / user.name
+    data.mkdir(mode=0o700)
+    os.chown(data, user.uid, user.gid)
+    return Home(user, data)
+
+
+def _load(home: Home, archives: Path, *names: str) -> None:
+    home.run("for name in sys.argv[1:]: load(store, name)", *(str(archives / n) for n in names))
+
+
+@pytest.fixture
+def home(archives) -> Iterator[Home]:
+    """A user with a 65536-id range, busybox loaded; at the end nothing of its containers is left."""
+    with local_user(subids=True) as user:
+        home = _home(user, archives)
+        try:
+            _load(home, archives, "busybox.tar")
+            yield home
+            assert mounts_under(home.data) == [], "no mount of a container is left"
+        finally:
+            shutil.rmtree(home.data, ignore_errors=True)  # (as root: files of the user's range too)
+
+
+def _host_owner(path: Path) -> tuple[int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid
+
+
+def test_a_user_runs_execs_stops_and_removes_containers_in_its_own_namespace(home):
+    start = home.user.subids[0]
+    proc = home.user.popen(PREAMBLE + """
+out["run"] = run("localhost/busybox", "sh", "-c", "id -u; cat /proc/self/uid_map")
+cid = containers.run_detached(ContainerSpec(image="localhost/busybox", name="c1",
+                                            command=("sh", "-c", sys.argv[1] + " && sleep 1000")))
+chunks = []
+out["exec"] = containers.exec("c1", ["sh", "-c", "id; ls -ln /data"], stdin=None, stdout=chunks.append)
+out["exec_out"] = b"".join(chunks).decode()
+out["pid1"] = containers.get("c1").state.pid
+out["dir"] = str(containers.root / cid)
+print(json.dumps(out), flush=True)
+sys.stdin.readline()  # root looks at the running container meanwhile
+out = {"stopped": containers.stop("c1", timeout=1).exit_code}
+containers.remove("c1")
+out["left"] = [c.name for c in containers.list(all=True)] + [p.name for p in containers.root.iterdir()
+                                                               if p.name != "names"]
+""" + EPILOGUE, STEPS, env={"XDG_DATA_HOME": str(home.data)})
+    try:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        first = json.loads(proc.stdout.readline())
+        code, text = first["run"]
+        assert code == 0 and text.split() == ["0", "0", str(home.user.uid), "1", "1", str(start), "65535"]
+        assert first["exec"] == 0 and first["exec_out"].startswith("uid=0(root) gid=0(root)")
+        assert "drwx------    2 1000     1000" in first["exec_out"]
+        # on the host: the container's root is the user, its uid 1000 is the range's, nothing is host root's
+        upper = Path(first["dir"]) / "upper"
+        assert _host_owner(upper / "data" / "sub" / "f") == (start + 999, start + 999)
+        status = Path(f"/proc/{first['pid1']}/status").read_text()
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+        assert set(uids) == {str(home.user.uid)}, "PID 1 runs as the user on the host"
+        assert mounts_under(home.data) == [], "its rootfs is mounted in its own namespace, not the host's"
+        out, err = proc.communicate("go\n", timeout=120)
+        assert proc.returncode == 0, err
+        second = json.loads(out)
+        assert second["stopped"] in (137, 143) and second["left"] == []
+        assert not Path(first["dir"]).exists(), "removed, files of the range's ids included"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+_COMMIT = """
+load(store, sys.argv[2])
+containers.run(ContainerSpec(image="localhost/busybox", name="s", command=("sh", "-c", sys.argv[1])), stdin=None,
+               stdout=None, stderr=None)
+out["diff"] = sorted(str(c) for c in containers.diff("s"))
+image = containers.commit("s", "localhost/snap:1")
+out["layer"], out["diff_id"] = image.layers[-1]["digest"], image.diff_ids[-1]
+out["listing"] = listing(store, out["layer"])
+containers.remove("s")
+out["run"] = run("localhost/snap:1", "sh", "-c", "ls -ln /data/sub/f; cat /home/y; ls /home; ls /bin/ls || true")
+"""
+
+
+def test_a_commit_gives_the_same_layer_rootless_and_as_root(home, archives, tmp_path):
+    """The same steps from the same image make the same layer digest in a user's namespace (userxattr
+    overlay, whiteouts and opaque directories in the forms the kernel makes there) and as root (with its id
+    range: the upper dir holds host ids, mapped back). Both run the same Python: gzip's bytes are zlib's."""
+    rootless = home.run(_COMMIT, STEPS, str(archives / "busybox.tar"))
+    proc = subprocess.run(["/usr/bin/python3", "-B", "-c", PREAMBLE + _COMMIT + EPILOGUE, STEPS,
+                           str(archives / "busybox.tar")], input="go\n", capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(home.user.readable),
+                               "XDG_DATA_HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    root = json.loads(proc.stdout.splitlines()[-1])
+    for out in (rootless, root):
+        code, text = out["run"]
+        assert code == 0 and "1000     1000" in text and "\ny\ny\nls: /bin/ls: No such file" in text, text
+        assert {"D /bin/ls", "A /data/sub/f", "A /home/y", "A /link"} <= set(out["diff"])
+    assert rootless["diff"] == root["diff"] and rootless["listing"] == root["listing"]
+    assert (rootless["diff_id"], rootless["layer"]) == (root["diff_id"], root["layer"])
+
+
+def test_a_user_with_no_id_range_gets_its_own_id_alone_and_is_told_once(archives):
+    with local_user() as user:
+        home = _home(user, archives)
+        try:
+            _load(home, archives, "debian.tar")
+            out = home.run("""
+out["first"] = run("localhost/debian-python", "sh", "-c", "id -u; cat /proc/self/uid_map; ls -ln /etc/shadow")
+out["user"] = refusal(containers.create, ContainerSpec(image="localhost/debian-python", user="nobody"))
+""")
+            again = home.run("""out["again"] = run("localhost/debian-python", "true")""")
+        finally:
+            shutil.rmtree(home.data, ignore_errors=True)
+    code, text = out["first"]
+    assert code == 0 and text.split()[:4] == ["0", "0", str(user.uid), "1"], text
+    assert " 0 0 " in text.splitlines()[-1], "a file of group shadow is root's where no other id exists"
+    note = out["stderr"].strip().splitlines()
+    assert len(note) == 1 and "containers get one id (yours, as root)" in note[0]
+    assert f"usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user.name}" in note[0]
+    assert again["again"] == [0, ""] and again["stderr"] == "", "said once, not on every run"
+    assert out["user"].startswith("user nobody of the container is not root, and your containers get one id")
+
+
+def test_a_user_with_nothing_delegated_runs_without_limits_and_is_told_why_a_limit_is_refused(home):
+    out = home.run("""
+out["plain"] = run("localhost/busybox", "echo", "ran")
+out["memory"] = refusal(run, "localhost/busybox", "true", limits=Limits(memory=64 << 20))
+cid = containers.run_detached(ContainerSpec(image="localhost/busybox", command=("sleep", "1000")))
+out["pause"] = refusal(containers.pause, cid)
+containers.remove(cid, force=True)
+out["network"] = refusal(run, "localhost/busybox", "true", network=__import__(
+    "sandbox_kernel.runtime.spec", fromlist=["NetSpec"]).NetSpec("bridge"))
+""")
+    assert out["plain"] == [0, "ran\n"]
+    how = "sudo sandbox-kernel system delegate $USER" if discover().driver == "v1" else "Delegate=yes"
+    assert how in out["memory"] and out["memory"] == out["pause"]
+    assert "networks for containers of users who are not root are not built yet" in out["network"]
+
+
+def test_user_a_cannot_see_stop_signal_or_remove_user_bs_containers(home, archives):
+    with local_user(subids=True) as other:
+        b = _home(other, archives)
+        try:
+            _load(b, archives, "busybox.tar")
+            proc = b.user.popen(PREAMBLE + """
+cid = containers.run_detached(ContainerSpec(image="localhost/busybox", name="bs", command=("sleep", "1000")))
+print(json.dumps({"pid1": containers.get(cid).state.pid, "store": str(store.root)}), flush=True)
+sys.stdin.readline()
+containers.remove(cid, force=True)
+print(json.dumps({"left": [c.name for c in containers.list(all=True)]}))
+""", env={"XDG_DATA_HOME": str(b.data)})
+            try:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                seen = json.loads(proc.stdout.readline())
+                out = home.run("""
+from sandbox_kernel.runtime.image.store import Store as S
+out["mine"] = [c.name for c in containers.list(all=True)]
+out["theirs"] = refusal(lambda: Containers(S(Path(sys.argv[1]))).list(all=True))
+try:
+    os.kill(int(sys.argv[2]), 9)
+    out["kill"] = "sent"
+except OSError as exc:
+    out["kill"] = exc.strerror
+out["proc"] = os.path.exists(f"/proc/{sys.argv[2]}/root/bin")
+""", seen["store"], str(seen["pid1"]))
+                assert out["mine"] == [] and out["theirs"].startswith("refusing the store at ")
+                assert out["kill"] == "Operation not permitted" and not out["proc"]
+                assert Path(f"/proc/{seen['pid1']}").exists(), "B's container still runs"
+                rest, err = proc.communicate("go\n", timeout=120)
+                assert proc.returncode == 0 and json.loads(rest) == {"left": []}, err
+            finally:
+                proc.kill()
+                proc.wait()
+        finally:
+            shutil.rmtree(b.data, ignore_errors=True)
+
+
+@pytest.mark.cgroups
+def test_limits_stats_pause_and_update_in_a_delegated_subtree(archives):
+    """v1 here: `sandbox-kernel system delegate`; v2 in the VM: a subtree an admin made and gave the user."""
+    with local_user(subids=True) as user:
+        delegatee = Delegatee(discover(), user)
+        home = _home(user, archives)
+        try:
+            leaf = delegatee.delegate()
+            out = home.run("""
+load(store, sys.argv[1])
+hog = ("awk", "BEGIN { s = sprintf(\\"%100000000s\\", \\"\\"); print length(s) }")  # 100 MB at once
+result = containers.run(ContainerSpec(image="localhost/busybox", command=hog, limits=Limits(memory=32 << 20)),
+                        stdin=None, stdout=None, stderr=None)
+out["oom"] = [result.exit_code, result.oom_killed]
+cid = containers.run_detached(ContainerSpec(image="localhost/busybox", name="p", limits=Limits(pids=8),
+                                            command=("sleep", "1000")))
+containers.exec("p", ["sh", "-c", "for i in $(seq 30); do sleep 100 & done"], stdin=None, stdout=None,
+                stderr=None)
+stats = containers.stats("p").usage
+out["pids"] = [stats.pids, stats.pids_limit_hits]
+containers.pause("p")
+out["paused"] = containers.get("p").state.status
+containers.resume("p")
+out["updated"] = containers.update("p", Limits(memory=100 << 20, pids=8)).memory
+out["memory"] = containers.stats("p").limits.memory
+containers.remove("p", force=True)
+""", str(archives / "busybox.tar"), leaf=leaf)
+        finally:
+            delegatee.clean()
+            shutil.rmtree(home.data, ignore_errors=True)
+    assert out["oom"] == [137, True]
+    assert out["pids"][0] <= 8 and out["pids"][1] > 0
+    assert out["paused"] == "paused" and out["updated"] == out["memory"] == 100 << 20
+
+
+def test_the_magics_work_for_a_user_who_is_not_root(archives):
+    """%%container cells, %container diff/commit/run, a container's error, as a user with its own IPython."""
+    pytest.importorskip("IPython")
+    with local_user(subids=True) as user:
+        home = _home(user, archives)
+        try:
+            _load(home, archives, "debian.tar")
+            out = home.run("""
+from IPython.core.interactiveshell import InteractiveShell
+from sandbox_kernel.notebook.magics import ContainerMagics
+shell = InteractiveShell.instance()
+magics = ContainerMagics(shell, store=store)
+shell.register_magics(magics)
+seen = []
+
+class Sink:
+    def __init__(self, trusted):
+        pass
+    def stream(self, name, text):
+        seen.append([name, text])
+    def display(self, data, metadata):
+        seen.append(["display", sorted(data)])
+
+magics.sink_factory = Sink
+shell.run_cell_magic("container", "lm", "import os\\nopen('/root/made.txt', 'w').write('hi')\\nprint(os.getuid())")
+try:
+    shell.run_cell_magic("container", "lm", "1/0")
+except Exception as exc:
+    out["error"] = [type(exc).__name__, str(exc)[:200]]
+out["diff"] = [dict(r) for r in shell.run_line_magic("container", "diff lm").rows]
+out["commit"] = shell.run_line_magic("container", "commit lm localhost/lm-snap:1")
+out["run"] = shell.run_line_magic("container", "run --rm localhost/lm-snap:1 cat /root/made.txt")
+magics.shutdown()
+out["left"] = [c.name for c in containers.list(all=True)]
+out["seen"] = seen
+""", timeout=600)
+        finally:
+            shutil.rmtree(home.data, ignore_errors=True)
+    assert ["stdout", "0\n"] in out["seen"]
+    assert out["error"] == ["CellError", "division by zero"]
+    assert {"kind": "A", "path": "/root/made.txt"} in out["diff"]
+    assert out["commit"].startswith("sha256:") and out["run"] == 0 and ["stdout", "hi"] in out["seen"]
+    assert out["left"] == []

@@ -10,6 +10,9 @@ DEB_PACKAGES=(busybox-static mmdebstrap skopeo umoci zstd podman runc bubblewrap
 # The cgroup v2 part of the suite boots Debian's kernel in a VM (scripts/test-vm.sh, with virtme-ng from PyPI): qemu
 # and the kernel, without what they merely recommend (firmware for other machines, a GUI).
 VM_PACKAGES=(qemu-system-x86 linux-image-amd64)
+# The rootless tests run as users the tests make, with the system's Python (the checkout's .venv may be where they
+# cannot go): IPython for their magics.
+USER_PACKAGES=(python3-ipython)
 
 # install_missing [APT OPTION...] -- PACKAGE...: the packages not installed yet, in one apt-get call
 install_missing() {
@@ -28,7 +31,7 @@ install_missing() {
     </dev/null >/dev/null
 }
 install_missing -- "${DEB_PACKAGES[@]}"
-install_missing --no-install-recommends -- "${VM_PACKAGES[@]}"
+install_missing --no-install-recommends -- "${VM_PACKAGES[@]}" "${USER_PACKAGES[@]}"
 
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then

@@ -1,11 +1,12 @@
 """Local users that a test makes (useradd), with a copy of the package they can read: the checkout (and its
 .venv) may be under a directory other users cannot enter, so their Python is /usr/bin/python3 with the copy
-on PYTHONPATH (the runtime needs nothing outside the standard library). Removed at the end, with their
-/etc/subuid and /etc/subgid ranges."""
+on PYTHONPATH (the runtime needs nothing outside the standard library but pyroute2 for networks, copied too).
+Removed at the end, with their /etc/subuid and /etc/subgid ranges."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import pwd
 import shutil
@@ -84,6 +85,11 @@ def local_user(subids: bool = False) -> Iterator[LocalUser]:
             ranges = (start, SIZE)
         readable.chmod(0o755)
         shutil.copytree(PACKAGE, readable / "sandbox_kernel", ignore=shutil.ignore_patterns("__pycache__"))
+        for module in ("pyroute2",):  # (pure Python: what networks need, from this checkout's environment)
+            spec = importlib.util.find_spec(module)
+            if spec is not None and spec.submodule_search_locations:
+                shutil.copytree(spec.submodule_search_locations[0], readable / module,
+                                ignore=shutil.ignore_patterns("__pycache__"))
         yield LocalUser(name, entry.pw_uid, entry.pw_gid, readable, ranges)
     finally:
         kill_processes_of(entry.pw_uid)  # (a failed test's: every process of this new user is the test's)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,13 +236,10 @@ out["memory"] = refusal(run, "localhost/busybox", "true", limits=Limits(memory=6
 cid = containers.run_detached(ContainerSpec(image="localhost/busybox", command=("sleep", "1000")))
 out["pause"] = refusal(containers.pause, cid)
 containers.remove(cid, force=True)
-out["network"] = refusal(run, "localhost/busybox", "true", network=__import__(
-    "sandbox_kernel.runtime.spec", fromlist=["NetSpec"]).NetSpec("bridge"))
 """)
     assert out["plain"] == [0, "ran\n"]
     how = "sudo sandbox-kernel system delegate $USER" if discover().driver == "v1" else "Delegate=yes"
     assert how in out["memory"] and out["memory"] == out["pause"]
-    assert "networks for containers of users who are not root are not built yet" in out["network"]
 
 
 def test_user_a_cannot_see_stop_signal_or_remove_user_bs_containers(home, archives):
@@ -360,3 +359,88 @@ out["seen"] = seen
     assert {"kind": "A", "path": "/root/made.txt"} in out["diff"]
     assert out["commit"].startswith("sha256:") and out["run"] == 0 and ["stdout", "hi"] in out["seen"]
     assert out["left"] == []
+
+
+_NETWORKS = """
+from sandbox_kernel.runtime import Networks, NetSpec
+get = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {} {} | tail -1"
+nets = Networks(store.root)
+for name, options in (("n1", {}), ("n2", {}), ("wide", {"nat": True, "allow_host": True}), ("narrow", {"nat": True})):
+    nets.create(name, **options)
+web = ("sh", "-c", "mkdir /w && echo in-container > /w/index.html && exec httpd -f -p 80 -h /w")
+containers.run_detached(ContainerSpec(image="localhost/busybox", name="web", network=NetSpec("n1"),
+                                      ports=((int(sys.argv[1]), 80),), command=web))
+address = nets.endpoints("n1")[0].address
+out["by_name"] = run("localhost/busybox", "sh", "-c", get.format("web", 80), network=NetSpec("n1"))
+out["other_network"] = run("localhost/busybox", "sh", "-c", get.format(address, 80), network=NetSpec("n2"))
+out["wide"] = run("localhost/busybox", "sh", "-c", get.format("10.0.2.2", sys.argv[2]), network=NetSpec("wide"))
+out["narrow"] = run("localhost/busybox", "sh", "-c", get.format("10.0.2.2", sys.argv[2]), network=NetSpec("narrow"))
+print(json.dumps(out), flush=True)
+sys.stdin.readline()  # root fetches the published port meanwhile
+out = {}
+out["in_use"] = refusal(nets.remove, "n1")
+containers.remove("web", force=True)
+for name in ("n1", "n2", "wide", "narrow"):
+    nets.remove(name)
+out["left"] = [n.name for n in nets.list()] + [c.name for c in containers.list(all=True)]
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_users_networks_live_in_its_own_namespace_with_names_walls_nat_and_published_ports(home):
+    """Bridges and veths in the user's own network namespace (nothing on the host's), names in /etc/hosts,
+    another network walled off, outbound NAT through slirp4netns (which reaches the host's 127.0.0.1 only for
+    --allow-host), and -p on the host's 127.0.0.1 through the proxy."""
+    host = socket.socket()
+    host.bind(("127.0.0.1", 0))
+    host.listen()
+    served = threading.Thread(target=_serve, args=(host,), daemon=True)
+    served.start()
+    published = _free_port()
+    links_before = _host_links()
+    proc = home.user.popen(PREAMBLE + _NETWORKS + EPILOGUE, str(published), str(host.getsockname()[1]),
+                           env={"XDG_DATA_HOME": str(home.data)})
+    try:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        first = json.loads(line)
+        with socket.create_connection(("127.0.0.1", published), timeout=5) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reply = b"".join(iter(lambda: conn.recv(4096), b""))
+        assert _host_links() == links_before, "no bridge or veth on the host's network namespace"
+        rest, err = proc.communicate("go\n", timeout=120)
+        assert proc.returncode == 0, err
+        second = json.loads(rest)
+    finally:
+        proc.kill()
+        proc.wait()
+        host.close()
+    assert first["by_name"] == [0, "in-container\n"]
+    assert "in-container" not in first["other_network"][1], "another network's container is walled off"
+    assert first["wide"] == [0, "hello from the host\n"], "--nat --allow-host reaches the host's 127.0.0.1"
+    assert "hello" not in first["narrow"][1], "--nat alone does not reach the host's own services"
+    assert reply.endswith(b"in-container\n"), reply
+    assert "in use by container(s) web" in second["in_use"] and second["left"] == []
+
+
+def _serve(listener: socket.socket) -> None:
+    """Answer every connection with one line (what the containers of --nat --allow-host networks reach)."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nhello from the host\n")
+
+
+def _host_links() -> set[str]:
+    return set(os.listdir("/sys/class/net"))

@@ -15,7 +15,6 @@ they exist only in the container's own mount namespace and vanish with it.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 
 from .cgroups import open_cgroup, remove_empty_parents
@@ -187,9 +186,9 @@ class Containers(_Starting, _Control, _Observing, _Copying, _Removal):
         return state
 
     def _disconnect(self, cdir: ContainerDir, network: str) -> None:
-        from .network import NETNS_ENV, Networks
+        from .network import Networks
 
-        networks = Networks(self.store.root, host_netns=os.environ.get(NETNS_ENV) or "")
+        networks = Networks(self.store.root)
         with contextlib.suppress(SandboxError, OSError):
             networks.disconnect(network, cdir.id)
             networks.write_hosts(network, self.root)

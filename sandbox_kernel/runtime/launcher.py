@@ -114,9 +114,9 @@ def _run_child(kind: str, args: tuple[Any, ...], fds: list[int], parent: int) ->
 def _fork(kind: str, args: tuple[Any, ...], fds: list[int], *, reap_now: bool) -> int:
     """Run ``kind`` in a forked child with ``fds``; its pid (not a child of ours through the server).
 
-    A monitor of a user who is not root always comes from the fork server, which runs in the user's
-    namespace (see :func:`serve`)."""
-    if single_threaded() and not (kind == "monitor" and userns_keeper.rootless()):
+    A monitor or a proxy of a user who is not root always comes from the fork server, which runs in the
+    user's namespace (see :func:`serve`)."""
+    if single_threaded() and not (kind in ("monitor", "proxy") and userns_keeper.rootless()):
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
@@ -457,8 +457,8 @@ def serve(fd: int, inside: str = "") -> None:
     the cgroups delegated to the user), joins, and execs itself again with that (``inside``).
     """
     if inside:
-        uid, sealed, hierarchy = pickle.loads(bytes.fromhex(inside))
-        userns_keeper.joined_as(uid)
+        uid, keeper, sealed, hierarchy = pickle.loads(bytes.fromhex(inside))
+        userns_keeper.joined_as(uid, keeper)
         exec_helper.adopt_sealed(sealed)
         cgroups.pin(hierarchy)
     elif userns_keeper.rootless():
@@ -497,8 +497,9 @@ def serve(fd: int, inside: str = "") -> None:
 def _exec_inside(fd: int) -> None:
     """The fork server's first stage for a user who is not root (see :func:`serve`). Never returns."""
     process.preload()  # the exec helper: checked and copied while host paths still look as they are
-    state = (os.geteuid(), exec_helper.sealed_state(), cgroups.discover())
-    userns_keeper.join(userns_keeper.ensure())
+    keeper = userns_keeper.ensure()
+    state = (os.geteuid(), keeper.pid, exec_helper.sealed_state(), cgroups.discover())
+    userns_keeper.join(keeper)
     for kept in (fd, *exec_helper.kept_fds()):
         os.set_inheritable(kept, True)
     os.execv(sys.executable, [sys.executable, "-I", "-c", SERVER_MAIN, PACKAGE_PARENT, str(fd),

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from . import syscalls as sc
+from . import userns_keeper
 from .errors import ContainerError, UsageError
 from .fsutil import private_dir, write_private
 
@@ -142,21 +143,20 @@ def netns_path(netns: str) -> str:
 def joined(netns: str | None) -> Iterator[None]:
     """This thread in network namespace ``netns`` for the block (none given: where it is); then back.
 
-    setns changes only the calling thread's network namespace, so other threads are not affected.
+    setns changes only the calling thread's network namespace, so other threads are not affected. A process
+    in the user namespace of a user who is not root (a monitor, a helper of inside.py) cannot go back to the
+    host's network namespace (that takes the host's CAP_SYS_ADMIN): it stays, and needs nothing there after.
     """
     if not netns:
         yield
         return
+    if userns_keeper.joined():
+        _enter(netns)
+        yield
+        return
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        try:
-            fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise NetworkError(f"cannot open the network namespace {netns}: {exc.strerror}") from None
-        try:
-            sc.setns(fd, sc.CLONE_NEWNET)
-        finally:
-            os.close(fd)
+        _enter(netns)
         try:
             yield
         finally:
@@ -165,15 +165,50 @@ def joined(netns: str | None) -> Iterator[None]:
         os.close(home)
 
 
-def _host_netns() -> str | None:
+def _enter(netns: str) -> None:
+    try:
+        fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NetworkError(f"cannot open the network namespace {netns}: {exc.strerror}") from None
+    try:
+        sc.setns(fd, sc.CLONE_NEWNET)
+    finally:
+        os.close(fd)
+
+
+def default_netns() -> str | None:
+    """Where the bridges are: for a user who is not root, its own network namespace (its keeper's:
+    userns_keeper.py); else ``$SANDBOX_KERNEL_NETNS``, or None for the caller's."""
+    if userns_keeper.rootless():
+        return userns_keeper.ensure().netns
     return os.environ.get(NETNS_ENV) or None
+
+
+def _in_users_namespace(method: Callable[..., Any]) -> Callable[..., Any]:
+    """For a user who is not root, run ``method`` in a child inside its user namespace (inside.py): the
+    bridges, veths and nftables tables are in a network namespace that namespace owns, which only a process in
+    it may enter. (A monitor is in it already.)"""
+
+    @functools.wraps(method)
+    def call(self: Networks, *args: Any, **kwargs: Any) -> Any:
+        if not userns_keeper.rootless() or userns_keeper.joined():
+            return method(self, *args, **kwargs)
+        from . import inside
+
+        return inside.call(_call, str(self.root.parent), self.host_netns or "", method.__name__, args, kwargs)
+
+    return call
+
+
+def _call(root: str, host_netns: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return getattr(Networks(Path(root), host_netns=host_netns), name)(*args, **kwargs)
 
 
 class Networks:
     def __init__(self, root: Path, host_netns: str | None = None):
         self.root = Path(root) / "networks"
         private_dir(self.root)  # (inside the private store: the store's owner's alone, as all of it)
-        self.host_netns = host_netns if host_netns is not None else _host_netns()
+        self.host_netns = host_netns if host_netns is not None else default_netns()
 
     # -- the host side, over netlink ------------------------------------------------------------------------------
 
@@ -199,8 +234,9 @@ class Networks:
         return joined(self.host_netns)
 
     def listener(self, port: int) -> socket.socket:
-        """A listening TCP socket on 127.0.0.1:``port`` of the host namespace (``-p``); a clear error if taken."""
-        with self._in_host_netns():
+        """A listening TCP socket on 127.0.0.1:``port`` of the host namespace (``-p``); a clear error if taken.
+        (A user who is not root publishes on the host's own 127.0.0.1, not in its network namespace.)"""
+        with contextlib.nullcontext() if userns_keeper.rootless() else self._in_host_netns():
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -233,10 +269,17 @@ class Networks:
         """The network's walls, then (``--nat``) its NAT rule: a network never routes out unwalled."""
         from . import nat, walls
 
+        rootless = userns_keeper.rootless()
+        if net.nat and rootless and not userns_keeper.ensure().outbound:
+            raise NetworkError(f"network {net.name}: --nat for a user who is not root goes out through "
+                               f"slirp4netns, which is not running (as root: apt-get install slirp4netns; it starts "
+                               f"with your next user namespace)")
+        # (a user's network namespace reaches the host's 127.0.0.1 at slirp4netns's gateway: walled too)
+        host = (userns_keeper.SLIRP_GATEWAY,) if rootless else ()
         try:  # (its own lock: create() holds the IPAM lock here, and concurrent connects must not both add)
             with self._locked(".nft.lock"), self._in_host_netns():
                 try:
-                    walls.ensure(net.bridge, net.allow_host)
+                    walls.ensure(net.bridge, net.allow_host, host)
                 except nat.NatError as exc:
                     raise NetworkError(f"network {net.name}: cannot set up its firewall rules: {exc}") from None
                 if net.nat:
@@ -261,6 +304,7 @@ class Networks:
             except nat.NatError as exc:
                 raise NetworkError(f"network {net.name}: cannot remove its firewall rules: {exc}") from None
 
+    @_in_users_namespace
     def walled(self, name: str) -> int:
         """How many of network ``name``'s firewall rules are in place in the host namespace."""
         from . import walls
@@ -268,6 +312,7 @@ class Networks:
         with self._in_host_netns():
             return walls.present(self.get(name).bridge)
 
+    @_in_users_namespace
     def nat_active(self, name: str) -> bool:
         """Whether network ``name``'s outbound NAT rule is in place in the host namespace."""
         from . import nat
@@ -324,6 +369,7 @@ class Networks:
         raise NetworkError(f"no free /24 left in {POOL}: remove a network or give --subnet")
 
     @_off_the_loop
+    @_in_users_namespace
     def create(self, name: str, subnet: str | None = None, mtu: int = DEFAULT_MTU, nat: bool = False,
                allow_host: bool = False) -> Network:
         """``network create NAME [--subnet CIDR] [--nat] [--allow-host]``: the record, and its bridge in the
@@ -377,6 +423,11 @@ class Networks:
             for endpoint in self.endpoints(name):
                 if not running(endpoint.container):
                     self.disconnect(name, endpoint.container)
+        self._remove(network)
+
+    @_in_users_namespace
+    def _remove(self, network: Network) -> None:
+        name = network.name
         with self._locked():
             users = [e.name for e in self.endpoints(name)]
             if users:
@@ -445,6 +496,7 @@ class Networks:
             ipr.route("add", dst="0.0.0.0/0", gateway=network.gateway)
 
     @_off_the_loop
+    @_in_users_namespace
     def disconnect(self, name: str, container: str) -> None:
         """Take the container off the network: its veth goes (the peer with it), its address is free again."""
         record = self._dir(name) / "endpoints" / f"{container}.json"

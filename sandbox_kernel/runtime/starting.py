@@ -135,11 +135,8 @@ def _idmap(spec: ContainerSpec) -> idmap_mod.IdMap | None:
 
 
 def _rootless_checks(spec: ContainerSpec) -> userns_keeper.Keeper:
-    """What a container of a user who is not root cannot have (yet), refused before anything is made; and
+    """What a container of a user who is not root cannot have, refused before anything is made; and
     its user namespace, made now if it is not there (with the one note a user with no id range gets)."""
-    if spec.network.mode not in ("none", "host"):
-        raise UsageError("networks for containers of users who are not root are not built yet: use --network "
-                         "none (the default) or host")
     if spec.limits.disk is not None:
         raise UsageError("--disk needs root (it mounts a file system of its own); as a user who is not root, "
                          "a container's writable layer is limited by your own disk quota only")
@@ -458,7 +455,7 @@ class _Starting(Room):
     def _publish(self, cdir: ContainerDir, spec: ContainerSpec, pid1: ProcRef, listeners: list[tuple[Any, int]]
                  ) -> None:
         """Hand each listener to a proxy process that lives as long as the container's PID 1; ours are closed."""
-        from .network import NETNS_ENV
+        from .network import default_netns
 
         try:
             for sock, container_port in listeners:
@@ -467,7 +464,7 @@ class _Starting(Room):
                     return  # it is over already
                 try:
                     launcher.start_proxy((str(self.store.root), spec.network.network, cdir.id, container_port,
-                                          os.environ.get(NETNS_ENV) or None), sock.fileno(), pidfd)
+                                          default_netns()), sock.fileno(), pidfd)
                 finally:
                     os.close(pidfd)
         finally:
@@ -481,7 +478,7 @@ class _Starting(Room):
         if name is None:
             return None
         from .monitor import NetJob
-        from .network import DEFAULT_NETWORK, NETNS_ENV, NetworkError, Networks
+        from .network import DEFAULT_NETWORK, NetworkError, Networks
 
         networks = Networks(self.store.root)
         try:
@@ -491,8 +488,7 @@ class _Starting(Room):
                 raise NetworkError(f"no such network: {name} (sandbox-kernel network create {name})") from None
             with contextlib.suppress(NetworkError):  # another process may make it at the same time
                 networks.create(DEFAULT_NETWORK)
-        return NetJob(str(self.store.root), name, cdir.id, record.name, record.hostname,
-                      os.environ.get(NETNS_ENV) or None)
+        return NetJob(str(self.store.root), name, cdir.id, record.name, record.hostname, networks.host_netns)
 
     def start(self, ref: str) -> ContainerInfo:
         """Start a created (or exited) container detached: its output goes to its log. Returns once it runs."""

@@ -46,12 +46,15 @@ from .state import ProcRef
 
 NAME = "sandbox-kernel: user namespace"
 _host_uid: int | None = None  # set by join(): this process's uid on the host
+_joined_pid: int | None = None  # and the keeper whose namespace it joined
 
 # The keeper: forks away (so that it is nobody's child: no zombie in a long-lived caller), unshares a user
-# namespace, says so with its pid, waits for its maps, then becomes `sleep infinity` (a small process to keep
-# alive). Stdlib only, started with -I -S: it needs nothing of ours.
+# namespace, says so with its pid, waits for its maps, makes the user's network namespace (where its networks'
+# bridges go: network.py) with loopback up, says so, then becomes `sleep infinity` (a small process to keep
+# alive), keeping fd 3: the write end of a pipe whose read end is slirp4netns's --exit-fd. Stdlib only, started
+# with -I -S: it needs nothing of ours.
 _KEEPER = r"""
-import ctypes, os, sys
+import ctypes, fcntl, os, socket, struct, sys
 if os.fork():
     os._exit(0)
 libc = ctypes.CDLL(None, use_errno=True)
@@ -61,11 +64,20 @@ if libc.unshare(0x10000000) != 0:
 print("ready", os.getpid(), flush=True)
 if sys.stdin.readline() != "mapped\n":
     sys.exit(1)
+if libc.unshare(0x40000000) != 0:
+    print("error", os.strerror(ctypes.get_errno()), flush=True)
+    sys.exit(1)
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    flags = struct.unpack("16sH", fcntl.ioctl(sock, 0x8913, struct.pack("16sH", b"lo", 0)))[1]
+    fcntl.ioctl(sock, 0x8914, struct.pack("16sH", b"lo", flags | 1))
+print("netns", flush=True)
 null = os.open("/dev/null", os.O_RDWR)
 for fd in (0, 1, 2):
     os.dup2(null, fd)
+os.set_inheritable(3, True)
 os.execv(sys.argv[1], [sys.argv[2], "infinity"])
 """
+SLIRP_GATEWAY = "10.0.2.2"  # slirp4netns's address for the host (its 127.0.0.1: walls.py keeps containers off it)
 
 
 @dataclass(frozen=True)
@@ -76,16 +88,22 @@ class Keeper:
     uid_map: str
     gid_map: str
     note: str | None = None
+    outbound: bool = False  # slirp4netns runs for its network namespace (networks with --nat reach out)
 
     @property
     def single_id(self) -> bool:
         return len(self.uid_map.strip().splitlines()) == 1
 
+    @property
+    def netns(self) -> str:
+        """The user's network namespace, where its networks' bridges are (network.py)."""
+        return f"/proc/{self.pid}/ns/net"
+
 
 def run_dir() -> Path:
     """The caller's private run directory (made 0700 if missing; refused unless the caller's and 0700)."""
     base = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(base) / "sandbox-kernel" if base else Path(f"/tmp/sandbox-kernel-{os.getuid()}")
+    path = Path(base) / "sandbox-kernel" if base else Path(f"/tmp/sandbox-kernel-{host_uid()}")
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
     st = os.lstat(path)
@@ -110,17 +128,29 @@ def subordinate(kind: str) -> tuple[int, int] | None:
 
 
 def _alive(directory: Path) -> Keeper | None:
-    """The keeper ``keeper.pid`` names, if it still runs, is the caller's and has a user namespace of its own."""
+    """The keeper ``keeper.pid`` names, if it still runs, is the caller's and has a user namespace and a
+    network namespace of its own (one made by an earlier version, without the latter, is not used)."""
     try:
         pid, started = map(int, (directory / "keeper.pid").read_text().split())
         if not ProcRef(pid, started).alive() or os.stat(f"/proc/{pid}").st_uid != os.getuid():
             return None
-        if os.readlink(f"/proc/{pid}/ns/user") == os.readlink("/proc/self/ns/user"):
-            return None
+        for kind in ("user", "net"):
+            if os.readlink(f"/proc/{pid}/ns/{kind}") == os.readlink(f"/proc/self/ns/{kind}"):
+                return None
+        outbound = (directory / "slirp.pid").exists() and _slirp_alive(directory, pid)
         with open(f"/proc/{pid}/uid_map") as u, open(f"/proc/{pid}/gid_map") as g:
-            return Keeper(pid, u.read(), g.read())
+            return Keeper(pid, u.read(), g.read(), outbound=outbound)
     except (OSError, ValueError):
         return None
+
+
+def _slirp_alive(directory: Path, keeper: int) -> bool:
+    """Whether the slirp4netns that ``slirp.pid`` names runs for ``keeper``'s network namespace."""
+    try:
+        pid, started, target = (directory / "slirp.pid").read_text().split()
+        return ProcRef(int(pid), int(started)).alive() and int(target) == keeper
+    except (OSError, ValueError):
+        return False
 
 
 def _map(pid: int, note_parts: list[str]) -> None:
@@ -164,16 +194,19 @@ def _make(directory: Path) -> Keeper:
     sleep = shutil.which("sleep") or "/bin/sleep"
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
+    exit_r, exit_w = os.pipe()  # slirp4netns's --exit-fd: the keeper holds the write end, so it ends with it
     try:
         child = os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", "-c", _KEEPER, sleep, NAME],
                                {k: v for k, v in os.environ.items() if k in ("PATH", "LANG")},
                                file_actions=[(os.POSIX_SPAWN_DUP2, to_child_r, 0),
-                                             (os.POSIX_SPAWN_DUP2, from_child_w, 1)],
+                                             (os.POSIX_SPAWN_DUP2, from_child_w, 1),
+                                             (os.POSIX_SPAWN_DUP2, exit_w, 3)],
                                setsid=True)
         os.waitpid(child, 0)  # (it forks the keeper and ends)
     finally:
         os.close(to_child_r)
         os.close(from_child_w)
+        os.close(exit_w)
     pid = None
     try:
         with os.fdopen(from_child_r, "r") as said, os.fdopen(to_child_w, "w") as tell:
@@ -186,21 +219,89 @@ def _make(directory: Path) -> Keeper:
             notes: list[str] = []
             _map(pid, notes)
             tell.write("mapped\n")
+            tell.flush()
+            line = said.readline().split()
+            if line != ["netns"]:
+                why = " ".join(line[1:]) if line else "the keeper ended"
+                raise UserNamespaceError(f"cannot make the network namespace of your containers' networks: {why}")
+        keeper = ProcRef.of(pid)
+        if keeper is None:
+            raise UserNamespaceError("the user namespace's keeper ended as soon as it was made")
+        temporary = directory / f".keeper.pid.{os.getpid()}"
+        temporary.write_text(f"{keeper.pid} {keeper.start}\n")
+        temporary.rename(directory / "keeper.pid")
+        _start_slirp(directory, pid, exit_r)
     except BaseException:
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         raise
-    keeper = ProcRef.of(pid)
-    if keeper is None:
-        raise UserNamespaceError("the user namespace's keeper ended as soon as it was made")
-    temporary = directory / f".keeper.pid.{os.getpid()}"
-    temporary.write_text(f"{keeper.pid} {keeper.start}\n")
-    temporary.rename(directory / "keeper.pid")
+    finally:
+        os.close(exit_r)
     found = _alive(directory)
     if found is None:
         raise UserNamespaceError("the user namespace's keeper ended as soon as it was made")
-    return Keeper(found.pid, found.uid_map, found.gid_map, " ".join(notes) or None)
+    return Keeper(found.pid, found.uid_map, found.gid_map, " ".join(notes) or None, found.outbound)
+
+
+# slirp4netns, started away from the caller (a grandchild: no zombie), says its pid first. It runs in the
+# user's namespace (as podman runs it: its --enable-sandbox makes a mount namespace, which needs that) and in the
+# host's network namespace (where its traffic goes out). Argument 1: the keeper's user namespace.
+_SLIRP = r"""
+import ctypes, os, sys
+pid = os.fork()
+if pid:
+    print(pid, flush=True)
+    os._exit(0)
+null = os.open("/dev/null", os.O_RDWR)
+for fd in (0, 1, 2):
+    os.dup2(null, fd)
+if ctypes.CDLL(None, use_errno=True).setns(os.open(sys.argv[1], os.O_RDONLY), 0x10000000) != 0:
+    os._exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _start_slirp(directory: Path, keeper: int, exit_r: int) -> None:
+    """Outbound traffic for the user's networks (those made with --nat): slirp4netns, a userspace TCP/IP stack
+    on the host side, with a tap device in the keeper's network namespace (10.0.2.100, gateway 10.0.2.2);
+    it ends when the keeper does. Without slirp4netns nothing is started (network.py says what is missing)."""
+    slirp = shutil.which("slirp4netns")
+    if slirp is None:
+        return
+    ready_r, ready_w = os.pipe()
+    said_r, said_w = os.pipe()
+    argv = [slirp, "--configure", "--mtu=65520", "--enable-sandbox", "--enable-seccomp", "--netns-type=path",
+            "--exit-fd=3", "--ready-fd=4", f"/proc/{keeper}/ns/net", "tap0"]
+    try:
+        child = os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", "-c", _SLIRP, f"/proc/{keeper}/ns/user",
+                                                *argv],
+                               {k: v for k, v in os.environ.items() if k in ("PATH", "LANG")},
+                               file_actions=[(os.POSIX_SPAWN_DUP2, said_w, 1), (os.POSIX_SPAWN_DUP2, exit_r, 3),
+                                             (os.POSIX_SPAWN_DUP2, ready_w, 4)],
+                               setsid=True)
+        os.waitpid(child, 0)
+    finally:
+        for fd in (ready_w, said_w):
+            os.close(fd)
+    pid = 0
+    try:
+        import select
+
+        with os.fdopen(said_r, "r") as said:
+            pid = int(said.readline().strip() or 0)
+        found = ProcRef.of(pid) if pid > 0 else None
+        if found is None or not select.select([ready_r], [], [], 10)[0] or os.read(ready_r, 1) != b"1":
+            raise OSError("slirp4netns did not come up")
+        temporary = directory / f".slirp.pid.{os.getpid()}"
+        temporary.write_text(f"{found.pid} {found.start} {keeper}\n")
+        temporary.rename(directory / "slirp.pid")
+    except (OSError, ValueError):  # no outbound traffic then (Keeper.outbound: network.py says so at --nat)
+        if pid > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        os.close(ready_r)
 
 
 @contextlib.contextmanager
@@ -215,6 +316,9 @@ def _locked(directory: Path):
 
 def ensure() -> Keeper:
     """The caller's keeper: the live one, or a new one (``note`` then says what the user should know)."""
+    if _joined_pid is not None:  # (inside, the keeper's namespace is our own: _alive would not know it)
+        with open(f"/proc/{_joined_pid}/uid_map") as u, open(f"/proc/{_joined_pid}/gid_map") as g:
+            return Keeper(_joined_pid, u.read(), g.read(), outbound=_slirp_alive(run_dir(), _joined_pid))
     if os.geteuid() == 0:
         raise UserNamespaceError("root's containers make their own user namespaces (runtime/idmap.py)")
     directory = run_dir()
@@ -222,11 +326,11 @@ def ensure() -> Keeper:
         return _alive(directory) or _make(directory)
 
 
-def joined_as(uid: int) -> None:
-    """Say that this process is in the keeper's namespace already (exec'ed there by one that joined it as
+def joined_as(uid: int, keeper: int) -> None:
+    """Say that this process is in ``keeper``'s namespace already (exec'ed there by one that joined it as
     ``uid``: launcher.serve)."""
-    global _host_uid
-    _host_uid = uid
+    global _host_uid, _joined_pid
+    _host_uid, _joined_pid = uid, keeper
 
 
 def host_uid() -> int:
@@ -247,7 +351,7 @@ def joined() -> bool:
 def join(keeper: Keeper | int) -> None:
     """Enter the keeper's user namespace: the caller is root there from now on. Single-threaded callers only
     (the kernel refuses a process with other threads). Whatever checks host paths must run before."""
-    global _host_uid
+    global _host_uid, _joined_pid
     pid = keeper if isinstance(keeper, int) else keeper.pid
     uid = os.geteuid()
     fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
@@ -257,16 +361,17 @@ def join(keeper: Keeper | int) -> None:
         raise UserNamespaceError(f"cannot join the user namespace of keeper {pid}: {exc.strerror}") from None
     finally:
         os.close(fd)
-    _host_uid = uid
+    _host_uid, _joined_pid = uid, pid
 
 
 def stop() -> bool:
-    """End the caller's keeper, if one runs; True if it did."""
+    """End the caller's keeper, if one runs (its slirp4netns ends with it); True if it did."""
     directory = run_dir()
     with _locked(directory):
         found = _alive(directory)
-        with contextlib.suppress(FileNotFoundError):
-            (directory / "keeper.pid").unlink()
+        for name in ("keeper.pid", "slirp.pid"):
+            with contextlib.suppress(FileNotFoundError):
+                (directory / name).unlink()
         if found is None:
             return False
         with contextlib.suppress(ProcessLookupError):

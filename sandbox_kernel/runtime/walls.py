@@ -13,6 +13,7 @@ what ``nft`` would print as::
             type filter hook forward priority filter; policy accept;
             iifname "BRIDGE" oifname != "BRIDGE" oifname "skbr*" drop   # to another network
             iifname "BRIDGE" meta nfproto ipv4 ip daddr 169.254.0.0/16 drop   # unless --allow-host
+            iifname "BRIDGE" meta nfproto ipv4 ip daddr 10.0.2.2 drop         # the same, users not root
         }
     }
 
@@ -59,7 +60,7 @@ def _name(bridge: str) -> bytes:
     return bridge.encode().ljust(_IFNAMSIZ, b"\0")
 
 
-def _rules(bridge: str, allow_host: bool) -> list[tuple[str, list[Any]]]:
+def _rules(bridge: str, allow_host: bool, host: tuple[str, ...] = ()) -> list[tuple[str, list[Any]]]:
     """(chain, expressions) of every rule, in order."""
     from pyroute2.netlink.nfnetlink.nftsocket import Cmp
     from pyroute2.nftables.expressions import genex, ipv4addr, verdict
@@ -82,15 +83,18 @@ def _rules(bridge: str, allow_host: bool) -> list[tuple[str, list[Any]]]:
     rules.append(("forward", [*from_bridge, meta(_META_OIFNAME), cmp(_name(bridge), Cmp.NFT_CMP_NEQ),
                               cmp(BRIDGE_PREFIX), *verdict(_NF_DROP)]))
     if not allow_host:
-        rules.append(("forward", [*from_bridge, meta(_META_NFPROTO), cmp(bytes([NFPROTO_IPV4])),
-                                  *ipv4addr(dst=LINK_LOCAL), *verdict(_NF_DROP)]))
+        for address in (LINK_LOCAL, *(f"{a}/32" for a in host)):
+            rules.append(("forward", [*from_bridge, meta(_META_NFPROTO), cmp(bytes([NFPROTO_IPV4])),
+                                      *ipv4addr(dst=address), *verdict(_NF_DROP)]))
     return rules
 
 
-def ensure(bridge: str, allow_host: bool) -> None:
-    """The network's table with every rule (made again if missing or half made)."""
+def ensure(bridge: str, allow_host: bool, host: tuple[str, ...] = ()) -> None:
+    """The network's table with every rule (made again if missing or half made). ``host``: more addresses
+    that are the host's, reached through a route rather than as this namespace's own (slirp4netns's gateway,
+    for a user who is not root), dropped as the host's own are unless ``allow_host``."""
     table = table_name(bridge)
-    wanted = _rules(bridge, allow_host)
+    wanted = _rules(bridge, allow_host, host)
     try:
         with _nft() as nft:
             if table in tables(nft):

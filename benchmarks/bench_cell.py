@@ -118,10 +118,15 @@ def main() -> int:
     parser.add_argument("--first", type=int, default=15, help="new containers for the first-cell figure")
     parser.add_argument("--podman-runs", type=int, default=20, help="podman execs (default 20)")
     parser.add_argument("--idle", type=int, default=200, help="idle %%%%container containers for the memory figure")
+    parser.add_argument("--rootless", action="store_true",
+                        help="instead: the pass cell's overhead over native as a user the run makes and as root, "
+                             "both with the system's Python and IPython")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_cell.py needs root (containers, podman)", file=sys.stderr)
         return 1
+    if args.rootless:
+        return rootless_main(args)
     from IPython.testing.globalipapp import start_ipython
 
     from sandbox_kernel.notebook.magics import ContainerMagics
@@ -227,6 +232,44 @@ def main() -> int:
         if podman is not None:
             for problem in podman.clean():
                 print(f"podman clean-up: {problem}", file=sys.stderr)
+        remove_tree(work)
+        check.clean_and_report(work)
+    print(f"benchmark took {time.monotonic() - began:.0f} s")
+    return 0
+
+
+def rootless_main(args: argparse.Namespace) -> int:
+    """``--rootless``: a warm ``pass`` cell over a native one, as a user who is not root and as root, interleaved,
+    each in a shell of its own (the system's /usr/bin/python3 and IPython, the same copy of the package)."""
+    from benchusers import user_and_root_workers
+
+    check = HostCheck()
+    began = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="sk-bench-cell-", dir="/var/tmp"))
+    try:
+        store = Store(work / "store")
+        build(store, "debian-python")
+        archive = work / "debian-python.tar"
+        save(store, [IMAGE], archive)
+        with user_and_root_workers([archive]) as (mine, roots, user, _top):
+            print(f"rootless: user {user.name} (uid {user.uid}); {args.runs} pass cells of each kind, interleaved")
+            times: dict[str, list[float]] = {"native_rootless": [], "cell_rootless": [], "native_root": [],
+                                             "cell_root": []}
+            for worker in (mine, roots):  # warm-up (each shell's first cell makes its container)
+                for request in ("cell", "native") * 50:
+                    worker.ask(request)
+            for _ in range(args.runs):
+                for kind, worker in (("rootless", mine), ("root", roots)):
+                    times[f"native_{kind}"].append(worker.ask("native"))
+                    times[f"cell_{kind}"].append(worker.ask("cell"))
+        median = {key: statistics.median(values) * 1000 for key, values in times.items()}
+        print("a `pass` cell (median of wall-clock times, ms)")
+        for kind in ("rootless", "root"):
+            overhead = median[f"cell_{kind}"] - median[f"native_{kind}"]
+            print(f"  {'as a user who is not root' if kind == 'rootless' else 'as root':<28}native "
+                  f"{median[f'native_{kind}']:.3f}  %%container {median[f'cell_{kind}']:.3f}  overhead "
+                  f"{overhead:.3f} ms (target <= 1 ms)")
+    finally:
         remove_tree(work)
         check.clean_and_report(work)
     print(f"benchmark took {time.monotonic() - began:.0f} s")

@@ -368,10 +368,15 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5, help="runs of each peer before measuring (default 5)")
     parser.add_argument("--idle", type=int, default=200, help="idle containers for the memory figure (default 200)")
     parser.add_argument("--dir", default="/var/tmp", help="where the stores and the bundle go (one file system)")
+    parser.add_argument("--rootless", action="store_true",
+                        help="instead: ours as a user the run makes and as root (the same Python), runc as root, "
+                             "and the CLI against rootless podman")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_start.py needs root (namespaces, mounts, cgroups; runc and podman as root)", file=sys.stderr)
         return 1
+    if args.rootless:
+        return rootless_main(args)
     tools = {name: shutil.which(name) for name in ("umoci", "runc", "bwrap", "podman")}
     missing = {name: f"{name} is not installed (run scripts/setup.sh)" for name, path in tools.items() if not path}
     if "umoci" in missing:
@@ -454,6 +459,54 @@ def main() -> int:
             if podman is not None:
                 for problem in podman.clean():
                     print(f"cleanup: {problem}", file=sys.stderr)
+            check.clean_and_report(work)
+    print(f"benchmark took {time.monotonic() - began:.0f} s")
+    return 0
+
+
+def rootless_main(args: argparse.Namespace) -> int:
+    """``--rootless``: a start as a user who is not root, against root's and runc's; the CLI against podman's."""
+    from benchusers import RootlessPodman, our_cli_as, user_and_root_workers
+
+    check = HostCheck()
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="sk-bench-start-", dir=args.dir) as tmp:
+        work = Path(tmp)
+        root = work / "store"
+        archive = work / "busybox.tar"
+        try:
+            for command in (["image", "build", "busybox"], ["save", IMAGE, "-o", str(archive)]):
+                timed_command([*our_cli(), "--root", str(root), *command])
+            runc_exe, umoci = shutil.which("runc"), shutil.which("umoci")
+            with user_and_root_workers([archive]) as (mine, roots, user, top), \
+                    tempfile.TemporaryDirectory(prefix="sk-bench-runc-", dir=SHM) as state:
+                print(f"rootless: user {user.name} (uid {user.uid}, ids {user.subids}); both workers run "
+                      f"/usr/bin/python3 with the same copy of the package; {args.runs} runs after {args.warmup}")
+                rootless = Peer("ours_api_rootless", lambda: mine.ask("start"))
+                as_root = Peer("ours_api_root", lambda: roots.ask("start"))
+                runc = None
+                if runc_exe and umoci:
+                    runc = Peer("runc", runc_run(runc_exe, Path(state), prepare_bundle(umoci, archive, work)))
+                measure([p for p in (rootless, as_root, runc) if p is not None], args.runs, args.warmup)
+                podman = None
+                exe = shutil.which("podman")
+                podman_note = "podman is not installed (run scripts/setup.sh)"
+                if exe is not None:
+                    try:
+                        podman = Peer("podman_rootless", RootlessPodman(exe, user, top, top / archive.name).run_true)
+                    except subprocess.CalledProcessError as exc:
+                        podman_note = f"rootless podman does not run here: {exc}"
+                cli = Peer("ours_cli_rootless", lambda: our_cli_as(user, top / user.name))
+                measure([p for p in (cli, podman) if p is not None], args.runs, args.warmup)
+            print("start a container and run `true` (median of wall-clock times, ms)")
+            row(rootless, "sandbox-kernel API, as a user who is not root")
+            row(as_root, "sandbox-kernel API, as root (same Python)", None, rootless, "rootless/root")
+            row(runc, "runc run -b BUNDLE (as root)", "runc or umoci is not installed", rootless, "rootless/runc",
+                "(target <= 0.25x)")
+            row(cli, "sandbox-kernel run --rm (CLI), as the user")
+            row(podman, "podman run --rm --network=none, rootless", podman_note, cli, "ours/podman",
+                "(target < 1x: faster)")
+        finally:
             check.clean_and_report(work)
     print(f"benchmark took {time.monotonic() - began:.0f} s")
     return 0

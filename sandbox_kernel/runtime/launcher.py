@@ -27,6 +27,7 @@ import atexit
 import contextlib
 import os
 import pickle
+import shutil
 import signal
 import socket
 import sys
@@ -408,9 +409,14 @@ class _ForkServer:
         # from /, with only the directory this package was imported from put first on sys.path: `-m`
         # from the caller's directory would import a sandbox_kernel/ that another user planted in a
         # notebook folder (or on PYTHONPATH), as root.
+        argv = [sys.executable, "-I", "-c", SERVER_MAIN, PACKAGE_PARENT, str(theirs.fileno())]
+        kept = [theirs.fileno()]
+        if userns_keeper.rootless():  # (see serve)
+            prefix, state = _users_namespace()
+            argv = [*prefix, *argv, state]
+            kept += exec_helper.kept_fds()
         self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-            [sys.executable, "-I", "-c", SERVER_MAIN, PACKAGE_PARENT, str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True, cwd="/",
+            argv, pass_fds=kept, stdin=subprocess.DEVNULL, close_fds=True, cwd="/",
             start_new_session=True,  # not killed with the caller's process group: it cleans up after it
         )
         theirs.close()
@@ -453,16 +459,15 @@ def serve(fd: int, inside: str = "") -> None:
     joined it: the kernel lets a process join a container through PID 1's pidfd (exec) only when it may
     ptrace PID 1, and PID 1 is not dumpable, so that takes CAP_SYS_PTRACE in the namespace its memory
     belongs to, which is the one its program was exec'ed in (the host's would need the host's root). So
-    the server, started on the host, does what needs the host's view (the exec helper checked and sealed,
-    the cgroups delegated to the user), joins, and execs itself again with that (``inside``).
+    the caller does what needs the host's view (the exec helper checked and sealed, the cgroups delegated
+    to the user: :func:`_users_namespace`) and starts the server through ``nsenter --user``, with that
+    (``inside``) and the sealed helper's fd.
     """
     if inside:
         uid, keeper, sealed, hierarchy = pickle.loads(bytes.fromhex(inside))
         userns_keeper.joined_as(uid, keeper)
         exec_helper.adopt_sealed(sealed)
         cgroups.pin(hierarchy)
-    elif userns_keeper.rootless():
-        _exec_inside(fd)
     sock = socket.socket(fileno=fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt of the kernel is not for us
     signal.signal(signal.SIGCHLD, lambda *_: _reap_all())
@@ -494,16 +499,16 @@ def serve(fd: int, inside: str = "") -> None:
             return
 
 
-def _exec_inside(fd: int) -> None:
-    """The fork server's first stage for a user who is not root (see :func:`serve`). Never returns."""
+def _users_namespace() -> tuple[list[str], str]:
+    """For a user who is not root: the command that starts the fork server in the user's namespace, and what
+    it must know from the host's view (its uid, the keeper, the sealed exec helper, the delegated cgroups)."""
     process.preload()  # the exec helper: checked and copied while host paths still look as they are
     keeper = userns_keeper.ensure()
+    nsenter = shutil.which("nsenter")
+    if nsenter is None:
+        raise ContainerError("containers of users who are not root need nsenter (util-linux)")
     state = (os.geteuid(), keeper.pid, exec_helper.sealed_state(), cgroups.discover())
-    userns_keeper.join(keeper)
-    for kept in (fd, *exec_helper.kept_fds()):
-        os.set_inheritable(kept, True)
-    os.execv(sys.executable, [sys.executable, "-I", "-c", SERVER_MAIN, PACKAGE_PARENT, str(fd),
-                              pickle.dumps(state).hex()])
+    return [nsenter, f"--user=/proc/{keeper.pid}/ns/user", "--preserve-credentials", "--"], pickle.dumps(state).hex()
 
 
 def _reap_all() -> None:

@@ -188,6 +188,33 @@ out["run"] = run("localhost/snap:1", "sh", "-c", "ls -ln /data/sub/f; cat /home/
 """
 
 
+def test_a_threaded_caller_a_kernel_gets_the_same_through_its_fork_server(home):
+    """A caller with threads (a kernel, the Jupyter server) cannot fork Python safely: monitors, execs,
+    proxies and the helpers of inside.py all come from its fork server, which is in the user's namespace
+    (exec joins PID 1's namespaces without joining the user namespace again there)."""
+    out = home.run("""
+import threading
+threading.Thread(target=threading.Event().wait, daemon=True).start()  # (a kernel has threads)
+from sandbox_kernel.runtime import launcher
+assert not launcher.single_threaded()
+out["run"] = run("localhost/busybox", "id", "-u")
+busy = ("sh", "-c", sys.argv[1] + " && sleep 1000")
+containers.run_detached(ContainerSpec(image="localhost/busybox", name="t", command=busy))
+chunks = []
+out["exec"] = containers.exec("t", ["sh", "-c", "id -u; ls -ln /data"], stdin=None, stdout=chunks.append)
+out["exec_out"] = b"".join(chunks).decode()
+out["diff"] = sorted(str(c) for c in containers.diff("t"))
+out["commit"] = containers.commit("t", "localhost/t:1").id
+containers.remove("t", force=True)
+out["again"] = run("localhost/t:1", "sh", "-c", "ls -ln /data/sub/f")
+out["left"] = [c.name for c in containers.list(all=True)]
+""", STEPS)
+    assert out["run"] == [0, "0\n"] and out["exec"] == 0
+    assert out["exec_out"].startswith("0\n") and "1000     1000" in out["exec_out"]
+    assert "A /data/sub/f" in out["diff"] and out["commit"].startswith("sha256:")
+    assert out["again"][0] == 0 and "1000     1000" in out["again"][1] and out["left"] == []
+
+
 def test_a_commit_gives_the_same_layer_rootless_and_as_root(home, archives, tmp_path):
     """The same steps from the same image make the same layer digest in a user's namespace (userxattr
     overlay, whiteouts and opaque directories in the forms the kernel makes there) and as root (with its id

@@ -120,7 +120,7 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=200, help="idle %%%%container containers for the memory figure")
     parser.add_argument("--rootless", action="store_true",
                         help="instead: the pass cell's overhead over native as a user the run makes and as root, "
-                             "both with the system's Python and IPython")
+                             "both with the same Python and IPython")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_cell.py needs root (containers, podman)", file=sys.stderr)
@@ -240,7 +240,7 @@ def main() -> int:
 
 def rootless_main(args: argparse.Namespace) -> int:
     """``--rootless``: a warm ``pass`` cell over a native one, as a user who is not root and as root, interleaved,
-    each in a shell of its own (the system's /usr/bin/python3 and IPython, the same copy of the package)."""
+    each in a shell of its own (the same Python, IPython and copy of the package: benchusers.py)."""
     from benchusers import user_and_root_workers
 
     check = HostCheck()

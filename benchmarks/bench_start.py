@@ -481,7 +481,7 @@ def rootless_main(args: argparse.Namespace) -> int:
             with user_and_root_workers([archive]) as (mine, roots, user, top), \
                     tempfile.TemporaryDirectory(prefix="sk-bench-runc-", dir=SHM) as state:
                 print(f"rootless: user {user.name} (uid {user.uid}, ids {user.subids}); both workers run "
-                      f"/usr/bin/python3 with the same copy of the package; {args.runs} runs after {args.warmup}")
+                      f"the same Python with the same copy of the package; {args.runs} runs after {args.warmup}")
                 rootless = Peer("ours_api_rootless", lambda: mine.ask("start"))
                 as_root = Peer("ours_api_root", lambda: roots.ask("start"))
                 runc = None

@@ -1,7 +1,7 @@
 """Measuring for a user who is not root: a user made for the run, and workers that time one start or one cell
-per request, one working as that user and one as root, with the same Python (the system's /usr/bin/python3 and a
-copy of the package: the checkout's .venv may be where another user cannot go), so that the difference between
-them is the rootless path's and not the interpreter's.
+per request, one working as that user and one as root, with the same Python (tests/localusers.py's: the
+system's Python with the package's dependencies, and a copy of the package: the checkout's .venv may be where
+another user cannot go), so that the difference between them is the rootless path's and not the interpreter's.
 
 The user is made as the tests make theirs (tests/localusers.py: useradd, a 65536-id range, removed at the end
 with every process of it). ``--rootless`` of bench_start.py and bench_cell.py use this.
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from localusers import LocalUser, local_user
+from localusers import PYTHON, LocalUser, local_user
 
 # One request per line on stdin: "start" (a foreground `run --rm` of `true`, warm slots on as in a kernel; the
 # slot the last start left is awaited untimed first, as between two cells), "native" (a `pass` cell), "cell" (a
@@ -91,7 +91,7 @@ class Worker:
     def __init__(self, user: LocalUser | None, readable: Path, data: Path, archives: list[Path]):
         env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(readable), "XDG_DATA_HOME": str(data),
                "HOME": str(data)}
-        argv = ["/usr/bin/python3", "-B", "-c", WORKER, *map(str, archives)]
+        argv = [PYTHON, "-B", "-c", WORKER, *map(str, archives)]
         ids = {} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": []}
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
                                      env=env, **ids)  # type: ignore[call-overload]
@@ -174,10 +174,10 @@ class RootlessPodman:
 
 
 def our_cli_as(user: LocalUser, data: Path) -> float:
-    """``sandbox-kernel run --rm`` of `true` as ``user`` (the system's Python and the package copy)."""
+    """``sandbox-kernel run --rm`` of `true` as ``user`` (the users' Python and the package copy)."""
     code = "import runpy, sys; sys.argv[0] = 'sandbox-kernel'; runpy.run_module('sandbox_kernel', run_name='__main__')"
     begin = time.perf_counter()
-    subprocess.run(["/usr/bin/python3", "-B", "-c", code, "run", "--rm", "localhost/busybox:latest", "true"],
+    subprocess.run([PYTHON, "-B", "-c", code, "run", "--rm", "localhost/busybox:latest", "true"],
                    user=user.uid, group=user.gid, extra_groups=[], cwd="/", check=True, stdin=subprocess.DEVNULL,
                    env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(user.readable), "XDG_DATA_HOME": str(data)})
     return time.perf_counter() - begin

@@ -1,12 +1,11 @@
 """Local users that a test makes (useradd), with a copy of the package they can read: the checkout (and its
-.venv) may be under a directory other users cannot enter, so their Python is /usr/bin/python3 with the copy
-on PYTHONPATH (the runtime needs nothing outside the standard library but pyroute2 for networks, copied too).
-Removed at the end, with their /etc/subuid and /etc/subgid ranges."""
+.venv) may be under a directory other users cannot enter, so their Python is a venv of the system's Python
+with the package's dependencies that scripts/setup.sh makes readable by everyone (USERS_VENV), the copy on
+PYTHONPATH. Removed at the end, with their /etc/subuid and /etc/subgid ranges."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import pwd
 import shutil
@@ -23,6 +22,10 @@ from pathlib import Path
 from leftovers import wait_for
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sandbox_kernel"
+# The users' Python: a venv of the system's Python with the package's dependencies, readable by everyone
+# (scripts/setup.sh makes it: the checkout's .venv may be where they cannot go); else the system's Python.
+USERS_VENV = Path("/var/cache/sandbox-kernel/users-venv")
+PYTHON = str(USERS_VENV / "bin" / "python") if (USERS_VENV / "bin" / "python").exists() else "/usr/bin/python3"
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class LocalUser:
 
     def popen(self, code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         """``python3 -c code args`` as this user (no other groups), text pipes on stdin, stdout and stderr."""
-        return subprocess.Popen(["/usr/bin/python3", "-B", "-c", code, *args], user=self.uid, group=self.gid,
+        return subprocess.Popen([PYTHON, "-B", "-c", code, *args], user=self.uid, group=self.gid,
                                 extra_groups=[], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, cwd="/",
                                 env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(self.readable), **(env or {})})
@@ -85,11 +88,6 @@ def local_user(subids: bool = False) -> Iterator[LocalUser]:
             ranges = (start, SIZE)
         readable.chmod(0o755)
         shutil.copytree(PACKAGE, readable / "sandbox_kernel", ignore=shutil.ignore_patterns("__pycache__"))
-        for module in ("pyroute2",):  # (pure Python: what networks need, from this checkout's environment)
-            spec = importlib.util.find_spec(module)
-            if spec is not None and spec.submodule_search_locations:
-                shutil.copytree(spec.submodule_search_locations[0], readable / module,
-                                ignore=shutil.ignore_patterns("__pycache__"))
         yield LocalUser(name, entry.pw_uid, entry.pw_gid, readable, ranges)
     finally:
         kill_processes_of(entry.pw_uid)  # (a failed test's: every process of this new user is the test's)

@@ -1,9 +1,9 @@
 """Containers of users who are not root, run by users the tests make (useradd, /etc/subuid ranges).
 
-Each test runs a script as such a user (tests/localusers.py: /usr/bin/python3 with a copy of the package it
-can read) that drives the runtime's API in its own store and prints what it saw as JSON; the test then looks
-from outside, as root: who owns what on the host, what is left. Root made the base images; the users load
-them from an archive anyone may read.
+Each test runs a script as such a user (tests/localusers.py: a Python environment every user can read, with a
+copy of the package) that drives the runtime's API in its own store and prints what it saw as JSON; the test
+then looks from outside, as root: who owns what on the host, what is left. Root made the base images; the
+users load them from an archive anyone may read.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from leftovers import mounts_under
-from localusers import Delegatee, LocalUser, local_user
+from localusers import PYTHON, Delegatee, LocalUser, local_user
 
 from sandbox_kernel.runtime import save
 from sandbox_kernel.runtime.cgroups import discover
@@ -220,7 +221,7 @@ def test_a_commit_gives_the_same_layer_rootless_and_as_root(home, archives, tmp_
     overlay, whiteouts and opaque directories in the forms the kernel makes there) and as root (with its id
     range: the upper dir holds host ids, mapped back). Both run the same Python: gzip's bytes are zlib's."""
     rootless = home.run(_COMMIT, STEPS, str(archives / "busybox.tar"))
-    proc = subprocess.run(["/usr/bin/python3", "-B", "-c", PREAMBLE + _COMMIT + EPILOGUE, STEPS,
+    proc = subprocess.run([PYTHON, "-B", "-c", PREAMBLE + _COMMIT + EPILOGUE, STEPS,
                            str(archives / "busybox.tar")], input="go\n", capture_output=True, text=True, timeout=300,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(home.user.readable),
                                "XDG_DATA_HOME": str(tmp_path)})
@@ -471,3 +472,58 @@ def _serve(listener: socket.socket) -> None:
 
 def _host_links() -> set[str]:
     return set(os.listdir("/sys/class/net"))
+
+
+def test_the_server_extension_works_for_a_user_who_is_not_root(home):
+    """A Jupyter server run by the user (as JupyterHub's single-user servers are) with the extension on: its
+    REST API lists the user's images, makes, execs in, commits, stops and removes its containers."""
+    from jupyter_infra import RunningServer
+    from registry_infra import free_port
+
+    jupyter = home.data / "jupyter"
+    config = jupyter / "config"
+    config.mkdir(parents=True)
+    (config / "jupyter_server_config.json").write_text(json.dumps({"ServerApp": {"jpserver_extensions":
+                                                                                  {"sandbox_kernel": True}}}))
+    subprocess.run(["chown", "-R", f"{home.user.uid}:{home.user.gid}", str(jupyter)], check=True)
+    port, token = free_port(), os.urandom(16).hex()
+    env = {"XDG_DATA_HOME": str(home.data), "HOME": str(jupyter), "JUPYTER_CONFIG_DIR": str(config),
+           "JUPYTER_RUNTIME_DIR": str(jupyter / "runtime"), "JUPYTER_DATA_DIR": str(jupyter / "data"),
+           "JUPYTER_PLATFORM_DIRS": "1"}
+    proc = home.user.popen("import sys; from jupyter_server.serverapp import main; sys.exit(main())",
+                           "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+                           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+                           f"--ServerApp.root_dir={jupyter}", env=env)
+    server = RunningServer(f"http://127.0.0.1:{port}", token, proc, jupyter / "server.log")
+    try:
+        deadline = time.monotonic() + 60
+        while not (_up(port) and server.request("GET", "images", timeout=2)[0] == 200):
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "the user's Jupyter server did not come up"
+            time.sleep(0.2)
+        status, images = server.request("GET", "images")
+        assert status == 200 and [i["ref"] for i in images] == ["localhost/busybox:latest"]
+        status, created = server.request("POST", "containers", {
+            "image": "localhost/busybox", "name": "api", "command": ["sh", "-c", "echo made > /made; sleep 60"]})
+        assert status == 201, created
+        seen = list(server.events("containers/api/exec", {"argv": ["sh", "-c", "id -u; cat /made"]}))
+        assert "".join(d["text"] for e, d in seen if e == "stdout") == "0\nmade\n" and seen[-1] == (
+            "done", {"exit_code": 0}), seen
+        status, committed = server.request("POST", "containers/api/commit", {"reference": "localhost/api:snap"})
+        assert status == 201 and committed["id"].startswith("sha256:")
+        assert server.request("POST", "containers/api/stop", {"timeout": 1})[0] == 200
+        assert server.request("DELETE", "containers/api?force=1")[0] == 200
+        status, rows = server.request("GET", "containers")
+        assert status == 200 and rows == []
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _up(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

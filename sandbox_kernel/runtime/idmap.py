@@ -189,7 +189,8 @@ def default() -> IdMap | None:
     """The map a container of this caller gets unless it asks for ``--userns=host``.
 
     Root: :func:`remap_range` (raises when there is none). Other users: None
-    for now (they cannot run containers yet).
+    (their containers run in their own namespace, userns_keeper.py, whose ids
+    are the layers' own).
     """
     return remap_range() if os.geteuid() == 0 else None
 

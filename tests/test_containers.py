@@ -287,6 +287,42 @@ def test_create_start_and_restart(root):
         assert cli(root, "logs", "later").stdout.split()[-1] == expected, "the upper dir persists across starts"
 
 
+def test_a_start_in_progress_keeps_its_empty_cgroup_from_a_reconcile_that_read_the_state_before(root, monkeypatch):
+    """The race of a shell cell's first start (seen on a fresh machine): its caller polls ``get`` while the
+    monitor writes STARTING and makes the container's (still empty) cgroup; a reconcile that read CREATED a
+    moment before took that cgroup for a dead slot's stray and removed it, and the start failed with "cannot set
+    cgroup.procs ... No such file or directory". The state is read again under the lock now."""
+    from sandbox_kernel.runtime.cgroups import open_cgroup
+    from sandbox_kernel.runtime.state import CREATED, STARTING, ContainerDir, State
+
+    containers = Containers(Store(root))
+    cid = containers.create(ContainerSpec(image=BUSYBOX, command=("true",)))
+    cdir = ContainerDir(containers.root / cid)
+    cgroup = open_cgroup(cid[:32])
+    with cdir.locked() as state:  # what the monitor does before it makes the cgroup
+        state.status = STARTING
+    cgroup.create()
+    try:
+        real, reads = ContainerDir.read_state, []
+
+        def stale_first(self: ContainerDir) -> State:  # the reconcile's first read, made a moment before
+            reads.append(1)
+            return State(status=CREATED) if len(reads) == 1 else real(self)
+
+        monkeypatch.setattr(ContainerDir, "read_state", stale_first)
+        containers._reconcile(cdir)
+        monkeypatch.undo()
+        assert cgroup.exists(), "the starting container's cgroup is still there"
+        with cdir.locked() as state:  # a created container's empty cgroup is a stray, and goes
+            state.status = CREATED
+        containers._reconcile(cdir)
+        assert not cgroup.exists()
+    finally:
+        monkeypatch.undo()
+        cgroup.remove()
+        containers.remove(cid, force=True)
+
+
 # -- crashes -------------------------------------------------------------------------------------------------------
 
 def _overlays(root: Path) -> int:

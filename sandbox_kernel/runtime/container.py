@@ -195,8 +195,15 @@ class Containers(_Starting, _Control, _Observing, _Copying, _Removal):
 
     def _drop_stray_cgroup(self, cdir: ContainerDir) -> None:
         """A created container has no cgroup, but one whose warm-slot monitor died as it started may
-        have an empty one left; a cgroup with processes in it is a start in progress and stays."""
+        have an empty one left; a cgroup with processes in it is a start in progress and stays.
+
+        The state is read again under the container's lock: a monitor writes STARTING under it before it
+        makes the cgroup, so a state read a moment earlier (CREATED) may be stale by now, and the empty
+        cgroup the start is about to fill is not a stray (a shell cell's start polls ``get`` meanwhile)."""
         cgroup = open_cgroup(cdir.id[:32])
         with contextlib.suppress(CgroupError, OSError):
-            if cgroup.exists() and not cgroup.procs():
-                cgroup.remove()
+            if not cgroup.exists():
+                return
+            with cdir.locked() as state:
+                if state.status == CREATED and not cgroup.procs():
+                    cgroup.remove()

@@ -216,6 +216,41 @@ out["left"] = [c.name for c in containers.list(all=True)]
     assert out["again"][0] == 0 and "1000     1000" in out["again"][1] and out["left"] == []
 
 
+def test_cp_in_and_out_of_a_running_and_a_stopped_container(home):
+    """cp works in the user's namespace: through a running container's PID 1, and through a stopped one's
+    overlay mounted in a mount namespace of the user's own (userxattr). Copies out are the user's files."""
+    out = home.run("""
+here = Path(os.environ["XDG_DATA_HOME"])
+(here / "in.txt").write_text("from the host\\n")
+cid = containers.run_detached(ContainerSpec(image="localhost/busybox", name="c", command=("sh", "-c",
+    "echo mine > /mine && chown 1000:1000 /mine && chmod 600 /mine && sleep 1000")))
+import time
+deadline = time.monotonic() + 30
+while containers.exec("c", ["test", "-e", "/mine"], stdin=None, stdout=None, stderr=None):
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+out["in_running"] = containers.copy_to("c", here / "in.txt", "/in.txt").files
+out["out_running"] = containers.copy_from("c", "/mine", here / "mine.txt").files
+containers.stop("c", timeout=1)
+out["in_stopped"] = containers.copy_to("c", here / "in.txt", "/in2.txt", keep_owners=True).files
+out["out_stopped"] = containers.copy_from("c", "/in2.txt", here / "back.txt").files
+containers.start("c")
+chunks = []
+containers.exec("c", ["ls", "-ln", "/in.txt", "/in2.txt", "/mine"], stdin=None, stdout=chunks.append)
+out["listing"] = b"".join(chunks).decode()
+containers.remove("c", force=True)
+out["dir"] = str(containers.root / cid)
+""")
+    assert [out[k] for k in ("in_running", "out_running", "in_stopped", "out_stopped")] == [1, 1, 1, 1]
+    for name, text in (("mine.txt", "mine\n"), ("back.txt", "from the host\n")):
+        assert (home.data / name).read_text() == text
+        assert _host_owner(home.data / name) == (home.user.uid, home.user.gid), "a copy out is the user's"
+    lines = {line.split()[-1]: line.split()[2:4] for line in out["listing"].splitlines()}
+    # copies in are the container's root's; -a keeps the owner the file has (the user: root inside)
+    assert lines == {"/in.txt": ["0", "0"], "/in2.txt": ["0", "0"], "/mine": ["1000", "1000"]}, out["listing"]
+    assert not Path(out["dir"]).exists()
+
+
 def test_a_commit_gives_the_same_layer_rootless_and_as_root(home, archives, tmp_path):
     """The same steps from the same image make the same layer digest in a user's namespace (userxattr
     overlay, whiteouts and opaque directories in the forms the kernel makes there) and as root (with its id

@@ -23,17 +23,15 @@ no device node is copied in.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import syscalls
+from . import syscalls, userns_keeper
 from .errors import ContainerError, UsageError
 from .fsutil import open_beneath
 from .room import Room
@@ -94,15 +92,19 @@ class _Root:
         return cls(fd, record)
 
     @classmethod
-    def of_stopped(cls, links: Path, names: tuple[str, ...], upper: Path, work: Path, record: ContainerRecord
-                   ) -> _Root:
+    def of_stopped(cls, links: Path, names: tuple[str, ...], upper: Path, work: Path, record: ContainerRecord,
+                   rootless: bool = False) -> _Root:
         """The overlay of a container that is not running: its layers (``names``: short links in ``links``,
-        store.short_links) under its upper dir, mounted nowhere, nosuid and nodev."""
+        store.short_links) under its upper dir, mounted nowhere, nosuid and nodev (``rootless``: in the user's
+        namespace, with the options its containers' overlays have there: rootfs.py)."""
         lower = ":".join(names)
-        options = [("lowerdir", lower)] if len(lower) <= syscalls.FSCONFIG_STRING_MAX else \
-            [("lowerdir+", name) for name in names]  # (Linux 6.5: one layer at a time)
-        options += [("upperdir", str(upper)), ("workdir", str(work)), ("index", "off"), ("redirect_dir", "off")]
-        if any(len(value) > syscalls.FSCONFIG_STRING_MAX for _, value in options):
+        options: list[tuple[str, str | None]] = [("lowerdir", lower)] \
+            if len(lower) <= syscalls.FSCONFIG_STRING_MAX else [("lowerdir+", name) for name in names]  # (6.5+)
+        options += [("upperdir", str(upper)), ("workdir", str(work)), ("index", "off"),
+                    ("redirect_dir", "nofollow" if rootless else "off")]
+        if rootless:
+            options.append(("userxattr", None))
+        if any(len(value or "") > syscalls.FSCONFIG_STRING_MAX for _, value in options):
             raise ContainerError(f"cp: the store's path is too long to mount {record.name}'s files while it is "
                                  "stopped: start it, then cp")
         result: list[int | BaseException] = []
@@ -347,36 +349,55 @@ class _Copying(Room):
 
     def copy_from(self, ref: str, path: str, dest: str | os.PathLike[str], *, follow: bool = False) -> Copied:
         """``cp CONTAINER:PATH DEST``, of a running container or a stopped one."""
-        with self._root(ref) as root:
-            return copy_out(root, path, Path(dest), follow)
+        return self._copy(ref, "out", path, str(dest), follow)
 
     def copy_to(self, ref: str, src: str | os.PathLike[str], path: str, *, keep_owners: bool = False) -> Copied:
         """``cp SRC CONTAINER:PATH`` into a running or a stopped container; the copies are its root's
         (``keep_owners``: the files' own ids, as the container sees them)."""
-        with self._root(ref) as root:
-            return copy_in(root, Path(src), path, keep_owners)
+        return self._copy(ref, "in", str(src), path, keep_owners)
 
-    @contextlib.contextmanager
-    def _root(self, ref: str) -> Iterator[_Root]:
-        """The container's root for one copy: a running one's, or a stopped one's overlay while its lock is
-        held (a start waits until the copy is done)."""
+    def _copy(self, ref: str, direction: str, *args: object) -> Copied:
+        """One copy, with the container's root: a running one's (through its PID 1), or a stopped one's overlay
+        while its lock is held (a start waits until the copy is done). A user who is not root copies in its
+        namespace (inside.py): the container's files are ids of its range, and its overlay mounts there only."""
         cdir = self._find(ref)
         state = self._reconcile(cdir)
+        rootless = userns_keeper.rootless()
         if state is not None and state.status in (RUNNING, PAUSED, STARTING):
-            root = _Root.of_running(state.pid1(), cdir.record())
-            try:
-                yield root
-            finally:
-                root.close()
-            return
+            where: tuple[object, ...] = ("running", state.pid1(), cdir.record())
+            if rootless:
+                from . import inside
+
+                return inside.call(_copy_at, where, direction, args)
+            return _copy_at(where, direction, args)
         with cdir.locked() as locked:
             if locked.status in (RUNNING, PAUSED, STARTING):  # (started meanwhile)
                 raise ContainerError(f"cp: container {ref} started while cp looked at it: try again")
             record = cdir.record()
             links, names = self.store.short_links(record.lowerdirs)
             upper, work = cdir.layer()  # (its disk attached, if it has one)
-            root = _Root.of_stopped(links, names, upper, work, record)
-            try:
-                yield root
-            finally:
-                root.close()
+            where = ("stopped", (links, names, upper, work, record, rootless))
+            if rootless:
+                from . import inside
+
+                return inside.call(_copy_at, where, direction, args)
+            return _copy_at(where, direction, args)
+
+
+def _copy_at(where: tuple[object, ...], direction: str, args: tuple[object, ...]) -> Copied:
+    """Open the container's root as ``where`` says, copy (``copy_out`` or ``copy_in`` with ``args``), close."""
+    if where[0] == "running":
+        root = _Root.of_running(where[1], where[2])  # type: ignore[arg-type]
+    else:
+        links, names, upper, work, record, rootless = where[1]  # type: ignore[misc]
+        if rootless:  # (a mount namespace of the user's own: overlay may be mounted there)
+            syscalls.unshare(syscalls.CLONE_NEWNS)
+        root = _Root.of_stopped(links, names, upper, work, record, rootless)
+    try:
+        if direction == "out":
+            path, dest, follow = args
+            return copy_out(root, str(path), Path(str(dest)), bool(follow))
+        src, path, keep = args
+        return copy_in(root, Path(str(src)), str(path), bool(keep))
+    finally:
+        root.close()

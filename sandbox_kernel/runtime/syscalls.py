@@ -158,21 +158,24 @@ def move_mount(fd: int, target_fd: int) -> None:
                         ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)), "move_mount")
 
 
+FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_STRING = 1
 FSCONFIG_CMD_CREATE = 6
 FSMOUNT_CLOEXEC = 0x1
 FSCONFIG_STRING_MAX = 255  # (the kernel copies at most 256 bytes of a value, its NUL included)
 
 
-def detached_mount(fstype: str, options: list[tuple[str, str]], attrs: int = 0) -> int:
+def detached_mount(fstype: str, options: list[tuple[str, str | None]], attrs: int = 0) -> int:
     """A new file system mounted nowhere (fsopen, fsconfig, fsmount; Linux 5.2): an fd of its root, the only
-    way to reach it, and it goes with the fd's last user. ``options``: (key, value) strings in order."""
+    way to reach it, and it goes with the fd's last user. ``options``: (key, value) strings in order; a value
+    of None sets a flag (``userxattr``)."""
     fs = _check(libc.syscall(ctypes.c_long(_UNIFIED["fsopen"]), _b(fstype), ctypes.c_uint(1)), "fsopen", fstype)
     try:
         for key, value in options:
+            kind = FSCONFIG_SET_FLAG if value is None else FSCONFIG_SET_STRING
             _check(libc.syscall(ctypes.c_long(_UNIFIED["fsconfig"]), ctypes.c_int(fs),
-                                ctypes.c_uint(FSCONFIG_SET_STRING), _b(key), _b(value), ctypes.c_int(0)),
-                   f"{fstype} option {key}", value)
+                                ctypes.c_uint(kind), _b(key), _b(value), ctypes.c_int(0)),
+                   f"{fstype} option {key}", value or "")
         _check(libc.syscall(ctypes.c_long(_UNIFIED["fsconfig"]), ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_CMD_CREATE),
                             None, None, ctypes.c_int(0)), f"make the {fstype} file system")
         return _check(libc.syscall(ctypes.c_long(_UNIFIED["fsmount"]), ctypes.c_int(fs),

@@ -121,6 +121,13 @@ def test_traceback_once(kernel):
     text = "\n".join(errors[0]["traceback"])
     assert text.count("ValueError: bad value") == 1 and "in f" in text
     assert not [s for s in of(messages, "stream") if "Traceback" in s["text"]]
+    # the container's exception type and message, as nbgrader and nbval read them
+    assert (errors[0]["ename"], errors[0]["evalue"]) == ("ValueError", "bad value")
+    assert (reply["ename"], reply["evalue"]) == ("ValueError", "bad value")
+    reply, messages = kernel.execute("%%container k\nimport nothere")
+    [error] = of(messages, "error")
+    assert (reply["ename"], error["ename"], error["evalue"]) == ("ModuleNotFoundError", "ModuleNotFoundError",
+                                                                 "No module named 'nothere'")
 
 
 def test_interrupt_sleep_and_a_sigint_ignoring_loop(kernel):

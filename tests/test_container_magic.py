@@ -213,6 +213,19 @@ def test_traceback_is_the_containers_and_shown_once(ip):
     assert run(ip, "e", "1 + 1").data["text/plain"] == "2"  # the container goes on
 
 
+def test_a_containers_exception_name_is_the_type_name_of_the_error_raised():
+    """IPython and ipykernel take a failed cell's ename from the exception's type: the container's name, then
+    (nbgrader and nbval read it), on a subclass of CellError; a name that is no identifier keeps CellError."""
+    from sandbox_kernel.notebook.session import named_error
+
+    error = named_error(CellError, "ModuleNotFoundError", "No module named 'x'", [])
+    assert type(error).__name__ == "ModuleNotFoundError" and isinstance(error, CellError)
+    assert str(error) == "No module named 'x'" and error.ename == "ModuleNotFoundError"
+    assert type(named_error(CellError, "ModuleNotFoundError", "again", [])) is type(error)
+    for bad in ("1x", "a.b", "x" * 200, "", "CellError"):
+        assert type(named_error(CellError, bad, "v", [])) is CellError
+
+
 def test_interrupt_stops_sleep_and_child_processes(ip):
     """The interrupt is sent once the cell says its child runs; the cell ends with KeyboardInterrupt (without
     it the cell would end after 60 s with no error)."""

@@ -418,7 +418,7 @@ out["seen"] = seen
         finally:
             shutil.rmtree(home.data, ignore_errors=True)
     assert ["stdout", "0\n"] in out["seen"]
-    assert out["error"] == ["CellError", "division by zero"]
+    assert out["error"] == ["ZeroDivisionError", "division by zero"]
     assert {"kind": "A", "path": "/root/made.txt"} in out["diff"]
     assert out["commit"].startswith("sha256:") and out["run"] == 0 and ["stdout", "hi"] in out["seen"]
     assert out["left"] == []

@@ -58,6 +58,7 @@ from .session import (
     OutputLimits,
     Session,
     has_python,
+    named_error,
 )
 
 DEFAULT_IMAGE = "localhost/debian-python:latest"
@@ -334,8 +335,8 @@ class ContainerMagics(Magics):
         self.cells.setdefault(args.name or "remote", []).append(cell)
         if end.get("status") != "ok":
             error = end.get("error") or {}
-            raise RemoteCellError(str(error.get("ename", "Error")), str(error.get("evalue", "")),
-                                  [str(line) for line in error.get("lines") or []])
+            raise named_error(RemoteCellError, str(error.get("ename", "Error")), str(error.get("evalue", "")),
+                              [str(line) for line in error.get("lines") or []])
         sent = end.get("outputs") or {}
         asked = [n.strip() for n in args.outputs.split(",") if n.strip()]
         if not isinstance(sent, dict) or set(sent) - set(asked):

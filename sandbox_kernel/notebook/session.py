@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..runtime import ContainerError, Containers, ContainerSpec, SandboxError, format_size
 
@@ -155,6 +155,27 @@ class CellError(SandboxError):
 
     def _render_traceback_(self) -> list[str]:
         return self.lines or [f"{self.ename}: {self.evalue}"]
+
+
+E = TypeVar("E", bound=CellError)
+_NAMED: dict[tuple[type, str], type] = {}  # (base, the container's exception name) -> its subclass
+MAX_NAMED = 256  # (names come from the container: a bounded number of classes)
+
+
+def named_error(base: type[E], ename: str, *args: Any) -> E:
+    """``base(ename, *args)``, of a subclass named as the container's exception (ModuleNotFoundError, ...):
+    IPython and ipykernel take a failed cell's ``ename`` from the type's name, and nbgrader and nbval read
+    it. A name that is no identifier, or one too many, keeps ``base``'s."""
+    name = ename if ename.isidentifier() and len(ename) <= 100 else base.__name__
+    if name == base.__name__:
+        return base(ename, *args)
+    cls = _NAMED.get((base, name))
+    if cls is None:
+        if len(_NAMED) >= MAX_NAMED:
+            return base(ename, *args)
+        cls = _NAMED[(base, name)] = type(name, (base,), {"__module__": base.__module__,
+                                                         "__doc__": f"{name}, raised in a container's cell."})
+    return cls(ename, *args)
 
 
 class CellKilled(CellError):
@@ -434,8 +455,8 @@ class Session:
                 result.result = (_dict(value.get("data")), _dict(value.get("metadata")))
             elif what == "error":
                 tb = value.get("traceback")
-                result.error = CellError(str(value.get("ename", "Error")), str(value.get("evalue", "")),
-                                         [str(line) for line in tb] if isinstance(tb, list) else [])
+                result.error = named_error(CellError, str(value.get("ename", "Error")), str(value.get("evalue", "")),
+                                           [str(line) for line in tb] if isinstance(tb, list) else [])
             elif what == "done":
                 if value.get("id") != self.counter:  # an earlier cell's, left behind when its wait broke off
                     return False

@@ -584,16 +584,21 @@ def pin(hierarchy: Hierarchy) -> None:
     _pinned = hierarchy
 
 
+def _hierarchy() -> Hierarchy:
+    """This process's hierarchy: the pinned one, else what discovery finds now."""
+    return _pinned or discover()
+
+
 def limit_refusal() -> str | None:
     """Why this caller's containers can have no memory, CPU or pids limit (nothing delegated), or None."""
     if not userns_keeper.rootless():
         return None
-    return (_pinned or discover()).refusal
+    return _hierarchy().refusal
 
 
 def open_cgroup(name: str, hierarchy: Hierarchy | None = None, fs: CgroupFS | None = None) -> Cgroup:
     """The cgroup of container ``name`` on this host (not created yet)."""
-    hierarchy = hierarchy or _pinned or discover()
+    hierarchy = hierarchy or _hierarchy()
     cls = Unlimited if hierarchy.refusal else CgroupV2 if hierarchy.driver == "v2" else CgroupV1
     return cls(name, hierarchy, fs)
 
@@ -605,7 +610,7 @@ def remove_empty_parents(hierarchy: Hierarchy | None = None, fs: CgroupFS | None
     just-removed child for a moment (EBUSY); calls that list containers sweep
     again.
     """
-    hierarchy = hierarchy or _pinned or discover()
+    hierarchy = hierarchy or _hierarchy()
     fs = fs or CgroupFS()
     for parent in hierarchy.parents():
         try:

@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import syscalls, userns_keeper
+from . import inside, syscalls, userns_keeper
 from .errors import ContainerError, UsageError
 from .fsutil import open_beneath
 from .room import Room
+from .rootfs import overlay_flags
 from .state import PAUSED, RUNNING, STARTING, ProcRef
 
 if TYPE_CHECKING:
@@ -100,10 +101,7 @@ class _Root:
         lower = ":".join(names)
         options: list[tuple[str, str | None]] = [("lowerdir", lower)] \
             if len(lower) <= syscalls.FSCONFIG_STRING_MAX else [("lowerdir+", name) for name in names]  # (6.5+)
-        options += [("upperdir", str(upper)), ("workdir", str(work)), ("index", "off"),
-                    ("redirect_dir", "nofollow" if rootless else "off")]
-        if rootless:
-            options.append(("userxattr", None))
+        options += [("upperdir", str(upper)), ("workdir", str(work)), *overlay_flags(rootless)]
         if any(len(value or "") > syscalls.FSCONFIG_STRING_MAX for _, value in options):
             raise ContainerError(f"cp: the store's path is too long to mount {record.name}'s files while it is "
                                  "stopped: start it, then cp")
@@ -362,26 +360,16 @@ class _Copying(Room):
         namespace (inside.py): the container's files are ids of its range, and its overlay mounts there only."""
         cdir = self._find(ref)
         state = self._reconcile(cdir)
-        rootless = userns_keeper.rootless()
         if state is not None and state.status in (RUNNING, PAUSED, STARTING):
-            where: tuple[object, ...] = ("running", state.pid1(), cdir.record())
-            if rootless:
-                from . import inside
-
-                return inside.call(_copy_at, where, direction, args)
-            return _copy_at(where, direction, args)
+            return inside.run(_copy_at, ("running", state.pid1(), cdir.record()), direction, args)
         with cdir.locked() as locked:
             if locked.status in (RUNNING, PAUSED, STARTING):  # (started meanwhile)
                 raise ContainerError(f"cp: container {ref} started while cp looked at it: try again")
             record = cdir.record()
             links, names = self.store.short_links(record.lowerdirs)
             upper, work = cdir.layer()  # (its disk attached, if it has one)
-            where = ("stopped", (links, names, upper, work, record, rootless))
-            if rootless:
-                from . import inside
-
-                return inside.call(_copy_at, where, direction, args)
-            return _copy_at(where, direction, args)
+            stopped = (links, names, upper, work, record, userns_keeper.rootless())
+            return inside.run(_copy_at, ("stopped", stopped), direction, args)
 
 
 def _copy_at(where: tuple[object, ...], direction: str, args: tuple[object, ...]) -> Copied:

@@ -107,12 +107,10 @@ def remove_tree(name: str | os.PathLike[str], dir_fd: int | None = None, *, miss
     try:
         _remove_tree(name, dir_fd, missing_ok)
     except PermissionError:
-        from . import userns_keeper
-
-        if dir_fd is not None or not userns_keeper.rootless() or userns_keeper.joined():
-            raise
         from . import inside
 
+        if dir_fd is not None or not inside.needed():
+            raise
         inside.call(_remove_tree, os.path.abspath(name), None, missing_ok)
 
 

@@ -24,6 +24,17 @@ from . import userns_keeper
 from .errors import SandboxError
 
 
+def needed() -> bool:
+    """Whether this process acts in its user's namespace only through :func:`call` (a user who is not root,
+    not in that namespace already: a monitor or a fork server's child is)."""
+    return userns_keeper.rootless() and not userns_keeper.joined()
+
+
+def run(func: Callable[..., Any], *args: Any, fds: tuple[int, ...] = ()) -> Any:
+    """``func(*args, *fds)`` where it has to run: here, or through :func:`call` when :func:`needed`."""
+    return call(func, *args, fds=fds) if needed() else func(*args, *fds)
+
+
 def call(func: Callable[..., Any], *args: Any, fds: tuple[int, ...] = ()) -> Any:
     """``func(*args, *fds)`` in a child inside the caller's user namespace; its result, or its error raised
     here. ``func`` must be a module-level function (it is named, not copied, to a fork server's child)."""

@@ -191,10 +191,10 @@ def _in_users_namespace(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def call(self: Networks, *args: Any, **kwargs: Any) -> Any:
-        if not userns_keeper.rootless() or userns_keeper.joined():
-            return method(self, *args, **kwargs)
         from . import inside
 
+        if not inside.needed():
+            return method(self, *args, **kwargs)
         return inside.call(_call, str(self.root.parent), self.host_netns or "", method.__name__, args, kwargs)
 
     return call

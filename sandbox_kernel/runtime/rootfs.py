@@ -275,6 +275,16 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
+def overlay_flags(rootless: bool) -> list[tuple[str, str | None]]:
+    """The overlay options besides the directories, for a container's rootfs and for cp's mount of a stopped
+    one: no index, no redirects. In the namespace of a user who is not root (``rootless``), overlay keeps its
+    own xattrs in user.* (trusted.* are the host root's: ``userxattr``) and then follows no redirect, as the
+    kernel requires (``off`` would follow them in lower layers). None: a flag without a value."""
+    if rootless:
+        return [("index", "off"), ("redirect_dir", "nofollow"), ("userxattr", None)]
+    return [("index", "off"), ("redirect_dir", "off")]
+
+
 def setup(plan: RootfsPlan, hostname: str, volume_userns: dict[tuple[int, int], int] | None = None) -> None:
     """Build the rootfs and enter it. Runs in the container's first process, as host root.
 
@@ -290,10 +300,8 @@ def setup(plan: RootfsPlan, hostname: str, volume_userns: dict[tuple[int, int], 
     # 2. The image: overlay of the layers and the container's own upper dir. The options must fit in a
     #    page: many layers are named by short links, relative to their directory (docker's overlay2 way).
     lower = ":".join(plan.lower_links if plan.lower_root else plan.lowerdirs)
-    options = f"lowerdir={lower},upperdir={plan.upperdir},workdir={plan.workdir},index=off,redirect_dir=off"
-    if plan.rootless:  # (trusted.* xattrs are the host root's: overlay keeps its own in user.* instead,
-        # and then follows no redirect, as the kernel requires: "off" would follow them in lower layers)
-        options = options.replace("redirect_dir=off", "redirect_dir=nofollow") + ",userxattr"
+    options = ",".join([f"lowerdir={lower}", f"upperdir={plan.upperdir}", f"workdir={plan.workdir}",
+                        *(key if value is None else f"{key}={value}" for key, value in overlay_flags(plan.rootless))])
     if len(options) >= MAX_MOUNT_OPTIONS or len(plan.lowerdirs) > MAX_LAYERS:
         raise ContainerError(f"the image has too many layers ({len(plan.lowerdirs)}) for overlay; "
                              "commit fewer snapshots on top of each other, or flatten the image")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import userns_keeper
+from . import inside
 from .errors import ContainerError, LayerError, SandboxError, StoreError
 from .fsutil import open_beneath
 from .image.layers import Compression, ExtractLimits, WrittenLayer, close_all, iter_tree, lower_fds, write_layer
@@ -133,12 +133,8 @@ def diff_container(cdir: ContainerDir, record: ContainerRecord, frozen: Frozen) 
     """``docker diff``: the container's changes, read while ``frozen`` holds it still (as commit reads them)."""
     try:
         with frozen:
-            args = (cdir.layer()[0], [Path(p) for p in record.lowerdirs], record.mount_points())
-            if userns_keeper.rootless():  # (its files belong to ids of the user's range: read them there)
-                from . import inside
-
-                return inside.call(diff, *args)
-            return diff(*args)
+            # (a user who is not root: its files belong to ids of the user's range, read in its namespace)
+            return inside.run(diff, cdir.layer()[0], [Path(p) for p in record.lowerdirs], record.mount_points())
     except LayerError as exc:
         raise ContainerError(f"cannot diff container {record.name}: {exc}") from None
 
@@ -192,14 +188,9 @@ def commit(store: Store, cdir: ContainerDir, record: ContainerRecord, frozen: Fr
         tmp = store._tmp_path(".commit")
         try:
             with frozen, open(tmp, "wb", opener=_private) as out:
-                if userns_keeper.rootless():  # (its files belong to ids of the user's range: read them there)
-                    from . import inside
-
-                    written = inside.call(_write_upper, upper, lowers, record.mount_points(), compression, epoch,
-                                          None, fds=(out.fileno(),))
-                else:
-                    written = _write_upper(upper, lowers, record.mount_points(), compression, epoch, record.idmap,
-                                           out.fileno())
+                # (a user who is not root: its files belong to ids of the user's range, read in its namespace)
+                written = inside.run(_write_upper, upper, lowers, record.mount_points(), compression, epoch,
+                                     record.idmap, fds=(out.fileno(),))
                 os.fsync(out.fileno())
             store.adopt(tmp, written.digest)  # hashed while written: moved in, not copied
         except LayerError as exc:

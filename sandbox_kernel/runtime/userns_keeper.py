@@ -137,11 +137,15 @@ def _alive(directory: Path) -> Keeper | None:
         for kind in ("user", "net"):
             if os.readlink(f"/proc/{pid}/ns/{kind}") == os.readlink(f"/proc/self/ns/{kind}"):
                 return None
-        outbound = (directory / "slirp.pid").exists() and _slirp_alive(directory, pid)
-        with open(f"/proc/{pid}/uid_map") as u, open(f"/proc/{pid}/gid_map") as g:
-            return Keeper(pid, u.read(), g.read(), outbound=outbound)
+        return _keeper(pid, directory)
     except (OSError, ValueError):
         return None
+
+
+def _keeper(pid: int, directory: Path) -> Keeper:
+    """Keeper ``pid`` as it is: its maps, and whether its slirp4netns runs."""
+    with open(f"/proc/{pid}/uid_map") as u, open(f"/proc/{pid}/gid_map") as g:
+        return Keeper(pid, u.read(), g.read(), outbound=_slirp_alive(directory, pid))
 
 
 def _slirp_alive(directory: Path, keeper: int) -> bool:
@@ -190,19 +194,23 @@ def how_to_add_range() -> str:
             f"{_user_name()}")
 
 
+def _spawn(script: str, args: list[str], fds: dict[int, int]) -> None:
+    """Run one of the small stdlib scripts here (``python -I -S -c``, a session of its own, ``fds`` moved to
+    the numbers given) and wait for it: each forks what it starts and ends, so nothing is left our child."""
+    child = os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", "-c", script, *args],
+                           {k: v for k, v in os.environ.items() if k in ("PATH", "LANG")},
+                           file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in fds.items()],
+                           setsid=True)
+    os.waitpid(child, 0)
+
+
 def _make(directory: Path) -> Keeper:
     sleep = shutil.which("sleep") or "/bin/sleep"
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
     exit_r, exit_w = os.pipe()  # slirp4netns's --exit-fd: the keeper holds the write end, so it ends with it
     try:
-        child = os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", "-c", _KEEPER, sleep, NAME],
-                               {k: v for k, v in os.environ.items() if k in ("PATH", "LANG")},
-                               file_actions=[(os.POSIX_SPAWN_DUP2, to_child_r, 0),
-                                             (os.POSIX_SPAWN_DUP2, from_child_w, 1),
-                                             (os.POSIX_SPAWN_DUP2, exit_w, 3)],
-                               setsid=True)
-        os.waitpid(child, 0)  # (it forks the keeper and ends)
+        _spawn(_KEEPER, [sleep, NAME], {0: to_child_r, 1: from_child_w, 3: exit_w})  # (it forks the keeper)
     finally:
         os.close(to_child_r)
         os.close(from_child_w)
@@ -274,13 +282,7 @@ def _start_slirp(directory: Path, keeper: int, exit_r: int) -> None:
     argv = [slirp, "--configure", "--mtu=65520", "--enable-sandbox", "--enable-seccomp", "--netns-type=path",
             "--exit-fd=3", "--ready-fd=4", f"/proc/{keeper}/ns/net", "tap0"]
     try:
-        child = os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", "-c", _SLIRP, f"/proc/{keeper}/ns/user",
-                                                *argv],
-                               {k: v for k, v in os.environ.items() if k in ("PATH", "LANG")},
-                               file_actions=[(os.POSIX_SPAWN_DUP2, said_w, 1), (os.POSIX_SPAWN_DUP2, exit_r, 3),
-                                             (os.POSIX_SPAWN_DUP2, ready_w, 4)],
-                               setsid=True)
-        os.waitpid(child, 0)
+        _spawn(_SLIRP, [f"/proc/{keeper}/ns/user", *argv], {1: said_w, 3: exit_r, 4: ready_w})
     finally:
         for fd in (ready_w, said_w):
             os.close(fd)
@@ -317,8 +319,7 @@ def _locked(directory: Path):
 def ensure() -> Keeper:
     """The caller's keeper: the live one, or a new one (``note`` then says what the user should know)."""
     if _joined_pid is not None:  # (inside, the keeper's namespace is our own: _alive would not know it)
-        with open(f"/proc/{_joined_pid}/uid_map") as u, open(f"/proc/{_joined_pid}/gid_map") as g:
-            return Keeper(_joined_pid, u.read(), g.read(), outbound=_slirp_alive(run_dir(), _joined_pid))
+        return _keeper(_joined_pid, run_dir())
     if os.geteuid() == 0:
         raise UserNamespaceError("root's containers make their own user namespaces (runtime/idmap.py)")
     directory = run_dir()

@@ -35,10 +35,6 @@ with tempfile.TemporaryDirectory() as d:
 
 scratch=$(mktemp -d /var/tmp/sk-vm.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
-# The guest's files: an ext4 of its own (a sparse file here, a disk there). Not a tmpfs: idmapped mounts of
-# a tmpfs need Linux 6.3, and the containers' --disk files need room that a tmpfs in 4 GiB of RAM has not.
-truncate -s 40G "$scratch/tmp.img"
-mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$scratch/tmp.img"
 printf '%q ' "$@" > "$scratch/args"
 # only the files that hold marked tests: collecting the others (Jupyter, schemathesis) takes minutes under TCG
 files=$(grep -l "pytest.mark.cgroups" tests/test_*.py | tr '\n' ' ')
@@ -66,6 +62,9 @@ for file in /etc/passwd /etc/group /etc/shadow /etc/gshadow /etc/subuid /etc/sub
     cp "\$file" \$work/copy && umount "\$file" && cat \$work/copy > "\$file"
   fi
 done
+# the kernel's own warnings, for the case where the guest stops making progress (see below)
+{ dmesg --follow --level=emerg,alert,crit,err,warn 2>/dev/null |
+  grep --line-buffered -E "stall|lockup|LOCKUP|blocked for more than|BUG:|Oops" > "$scratch/kernel.log"; } &
 echo "test-vm: guest up \$(( \$(date +%s) - $started )) s after the start"
 export PYTHONDONTWRITEBYTECODE=1 HOME=\$work/home TMPDIR=\$work/tmp SANDBOX_KERNEL_CACHE="${SANDBOX_KERNEL_CACHE:-$HOME/.cache/sandbox-kernel}"
 mkdir -p \$HOME \$TMPDIR
@@ -77,7 +76,26 @@ echo "test-vm: pytest done \$(( \$(date +%s) - $started )) s after the start"
 EOF
 # (through a pipe: qemu opens its console output anew, which truncates a log file that stdout is; /etc is
 # writable in the guest alone, for the users the delegation tests make)
-PATH="$repo/.venv/bin:$PATH" vng --disable-kvm -r "$kernel" --rwdir "$scratch" --memory 4G --cpus "$(nproc)" \
-  --overlay-rwdir /etc --disk "$scratch/tmp.img" --exec "bash $scratch/inner.sh" </dev/null 2>&1 | cat || true
+# A guest under emulation has stopped making progress as a whole once (its clock too, so pytest's per-test
+# timeout never fired): scripts/vm_watch.py ends a guest that prints nothing for longer than that timeout, and
+# the part runs once more, saying so; a test that hangs twice fails. The guest's kernel warnings (stalls,
+# lockups, hung tasks) go to a file that is shown then.
+for attempt in 1 2; do
+  rm -f "$scratch/status" "$scratch/kernel.log" "$scratch/tmp.img"
+  # The guest's files: an ext4 of its own (a sparse file here, a disk there), new for each attempt. Not a
+  # tmpfs: idmapped mounts of a tmpfs need Linux 6.3, and the containers' --disk files need room that a tmpfs
+  # in 4 GiB of RAM has not.
+  truncate -s 40G "$scratch/tmp.img"
+  mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$scratch/tmp.img"
+  watch=0
+  PATH="$repo/.venv/bin:$PATH" .venv/bin/python scripts/vm_watch.py 900 \
+    vng --disable-kvm -r "$kernel" --rwdir "$scratch" --memory 4G --cpus "$(nproc)" \
+    --overlay-rwdir /etc --disk "$scratch/tmp.img" --exec "bash $scratch/inner.sh" | cat || watch=$?
+  [ "$watch" = 124 ] || break
+  if [ -s "$scratch/kernel.log" ]; then
+    { echo "test-vm: the guest's kernel said:"; tail -n 40 "$scratch/kernel.log"; } >&2
+  fi
+  if [ "$attempt" = 1 ]; then echo "test-vm: starting the VM part once more" >&2; fi
+done
 status=$(cat "$scratch/status" 2>/dev/null || echo 1)
 exit "$status"

@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # gcc and libc6-dev: the runtime compiles its small exec helper (sandbox_kernel/runtime/sk_exec.c).
 # chromium: the panel's browser test drives Debian's chromium with Playwright (no browser download).
+# python3-ipykernel: benchmarks/bench_kernel.py's plain kernel, the same ipykernel as the sandboxed kernel's image.
 DEB_PACKAGES=(busybox-static mmdebstrap skopeo umoci zstd podman runc bubblewrap gcc libc6-dev docker-registry chromium uidmap
-  slirp4netns python3-venv)
+  slirp4netns python3-venv python3-ipykernel)
 # The cgroup v2 part of the suite boots Debian's kernel in a VM (scripts/test-vm.sh, with virtme-ng from PyPI): qemu
 # and the kernel, without what they merely recommend (firmware for other machines, a GUI).
 VM_PACKAGES=(qemu-system-x86 linux-image-amd64)

@@ -160,13 +160,15 @@ def build_parser(only: str | None = None) -> _Parser:
     registry.add_commands(add)
     add_commands(add)
 
-    if only is not None and only not in ("image", "network", "system"):
+    if only is not None and only not in ("image", "network", "system", "kernelspec"):
         return parser
+    from ..runtime import RECIPES
+
     image = sub.add_parser("image", help="image management (build base images)")
     image_sub = image.add_subparsers(dest="image_command", metavar="COMMAND", parser_class=_Parser)
     image_sub.required = True
     p = image_sub.add_parser("build", help="build a base image here, without a registry")
-    p.add_argument("name", metavar="NAME", help="busybox, debian-python or all")
+    p.add_argument("name", metavar="NAME", help=f"{', '.join(RECIPES)} or all")
     p.add_argument("-t", "--tag", help="name for the image (default localhost/NAME:latest)")
     p.add_argument("--rebuild", action="store_true", help="ignore the cache")
     p.set_defaults(func=cmd_image_build)
@@ -181,6 +183,9 @@ def build_parser(only: str | None = None) -> _Parser:
     from .networks import add_network_commands
 
     add_network_commands(sub, _Parser)
+    from .kernelspecs import add_kernelspec_commands
+
+    add_kernelspec_commands(sub, _Parser)
     return parser
 
 

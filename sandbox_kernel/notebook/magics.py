@@ -31,13 +31,14 @@ from traitlets.config import Configurable
 from .. import format as fmt
 from .. import progress
 from ..client import Client, LimitsRow, LocalClient, Output, limits_row, to_limits
+from ..obtain import obtain
+from ..owners import KEEP_LABEL, OWNER_LABEL, orphaned, owner_id
 from ..policy import SandboxPolicy
 from ..remote import RemoteClient
 from ..runtime import (
     ContainerNotFound,
     Containers,
     ContainerSpec,
-    ImageNotFound,
     Limits,
     Mount,
     NetSpec,
@@ -66,26 +67,6 @@ DEFAULT_IMAGE = "localhost/debian-python:latest"
 # commands, what works against a server (--remote, $SANDBOX_KERNEL_HOST)
 NOTEBOOK_VERBS = frozenset(name for name, verb in VERBS.items() if verb.notebook)
 REMOTE_COMMANDS = frozenset({"panel"})
-OWNER_LABEL = "sandbox-kernel.owner"
-KEEP_LABEL = "sandbox-kernel.keep"
-
-
-def _owner_id() -> str:
-    """This process, as ``PID:START`` (a recycled pid is another owner)."""
-    with open(f"/proc/{os.getpid()}/stat") as fh:
-        start = fh.read().rsplit(")", 1)[1].split()[19]
-    return f"{os.getpid()}:{start}"
-
-
-def _owner_alive(owner: str) -> bool:
-    pid, _, start = owner.partition(":")
-    try:
-        with open(f"/proc/{int(pid)}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19] == start
-    except (OSError, ValueError, IndexError):
-        return False
-
-
 class Table:
     """Rows that render as an HTML table in a notebook and as text elsewhere; ``table[i]`` is row i's values
     (a listing verb's rows are its ``--json`` objects; the cells are what the CLI's table shows)."""
@@ -211,7 +192,7 @@ class ContainerMagics(Magics):
         self.sessions: dict[str, Session] = {}
         self.keep: set[str] = set()
         self.cells: dict[str, list[str]] = {}  # each container's cell sources since its last commit
-        self.owner = _owner_id()
+        self.owner = owner_id()
         self.default_name = f"notebook-{os.getpid()}"
         self.sink_factory: Callable[[bool], Any] = NotebookSink
         self._closed = False
@@ -256,8 +237,7 @@ class ContainerMagics(Magics):
         assert self._containers is not None
         for info in self._containers.list(all=True):
             labels = dict(info.spec.labels)
-            owner = labels.get(OWNER_LABEL)
-            if owner is None or owner == self.owner or labels.get(KEEP_LABEL) == "1" or _owner_alive(owner):
+            if labels.get(OWNER_LABEL) == self.owner or not orphaned(labels):
                 continue
             with contextlib.suppress(SandboxError):
                 self._containers.remove(info.id, force=True)
@@ -357,18 +337,8 @@ class ContainerMagics(Magics):
     def _image(self, ref: str) -> Any:
         """The image ``ref``: from the store, built from a local recipe, or pulled (progress printed)."""
         self.policy.check_image(ref)
-        try:
-            return self.store.resolve(ref)
-        except ImageNotFound:
-            pass
-        from ..runtime import RECIPES, build, parse_reference, pull
-
-        for recipe in RECIPES.values():
-            if parse_reference(recipe.ref) == parse_reference(ref):
-                print(f"Building base image {recipe.name}...", file=sys.stderr)
-                return build(self.store, recipe.name)
-        print(f"Pulling {ref}...", file=sys.stderr)
-        return pull(self.store, ref, progress=progress.Follow(ref, progress.Lines("Pull", sys.stderr, "  "))).image
+        return obtain(self.store, ref, lambda line: print(line, file=sys.stderr),
+                      progress.Follow(ref, progress.Lines("Pull", sys.stderr, "  ")))
 
     def _session(self, args: Any) -> Session:
         name = args.name or self.default_name

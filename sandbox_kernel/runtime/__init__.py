@@ -15,6 +15,7 @@ _WHERE = {
     "CgroupStats": ".cgroups",
     "limit_refusal": ".cgroups",
     "rootless": ".userns_keeper",
+    "root_ids": ".idmap",
     "ContainerInfo": ".info",
     "ContainerResult": ".info",
     "ContainerStats": ".info",
@@ -112,6 +113,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         UsageError,
     )
     from .host import HostCapacity, capacity
+    from .idmap import root_ids
     from .image.archive import (
         Loaded,
         load,
@@ -240,6 +242,7 @@ __all__ = [
     "parse_ulimit",
     "pull",
     "push",
+    "root_ids",
     "rootless",
     "save",
     "split_location",

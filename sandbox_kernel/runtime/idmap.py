@@ -195,6 +195,14 @@ def default() -> IdMap | None:
     return remap_range() if os.geteuid() == 0 else None
 
 
+def root_ids() -> tuple[int, int]:
+    """The host (uid, gid) that a new container's root is (without --userns=host): the first of the range for
+    root, the caller itself for other users. A directory of theirs is the container's to write in as a plain
+    bind (the sandboxed kernel's sockets)."""
+    found = default()
+    return found.root if found is not None else (os.getuid(), os.getgid())
+
+
 def _free_start() -> int:
     """The lowest start, from 100000 in steps of 65536, that no subordinate range and no account touches."""
     taken = [(s, s + c) for path in (SUBUID, SUBGID) for _, s, c in _ranges(path)]

@@ -2,6 +2,8 @@
 
     busybox         Debian's busybox-static, its applets as symlinks, a minimal /etc
     debian-python   Debian bookworm (mmdebstrap, minbase) with python3
+    debian-kernel   the same with ipykernel: the sandboxed kernel's image
+    debian-science  the same with ipykernel, numpy and matplotlib (plots in cells and kernels)
 
 Each recipe has a key: a hash of what goes into it (this file, the tools'
 versions, the package list). A built image is cached as an OCI archive in
@@ -31,7 +33,8 @@ CREATED = "1970-01-01T00:00:00Z"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("python3",)
-SCIENCE_PACKAGES = ("python3", "python3-numpy", "python3-matplotlib")  # plots and arrays in cells
+KERNEL_PACKAGES = ("python3", "python3-ipykernel")  # a kernel in a container (sandbox_kernel/kernel)
+SCIENCE_PACKAGES = (*KERNEL_PACKAGES, "python3-numpy", "python3-matplotlib")  # plots and arrays
 BUSYBOX_BINARY = "/bin/busybox"
 
 
@@ -171,6 +174,17 @@ RECIPES: dict[str, Recipe] = {
             "packages": ",".join(DEBIAN_PACKAGES),
         },
         _debian_rootfs,
+    ),
+    "debian-kernel": Recipe(
+        "debian-kernel",
+        "localhost/debian-kernel:latest",
+        ("python3",),
+        lambda: {
+            "mmdebstrap": _tool_version("mmdebstrap"),
+            "suite": DEBIAN_SUITE,
+            "packages": ",".join(KERNEL_PACKAGES),
+        },
+        lambda root: _debian_rootfs(root, KERNEL_PACKAGES),
     ),
     "debian-science": Recipe(
         "debian-science",

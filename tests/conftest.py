@@ -84,6 +84,23 @@ def debian_store(tmp_path_factory) -> Store:
     return store
 
 
+@pytest.fixture(scope="session")
+def science_store(tmp_path_factory) -> Store:
+    """localhost/debian-science: python3 with ipykernel, numpy and matplotlib (mmdebstrap, about a minute and a
+    half the first time, then cached)."""
+    store = Store(tmp_path_factory.mktemp("science") / "store")
+    build(store, "debian-science")
+    return store
+
+
+@pytest.fixture(scope="session")
+def kernel_store(tmp_path_factory) -> Store:
+    """localhost/debian-kernel: python3 and Debian's ipykernel (mmdebstrap once, then cached)."""
+    store = Store(tmp_path_factory.mktemp("kernel") / "store")
+    build(store, "debian-kernel")
+    return store
+
+
 def busybox_copy(base_store: Store, dest: Path) -> Store:
     """A store of its own at ``dest`` holding localhost/busybox (saved from the session's store, loaded)."""
     from sandbox_kernel.runtime import load, save

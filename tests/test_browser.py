@@ -228,3 +228,68 @@ def test_container_scripts_never_run_in_the_notebooks_page(debian_store, tmp_pat
         for name in ("frames", "plain"):
             with contextlib.suppress(Exception):
                 containers.remove(name, force=True)
+
+
+def test_the_sandboxed_kernel_in_jupyterlab(science_store, tmp_path, output_dir, monkeypatch):
+    """Pick "Python 3 (sandbox)" in JupyterLab's launcher, run a cell that plots, interrupt a sleeping cell,
+    restart: each as a user does it, checked in the page; the kernel's container is gone with the server."""
+    need_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    from sandbox_kernel.kernel import kernelspec
+    from sandbox_kernel.kernel.provisioner import KERNEL_LABEL
+
+    work = tmp_path / "lab"
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(work / "data"))
+    kernelspec.install("sandbox", kernelspec.settings("localhost/debian-science:latest", memory="1g"),
+                       display_name="Python 3 (sandbox)", user=True)
+    containers = Containers(science_store)
+
+    def kernel_containers() -> list:
+        return [c for c in containers.list(all=True) if KERNEL_LABEL in dict(c.spec.labels)]
+
+    def run(cell: int, code: str, *, wait: bool = True) -> None:
+        """Type ``code`` into the notebook's last cell (cell ``cell``), run it with Shift+Enter."""
+        editor = page.locator(".jp-CodeCell").nth(cell).locator(".cm-content")
+        editor.click()
+        page.keyboard.insert_text(code)
+        page.keyboard.press("Shift+Enter")
+        if wait:
+            prompt = page.locator(".jp-CodeCell").nth(cell).locator(".jp-InputArea-prompt")
+            expect(prompt).to_have_text(re.compile(r"\[\d+\]"), timeout=120_000)
+
+    with jupyter_server(work, science_store.root, lab=True) as server, sync_playwright() as pw:
+        browser = launch(pw, tmp_path / "browser-home")
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"{server.url}/lab?token={server.token}")
+            page.locator(".jp-LauncherCard", has_text="Python 3 (sandbox)").first.click()
+            expect(page.get_by_text("Python 3 (sandbox) | Idle")).to_be_visible(timeout=120_000)
+            assert len(kernel_containers()) == 1
+            cells = page.locator(".jp-CodeCell")
+            try:
+                run(0, "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9]); plt.show()")
+                expect(cells.nth(0).locator(".jp-RenderedImage img")).to_be_visible()
+                run(1, "x = 41\nimport time; time.sleep(300)", wait=False)
+                expect(cells.nth(1).locator(".jp-InputArea-prompt")).to_have_text("[*]:")
+                page.wait_for_timeout(1000)  # (the cell is running in the kernel, not just queued)
+                page.keyboard.press("Escape")
+                page.keyboard.press("i")
+                page.keyboard.press("i")
+                expect(cells.nth(1).locator(".jp-OutputArea")).to_contain_text("KeyboardInterrupt")
+                run(2, "print(x + 1)")
+                expect(cells.nth(2).locator(".jp-OutputArea")).to_have_text("42")
+                page.keyboard.press("Escape")
+                page.keyboard.press("0")
+                page.keyboard.press("0")
+                page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept").click()  # "Restart"
+                expect(page.get_by_text("Python 3 (sandbox) | Idle")).to_be_visible(timeout=120_000)
+                run(3, "print('x' in globals())")
+                expect(cells.nth(3).locator(".jp-OutputArea")).to_have_text("False")
+                assert len(kernel_containers()) == 1  # a new container, the old one gone
+            finally:
+                page.screenshot(path=str(output_dir / "sandboxed-kernel.png"), full_page=True)
+        finally:
+            browser.close()
+    assert kernel_containers() == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import threading
 from pathlib import Path
@@ -211,6 +212,48 @@ def test_traceback_is_the_containers_and_shown_once(ip):
     with pytest.raises(CellError, match=r"invalid syntax|was never closed"):
         run(ip, "e", "def (:")
     assert run(ip, "e", "1 + 1").data["text/plain"] == "2"  # the container goes on
+
+
+def test_lines_students_paste_from_books_run_without_ipython_in_the_image(ip):
+    """debian-python has no IPython: the agent itself runs !cmd (expanding $name and {expression} as IPython
+    does), x = !cmd, %time, %timeit, %%timeit, %matplotlib inline, %pwd; another magic is refused in one
+    sentence, with its exception's name."""
+    value = run(ip, "books --image localhost/debian-python", "\n".join([
+        "%matplotlib inline",
+        "!echo from the shell",
+        "files = !ls /",
+        "print('etc' in files)",
+        "%timeit -n 3 -r 2 sum(range(100))",
+        "for n in (1, 2):",
+        "    !echo line $n {n * 10} $$HOME",  # (expanded as IPython does: $name, {expression}, $$)
+        "%time total = sum(range(10))",
+        "%pwd",
+    ]))
+    out = last(ip).text()
+    assert "from the shell\nTrue\n" in out
+    assert re.search(r"\d \S+ ± \d.* per loop \(mean ± std\. dev\. of 2 runs, 3 loops each\)", out)
+    assert "line 1 10 /root\nline 2 20 /root\n" in out
+    assert "CPU times: user" in out and "Wall time:" in out and ip.sk.sessions["books"].alive
+    assert value.data["text/plain"] == "'/'"
+    run(ip, "books", "%%timeit -n 2 -r 1 x = 3\ny = x * 2")
+    assert "(mean ± std. dev. of 1 run, 2 loops each)" in last(ip).text()
+    with pytest.raises(CellError) as info:
+        run(ip, "books", "%who")
+    assert info.value.ename == "UsageError"
+    assert str(info.value).startswith("%who is not available in this container: its image has no IPython")
+
+
+def test_ipython_in_the_image_runs_every_magic(kernel_store):
+    """debian-kernel has IPython: it runs the cell's magics (here %who_ls and %%capture, which the agent alone
+    does not know), with the cells' namespace; displays still reach the notebook."""
+    for shell in recorded_shell(kernel_store):
+        run(shell, "ipy --image localhost/debian-kernel", "x = 1\n!echo $x from ipython")
+        assert last(shell).text() == "1 from ipython\n"  # IPython expands $x
+        value = run(shell, "ipy", "%who_ls int")
+        assert value.data["text/plain"] == "['x']"
+        run(shell, "ipy", "%%capture kept\nprint('hidden')")
+        run(shell, "ipy", "print(kept.stdout.strip()); from IPython.display import HTML; display(HTML('<b>b</b>'))")
+        assert last(shell).text() == "hidden\n" and last(shell).displays()[0]["text/html"] == "<b>b</b>"
 
 
 def test_a_containers_exception_name_is_the_type_name_of_the_error_raised():
@@ -502,14 +545,6 @@ print(sorted(opened))
     with pytest.raises(UsageError, match=r"the agent sent a message of \d+ bytes .*the container was stopped"):
         run(ip, "forge", "import time; time.sleep(5)")
     assert not ip.sk.sessions["forge"].alive
-
-
-@pytest.fixture(scope="module")
-def science_store(tmp_path_factory) -> Store:
-    """debian-science: python3 with numpy and matplotlib (mmdebstrap, about a minute the first time)."""
-    store = Store(tmp_path_factory.mktemp("science") / "store")
-    build(store, "debian-science")
-    return store
 
 
 @pytest.fixture

@@ -23,19 +23,11 @@ from leftovers import wait_for
 from sandbox_kernel.cli import main as cli_main
 from sandbox_kernel.kernel import kernelspec
 from sandbox_kernel.kernel.provisioner import KERNEL_LABEL, SandboxProvisioner
-from sandbox_kernel.runtime import Containers, Store, build
+from sandbox_kernel.runtime import Containers, Store
 
 pytestmark = pytest.mark.root
 
 IMAGE = "localhost/debian-kernel:latest"
-
-
-@pytest.fixture(scope="session")
-def kernel_store(tmp_path_factory) -> Store:
-    """A store holding localhost/debian-kernel (python3 and Debian's ipykernel; mmdebstrap once, then cached)."""
-    store = Store(tmp_path_factory.mktemp("kernel") / "store")
-    build(store, "debian-kernel")
-    return store
 
 
 @pytest.fixture
@@ -242,3 +234,40 @@ def _busy(kc, msg_id: str) -> bool:
 
 def _exists(store: Store, cid: str) -> bool:
     return any(c.id == cid for c in Containers(store).list(all=True))
+
+
+def test_nbclient_and_nbconvert_run_a_notebook_with_magics_and_plots(science_store, tmp_path, monkeypatch):
+    """A notebook in the sandboxed kernel of debian-science, as nbclient (nbval, nbgrader) and `jupyter nbconvert
+    --execute` run it: %matplotlib inline and a plot, %timeit, !cmd, numpy; an error keeps its own name."""
+    import nbclient
+    import nbformat
+
+    monkeypatch.setenv("SANDBOX_KERNEL_ROOT", str(science_store.root))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+    kernelspec.install("science", kernelspec.settings("localhost/debian-science:latest"), prefix=str(tmp_path))
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "science", "display_name": "science",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in (
+        "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 4, 9]);",
+        "%timeit -n 1 -r 1 sum(range(10))",
+        "!echo from the shell",
+        "import numpy as np\nnp.arange(4).sum()",
+        "import not_in_the_image",
+    )]
+    path = tmp_path / "lesson.ipynb"
+    nbformat.write(nb, path)
+    ran = nbclient.NotebookClient(nb, timeout=120, allow_errors=True,
+                                  resources={"metadata": {"path": str(tmp_path)}}).execute()
+    plot, timing, shell, value, error = (cell.outputs for cell in ran.cells)
+    assert any("image/png" in out.get("data", {}) for out in plot)
+    assert "per loop" in timing[0]["text"] and shell[0]["text"].splitlines() == ["from the shell"]  # (a pty: \\r\\n)
+    assert value[0]["data"]["text/plain"] == "6"
+    assert error[0]["ename"] == "ModuleNotFoundError"
+    nb.cells.pop()  # (nbconvert stops at an error)
+    nbformat.write(nb, path)
+    done = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--execute", "--to", "notebook",
+                           "--output", "done.ipynb", str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    converted = nbformat.read(tmp_path / "done.ipynb", as_version=4)
+    assert any("image/png" in out.get("data", {}) for out in converted.cells[0].outputs)
+    assert not [c for c in Containers(science_store).list(all=True) if KERNEL_LABEL in dict(c.spec.labels)]

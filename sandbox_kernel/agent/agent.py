@@ -42,6 +42,7 @@ import traceback
 import types
 
 HEADER = struct.Struct(">I")
+AGENT_DIR = os.path.dirname(os.path.abspath(__file__))
 MAX_FRAME = 256 << 20
 WORKER = None  # the worker's Worker, in the worker
 SEND_LOCK = threading.RLock()  # the worker's channel: frames from the cell and from the flusher thread
@@ -293,6 +294,7 @@ class Worker:
         self.count = 0
         self.running = False
         self.deferred = False
+        self._magics = None  # (sk_magics.py: the first cell in IPython's syntax loads it)
         # The cells' namespace is a fresh __main__ (pickle, multiprocessing and `import __main__` find it);
         # this module stays importable as sk_agent (the matplotlib backend uses it).
         sys.modules["sk_agent"] = sys.modules[__name__]
@@ -378,7 +380,11 @@ class Worker:
         filename = "<cell-%d>" % self.count
         lines = code.splitlines(True)
         linecache.cache[filename] = (len(code), None, lines, filename)
-        tree = ast.parse(code, filename, "exec")
+        try:
+            tree = ast.parse(code, filename, "exec")
+        except SyntaxError:  # IPython's syntax (!ls, %timeit): sk_magics makes Python of it
+            code = self.magics().transform(code)
+            tree = ast.parse(code, filename, "exec")
         last = None
         quiet = code.rstrip().endswith(";")  # as in IPython: a trailing ; hides the value
         if tree.body and isinstance(tree.body[-1], ast.Expr) and not quiet:
@@ -395,6 +401,13 @@ class Worker:
             self.ns["_"] = value
             data, metadata = mime_bundle(value)
             self.send({"type": "result", "data": data, "metadata": metadata, "count": self.count})
+
+    def magics(self):
+        if self._magics is None:
+            import sk_magics
+
+            self._magics = sk_magics.Magics(self)
+        return self._magics
 
     def run_shell(self, code):
         import subprocess
@@ -420,7 +433,7 @@ class Worker:
             lines = traceback.format_exception_only(type(exc), exc)
         else:
             tb = exc.__traceback__
-            while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            while tb is not None and os.path.dirname(tb.tb_frame.f_code.co_filename) == AGENT_DIR:
                 tb = tb.tb_next  # the agent's own frames are not the user's business
             lines = traceback.format_exception(type(exc), exc, tb)
         self.send({"type": "error", "ename": type(exc).__name__, "evalue": str(exc), "traceback": lines})

@@ -225,7 +225,8 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         state = info.state
         self.exit_code = state.exit_code if state.exit_code is not None else -int(signal.SIGKILL)
         if not self._stopping:
-            self.death = _death(state, info.spec.limits.memory)
+            disk = self._disk_full()
+            self.death = _death(state, info.spec.limits.memory) + (f" Also, {disk}" if disk else "")
             self.log.warning("sandbox-kernel: kernel %s: %s", self.kernel_id, self.death)
         return self.exit_code
 
@@ -243,15 +244,52 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             await asyncio.to_thread(self.client.runtime.kill, self.container, signum)
 
     async def kill(self, restart: bool = False) -> None:
-        self._stopping = True
-        await self.send_signal(signal.SIGKILL)
+        await self._stop(signal.SIGKILL)
 
     async def terminate(self, restart: bool = False) -> None:
+        await self._stop(signal.SIGTERM)
+
+    async def _stop(self, signum: int) -> None:
+        await self._stopped()
+        await self.send_signal(signum)
+
+    async def _stopped(self) -> None:
+        """The kernel is being stopped (by its manager): first say whether a limit had been hit (a fork bomb
+        leaves a kernel that cannot answer; the grader, or JupyterLab, then stops it: this is where the reason
+        shows)."""
+        if not self._stopping and self.container is not None:
+            said = await asyncio.to_thread(self._limits_hit)
+            if said is not None:
+                self.log.warning("sandbox-kernel: kernel %s: %s", self.kernel_id, said)
         self._stopping = True
-        await self.send_signal(signal.SIGTERM)
+
+    def _limits_hit(self) -> str | None:
+        """What limit the running kernel's container has hit (its processes, its disk), or None."""
+        from ..runtime import SandboxError
+
+        said = []
+        with contextlib.suppress(SandboxError, OSError):
+            stats = self.client.runtime.stats(self.container or "")
+            if stats.usage.pids_limit_hits:
+                said.append(f"its container reached its process limit ({stats.limits.pids} processes): new "
+                            "processes were refused.")
+        disk = self._disk_full()
+        if disk:
+            said.append(disk)
+        return " ".join(said) or None
+
+    def _disk_full(self) -> str | None:
+        from ..runtime import SandboxError, format_size
+
+        with contextlib.suppress(SandboxError, OSError):
+            usage = self.client.runtime.disk_usage(self.container or "", attach=False)
+            if usage is not None and usage.full:
+                return (f"its container's disk is full ({format_size(usage.size)}, --disk): writes fail with "
+                        "'No space left on device'.")
+        return None
 
     async def shutdown_requested(self, restart: bool = False) -> None:
-        self._stopping = True
+        await self._stopped()
 
     # -- end ----------------------------------------------------------------------------------------------------------
 
@@ -288,16 +326,18 @@ def _death(state: Any, memory: int | None) -> str:
     """One sentence: why a kernel's container ended when nobody asked it to."""
     from ..runtime import format_size
 
+    forks = (" Its container had also reached its process limit (a fork bomb?)."
+             if getattr(state, "pids_limit_hit", False) else "")
     if state.oom_killed:
         limit = f" (its container's limit is {format_size(memory)})" if memory else ""
-        return f"The kernel ran out of memory{limit} and the kernel's OOM killer ended it."
+        return f"The kernel ran out of memory{limit} and the kernel's OOM killer ended it.{forks}"
     if state.error:
         return f"The kernel's container ended: {state.error}."
     code = state.exit_code
     if code is not None and code > 128:
         with contextlib.suppress(ValueError):
-            return f"The kernel was killed by {signal.Signals(code - 128).name}."
-    return f"The kernel exited with status {code}."
+            return f"The kernel was killed by {signal.Signals(code - 128).name}.{forks}"
+    return f"The kernel exited with status {code}.{forks}"
 
 
 def _notice(death: str | None) -> str:

@@ -300,7 +300,7 @@ def _run(job: Job, warm: process.Warm, refs: tuple[ProcRef | None, ProcRef | Non
         with cdir.locked() as state:
             state.status = STARTING
             state.monitor_pid, state.monitor_start = os.getpid(), me.start if me else 0
-            state.exit_code, state.oom_killed, state.error = None, False, None
+            state.exit_code, state.oom_killed, state.pids_limit_hit, state.error = None, False, False, None
     # (a warm slot's cgroup already holds the processes; if we die before "running" is written,
     # reconcile removes it as the empty cgroup of a created container)
     cgroup = ready or open_cgroup(job.cgroup)
@@ -340,7 +340,7 @@ def _run(job: Job, warm: process.Warm, refs: tuple[ProcRef | None, ProcRef | Non
             state.status = RUNNING
             state.pid, state.pid_start = pid1, ref.start if ref else 0
             state.monitor_pid, state.monitor_start = os.getpid(), me.start if me else 0
-            state.exit_code, state.oom_killed, state.error = None, False, None
+            state.exit_code, state.oom_killed, state.pids_limit_hit, state.error = None, False, False, None
             state.started_at = time.time()
 
     if job.detached:  # the caller returns on "started": by then the state must say so
@@ -360,10 +360,11 @@ def _run(job: Job, warm: process.Warm, refs: tuple[ProcRef | None, ProcRef | Non
         _copy_output(job, cdir, pid1, out_r, err_r)
     exit_code = process.wait_exit(warm)
     oom = cgroup.oom_kills() > 0
+    pids_hit = _pids_limit_hit(cgroup)
     # The caller may exit as soon as it hears the exit status: finish the cleanup regardless.
     sc.prctl(sc.PR_SET_PDEATHSIG, 0)
     error = "the process that ran it in the foreground died; the container was killed" if _orphaned else None
-    _finish(job, cdir, cgroup, exit_code, oom, error, notify=lambda: _send(status_w, event="exited",
+    _finish(job, cdir, cgroup, exit_code, oom, error, pids_hit=pids_hit, notify=lambda: _send(status_w, event="exited",
                                                                       exit_code=exit_code, oom_killed=oom),
             reap=lambda: process.reap(warm))
 
@@ -385,8 +386,17 @@ def _copy_output(job: Job, cdir: ContainerDir, pid1: int, out_r: int, err_r: int
         log.close()
 
 
+def _pids_limit_hit(cgroup: Cgroup) -> bool:
+    """Whether the container was ever refused a process by its pids limit (read before its cgroup goes)."""
+    try:
+        return cgroup.stats().pids_limit_hits > 0
+    except (SandboxError, OSError):
+        return False
+
+
 def _finish(job: Job, cdir: ContainerDir, cgroup: Cgroup, exit_code: int, oom: bool, error: str | None,
-            notify: Callable[[], None] | None = None, reap: Callable[[], None] | None = None) -> None:
+            notify: Callable[[], None] | None = None, reap: Callable[[], None] | None = None,
+            pids_hit: bool = False) -> None:
     """Record the exit, tell the caller (``notify``), then remove the cgroup (and the directory for --rm).
 
     The caller learns the status before the slow part: a --rm container's
@@ -406,6 +416,7 @@ def _finish(job: Job, cdir: ContainerDir, cgroup: Cgroup, exit_code: int, oom: b
             state.monitor_pid = state.monitor_start = 0
             state.exit_code = exit_code
             state.oom_killed = oom
+            state.pids_limit_hit = pids_hit
             state.error = error
             state.finished_at = time.time()
     if notify is not None:

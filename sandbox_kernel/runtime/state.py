@@ -104,6 +104,7 @@ class State:
     monitor_start: int = 0
     exit_code: int | None = None
     oom_killed: bool = False
+    pids_limit_hit: bool = False  # a process was refused by its pids limit while it ran
     error: str | None = None  # why it ended abnormally, one line
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None

@@ -66,6 +66,22 @@ def kill_processes_of(uid: int) -> None:
         time.sleep(0.01)
 
 
+def _dist_info(where: Path) -> None:
+    """The copy's metadata, as an install writes it: its entry points (jupyter_client finds the sandboxed
+    kernel's provisioner through them), read from pyproject.toml."""
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    info = where / f"sandbox_kernel-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in entries.items()) + "\n"
+        for group, entries in project.get("entry-points", {}).items()))
+    for path in (info, info / "METADATA", info / "entry_points.txt"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 @contextlib.contextmanager
 def local_user(subids: bool = False) -> Iterator[LocalUser]:
     """A new system user (no home, no login), with a free 65536-id range when ``subids``."""
@@ -88,6 +104,7 @@ def local_user(subids: bool = False) -> Iterator[LocalUser]:
             ranges = (start, SIZE)
         readable.chmod(0o755)
         shutil.copytree(PACKAGE, readable / "sandbox_kernel", ignore=shutil.ignore_patterns("__pycache__"))
+        _dist_info(readable)
         yield LocalUser(name, entry.pw_uid, entry.pw_gid, readable, ranges)
     finally:
         kill_processes_of(entry.pw_uid)  # (a failed test's: every process of this new user is the test's)

@@ -90,14 +90,16 @@ class Home:
 
 
 @pytest.fixture(scope="module")
-def archives(base_store, debian_store) -> Iterator[Path]:
-    """busybox and debian-python as archives every user may read, in a directory every user may enter."""
+def archives(base_store, debian_store, kernel_store) -> Iterator[Path]:
+    """busybox, debian-python and debian-kernel as archives every user may read, in a directory every user may
+    enter."""
     top = Path(tempfile.mkdtemp(prefix="sk-rootless-"))
     top.chmod(0o755)
     try:
         save(base_store, ["localhost/busybox:latest"], top / "busybox.tar")
         save(debian_store, ["localhost/debian-python:latest"], top / "debian.tar")
-        for name in ("busybox.tar", "debian.tar"):
+        save(kernel_store, ["localhost/debian-kernel:latest"], top / "kernel.tar")
+        for name in ("busybox.tar", "debian.tar", "kernel.tar"):
             (top / name).chmod(0o644)
         yield top
     finally:
@@ -562,3 +564,45 @@ def test_the_server_extension_works_for_a_user_who_is_not_root(home):
 def _up(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_the_sandboxed_kernel_works_for_a_user_who_is_not_root(archives):
+    """A JupyterHub student's server runs as the student: its KernelManager starts the sandboxed kernel in the
+    student's own user namespace (container root is the student), with its notebook folder writable at /work,
+    interrupts and removes it."""
+    with local_user(subids=True) as user:
+        home = _home(user, archives)
+        notebooks = home.data / "notebooks"
+        notebooks.mkdir()
+        os.chown(notebooks, user.uid, user.gid)
+        try:
+            _load(home, archives, "kernel.tar")
+            out = home.run("""
+from jupyter_client.manager import KernelManager
+from sandbox_kernel.kernel import kernelspec
+data = os.environ["XDG_DATA_HOME"]
+os.environ.update(JUPYTER_PATH=data + "/share/jupyter", JUPYTER_RUNTIME_DIR=data + "/runtime")
+kernelspec.install("sandbox", kernelspec.settings("localhost/debian-kernel:latest"), prefix=data)
+km = KernelManager(kernel_name="sandbox")
+km.start_kernel(cwd=sys.argv[1])
+kc = km.client()
+kc.start_channels()
+kc.wait_for_ready(timeout=120)
+seen = []
+hook = lambda msg: seen.append(msg["content"].get("text", "")) if msg["msg_type"] == "stream" else None
+kc.execute_interactive("import os; print(os.getuid(), os.getpid(), sorted(os.listdir('/sys/class/net')))\\n"
+                       "open('made.txt', 'w').write('x')", output_hook=hook, timeout=60)
+out["seen"] = "".join(seen)
+info = containers.get(km.provisioner.container)
+out["pid1"] = info.state.pid
+out["network"] = info.spec.network.mode
+kc.stop_channels()
+km.shutdown_kernel()
+out["left"] = [c.name for c in containers.list(all=True)]
+""", str(notebooks), timeout=600)
+            made = notebooks / "made.txt"
+            assert (made.stat().st_uid, made.read_text()) == (user.uid, "x")  # as the student, in its folder
+        finally:
+            shutil.rmtree(home.data, ignore_errors=True)
+    assert out["seen"] == "0 2 ['lo']\n", out
+    assert out["network"] == "none" and out["left"] == []

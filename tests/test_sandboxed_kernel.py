@@ -23,6 +23,7 @@ from leftovers import wait_for
 from sandbox_kernel.cli import main as cli_main
 from sandbox_kernel.kernel import kernelspec
 from sandbox_kernel.kernel.provisioner import KERNEL_LABEL, SandboxProvisioner
+from sandbox_kernel.owners import owner_id
 from sandbox_kernel.runtime import Containers, Store
 
 pytestmark = pytest.mark.root
@@ -190,10 +191,17 @@ def test_a_killed_manager_leaves_nothing_the_next_start_does_not_remove(kernels,
     info = Containers(kernel_store).get(left)
     assert info.running and Path(directory).is_dir()  # the kernel outlives its manager, for now
     pid1 = info.state.pid
+    # a kernel that another (live) server is starting right now has a directory and no container yet: kept
+    starting = kernel_store.root / "kernels" / "0123456789ab"
+    starting.mkdir()
+    starting.with_name("0123456789ab.owner").write_text(owner_id())
     km = kernels()
     km.start_kernel()
     assert not _exists(kernel_store, left) and not Path(directory).exists()
+    assert not Path(directory + ".owner").exists() and starting.is_dir()
     assert not Path(f"/proc/{pid1}").exists()
+    starting.rmdir()
+    starting.with_name("0123456789ab.owner").unlink()
     assert execute(km, "print(1 + 1)")[1] == "2\n"
 
 

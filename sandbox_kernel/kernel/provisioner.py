@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, Float, Integer, List, Unicode
 
-from ..owners import OWNER_LABEL, orphaned, owner_id
+from ..owners import OWNER_LABEL, orphaned, owner_alive, owner_id
 
 if TYPE_CHECKING:
     from jupyter_client.connect import KernelConnectionInfo
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 INSIDE = "/run/jupyter"  # the kernel's directory in its container: connection file, sockets, notice
 KERNEL_LABEL = "sandbox-kernel.kernel"  # the Jupyter kernel id a container runs
+OWNER_SUFFIX = ".owner"  # kernels/ID.owner: the PID:START of the process that made kernels/ID
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; "-NNNNN" and the NUL are added to the prefix
 _BASE_SETTINGS = {"kernel_id", "kernel_spec", "parent", "config", "log", "connection_info"}
 
@@ -148,13 +149,18 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        from ..runtime import ContainerNotFound
+
         cwd = kwargs.get("cwd")
         env = kwargs.get("kernel_env", {})
         self.exit_code = None
         self._stopping = False
         if self.container is not None and self.keep_files:
-            await asyncio.to_thread(self.client.start, self.container)
-        else:
+            try:
+                await asyncio.to_thread(self.client.start, self.container)
+            except ContainerNotFound:  # (removed meanwhile: a new one, its files are gone anyway)
+                self.container = None
+        if self.container is None or not self.keep_files:
             self.container = await asyncio.to_thread(self._create, cmd, env, cwd)
         self.log.info("sandbox-kernel: kernel %s runs in container %s (%s)", self.kernel_id, self.container[:12],
                       self.image)
@@ -200,8 +206,10 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                     continue
             kept.add(labels[KERNEL_LABEL][:12])
         for directory in (self.client.store.root / "kernels").glob("*"):
-            if directory.name not in kept and directory.name != self.kernel_id[:12]:
-                shutil.rmtree(directory, ignore_errors=True)
+            # (a directory without a container yet may be a kernel starting now, in this server or another)
+            owner = directory.with_name(directory.name + OWNER_SUFFIX)
+            if directory.is_dir() and directory.name not in kept and not owner_alive(_read(owner)):
+                _remove_directory(directory)
 
     # -- while it runs ------------------------------------------------------------------------------------------------
 
@@ -219,6 +227,9 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             info = self.client.runtime.get(self.container or "")
         except ContainerNotFound:
             self.exit_code = -int(signal.SIGKILL)
+            if not self._stopping:
+                self.death = "The kernel's container was removed (sandbox-kernel rm, or an admin)."
+                self.log.warning("sandbox-kernel: kernel %s: %s", self.kernel_id, self.death)
             return self.exit_code
         if info.running:
             return None
@@ -297,7 +308,7 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if self.container is not None and not (restart and self.keep_files):
             await asyncio.to_thread(self._remove)
         if not restart:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            _remove_directory(self.directory)
 
     def _remove(self) -> None:
         from ..runtime import ContainerNotFound
@@ -356,15 +367,29 @@ def _notice(death: str | None) -> str:
 
 
 def _kernel_directory(directory: Path) -> None:
-    """The kernel's directory, the container's root's alone (0700): it makes its sockets there."""
+    """The kernel's directory, the container's root's alone (0700): it makes its sockets there. Beside it, the
+    name of the process that made it (``ID.owner``: out of the container's reach), for another server's sweep."""
     from ..runtime import root_ids
 
-    directory.parent.mkdir(mode=0o711, exist_ok=True)
+    directory.parent.mkdir(mode=0o700, exist_ok=True)
     directory.mkdir(mode=0o700, exist_ok=True)
+    (directory.parent / f"{directory.name}{OWNER_SUFFIX}").write_text(owner_id())
     uid, gid = root_ids()
     st = directory.stat()
     if (st.st_uid, st.st_gid) != (uid, gid):
         os.chown(directory, uid, gid)
+
+
+def _remove_directory(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.with_name(directory.name + OWNER_SUFFIX).unlink(missing_ok=True)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -857,7 +857,7 @@ def test_refused_deep_layer_leaves_no_target(tmp: Path) -> None:
     directory extracted before the bad entry, the cleanup (``remove_quietly`` -> ``remove_tree``, one
     open fd per level) ran out of fds under the default soft RLIMIT_NOFILE of 1024, swallowed the error
     and left the partial tree behind (fixed: ``remove_tree`` holds two fds at a time)."""
-    layer = _layer([Entry("dir", "/".join(["a"] * 1100) + "/"), Entry("chr", "dev", dev=(1, 3))])
+    layer = _layer([Entry("dir", "/".join(["a"] * 1100) + "/"), Entry("hardlink", "x", link="not-in-the-layer")])
     with _fd_limit():
         assert _call(extract_layer, layer, tmp / "root") is None
     assert not os.path.lexists(tmp / "root")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import struct
@@ -30,6 +31,8 @@ from .layerformat import (
 if TYPE_CHECKING:
     from ..idmap import IdMap
 from .compression import _ForwardReader, _Prefetcher, decompressed
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class _Extractor:
         self.retired: list[int] = []
         self.umask = _current_umask()
         self.seen: set[tuple[str, ...]] = set()  # non-directory entries of this layer
+        self.skipped: set[tuple[str, ...]] = set()  # device nodes (and hard links to them): never made
         self.created: set[tuple[str, ...]] = set()  # every path this layer wrote
         self.dirs: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
         self.entries = 0
@@ -295,7 +299,12 @@ class _Extractor:
             self._create(parent, base, lambda: os.mkfifo(base, 0o600, dir_fd=parent))
             self.owner_times(parent, base, member)
         elif member.ischr() or member.isblk():
-            raise LayerError("device nodes are not allowed in layers", entry=entry, rule="device-node")
+            # Skipped, never made (as docker and podman do in a user namespace, where they cannot be): images
+            # made from a root file system (mmdebstrap in root mode, docker import) carry /dev's nodes; a
+            # container's /dev is the runtime's own anyway. A hard link to one is skipped with it.
+            self.skipped.add(parts)
+            _log.debug("layer entry %r: a device node, skipped", entry)
+            return
         else:
             raise LayerError(f"unsupported tar entry type {member.type!r}", entry=entry, rule="type")
         self.created.add(parts)
@@ -372,6 +381,9 @@ class _Extractor:
 
     def make_hardlink(self, parent: int, parts: tuple[str, ...], member: tarfile.TarInfo, entry: str) -> None:
         target = split_name(member.linkname, entry=entry, limits=self.limits)
+        if target in self.skipped:
+            self.skipped.add(parts)
+            return
         if not target or target not in self.seen:
             raise LayerError(
                 f"hardlink target {member.linkname!r} is not an earlier file of this layer",

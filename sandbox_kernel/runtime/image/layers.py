@@ -11,7 +11,6 @@ appears in the error:
     path-length     a path over ``limits.max_path`` or a component over 255 bytes
     entries         more than ``limits.max_entries`` entries
     bytes           more file content than ``limits.max_bytes``
-    device-node     a character or block device
     hardlink-scope  a hardlink whose target is not an earlier entry of the layer
     whiteout        ``.wh.`` alone, ``.wh..``/``.wh...``, or an opaque marker for ``/``
     parent          a parent that is not a directory (or a dangling symlink, a loop)
@@ -20,7 +19,10 @@ appears in the error:
     type            a tar entry type we do not support (sparse, unknown)
     corrupt         a stream that does not decompress or parse, or the wrong diff id
 
-Setuid and setgid bits of non-directories are removed unless ``trusted``;
+Device nodes (character and block) are skipped, never made, and hard links to
+them with them (as docker and podman unpack in a user namespace): images made
+from a root file system carry /dev's nodes, and a container's /dev is the
+runtime's own. Setuid and setgid bits of non-directories are removed unless ``trusted``;
 ``security.capability`` xattrs likewise; ``trusted.*`` xattrs are never applied.
 
 With an id map (idmap.py) a layer is unpacked as containers with that map

@@ -4,8 +4,10 @@ Everyone starts the same busybox image on the same machine. Ours runs it from
 a private store (``--root`` in a temporary directory; /var/lib/sandbox-kernel is
 not touched); runc and bwrap run one ``umoci unpack`` of that image, saved as
 an OCI archive; podman runs the archive loaded into a private podman store.
-Two groups are measured one after the other: the in-process API with runc and
-bwrap, then the CLI with podman. In a group each round starts every peer once,
+Our starts are ``run --rm``, which returns once nothing of the container is
+left (its cgroup and directory too), as ``runc run`` returns once it has
+deleted its container. Two groups are measured one after the other: the
+in-process API with runc and bwrap, then the CLI with podman. In a group each round starts every peer once,
 in turn, so drift hits all alike; the first ``--warmup`` rounds are not
 counted. Prints the medians and the ratios. Our containers
 run in a user namespace of their own (the default); each of our figures is

@@ -673,3 +673,20 @@ def test_exec_from_a_threaded_caller_leaks_no_fd_and_is_interruptible(root):
         stop.set()
         other.join()
         containers.remove(cid, force=True)
+
+
+@pytest.mark.cgroups
+def test_run_rm_returns_once_nothing_of_the_container_is_left(root):
+    """docker's run --rm: when it returns, the container's cgroup and directory are gone, also after an OOM kill
+    (whose v1 memory cgroup can take a second to go). Checked at once, with no wait."""
+    containers = Containers(Store(root))
+    for command, limits in ((("true",), Limits()),
+                            (("sh", "-c", "head -c 300m /dev/zero | tail > /dev/null"), Limits(memory=32 << 20))):
+        before = cgroups()
+        result = containers.run(ContainerSpec(image=BUSYBOX, command=command, remove=True, limits=limits),
+                                stdin=None, stdout=lambda _: None, stderr=lambda _: None)
+        if limits.memory:
+            assert result.oom_killed and result.exit_code == 137
+        left = [p.name for p in (root / "containers").iterdir() if result.container_id in p.name]
+        assert left == [], f"directories of the container left when run --rm returned: {left}"
+        assert not {p for p in cgroups() - before if result.container_id in p.name}, "its cgroup was left"

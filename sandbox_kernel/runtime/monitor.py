@@ -399,9 +399,12 @@ def _finish(job: Job, cdir: ContainerDir, cgroup: Cgroup, exit_code: int, oom: b
             pids_hit: bool = False) -> None:
     """Record the exit, tell the caller (``notify``), then remove the cgroup (and the directory for --rm).
 
-    The caller learns the status before the slow part: a --rm container's
-    directory is first renamed out of sight (``.gone-ID``), which a later
-    reconcile removes if this process dies before it does.
+    A container that stays learns its status before the slow part. A --rm
+    container's caller learns it once nothing of the container is left (its
+    processes, namespaces, cgroup, address and directory), as with docker's
+    ``run --rm``: after an OOM kill a v1 memory cgroup can take a second to
+    go. Its directory is first renamed out of sight (``.gone-ID``), which a
+    later reconcile removes if this process dies before it does.
     """
     if job.remove:
         trash = cdir.path.with_name(GONE_PREFIX + cdir.id)
@@ -419,7 +422,7 @@ def _finish(job: Job, cdir: ContainerDir, cgroup: Cgroup, exit_code: int, oom: b
             state.pids_limit_hit = pids_hit
             state.error = error
             state.finished_at = time.time()
-    if notify is not None:
+    if notify is not None and not job.remove:
         notify()
     if job.remove:  # (a new claim of the name takes over a link to a container that is gone)
         Names(cdir.path.parent / "names").release(job.name, cdir.id)
@@ -436,3 +439,5 @@ def _finish(job: Job, cdir: ContainerDir, cgroup: Cgroup, exit_code: int, oom: b
                 state.error = state.error or str(exc)
     if job.remove:
         remove_dir(trash)
+        if notify is not None:
+            notify()

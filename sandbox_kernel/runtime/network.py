@@ -93,7 +93,8 @@ class Endpoint:
 
 
 def _check_name(name: str) -> None:
-    if not name or len(name) > 64 or not name[0].isalnum() or not all(c.isalnum() or c in "_.-" for c in name):
+    if (not name or len(name) > 64 or not name.isascii() or not name[0].isalnum()
+            or not all(c.isalnum() or c in "_.-" for c in name)):
         raise UsageError(f"invalid network name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]* (64 at most)")
     if name in ("none", "host", "bridge"):  # (``bridge`` is the network called default)
         raise UsageError(f"{name!r} is a network mode, not a network name")

@@ -315,7 +315,8 @@ class _Starting(Room):
         """``create``: the id and record; with ``warm``, it takes the id and directory a warm slot prepared."""
         rootless = userns_keeper.rootless()
         keeper = _rootless_checks(spec) if rootless else None
-        if spec.name is not None and (not spec.name or not all(c.isalnum() or c in "_.-" for c in spec.name)
+        if spec.name is not None and (not spec.name or not spec.name.isascii()
+                                      or not all(c.isalnum() or c in "_.-" for c in spec.name)
                                       or not spec.name[0].isalnum()):
             raise UsageError(f"invalid container name {spec.name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
         from .host import check_ulimits

@@ -26,7 +26,7 @@ from .layers import decompressed, detect_compression
 from .ref import Reference, parse_reference
 from .store import Descriptor, Image, Store
 
-_BLOB_NAME = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
+_BLOB_NAME = re.compile(r"\Ablobs/sha256/([0-9a-f]{64})\Z")
 _SMALL_NAMES = {"index.json", "oci-layout", "manifest.json", "repositories"}
 
 

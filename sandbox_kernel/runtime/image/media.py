@@ -114,7 +114,7 @@ def check_manifest(doc: dict[str, Any], what: str = "manifest") -> dict[str, Any
     if doc.get("schemaVersion") != 2:
         raise BlobError(f"{what}: unsupported schemaVersion {doc.get('schemaVersion')!r}")
     media = doc.get("mediaType", OCI_MANIFEST)
-    if media not in MANIFEST_TYPES:
+    if not isinstance(media, str) or media not in MANIFEST_TYPES:
         raise BlobError(f"{what}: not an image manifest (mediaType {media!r})")
     check_descriptor(doc.get("config"), f"{what} config")
     layers = doc.get("layers")
@@ -122,7 +122,7 @@ def check_manifest(doc: dict[str, Any], what: str = "manifest") -> dict[str, Any
         raise BlobError(f"{what}: 'layers' is not a list")
     for i, layer in enumerate(layers):
         check_descriptor(layer, f"{what} layer {i}")
-        if layer.get("mediaType") not in LAYER_TYPES:
+        if not isinstance(layer.get("mediaType"), str) or layer["mediaType"] not in LAYER_TYPES:
             raise BlobError(f"{what} layer {i}: unsupported layer type {layer.get('mediaType')!r}")
     return doc
 

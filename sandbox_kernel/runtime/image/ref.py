@@ -18,12 +18,14 @@ OFFICIAL_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_COMPONENT_RE = re.compile(rf"^{_COMPONENT}$")
+# (\A...\Z, ASCII classes: `$` also matches before a final newline and \w takes any letter, so "latest\n" and
+# "lat\u00e9st" passed as tags, and a digest with a newline as a digest, until the reference fuzz target found it)
+_COMPONENT_RE = re.compile(rf"\A{_COMPONENT}\Z")
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN_RE = re.compile(rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_ID_PREFIX_RE = re.compile(r"^(?:sha256:)?[0-9a-f]{1,64}$")
+_DOMAIN_RE = re.compile(rf"\A(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?\Z")
+_TAG_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+_DIGEST_RE = re.compile(r"\Asha256:[0-9a-f]{64}\Z")
+_ID_PREFIX_RE = re.compile(r"\A(?:sha256:)?[0-9a-f]{1,64}\Z")
 MAX_NAME_LENGTH = 255
 
 
@@ -65,7 +67,9 @@ class Reference:
             prefix = OFFICIAL_NAMESPACE + "/"
             if self.repository.startswith(prefix) and "/" not in self.repository[len(prefix) :]:
                 return self.repository[len(prefix) :]
-            return self.repository
+            first = self.repository.split("/", 1)[0]
+            if "." not in first and first != "localhost":  # (else it would read as a registry: keep docker.io/)
+                return self.repository
         return self.name
 
     def __str__(self) -> str:

@@ -11,25 +11,23 @@ from __future__ import annotations
 
 import os
 
+from .runtime import start_time
+
 OWNER_LABEL = "sandbox-kernel.owner"
 KEEP_LABEL = "sandbox-kernel.keep"
 
 
-def _start(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rsplit(")", 1)[1].split()[19]
-
-
 def owner_id() -> str:
     """This process, as ``PID:START``."""
-    return f"{os.getpid()}:{_start(os.getpid())}"
+    return f"{os.getpid()}:{start_time(os.getpid())}"
 
 
 def owner_alive(owner: str) -> bool:
+    """Whether the process ``owner`` names still runs (a zombie does not)."""
     pid, _, start = owner.partition(":")
     try:
-        return _start(int(pid)) == start
-    except (OSError, ValueError, IndexError):
+        return start_time(int(pid)) == int(start)
+    except (OSError, ValueError):
         return False
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..runtime import Mount, NetSpec, UsageError, parse_cpus, parse_size
+from ..runtime import Limits, Mount, NetSpec, UsageError
 
 PROVISIONER = "sandbox-kernel"
 ARGV = ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
@@ -41,17 +41,14 @@ def settings(image: str, *, memory: str | None = None, cpus: str | None = None, 
     """The provisioner's config for these options, each checked as the CLI checks it (a bad one is refused
     here, not at the first start)."""
     config: dict[str, Any] = {"image": image}
+    limits = Limits().with_options(memory=memory, cpus=cpus, pids=pids_limit, disk=disk)  # (every limit's rules)
     if memory is not None:
-        parse_size(memory, "--memory")
         config["memory"] = memory
     if cpus is not None:
-        config["cpus"] = parse_cpus(cpus)
+        config["cpus"] = limits.cpus
     if pids_limit is not None:
-        if pids_limit < 1:
-            raise UsageError("invalid --pids-limit: must be at least 1")
         config["pids_limit"] = pids_limit
     if disk is not None:
-        parse_size(disk, "--disk")
         config["disk"] = disk
     if network != "none":
         NetSpec(network)

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from jupyter_client.connect import KernelConnectionInfo
 
     from ..client import LocalClient
+    from ..runtime import State
 
 INSIDE = "/run/jupyter"  # the kernel's directory in its container: connection file, sockets, notice
 KERNEL_LABEL = "sandbox-kernel.kernel"  # the Jupyter kernel id a container runs
@@ -214,10 +215,10 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     # -- while it runs ------------------------------------------------------------------------------------------------
 
     async def poll(self) -> int | None:
-        if self.container is None:
-            return 0 if self.exit_code is None else self.exit_code
         if self.exit_code is not None:
             return self.exit_code
+        if self.container is None:
+            return 0
         return await asyncio.to_thread(self._poll)
 
     def _poll(self) -> int | None:
@@ -333,12 +334,11 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.container = provisioner_info.get("container")
 
 
-def _death(state: Any, memory: int | None) -> str:
+def _death(state: State, memory: int | None) -> str:
     """One sentence: why a kernel's container ended when nobody asked it to."""
     from ..runtime import format_size
 
-    forks = (" Its container had also reached its process limit (a fork bomb?)."
-             if getattr(state, "pids_limit_hit", False) else "")
+    forks = " Its container had also reached its process limit (a fork bomb?)." if state.pids_limit_hit else ""
     if state.oom_killed:
         limit = f" (its container's limit is {format_size(memory)})" if memory else ""
         return f"The kernel ran out of memory{limit} and the kernel's OOM killer ended it.{forks}"

@@ -16,6 +16,7 @@ _WHERE = {
     "limit_refusal": ".cgroups",
     "rootless": ".userns_keeper",
     "root_ids": ".idmap",
+    "start_time": ".state",
     "ContainerInfo": ".info",
     "ContainerResult": ".info",
     "ContainerStats": ".info",
@@ -165,6 +166,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     )
     from .state import (
         State,
+        start_time,
     )
     from .userns_keeper import rootless
 
@@ -246,5 +248,6 @@ __all__ = [
     "rootless",
     "save",
     "split_location",
+    "start_time",
     "write_layer",
 ]

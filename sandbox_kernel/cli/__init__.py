@@ -77,6 +77,24 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from ..runtime import check_store
+
+    report = check_store(_store(args), repair=args.repair)
+    if args.json:
+        print(json.dumps({"Checked": report.checked, "Findings": [f.to_json() for f in report.findings]}, indent=4))
+    else:
+        for finding in report.findings:
+            print(("" if finding.problem else "note: ") + finding.line())
+        print(report.summary())
+    if report.problems_left:
+        if not args.json:
+            print(f"{PROG}: error: {len(report.problems_left)} problem(s) left"
+                  + ("" if args.repair else ": `check --repair` removes what is broken"), file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_image_build(args: argparse.Namespace) -> int:
     from ..runtime import RECIPES, build
 
@@ -156,6 +174,10 @@ def build_parser(only: str | None = None) -> _Parser:
     p.add_argument("names", nargs="+", metavar="NAME|REF")
     p.add_argument("--type", choices=["container", "image"], help="only look for this kind of object")
     add("prune", cmd_prune, "remove unused blobs and unpacked layers")
+    p = add("check", cmd_check, "verify every blob, image, unpacked layer and container of the store")
+    p.add_argument("--repair", action="store_true",
+                   help="remove what is broken (a pull or load restores it), unpack damaged layers again")
+    p.add_argument("--json", action="store_true", help="print JSON")
     add_verbs(add)  # the verbs of every frontend (run, ps, exec, images, pull, ...): local or -H
     registry.add_commands(add)
     add_commands(add)

@@ -21,6 +21,8 @@ _WHERE = {
     "ContainerResult": ".info",
     "ContainerStats": ".info",
     "Containers": ".container",
+    "Report": ".check",
+    "check_store": ".check",
     "ArchiveError": ".errors",
     "AuthError": ".errors",
     "RegistryError": ".errors",
@@ -89,6 +91,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         CgroupStats,
         limit_refusal,
     )
+    from .check import Report, check_store
     from .container import (
         Containers,
     )
@@ -222,6 +225,7 @@ __all__ = [
     "ReferenceFormatError",
     "RegistryError",
     "RegistryOptions",
+    "Report",
     "SandboxError",
     "State",
     "Store",
@@ -229,6 +233,7 @@ __all__ = [
     "UsageError",
     "build",
     "capacity",
+    "check_store",
     "default_root",
     "extract_layer",
     "format_size",

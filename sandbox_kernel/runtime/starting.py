@@ -423,7 +423,8 @@ class _Starting(Room):
             for layer in record.lowerdirs:
                 if not os.path.isdir(layer):
                     raise ImageNotFound(f"container {record.name}: a layer of its image {record.spec.image} is gone "
-                                        f"({os.path.basename(layer)[:12]}); remove the container")
+                                        f"({os.path.basename(layer)[:12]}): `sandbox-kernel check --repair` unpacks "
+                                        "it again, or remove the container")
         spec = record.spec
         if spec.limits.disk is not None:
             cdir.layer()  # its disk mounted (after a reboot, it is not)

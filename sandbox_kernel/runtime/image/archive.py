@@ -352,8 +352,9 @@ def save(store: Store, names: list[str], out: str | os.PathLike[str]) -> list[Im
             tf.addfile(_tar_info("blobs/sha256", is_dir=True))
             for digest in sorted(blobs):
                 path = store.blob_path(digest)
-                with open(path, "rb") as blob:
+                with store.open_verified(digest) as blob:  # (a damaged blob is never written out)
                     tf.addfile(_tar_info(f"blobs/sha256/{digest.split(':', 1)[1]}", path.stat().st_size), blob)
+                    blob.verify()
             tf.addfile(_tar_info("index.json", len(index)), io.BytesIO(index))
             tf.addfile(_tar_info("oci-layout", len(layout)), io.BytesIO(layout))
         os.replace(tmp, out)

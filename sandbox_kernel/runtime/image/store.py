@@ -50,7 +50,15 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from .. import idmap as idmap_mod
 from .. import userns_keeper
-from ..errors import BlobError, ImageInUse, ImageNotFound, ReferenceFormatError, StoreError, UserNamespaceError
+from ..errors import (
+    BlobError,
+    ImageInUse,
+    ImageNotFound,
+    LayerError,
+    ReferenceFormatError,
+    StoreError,
+    UserNamespaceError,
+)
 from ..fsutil import private_dir, remove_quietly, unsafe_ancestor
 from . import media
 
@@ -179,6 +187,43 @@ class _Tee(io.RawIOBase):
         buffer = bytearray(CHUNK)
         while self.readinto(buffer):
             pass
+
+
+def corrupt_blob(digest: str, actual: str) -> BlobError:
+    return BlobError(f"blob {digest[:19]} of the store is corrupt (its content hashes to {actual[:19]}): "
+                     "`sandbox-kernel check --repair` removes it; then pull or load the image again")
+
+
+class VerifiedBlob(io.RawIOBase):
+    """A stored blob read through a hash: :meth:`verify` raises if what was read is not what its digest says."""
+
+    def __init__(self, fh: BinaryIO, digest: str):
+        self.fh, self.digest, self.sha = fh, digest, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.fh.readinto(buffer)
+        self.sha.update(memoryview(buffer)[:n])
+        return n
+
+    def verify(self) -> None:
+        while chunk := self.fh.read(CHUNK):  # (a reader that stopped at the size it was told: the rest counts)
+            self.sha.update(chunk)
+        actual = f"sha256:{self.sha.hexdigest()}"
+        if actual != self.digest:
+            raise corrupt_blob(self.digest, actual)
+
+    def close(self) -> None:
+        self.fh.close()
+        super().close()
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named a ``tmp/`` entry (``PID-...``, see ``Store._tmp_path``) is still alive."""
+    pid = name.split("-", 1)[0]
+    return pid.isdigit() and (int(pid) == os.getpid() or os.path.exists(f"/proc/{pid}"))
 
 
 def _readlink(path: Path) -> str | None:
@@ -363,11 +408,19 @@ class Store:
             raise BlobError(f"blob {digest} is missing from the store") from None
 
     def read_blob(self, digest: str, max_size: int = media.MAX_JSON_BYTES) -> bytes:
+        """A small blob (a manifest, a config), its digest checked: a damaged one is never used."""
         with self.open_blob(digest) as fh:
             data = fh.read(max_size + 1)
         if len(data) > max_size:
             raise BlobError(f"blob {digest} is larger than {max_size} bytes")
+        actual = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        if actual != digest:
+            raise corrupt_blob(digest, actual)
         return data
+
+    def open_verified(self, digest: str) -> VerifiedBlob:
+        """A blob to copy out whole (``save``): :meth:`VerifiedBlob.verify` after the last byte."""
+        return VerifiedBlob(self.open_blob(digest), digest)
 
     def read_json(self, digest: str, what: str) -> dict[str, Any]:
         return media.parse_json(self.read_blob(digest), f"{what} {digest[:19]}")
@@ -713,6 +766,19 @@ class Store:
         if not target.is_dir():
             self._unpack_one(desc, diff_id, target, False, None, self.idmap)
 
+    def unpack_to(self, desc: dict[str, Any], diff_id: str, target: Path, *, trusted: bool = False,
+                  idmap: IdMap | None = None) -> None:
+        """Unpack one stored layer blob into ``target`` (which must not exist), as :meth:`unpack` would for a
+        layer directory of that name (``check`` unpacks a layer afresh to compare, or to restore one)."""
+        with self.writing():
+            self._unpack_one(desc, diff_id, target, trusted, None, idmap)
+
+    def tmp_dir(self, hint: str = "") -> Path:
+        """A new directory in ``tmp/``, named by this process (``prune`` removes it if the process dies)."""
+        path = self._tmp_path(hint)
+        path.mkdir(mode=0o700)
+        return path
+
     def short_links(self, layer_dirs: Iterable[str | os.PathLike[str]]) -> tuple[Path, tuple[str, ...]]:
         """Short names for layer dirs, as symlinks in ``l/`` (docker's overlay2 way): ``(l/, names)``.
 
@@ -772,10 +838,23 @@ class Store:
         except OSError as exc:
             remove_quietly(tmp)
             raise _store_error(exc, f"cannot unpack layer {desc['digest'][:19]}") from None
+        except LayerError:
+            remove_quietly(tmp)
+            self._check_digest(desc["digest"])  # a layer damaged in the store is said to be that, not a bad image
+            raise
         except BaseException:
             remove_quietly(tmp)
             raise
         return result
+
+    def _check_digest(self, digest: str) -> None:
+        """Raise the store's corrupt-blob error if blob ``digest`` does not hash to its name."""
+        sha = hashlib.sha256()
+        with self.open_blob(digest) as fh:
+            while chunk := fh.read(CHUNK):
+                sha.update(chunk)
+        if f"sha256:{sha.hexdigest()}" != digest:
+            raise corrupt_blob(digest, f"sha256:{sha.hexdigest()}")
 
     # -- removal and garbage collection ---------------------------------------------
 
@@ -820,6 +899,8 @@ class Store:
                     if not link.exists():  # its layer was removed just now
                         link.unlink(missing_ok=True)
             for path in (self.root / "tmp").iterdir():
+                if _writer_alive(path.name):
+                    continue  # a write in flight: index.json's is made here under the index lock alone, not gc's
                 if path.is_dir() and not path.is_symlink():
                     remove_quietly(path)
                 else:

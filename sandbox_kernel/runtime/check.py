@@ -164,13 +164,13 @@ def _containers(store: Store, report: Report, repair: bool, needed: dict[str, di
     """Names of the layer dirs that running containers use; each container's record and layers checked."""
     from .container import Containers
     from .record import load
-    from .state import ACTIVE, GONE_PREFIX, ContainerDir
+    from .state import ACTIVE, ContainerDir
 
     containers = Containers(store, warm_slots=False)
     containers.list(all=True)  # reconcile first: containers whose monitor died are stopped
     in_use: set[str] = set()
     for path in sorted(containers.root.iterdir()):
-        if path.name.startswith(GONE_PREFIX) or path.name == "names" or not path.is_dir():
+        if path.name.startswith(".") or path.name == "names" or not path.is_dir():  # (.gone-, .new-: in flight)
             continue
         report.checked["containers"] += 1
         cdir = ContainerDir(path)

@@ -37,6 +37,7 @@ from .state import (
     CREATED,
     EXITED,
     GONE_PREFIX,
+    NEW_PREFIX,
     PAUSED,
     RUNNING,
     WARM_MARK,
@@ -123,7 +124,13 @@ class Containers(_Starting, _Control, _Observing, _Copying, _Removal):
         return sorted(out, key=lambda info: info.state.created_at, reverse=True)
 
     def _sweep_gone(self) -> None:
-        """Finish removals whose monitor died half-way (``.gone-ID`` older than a minute)."""
+        """Finish removals whose monitor died half-way (``.gone-ID`` older than a minute), and drop the
+        directories of creates killed before they were marked (``.new-PID-START-ID`` of a process that is gone)."""
+        for path in self.root.glob(NEW_PREFIX + "*"):
+            with contextlib.suppress(ValueError, IndexError):
+                pid, start = path.name[len(NEW_PREFIX):].split("-")[:2]
+                if not ProcRef(int(pid), int(start)).alive():
+                    remove_dir(path)
         for path in self.root.glob(GONE_PREFIX + "*"):
             try:
                 if time.time() - path.stat().st_mtime < 60:

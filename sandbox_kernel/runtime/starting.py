@@ -340,15 +340,16 @@ class _Starting(Room):
                                   uid=user.uid, gid=user.gid, groups=tuple(user.groups)))
         cdir = ContainerDir(self.root / cid)
         if warm is None:
+            me = ProcRef.me()  # (marked as its maker's: if this process is killed, the next listing drops it)
             with self._disk_room(spec.limits.disk):
-                cdir.make(hostname, root_ids=mapping.root if mapping is not None else None,
-                          disk_size=spec.limits.disk)
+                cdir.make(hostname, warm_owner=(me.pid, me.start) if me is not None else None,
+                          root_ids=mapping.root if mapping is not None else None, disk_size=spec.limits.disk)
         try:
             if not self.names.claim(name, cid, lambda other: (self.root / other / "config.json").exists()):
                 raise ContainerError(f"the container name {name!r} is already in use by container "
                                      f"{(self.names.lookup(name) or '?')[:12]}: remove it or pick another name")
             cdir.save_record(record)  # a directory with a config is a container
-            if warm is not None:
+            with contextlib.suppress(FileNotFoundError):
                 (cdir.path / WARM_MARK).unlink()
         except BaseException:
             if self.names.lookup(name) == cid:
@@ -495,7 +496,9 @@ class _Starting(Room):
     def start(self, ref: str) -> ContainerInfo:
         """Start a created (or exited) container detached: its output goes to its log. Returns once it runs."""
         cdir = self._find(ref)
-        self._reconcile(cdir)
+        state = self._reconcile(cdir)
+        if state is not None and state.status == RUNNING:  # as docker's: nothing to do (a start killed late)
+            return self.get(cdir.id)
         job, spec = self._job(cdir, detached=True)
         listeners = self._listeners(spec)
         try:

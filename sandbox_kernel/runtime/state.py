@@ -47,7 +47,8 @@ from .record import ContainerRecord
 
 CREATED, STARTING, RUNNING, PAUSED, EXITED = "created", "starting", "running", "paused", "exited"
 ACTIVE = (STARTING, RUNNING, PAUSED)  # a monitor owns the container
-WARM_MARK = "warm"  # in the directory a warm slot prepared for a container-to-be: "PID START" of its maker
+WARM_MARK = "warm"  # in the directory of a container-to-be (a create's, a warm slot's): "PID START" of its maker
+NEW_PREFIX = ".new-"  # a container-to-be's directory before its maker's mark is in it: .new-PID-START-ID
 GONE_PREFIX = ".gone-"  # a removed container's directory, renamed out of sight until it is deleted
 
 
@@ -137,18 +138,28 @@ class ContainerDir:
              root_ids: tuple[int, int] | None = None, disk_size: int | None = None) -> None:
         """The directory of a container-to-be: overlay dirs and the /etc files.
 
-        ``warm_owner`` (pid, start time) marks a directory a warm slot made
-        ahead of its container: it is garbage once that process is gone.
+        ``warm_owner`` (pid, start time): the process that makes it (a create,
+        or a warm slot ahead of its container). Until its config is written the
+        directory is garbage once that process is gone (killed half-way).
         ``root_ids``: the host ids of the container's root (its user namespace),
         who owns its / (the upper dir) and its /etc files. The directory itself
         is 0700, its files 0600 (the /etc files 0644 in the container's view).
         ``disk_size``: the writable layer on a file system of that size (disk.py).
         """
-        self.path.mkdir(mode=0o700)
+        if warm_owner is not None:  # made under a name that says whose it is, marked, then renamed: a directory
+            # its maker left at any point (killed) is known as that process's
+            new = self.path.with_name(f"{NEW_PREFIX}{warm_owner[0]}-{warm_owner[1]}-{self.id}")
+            new.mkdir(mode=0o700)
+            try:
+                write_private(new / WARM_MARK, f"{warm_owner[0]} {warm_owner[1]}".encode())
+                os.rename(new, self.path)
+            except BaseException:
+                remove_dir(new)
+                raise
+        else:
+            self.path.mkdir(mode=0o700)
         try:
             os.chmod(self.path, 0o700)  # whatever the umask
-            if warm_owner is not None:  # first: a dir without config and without this is unfinished
-                write_private(self.path / WARM_MARK, f"{warm_owner[0]} {warm_owner[1]}".encode())
             (self.path / "rootfs").mkdir(mode=0o700)
             if disk_size is not None:
                 disk.make(self.path, disk_size, root_ids)

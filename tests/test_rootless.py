@@ -606,3 +606,27 @@ out["left"] = [c.name for c in containers.list(all=True)]
             shutil.rmtree(home.data, ignore_errors=True)
     assert out["seen"] == "0 2 ['lo']\n", out
     assert out["network"] == "none" and out["left"] == []
+
+
+_CHECK = """
+from sandbox_kernel.runtime import check_store
+if sys.argv[1] == "run":
+    out["run"] = run("localhost/busybox", "true")
+out["check"] = [f.line() for f in check_store(store).findings]
+out["repair"] = [f.line() for f in check_store(store, repair=True).findings]
+out["after"] = [f.line() for f in check_store(store).findings]
+"""
+
+
+def test_check_and_repair_in_a_users_namespace(home):
+    """A user's layers (owners of its range, opaque dirs as user.overlay xattrs) are checked against a fresh
+    unpack in its namespace; one damaged from outside is unpacked again there."""
+    first = home.run(_CHECK, "run")
+    assert first["run"][0] == 0 and first["check"] == first["repair"] == first["after"] == []
+    (layer,) = (home.store / "layers").iterdir()
+    assert layer.name.endswith("-userns")
+    (layer / "etc" / "passwd").write_text("root::0:0::/:/bin/sh\n")
+    second = home.run(_CHECK, "again")
+    assert len(second["check"]) == 1 and "etc/passwd is changed" in second["check"][0], second
+    assert second["repair"][0].endswith("unpacked again from its blob") and second["after"] == []
+    assert (layer / "etc" / "passwd").read_text().startswith("root:x:0:0:")

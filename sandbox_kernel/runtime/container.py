@@ -40,6 +40,7 @@ from .state import (
     NEW_PREFIX,
     PAUSED,
     RUNNING,
+    STARTING,
     WARM_MARK,
     ContainerDir,
     Names,
@@ -160,6 +161,20 @@ class Containers(_Starting, _Control, _Observing, _Copying, _Removal):
             remove_dir(cdir.path)
         except (OSError, ValueError, IndexError):
             pass
+
+    def _settled(self, cdir: ContainerDir, timeout: float = 30.0) -> State | None:
+        """The state once no start is in progress: a container that is starting (its monitor alive, making
+        its cgroup and PID 1) is waited for until its monitor says running or exited, so that a stop or an
+        rm never pulls its directory or cgroup out from under it. None: it was removed (--rm)."""
+        deadline = time.monotonic() + timeout
+        state = self._reconcile(cdir)
+        while state is not None and state.status == STARTING:
+            if time.monotonic() > deadline:
+                raise ContainerError(f"container {cdir.id[:12]} is still starting after {timeout:.0f} s; "
+                                     "try again")
+            time.sleep(0.005)
+            state = self._reconcile(cdir)
+        return state
 
     def _reconcile(self, cdir: ContainerDir) -> State | None:
         """Make the state true: a container whose monitor is gone has exited. None: it was removed (--rm)."""

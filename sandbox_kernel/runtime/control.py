@@ -106,7 +106,7 @@ class _Control(Room):
     def stop(self, ref: str, timeout: float = 10.0) -> State:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; returns the final state."""
         cdir = self._find(ref)
-        state = self._reconcile(cdir)
+        state = self._settled(cdir)
         if state is None or state.status not in (RUNNING, PAUSED):
             return state or State(status=EXITED)
         cgroup = cdir.record().cgroup

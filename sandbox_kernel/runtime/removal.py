@@ -24,7 +24,7 @@ class _Removal(Room):
     def remove(self, ref: str, force: bool = False) -> str:
         """``rm``: a running container needs ``force`` (it is killed first). Returns the id."""
         cdir = self._find(ref)
-        state = self._reconcile(cdir)
+        state = self._settled(cdir)  # (a start in progress is let finish: its monitor owns the directory)
         if state is None:
             return cdir.id
         # (read first: a --rm container's monitor removes its directory as soon as it has stopped)

@@ -310,6 +310,8 @@ class _Extractor:
         self.created.add(parts)
         if not member.isdir():
             self.seen.add(parts)
+        else:
+            self.seen.discard(parts)  # (a directory that replaced a file or symlink of this layer)
 
     def _create(self, parent: int, name: str, make: Callable[[], object]) -> None:
         try:
@@ -346,9 +348,7 @@ class _Extractor:
     def make_file(
         self, parent: int, parts: tuple[str, ...], member: tarfile.TarInfo, reader: _ForwardReader, entry: str
     ) -> None:
-        if member.sparse is not None:
-            raise LayerError("sparse files are not supported", entry=entry, rule="type")
-        self.content += member.size
+        self.content += member.size  # (a sparse file's apparent size: a copy-up would fill that much)
         if self.content > self.limits.max_bytes:
             raise LayerError(f"layer content exceeds {self.limits.max_bytes} bytes", entry=entry, rule="bytes")
         name = parts[-1]
@@ -366,7 +366,9 @@ class _Extractor:
 
         self._create(parent, name, make)
         try:
-            if member.size:
+            if member.sparse is not None:
+                self.copy_sparse(fd, member, reader, entry)
+            elif member.size:
                 reader.seek(member.offset_data)
                 if not reader.copy_to(fd, member.size):
                     raise LayerError("unexpected end of data", entry=entry, rule="corrupt")
@@ -378,6 +380,20 @@ class _Extractor:
             os.utime(fd, ns=_times(member))
         finally:
             os.close(fd)
+
+    @staticmethod
+    def copy_sparse(fd: int, member: tarfile.TarInfo, reader: _ForwardReader, entry: str) -> None:
+        """A sparse file as GNU tar writes it (``--sparse``: old GNU, pax 0.0, 0.1 and 1.0, which tarfile
+        parses): the archive holds only its data regions, one after another; the holes stay holes."""
+        reader.seek(member.offset_data)
+        for offset, length in member.sparse or ():
+            if offset < 0 or length < 0 or offset + length > member.size:
+                raise LayerError("a sparse data region lies outside the file", entry=entry, rule="corrupt")
+            if length:
+                os.lseek(fd, offset, os.SEEK_SET)
+                if not reader.copy_to(fd, length):
+                    raise LayerError("unexpected end of data", entry=entry, rule="corrupt")
+        os.ftruncate(fd, member.size)
 
     def make_hardlink(self, parent: int, parts: tuple[str, ...], member: tarfile.TarInfo, entry: str) -> None:
         target = split_name(member.linkname, entry=entry, limits=self.limits)
@@ -445,6 +461,13 @@ class _Extractor:
 
     def whiteout(self, parts: tuple[str, ...], entry: str) -> None:
         base = parts[-1]
+        if any(parts[:depth] in self.seen for depth in range(1, len(parts))):
+            # Below a symlink (or a file) of this same layer, a whiteout is moot: that entry hides all below its
+            # path in the layers under it, and a whiteout never touches its own layer (the OCI image spec).
+            # Followed, it would hide or delete the symlink target's files. (umoci writes such whiteouts
+            # when a directory became a symlink.)
+            _log.debug("layer entry %r: a whiteout below a non-directory of its own layer, moot", entry)
+            return
         if base == WHITEOUT_OPAQUE:
             if len(parts) == 1:
                 raise LayerError("an opaque whiteout of the layer root", entry=entry, rule="whiteout")

@@ -16,13 +16,15 @@ appears in the error:
     parent          a parent that is not a directory (or a dangling symlink, a loop)
     owner           a uid or gid outside 0..2^32-2
     xattr           an allowed xattr the file system refuses (too large)
-    type            a tar entry type we do not support (sparse, unknown)
+    type            a tar entry type we do not support (unknown)
     corrupt         a stream that does not decompress or parse, or the wrong diff id
 
 Device nodes (character and block) are skipped, never made, and hard links to
 them with them (as docker and podman unpack in a user namespace): images made
 from a root file system carry /dev's nodes, and a container's /dev is the
-runtime's own. Setuid and setgid bits of non-directories are removed unless ``trusted``;
+runtime's own. Sparse files (GNU tar ``--sparse``, in each of its formats) are
+made sparse again. A whiteout below a symlink or file of its own layer is moot
+(skipped, never followed). Setuid and setgid bits of non-directories are removed unless ``trusted``;
 ``security.capability`` xattrs likewise; ``trusted.*`` xattrs are never applied.
 
 With an id map (idmap.py) a layer is unpacked as containers with that map

@@ -291,6 +291,7 @@ class Worker:
     def __init__(self, channel, supervisor_pid):
         self.channel = channel
         self.supervisor_pid = supervisor_pid
+        self.pid = os.getpid()
         self.count = 0
         self.running = False
         self.deferred = False
@@ -359,7 +360,11 @@ class Worker:
                 self.run_python(message["code"])
         except BaseException as exc:  # the cell's error, reported as a traceback from in here
             status = "error"
+            if os.getpid() != self.pid:
+                self.forked_child_leaves(exc)
             self.report(exc)
+        if os.getpid() != self.pid:
+            self.forked_child_leaves(None)
         self.deferred = False  # (a Ctrl-C after the cell's end is not for the next cell)
         self.flush_figures()
         if status == "ok":
@@ -375,6 +380,19 @@ class Worker:
         cpu = cpu_seconds() - usage
         self.send({"type": "done", "id": message.get("id"), "status": status, "outputs": outputs,
                    "wall": time.monotonic() - begin, "cpu": cpu})
+
+    def forked_child_leaves(self, exc):
+        """A process the cell forked (os.fork) is back from the cell: it is not the worker. It must not end the
+        cell a second time, nor read the next cells' requests from the channel (a fork bomb left dozens of
+        copies doing both): it exits as a forked Python would, its traceback (if any) on its stderr."""
+        try:
+            for out in (sys.stdout, sys.stderr):
+                if isinstance(out, Out):
+                    out.flush()
+            if exc is not None and not isinstance(exc, SystemExit):
+                write_all(2, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).encode())
+        finally:
+            os._exit(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1 if exc else 0)
 
     def run_python(self, code):
         filename = "<cell-%d>" % self.count
@@ -581,6 +599,16 @@ class Supervisor:
         self.start_worker()
         self.send({"type": "died", "reason": reason, "signal": sig, "code": code})
 
+    def from_worker(self, replies, data):
+        """The worker's messages in ``data``: JSON objects that ``send`` can forward, else ValueError (a cell
+        wrote into the worker's end of the channel; the supervisor must not die of it)."""
+        messages = replies.feed(data)
+        for message in messages:
+            if not isinstance(message, dict):
+                raise ValueError("not a message")
+            json.dumps(message, allow_nan=False)  # (as send will: NaN or Infinity would fail there)
+        return messages
+
     def reap(self):
         while True:
             try:
@@ -614,7 +642,13 @@ class Supervisor:
                         self.replace_worker("died")
                         continue
                     self.drain_all()
-                    for message in replies.feed(data):
+                    try:
+                        messages = self.from_worker(replies, data)
+                    except (ValueError, RecursionError):  # the cell wrote into its end of the channel
+                        replies = Frames()
+                        self.replace_worker("channel")
+                        continue
+                    for message in messages:
                         if message.get("type") == "done":
                             self.busy = False
                             if self.interrupted:

@@ -497,11 +497,17 @@ class ContainerMagics(Magics):
                 return f"The cell ran past --timeout {args.timeout:g} s and did not stop when interrupted. {lost}"
             if result.died.get("reason") == "killed":
                 return f"The cell did not stop within {GRACE:g} s of the interrupt and was killed. {lost}"
+            if result.died.get("reason") == "channel":
+                return f"The cell wrote something that is no message into the agent's channel, and was ended. {lost}"
             sig = result.died.get("signal")
             how = f"killed by signal {sig}" if sig else f"exited with status {result.died.get('code')}"
             return f"The cell's Python process was {how}. {lost}"
         if result.status == "timeout":
             return f"The cell ran past --timeout {args.timeout:g} s and was interrupted."
+        if usage is not None and usage.oom_kills > session.oom_seen:  # (a child of the cell, not its Python)
+            session.oom_seen = usage.oom_kills
+            return (f"A process of the cell ran out of memory: the container's limit is {format_size(limits.memory)} "
+                    "and the kernel's OOM killer ended it.")
         if usage is not None and usage.pids_limit_hits > session.pids_seen:
             session.pids_seen = usage.pids_limit_hits
             return (f"The container reached its process limit (--pids-limit {limits.pids}): "

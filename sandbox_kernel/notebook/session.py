@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
 import re
+import signal
 import struct
 import threading
 import time
@@ -46,10 +48,13 @@ HEADER = struct.Struct(">I")
 MAX_FRAME = 16 << 20  # one reply from the container; more ends the session (a container cannot fill our memory)
 MAX_VALUES = 200_000  # JSON values (arrays, objects, items) a large frame may hold
 MAX_CONTROL = 10_000  # frames that are neither output nor a display (done, ready...) in one period: more is abuse
+MAX_CONTROL_BYTES = 2 * MAX_FRAME  # and their bytes (a cell's done may hold its --out values: one full frame)
+MAX_DEPTH = 200  # how deep a frame's JSON may nest: the cell's thread, deep in IPython's stack, must walk it too
 STREAM_PREFIX = b'{"type":"stream"'  # how the agent starts a stream frame (json.dumps, "type" first)
 CONTROL_TYPES = ("ready", "done", "died", "interrupted")
 START_TIMEOUT = 60.0
 GRACE = 3.0  # seconds between the interrupt and the kill of a cell that ignores it
+KILL_GRACE = 10.0  # seconds the agent has to answer that kill before its container is stopped (a stopped agent)
 POLL = 0.1
 PYTHONS = ("usr/bin/python3", "usr/local/bin/python3", "bin/python3")
 
@@ -73,15 +78,16 @@ class _Budget:
     def __init__(self, limits: OutputLimits):
         self.limits = limits
         self.lock = threading.Lock()
-        self.kept = {"stream": 0, "display": 0, "control": 0}
+        self.kept = {"stream": 0, "display": 0, "control": 0, "control_bytes": 0}
         self.dropped = {"stream": 0, "display": 0}
 
     def take(self, kind: str, size: int) -> bool:
         """Whether a frame of ``kind`` and ``size`` may be kept (counted if so, counted as dropped if not)."""
         with self.lock:
-            if kind == "control":
+            if kind == "control":  # (never dropped, a cell's end must come: bounded in number and bytes)
                 self.kept["control"] += 1
-                return self.kept["control"] <= MAX_CONTROL
+                self.kept["control_bytes"] += size
+                return self.kept["control"] <= MAX_CONTROL and self.kept["control_bytes"] <= MAX_CONTROL_BYTES
             limit = self.limits.stream if kind == "stream" else self.limits.display
             if self.kept[kind] + size > limit:
                 self.dropped[kind] += size
@@ -93,7 +99,7 @@ class _Budget:
         """Start a new period; what the one that ends dropped."""
         with self.lock:
             dropped = {kind: size for kind, size in self.dropped.items() if size}
-            self.kept = {"stream": 0, "display": 0, "control": 0}
+            self.kept = {"stream": 0, "display": 0, "control": 0, "control_bytes": 0}
             self.dropped = {"stream": 0, "display": 0}
         return dropped
 
@@ -109,7 +115,9 @@ class _Budget:
         return f"[sandbox-kernel: {'; '.join(parts)}]\n"
 
 
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+# A JSON string, or an unclosed one to the end of the body: a match never fails and never backtracks (possessive),
+# so the scan is linear (one that could fail rescanned from each escaped quote: quadratic, holding the GIL).
+_STRINGS = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 
 
 def _too_many_values(body: bytes) -> bool:
@@ -118,6 +126,23 @@ def _too_many_values(body: bytes) -> bool:
         return False
     skeleton = _STRINGS.sub(b"", body)
     return skeleton.count(b",") + skeleton.count(b"[") + skeleton.count(b"{") > MAX_VALUES
+
+
+def _too_deep(body: bytes, message: Any) -> bool:
+    """Whether a decoded frame nests deeper than MAX_DEPTH (walked only when its body has that many brackets).
+
+    The reader thread's stack is short, so JSON that decodes here could still fail in the cell's thread, deep in
+    IPython's stack (``str`` of an error's fields, ``json.dumps`` of an ``--out`` value: RecursionError).
+    """
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        return False
+    level: list[Any] = [message]
+    for _ in range(MAX_DEPTH):
+        level = [v for item in level if isinstance(item, (list, dict))
+                 for v in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return False
+    return any(isinstance(item, (list, dict)) for item in level)
 
 
 def _kind(body: bytes) -> str:
@@ -295,7 +320,13 @@ class Session:
             return value
         said = self.stderr_tail.decode(errors="replace").strip().splitlines()
         why = f": {said[-1]}" if said else ""
-        return ContainerError(f"container {self.name} exited with status {value.exit_code}{why}")
+        code = value.exit_code
+        if not said and isinstance(code, int) and 128 < code < 128 + 65:  # (a signal: name it)
+            try:
+                why = f" (its agent was killed by {signal.Signals(code - 128).name})"
+            except ValueError:
+                why = f" (its agent was killed by signal {code - 128})"
+        return ContainerError(f"container {self.name} exited with status {code}{why}")
 
     @property
     def alive(self) -> bool:
@@ -344,8 +375,12 @@ class Session:
             del self._buf[:4 + size]
             kind = _kind(body)
             if not self.budget.take(kind, size):
-                if kind == "control":
+                if kind == "control" and self.budget.kept["control"] > MAX_CONTROL:
                     self._refuse(f"the agent sent more than {MAX_CONTROL} control messages at once")
+                    return
+                if kind == "control":
+                    self._refuse(f"the agent sent more than {format_size(MAX_CONTROL_BYTES)} of control messages "
+                                 "at once")
                     return
                 continue  # past what this period keeps: dropped without being decoded
             if _too_many_values(body):
@@ -355,6 +390,9 @@ class Session:
                 message = json.loads(body)
             except (ValueError, RecursionError):
                 self._refuse("the agent sent a message that is not JSON")
+                return
+            if _too_deep(body, message):
+                self._refuse(f"the agent sent a message nested more than {MAX_DEPTH} levels deep")
                 return
             if isinstance(message, dict):
                 self.queue.put(("msg", message))
@@ -410,15 +448,22 @@ class Session:
         result = CellResult()
         deadline = None if timeout is None else time.monotonic() + timeout
         kill_at: float | None = None
+        kill_sent = False
         while True:
             try:  # Ctrl-C may come while we wait or while we publish what came
                 kind, value = self._get(min(d for d in (deadline, kill_at) if d is not None)
                                         if deadline is not None or kill_at is not None else None)
                 if kind == "timeout":
                     now = time.monotonic()
+                    if kill_at is not None and now >= kill_at and kill_sent:
+                        # the agent answers no kill either (a cell stopped it, SIGSTOP): its container goes
+                        self.close()
+                        raise ContainerError(f"container {self.name}: its agent did not answer the kill of the "
+                                             f"cell within {KILL_GRACE:g} s; the container was stopped")
                     if kill_at is not None and now >= kill_at:
                         self._send({"op": "kill"})
-                        kill_at = float("inf")
+                        kill_sent = True
+                        kill_at = now + KILL_GRACE
                         if result.status != "timeout":
                             result.status = "killed"
                     elif deadline is not None and now >= deadline and kill_at is None:
@@ -463,8 +508,8 @@ class Session:
                 if result.status not in ("timeout", "killed"):
                     result.status = "error" if value.get("status") == "error" else "ok"
                 result.outputs = _dict(value.get("outputs"))
-                result.wall = float(value.get("wall") or 0)
-                result.cpu = float(value.get("cpu") or 0)
+                result.wall = _seconds(value.get("wall"))
+                result.cpu = _seconds(value.get("cpu"))
                 dropped = self.budget.next_period()  # the time between this cell and the next begins
                 if dropped:
                     sink.stream("stderr", self.budget.notice(dropped, "a cell"))
@@ -542,3 +587,14 @@ def interrupt_thread(ident: int) -> None:
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _seconds(value: Any) -> float:
+    """A time the agent reports: a finite number of seconds, else 0 (its frames are data, never trusted)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    try:
+        seconds = float(value)
+    except OverflowError:  # (an int past a float's range)
+        return 0.0
+    return seconds if math.isfinite(seconds) and seconds >= 0 else 0.0

@@ -35,6 +35,8 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 def pytest_addoption(parser):
     parser.addoption("--fuzz", type=int, default=0, metavar="N",
                      help="run the fuzz targets with N fresh random examples each, not their fixed set (fuzzing.py)")
+    parser.addoption("--load", action="store_true", default=False,
+                     help="run the load tests (test_load.py) at the issue's full sizes, not their small ones")
 
 
 def pytest_configure(config):

@@ -39,7 +39,7 @@ from . import inside
 from .errors import BlobError, ReferenceFormatError, SandboxError, StoreError
 from .fsutil import remove_quietly
 from .idmap import IdMap
-from .image.store import CHUNK, ROOTLESS_SUFFIX, Store
+from .image.store import CHUNK, ROOTLESS_SUFFIX, Store, writer_alive
 from .userns_keeper import rootless
 
 _LAYER_NAME = re.compile(r"\A([0-9a-f]{64})(-trusted)?(?:-m(\d+)-(\d+))?(-userns1?)?\Z")
@@ -329,8 +329,7 @@ def compare_trees(expected: str, actual: str, most: int = 3) -> list[str]:
 def _leftovers(store: Store, report: Report, repair: bool) -> None:
     """What killed processes leave: unfinished writes, links to removed layers, names of removed containers."""
     for path in sorted((store.root / "tmp").iterdir()):
-        pid = path.name.split("-", 1)[0]
-        if pid.isdigit() and (int(pid) == os.getpid() or os.path.exists(f"/proc/{pid}")):
+        if writer_alive(path.name):
             continue  # a write in flight
         report.findings.append(Finding("tmp", path.name, "an unfinished write of a process that is gone", False))
         if repair:

@@ -220,7 +220,7 @@ class VerifiedBlob(io.RawIOBase):
         super().close()
 
 
-def _writer_alive(name: str) -> bool:
+def writer_alive(name: str) -> bool:
     """Whether the process that named a ``tmp/`` entry (``PID-...``, see ``Store._tmp_path``) is still alive."""
     pid = name.split("-", 1)[0]
     return pid.isdigit() and (int(pid) == os.getpid() or os.path.exists(f"/proc/{pid}"))
@@ -899,7 +899,7 @@ class Store:
                     if not link.exists():  # its layer was removed just now
                         link.unlink(missing_ok=True)
             for path in (self.root / "tmp").iterdir():
-                if _writer_alive(path.name):
+                if writer_alive(path.name):
                     continue  # a write in flight: index.json's is made here under the index lock alone, not gc's
                 if path.is_dir() and not path.is_symlink():
                     remove_quietly(path)

@@ -58,7 +58,7 @@ def test_a_sound_store_passes(copy, capfd):
     assert sk(store, capfd, "run", "--name", "c1", BUSYBOX, "true")[0] == 0
     code, out, err = sk(store, capfd, "check")
     assert (code, err) == (0, "")
-    assert out == "Checked 3 blobs, 1 images, 1 unpacked layers and 1 containers: 0 problems, 0 notes\n"
+    assert out == "Checked 3 blobs, 1 image, 1 unpacked layer and 1 container: 0 problems, 0 notes\n"
 
 
 def test_a_corrupt_layer_blob_is_refused_everywhere_removed_and_restored_by_a_load(copy, capfd, tmp_path):

@@ -42,3 +42,19 @@ def test_network_create_allow_host_is_refused_when_the_admin_turned_host_network
     with pytest.raises(UsageError, match=r"--allow-host is off here \(c.SandboxPolicy.allow_host_network\)"):
         ip.run_line_magic("container", "network create wide --allow-host")
     assert "wide" not in repr(ip.run_line_magic("container", "network ls"))
+
+
+def test_a_kernel_out_of_file_descriptors_is_told_in_one_sentence(ip, monkeypatch):
+    """A kernel holding many containers can run out of fds anywhere in a start (a pipe, a socket, a file of
+    the store): the cell says so in one sentence with the limit, never a traceback of an OSError."""
+    import errno
+
+    magics = ip.magics_manager.registry["ContainerMagics"]
+
+    def out_of_fds(args):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(magics, "_session", out_of_fds)
+    with pytest.raises(UsageError, match=r"^this process has too many files open to start one more container "
+                                         r"\(\d+ allowed to this process, `ulimit -n`"):
+        ip.run_cell_magic("container", "localhost/busybox", "print(1)")

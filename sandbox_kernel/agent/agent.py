@@ -600,14 +600,14 @@ class Supervisor:
         self.send({"type": "died", "reason": reason, "signal": sig, "code": code})
 
     def from_worker(self, replies, data):
-        """The worker's messages in ``data``: JSON objects that ``send`` can forward, else ValueError (a cell
-        wrote into the worker's end of the channel; the supervisor must not die of it)."""
-        messages = replies.feed(data)
-        for message in messages:
+        """The worker's messages in ``data``, each with the frame body to forward: JSON objects, else ValueError
+        (a cell wrote into the worker's end of the channel; the supervisor must not die of it)."""
+        out = []
+        for message in replies.feed(data):
             if not isinstance(message, dict):
                 raise ValueError("not a message")
-            json.dumps(message, allow_nan=False)  # (as send will: NaN or Infinity would fail there)
-        return messages
+            out.append((message, json.dumps(message, separators=(",", ":"), allow_nan=False).encode()))
+        return out
 
     def reap(self):
         while True:
@@ -648,13 +648,13 @@ class Supervisor:
                         replies = Frames()
                         self.replace_worker("channel")
                         continue
-                    for message in messages:
+                    for message, body in messages:
                         if message.get("type") == "done":
                             self.busy = False
                             if self.interrupted:
                                 self.kill_group_leftovers()
                                 self.interrupted = False
-                        self.send(message)
+                        write_all(self.proto_out, HEADER.pack(len(body)) + body)  # (encoded once, checked above)
                 else:
                     data = os.read(self.proto_in, CHUNK)
                     if not data:

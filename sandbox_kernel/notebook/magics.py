@@ -46,6 +46,7 @@ from ..runtime import (
     Store,
     format_size,
 )
+from ..runtime.errors import from_os_error
 from ..verbs import VERBS, Done, Frontend, Listing, Verb
 from . import sanitize, values
 from .session import (
@@ -304,6 +305,11 @@ class ContainerMagics(Magics):
             raise
         except SandboxError as exc:
             raise UsageError(str(exc)) from None
+        except OSError as exc:  # (out of file descriptors, wherever the start ran into it: one sentence)
+            said = from_os_error(exc)
+            if said is None:
+                raise
+            raise UsageError(str(said)) from None
 
     def _remote_cell(self, line: str, cell: str, args: Any, inputs: dict[str, Any]) -> Any:
         """The cell on the server of ``--remote``: its output cleaned here as a local cell's is."""

@@ -78,11 +78,15 @@ class Report:
     def summary(self) -> str:
         c = self.checked
         problems = sum(f.problem for f in self.findings)
-        notes = len(self.findings) - problems
         repaired = sum(f.repaired is not None for f in self.findings)
-        return (f"Checked {c['blobs']} blobs, {c['images']} images, {c['layers']} unpacked layers and "
-                f"{c['containers']} containers: {problems} problem{'s' * (problems != 1)}, {notes} "
-                f"note{'s' * (notes != 1)}" + (f", {repaired} repaired" if repaired else ""))
+        return (f"Checked {_count(c['blobs'], 'blob')}, {_count(c['images'], 'image')}, "
+                f"{_count(c['layers'], 'unpacked layer')} and {_count(c['containers'], 'container')}: "
+                f"{_count(problems, 'problem')}, {_count(len(self.findings) - problems, 'note')}"
+                + (f", {repaired} repaired" if repaired else ""))
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' * (n != 1)}"
 
 
 def check_store(store: Store, *, repair: bool = False) -> Report:

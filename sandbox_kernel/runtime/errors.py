@@ -158,3 +158,18 @@ def from_reply(status: int, kind: str, message: str) -> SandboxError | None:
     if 400 <= status < 500:
         return UsageError(message)
     return None
+
+
+def from_os_error(exc: OSError) -> SandboxError | None:
+    """The sentence for an OSError of the process itself, not of one file (out of file descriptors), else None."""
+    import errno
+
+    if exc.errno not in (errno.EMFILE, errno.ENFILE):
+        return None
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    where = "this process has" if exc.errno == errno.EMFILE else "the system has"
+    return ContainerError(f"{where} too many files open to start one more container ({soft} allowed to this "
+                          "process, `ulimit -n`; each container of a notebook holds about 6): remove containers "
+                          "that are no longer needed, or raise the limit")

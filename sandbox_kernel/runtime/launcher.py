@@ -40,7 +40,7 @@ from typing import Any
 from . import cgroups, exec_helper, process, userns_keeper
 from . import syscalls as sc
 from .cgroups import open_cgroup
-from .errors import ContainerError, SandboxError
+from .errors import ContainerError, SandboxError, from_os_error
 from .monitor import Job, Speculation, monitor_main
 from .state import WARM_MARK, ProcRef, remove_dir
 
@@ -147,7 +147,10 @@ def _new_slot(tied: bool, speculation: Speculation | None = None, *, ahead: bool
     """A monitor waiting for its job. ``ahead``: made before it is needed, so the fork server
     forks it (a small process, and not this caller's time) and this caller does not wait.
     ``share_net``: the container keeps the caller's network namespace (``--network host``)."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except OSError as exc:
+        raise from_os_error(exc) or exc from None
     try:
         if ahead:
             pid = _get_server().request("monitor", (tied, speculation, share_net), [theirs.fileno()], wait=False)

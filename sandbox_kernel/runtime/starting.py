@@ -33,6 +33,7 @@ from .errors import (
     ExecCancelled,
     ExecError,
     ImageNotFound,
+    SandboxError,
     UsageError,
 )
 from .image.store import Image
@@ -574,7 +575,7 @@ class _Starting(Room):
                 if slot is not None:
                     launcher.drop(slot)
                 if remove and created is not None:
-                    with contextlib.suppress(ContainerError):
+                    with contextlib.suppress(SandboxError, OSError):  # (the error that stopped it is the news)
                         self.remove(cid, force=True)
                 raise
             stdio.close_child_ends()

@@ -34,10 +34,9 @@ from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
-from test_container_magic import last, recorded_shell, run
+from test_container_magic import last, magic_store, recorded_shell, run  # noqa: F401  (magic_store: a fixture)
 
 from sandbox_kernel.notebook.session import CellError
-from sandbox_kernel.runtime import Store, build
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
@@ -287,17 +286,9 @@ CASES = [
 # -- running one ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def hostile_store(tmp_path_factory) -> Store:
-    store = Store(tmp_path_factory.mktemp("hostile") / "store")
-    build(store, "busybox")
-    build(store, "debian-python")
-    return store
-
-
 @pytest.fixture
-def ip(hostile_store):
-    yield from recorded_shell(hostile_store)
+def ip(magic_store):  # noqa: F811  (busybox and debian-python, as the magic's own tests have them)
+    yield from recorded_shell(magic_store)
 
 
 def report(ip, error: BaseException | None) -> str:

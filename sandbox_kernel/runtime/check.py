@@ -27,7 +27,6 @@ layers are left alone (it says which container to stop).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import stat
@@ -39,10 +38,9 @@ from . import inside
 from .errors import BlobError, ReferenceFormatError, SandboxError, StoreError
 from .fsutil import remove_quietly
 from .idmap import IdMap
-from .image.store import CHUNK, ROOTLESS_SUFFIX, Store, writer_alive
+from .image.store import Store, hash_file, parse_layer_name, writer_alive
 from .userns_keeper import rootless
 
-_LAYER_NAME = re.compile(r"\A([0-9a-f]{64})(-trusted)?(?:-m(\d+)-(\d+))?(-userns1?)?\Z")
 _HEX = re.compile(r"\A[0-9a-f]{64}\Z")
 
 
@@ -102,14 +100,6 @@ def check_store(store: Store, *, repair: bool = False) -> Report:
 
 # -- blobs and images ------------------------------------------------------------------------------------------------
 
-def _hash_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            sha.update(chunk)
-    return f"sha256:{sha.hexdigest()}"
-
-
 def _blobs(store: Store, report: Report, repair: bool) -> set[str]:
     """The digests of the blobs that are sound; corrupt ones reported (and removed)."""
     sound = set()
@@ -119,7 +109,7 @@ def _blobs(store: Store, report: Report, repair: bool) -> set[str]:
         if not _HEX.match(path.name) or not path.is_file() or path.is_symlink():
             report.findings.append(Finding("blob", path.name, "not a blob of the store (a stray file)"))
         else:
-            actual = _hash_file(path)
+            actual = hash_file(path)
             if actual == digest:
                 sound.add(digest)
                 continue
@@ -210,10 +200,10 @@ def _containers(store: Store, report: Report, repair: bool, needed: dict[str, di
 
 def _restore(store: Store, layer: Path, needed: dict[str, dict[str, Any]], sound: set[str]) -> str | None:
     """Unpack a container's missing layer again from its blob; what was done, None if it cannot be."""
-    parsed = _parse_layer_name(layer.name)
+    parsed = parse_layer_name(layer.name)
     if parsed is None or layer.parent != store.root / "layers":
         return None
-    diff_id, trusted, idmap = parsed
+    diff_id, trusted, idmap, _ = parsed
     desc = needed.get(diff_id)
     if desc is None or desc["digest"] not in sound:
         return None
@@ -223,26 +213,18 @@ def _restore(store: Store, layer: Path, needed: dict[str, dict[str, Any]], sound
 
 # -- unpacked layers -------------------------------------------------------------------------------------------------
 
-def _parse_layer_name(name: str) -> tuple[str, bool, IdMap | None] | None:
-    m = _LAYER_NAME.match(name)
-    if m is None:
-        return None
-    idmap = IdMap(int(m.group(3)), int(m.group(4))) if m.group(3) is not None else None
-    return f"sha256:{m.group(1)}", m.group(2) is not None, idmap
-
-
 def _layers(store: Store, report: Report, repair: bool, needed: dict[str, dict[str, Any]], sound: set[str],
             in_use: set[str]) -> None:
     for path in sorted((store.root / "layers").iterdir()):
         report.checked["layers"] += 1
-        parsed = _parse_layer_name(path.name)
+        parsed = parse_layer_name(path.name)
         if parsed is None or not path.is_dir() or path.is_symlink():
             report.findings.append(Finding("layer", path.name[:12], "not an unpacked layer of the store"))
             if repair:
                 remove_quietly(path)
                 report.findings[-1].repaired = "removed"
             continue
-        diff_id, trusted, idmap = parsed
+        diff_id, trusted, idmap, in_userns = parsed
         desc = needed.get(diff_id)
         if desc is None:
             report.findings.append(Finding("layer", path.name[:12], "no image or container uses it (prune "
@@ -252,7 +234,7 @@ def _layers(store: Store, report: Report, repair: bool, needed: dict[str, dict[s
             report.findings.append(Finding("layer", path.name[:12], f"cannot be checked: its blob "
                                            f"{desc['digest'][:19]} is missing", False))
             continue
-        if path.name.endswith((ROOTLESS_SUFFIX, ROOTLESS_SUFFIX + "1")) != rootless():
+        if in_userns != rootless():
             report.findings.append(Finding("layer", path.name[:12], "unpacked for another kind of user (root or "
                                            "not): not checked here", False))
             continue
@@ -309,7 +291,7 @@ def _entries(root: str) -> dict[str, tuple[Any, ...]]:
                     out[path_rel] = ("hard link to", first)
                     continue
             if stat.S_ISREG(st.st_mode):
-                out[path_rel] = (*common, st.st_size, st.st_mtime_ns, _hash_file(Path(full)))
+                out[path_rel] = (*common, st.st_size, st.st_mtime_ns, hash_file(Path(full)))
             elif stat.S_ISLNK(st.st_mode):
                 out[path_rel] = (*common, os.readlink(full))
             else:

@@ -43,6 +43,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +188,28 @@ class _Tee(io.RawIOBase):
         buffer = bytearray(CHUNK)
         while self.readinto(buffer):
             pass
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """``sha256:HEX`` of a file's content, read in chunks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            sha.update(chunk)
+    return f"sha256:{sha.hexdigest()}"
+
+
+_LAYER_NAME = re.compile(r"\A([0-9a-f]{64})(-trusted)?(?:-m(\d+)-(\d+))?(" + ROOTLESS_SUFFIX + r"1?)?\Z")
+
+
+def parse_layer_name(name: str) -> tuple[str, bool, IdMap | None, bool] | None:
+    """What :meth:`Store.layer_dir` put in a layer directory's name: (diff id, trusted, id map, unpacked in a
+    user's namespace); None for a name it does not make."""
+    m = _LAYER_NAME.match(name)
+    if m is None:
+        return None
+    idmap = idmap_mod.IdMap(int(m.group(3)), int(m.group(4))) if m.group(3) is not None else None
+    return f"sha256:{m.group(1)}", m.group(2) is not None, idmap, m.group(5) is not None
 
 
 def corrupt_blob(digest: str, actual: str) -> BlobError:
@@ -849,12 +872,12 @@ class Store:
 
     def _check_digest(self, digest: str) -> None:
         """Raise the store's corrupt-blob error if blob ``digest`` does not hash to its name."""
-        sha = hashlib.sha256()
-        with self.open_blob(digest) as fh:
-            while chunk := fh.read(CHUNK):
-                sha.update(chunk)
-        if f"sha256:{sha.hexdigest()}" != digest:
-            raise corrupt_blob(digest, f"sha256:{sha.hexdigest()}")
+        try:
+            actual = hash_file(self.blob_path(digest))
+        except FileNotFoundError:
+            raise BlobError(f"blob {digest} is missing from the store") from None
+        if actual != digest:
+            raise corrupt_blob(digest, actual)
 
     # -- removal and garbage collection ---------------------------------------------
 
@@ -967,11 +990,7 @@ class Store:
                     if not path.exists():
                         problems.append(f"{name}: layer {layer['digest']} missing")
                         continue
-                    sha = hashlib.sha256()
-                    with open(path, "rb") as fh:
-                        while chunk := fh.read(CHUNK):
-                            sha.update(chunk)
-                    if f"sha256:{sha.hexdigest()}" != layer["digest"]:
+                    if hash_file(path) != layer["digest"]:
                         problems.append(f"{name}: layer {layer['digest']} is corrupt")
             except (BlobError, ReferenceFormatError) as exc:
                 problems.append(f"{name}: {exc}")
